@@ -1,0 +1,427 @@
+"""The settings file: TOML → typed, frozen dataclasses, with *every* mistake collected.
+
+Each section is a frozen dataclass; each field declares its parser and what it expects through
+`setting(...)`. `load()` reports all problems at once as `file: section.key: found …, expected …`,
+and unknown keys get a "did you mean" from the known ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .errors import ConfigError, ConfigProblem
+from .schedule import DEFAULT_SCHEDULE
+from .schedule import EXPECTED as SCHEDULE_EXPECTED
+from .schedule import to_on_calendar
+from .units import (
+    BWLIMIT_EXPECTED,
+    DURATION_EXPECTED,
+    SIZE_EXPECTED,
+    parse_bwlimit,
+    parse_duration,
+    parse_size,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Debian 11/Ubuntu 22.04
+    import tomli as tomllib
+
+Parser = Callable[[Any], Any]
+
+
+def setting(default: Any, parse: Parser, expected: str, doc: str = "") -> Any:
+    """A field with its parser and the phrase that completes 'expected …' in errors."""
+    meta = {"parse": parse, "expected": expected, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --- value parsers: each returns the typed value or raises ValueError ---------------------
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError
+    return value
+
+
+def _nonempty(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError
+    return value.strip()
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError
+    return value
+
+
+def _int_range(low: int, high: int) -> Parser:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError
+    return tuple(value)
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError
+    return Path(value)
+
+
+def _optional_path(value: Any) -> Path | None:
+    if value == "":
+        return None
+    return _path(value)
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def is_hostname(text: str) -> bool:
+    return bool(_HOSTNAME.match(text))
+
+
+def _host(value: Any) -> str:
+    """A host name or an IP address ("" = not set)."""
+    if not isinstance(value, str):
+        raise ValueError
+    if value == "":
+        return value
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return value.strip("[]")
+    except ValueError:
+        if is_hostname(value):
+            return value
+        raise ValueError from None
+
+
+def _listen(value: Any) -> str:
+    """A listen address: "" (all) or an IP address."""
+    if not isinstance(value, str):
+        raise ValueError
+    if value:
+        ipaddress.ip_address(value.strip("[]"))
+    return value.strip("[]")
+
+
+def _listen_list(value: Any) -> tuple[str, ...]:
+    return tuple(_listen(v) for v in _str_list(value))
+
+
+def _cidr_list(value: Any) -> tuple[str, ...]:
+    return tuple(str(ipaddress.ip_network(v, strict=False)) for v in _str_list(value))
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError
+        return value
+
+    return parse
+
+
+def _duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+def _schedule(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError
+    return to_on_calendar(value)
+
+
+def _timezone(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError
+    zoneinfo = Path("/usr/share/zoneinfo")
+    if value and zoneinfo.is_dir() and not (zoneinfo / value).is_file():
+        raise ValueError
+    if value and (".." in value or value.startswith("/")):
+        raise ValueError
+    return value
+
+
+def _max_startups(value: Any) -> str:
+    text = str(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    if not re.fullmatch(r"\d+(:\d{1,3}:\d+)?", text):
+        raise ValueError
+    return text
+
+
+def _user(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
+        raise ValueError
+    return value
+
+
+# --- the sections -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LibraryConfig:
+    name: str = setting("Library", _nonempty, "a non-empty string", "LIBRARY_NAME")
+    description: str = setting("", _str, "a string")
+    include_certs: bool = setting(True, _bool, "true or false")
+    workers: int = setting(0, _int_range(0, 64), "an integer 0-64 (0 = one per CPU)")
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    peer: str = setting("", _host, "a host name or IP address", "SYNC_PEER")
+    port: int = setting(2222, _int_range(1, 65535), "an integer 1-65535", "SYNC_PORT")
+    user: str = setting("syncer", _user, "a user name")
+    remote_path: str = setting("/", _nonempty, "a path inside the server's library")
+    identity_file: Path = setting(
+        paths.DEFAULT_CONFIG_DIR / "ssh" / "id_syncer", _path, "a file path"
+    )
+    known_hosts: Path = setting(
+        paths.DEFAULT_CONFIG_DIR / "ssh" / "known_hosts", _path, "a file path"
+    )
+    bandwidth_limit: str = setting("0", parse_bwlimit, BWLIMIT_EXPECTED, "SYNC_MAX_BW")
+    schedule: str = setting(DEFAULT_SCHEDULE, _schedule, SCHEDULE_EXPECTED, "SYNC_SCHEDULE")
+    random_delay: float = setting(
+        6 * 3600.0, _duration, DURATION_EXPECTED, "SYNC_DELAY, SYNC_DELAY_MAX_SECONDS"
+    )
+    fixed_random_delay: bool = setting(False, _bool, "true or false")
+    timezone: str = setting("", _timezone, "a time zone name such as UTC or Europe/Paris", "TZ")
+    exclude: tuple[str, ...] = setting([".vSphere-HA"], _str_list, "a list of patterns")
+    compress: bool = setting(True, _bool, "true or false")
+    connect_timeout: float = setting(30.0, _duration, DURATION_EXPECTED)
+    io_timeout: float = setting(300.0, _duration, DURATION_EXPECTED)
+    retry_budget: float = setting(1800.0, _duration, DURATION_EXPECTED)
+    retry_initial_delay: float = setting(10.0, _duration, DURATION_EXPECTED)
+    retry_max_delay: float = setting(300.0, _duration, DURATION_EXPECTED)
+    keep_snapshots: int = setting(2, _int_range(1, 100), "an integer 1-100")
+    min_free_space: int = setting("1G", parse_size, SIZE_EXPECTED)
+    rsync: str = setting("rsync", _nonempty, "a command name or path")
+    ssh: str = setting("ssh", _nonempty, "a command name or path")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    listen: str = setting("", _listen, 'an IP address or "" for all')
+    http_port: int = setting(80, _int_range(1, 65535), "an integer 1-65535")
+    https_port: int = setting(443, _int_range(1, 65535), "an integer 1-65535")
+    tls: str = setting(
+        "off", _choice("off", "acme", "custom", "internal"),
+        '"off", "acme", "custom" or "internal"', "TLS_NAME, TLS_CUSTOM_CERT",
+    )
+    hostname: str = setting("", _host, "a host name (the name in the URL)", "TLS_NAME")
+    cert_file: Path = setting(paths.DEFAULT_CONFIG_DIR / "tls" / "cert.pem", _path, "a file path")
+    key_file: Path = setting(paths.DEFAULT_CONFIG_DIR / "tls" / "key.pem", _path, "a file path")
+    acme_email: str = setting("", _str, "an e-mail address or empty")
+    browse: bool = setting(False, _bool, "true or false", "LIBRARY_BROWSE")
+    auth_user: str = setting("vcsp", _nonempty, "a user name")
+    auth_password_file: Path | None = setting(None, _optional_path, 'a file path or ""')
+    allow: tuple[str, ...] = setting([], _cidr_list, 'a list of networks such as "10.1.0.0/16"')
+    caddy: str = setting("caddy", _nonempty, "a command name or path")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    library: Path = setting(paths.DEFAULT_SERVER_LIBRARY, _path, "a directory path")
+    listen: tuple[str, ...] = setting([], _listen_list, "a list of IP addresses ([] = all)")
+    port: int = setting(2222, _int_range(1, 65535), "an integer 1-65535", "SYNC_PORT")
+    user: str = setting("syncer", _user, "a user name")
+    uid: int = setting(31337, _int_range(1, 2**31 - 2), "an integer 1-2147483646", "SYNCER_UID")
+    max_startups: str = setting("64:30:256", _max_startups, 'an sshd MaxStartups value, e.g. "64:30:256"')
+    max_sessions: int = setting(4, _int_range(1, 1000), "an integer 1-1000")
+    max_auth_tries: int = setting(3, _int_range(1, 100), "an integer 1-100")
+    login_grace_time: float = setting(30.0, _duration, DURATION_EXPECTED)
+    client_alive_interval: float = setting(60.0, _duration, DURATION_EXPECTED)
+    config_dir: Path = setting(paths.DEFAULT_CONFIG_DIR / "server", _path, "a directory path")
+    sshd: str = setting("/usr/sbin/sshd", _nonempty, "a command path")
+    rrsync: str = setting("/usr/bin/rrsync", _nonempty, "a command path")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    textfile: Path | None = setting(None, _optional_path, 'a file path or "" (off)')
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    state_dir: Path = setting(paths.DEFAULT_STATE_DIR, _path, "a directory path")
+    runtime_dir: Path = setting(paths.DEFAULT_RUNTIME_DIR, _path, "a directory path")
+
+
+SECTIONS: dict[str, type] = {
+    "library": LibraryConfig,
+    "sync": SyncConfig,
+    "web": WebConfig,
+    "server": ServerConfig,
+    "metrics": MetricsConfig,
+    "paths": PathsConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    file: Path
+    library: LibraryConfig = field(default_factory=LibraryConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    # Derived locations of the client's state (the layout lives in snapshot.py).
+    @property
+    def state_dir(self) -> Path:
+        return self.paths.state_dir
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.paths.runtime_dir
+
+    @property
+    def published_dir(self) -> Path:
+        """The symlink Caddy serves: always points at one complete snapshot."""
+        return self.paths.state_dir / "published"
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f'did you mean "{close[0]}"?' if close else "known: " + ", ".join(known)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "[" + ", ".join(_describe(v) for v in value[:5]) + ("…" if len(value) > 5 else "") + "]"
+    return repr(value)
+
+
+def _resolve(value: Any, base: Path) -> Any:
+    """Relative paths in the file are relative to the file's own directory."""
+    if isinstance(value, Path) and not value.is_absolute():
+        return base / value
+    return value
+
+
+def _build_section(cls: type, table: dict[str, Any], name: str, file: str, base: Path,
+                   problems: list[ConfigProblem]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        spec = known.get(key)
+        if spec is None:
+            problems.append(ConfigProblem(file, f"{name}.{key}", "",
+                                          "unknown key; " + _suggest(key, sorted(known))))
+            continue
+        try:
+            values[key] = _resolve(spec.metadata["parse"](raw), base)
+        except ValueError as error:
+            detail = str(error)
+            expected = detail if detail.startswith(("a ", "an ", "cron")) else spec.metadata["expected"]
+            problems.append(ConfigProblem(file, f"{name}.{key}", _describe(raw), expected))
+    return cls(**values)
+
+
+def _cross_checks(config: Config) -> list[ConfigProblem]:
+    """Rules that involve more than one key."""
+    file, web, problems = str(config.file), config.web, []
+    if web.tls == "acme" and not web.hostname:
+        problems.append(ConfigProblem(file, "web.hostname", "nothing",
+                                      'a public host name when web.tls = "acme"'))
+    if web.tls != "off" and web.http_port == web.https_port:
+        problems.append(ConfigProblem(file, "web.https_port", str(web.https_port),
+                                      "a port different from web.http_port"))
+    if config.sync.retry_initial_delay > config.sync.retry_max_delay:
+        problems.append(ConfigProblem(file, "sync.retry_initial_delay",
+                                      str(config.sync.retry_initial_delay),
+                                      "a delay no longer than sync.retry_max_delay"))
+    return problems
+
+
+def parse(data: dict[str, Any], file: Path) -> Config:
+    """Validate an already-parsed TOML document; raise ConfigError listing every problem."""
+    problems: list[ConfigProblem] = []
+    sections: dict[str, Any] = {}
+    base = file.parent
+    for name, table in data.items():
+        cls = SECTIONS.get(name)
+        if cls is None:
+            problems.append(ConfigProblem(str(file), name, "",
+                                          "unknown section; " + _suggest(name, sorted(SECTIONS))))
+        elif not isinstance(table, dict):
+            problems.append(ConfigProblem(str(file), name, _describe(table), "a [section] table"))
+        else:
+            sections[name] = _build_section(cls, table, name, str(file), base, problems)
+    if problems:
+        raise ConfigError(problems)
+    config = Config(file=file, **sections)
+    problems = _cross_checks(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load(file: Path | None = None) -> Config:
+    """Read and validate the settings file (default: /etc/library-syncer/library-syncer.toml)."""
+    file = Path(file) if file else paths.config_file()
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(ConfigProblem(str(file), "", "", "file not found; create it from the "
+                          "commented example (library-syncer config generate)")) from None
+    except PermissionError:
+        raise ConfigError(ConfigProblem(str(file), "", "", "permission denied; run as root or "
+                          "as the library-syncer user")) from None
+    except UnicodeDecodeError:
+        raise ConfigError(ConfigProblem(str(file), "", "", "not valid UTF-8")) from None
+    except IsADirectoryError:
+        raise ConfigError(ConfigProblem(str(file), "", "", "is a directory, expected a TOML file")) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(ConfigProblem(str(file), "", "", f"invalid TOML: {error}")) from None
+    return parse(data, file)
+
+
+def defaults(file: Path | None = None) -> Config:
+    """A Config with every default (for `config generate` and tests)."""
+    return Config(file=file or paths.config_file())
+
+
+def env_override_state(config: Config) -> Config:
+    """Honour systemd's STATE_DIRECTORY/RUNTIME_DIRECTORY when the file leaves them at default."""
+    from dataclasses import replace
+
+    state, runtime = config.paths.state_dir, config.paths.runtime_dir
+    if state == paths.DEFAULT_STATE_DIR and os.environ.get("STATE_DIRECTORY"):
+        state = paths.state_dir()
+    if runtime == paths.DEFAULT_RUNTIME_DIR and os.environ.get("RUNTIME_DIRECTORY"):
+        runtime = paths.runtime_dir()
+    return replace(config, paths=PathsConfig(state_dir=state, runtime_dir=runtime))
