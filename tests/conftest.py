@@ -1,0 +1,55 @@
+"""Shared fixtures. Every fixture starts real components; nothing external is mocked."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import sshd as sshd_harness
+
+FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+if not FIXTURES.is_dir():  # CI lays shared/ beside the clone, as for sessions
+    FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    assert FIXTURES.is_dir(), f"shared fixtures not found at {FIXTURES}"
+    return FIXTURES
+
+
+@pytest.fixture
+def work_dir(request) -> Iterator[Path]:
+    """A 0755 directory outside /tmp (sshd StrictModes), removed after the test."""
+    path = sshd_harness.make_work_dir(request.node.name[:40].replace("/", "_"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def client_key(work_dir: Path) -> tuple[Path, str]:
+    keydir = work_dir / "client-ssh"
+    keydir.mkdir(mode=0o700)
+    return sshd_harness.keygen(keydir / "id_syncer")
+
+
+@pytest.fixture
+def server_library(work_dir: Path) -> Path:
+    library = work_dir / "server-library"
+    library.mkdir(mode=0o755)
+    return library
+
+
+@pytest.fixture
+def sshd(work_dir: Path, client_key: tuple[Path, str], server_library: Path
+         ) -> Iterator[sshd_harness.Sshd]:
+    """A real sshd whose only authorized key (client_key) is forced to rrsync -ro the library."""
+    server = sshd_harness.start_sshd(
+        work_dir / "sshd",
+        authorized_lines=[sshd_harness.forced_rrsync_line(client_key[1], server_library)],
+    )
+    yield server
+    server.stop()

@@ -1,0 +1,1 @@
+"""Test harnesses that start real components (sshd, caddy, systemd-nspawn) on loopback."""
