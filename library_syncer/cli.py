@@ -71,7 +71,8 @@ def _add_trust_host_parser(subparsers) -> None:
 
 
 def _add_server_parser(subparsers) -> None:
-    parser = subparsers.add_parser("server", help="manage the read-only rsync endpoint (server role)")
+    parser = subparsers.add_parser("server",
+                                   help="manage the read-only rsync endpoint (server role)")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     render = _sub(verbs, "render", "library_syncer.server:render_command",
                   "render the dedicated sshd_config (and create host keys if missing)",

@@ -19,9 +19,8 @@ from typing import Any
 
 from . import paths
 from .errors import ConfigError, ConfigProblem
-from .schedule import DEFAULT_SCHEDULE
+from .schedule import DEFAULT_SCHEDULE, to_on_calendar
 from .schedule import EXPECTED as SCHEDULE_EXPECTED
-from .schedule import to_on_calendar
 from .units import (
     BWLIMIT_EXPECTED,
     DURATION_EXPECTED,
@@ -42,8 +41,8 @@ Parser = Callable[[Any], Any]
 def setting(default: Any, parse: Parser, expected: str, doc: str = "") -> Any:
     """A field with its parser and the phrase that completes 'expected …' in errors."""
     meta = {"parse": parse, "expected": expected, "doc": doc}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    if isinstance(default, list):  # lists are stored as tuples: the config is frozen
+        default = tuple(default)
     return field(default=default, metadata=meta)
 
 
@@ -95,7 +94,8 @@ def _optional_path(value: Any) -> Path | None:
     return _path(value)
 
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
 
 
 def is_hostname(text: str) -> bool:
@@ -215,7 +215,7 @@ class SyncConfig:
     retry_initial_delay: float = setting(10.0, _duration, DURATION_EXPECTED)
     retry_max_delay: float = setting(300.0, _duration, DURATION_EXPECTED)
     keep_snapshots: int = setting(2, _int_range(1, 100), "an integer 1-100")
-    min_free_space: int = setting("1G", parse_size, SIZE_EXPECTED)
+    min_free_space: int = setting(2**30, parse_size, SIZE_EXPECTED)
     rsync: str = setting("rsync", _nonempty, "a command name or path")
     ssh: str = setting("ssh", _nonempty, "a command name or path")
 
@@ -236,7 +236,7 @@ class WebConfig:
     browse: bool = setting(False, _bool, "true or false", "LIBRARY_BROWSE")
     auth_user: str = setting("vcsp", _nonempty, "a user name")
     auth_password_file: Path | None = setting(None, _optional_path, 'a file path or ""')
-    allow: tuple[str, ...] = setting([], _cidr_list, 'a list of networks such as "10.1.0.0/16"')
+    allow: tuple[str, ...] = setting([], _cidr_list, 'a list of networks such as "198.51.100.0/24"')
     caddy: str = setting("caddy", _nonempty, "a command name or path")
 
 
@@ -247,7 +247,8 @@ class ServerConfig:
     port: int = setting(2222, _int_range(1, 65535), "an integer 1-65535", "SYNC_PORT")
     user: str = setting("syncer", _user, "a user name")
     uid: int = setting(31337, _int_range(1, 2**31 - 2), "an integer 1-2147483646", "SYNCER_UID")
-    max_startups: str = setting("64:30:256", _max_startups, 'an sshd MaxStartups value, e.g. "64:30:256"')
+    max_startups: str = setting("64:30:256", _max_startups,
+                                'an sshd MaxStartups value, e.g. "64:30:256"')
     max_sessions: int = setting(4, _int_range(1, 1000), "an integer 1-1000")
     max_auth_tries: int = setting(3, _int_range(1, 100), "an integer 1-100")
     login_grace_time: float = setting(30.0, _duration, DURATION_EXPECTED)
@@ -319,7 +320,8 @@ def _describe(value: Any) -> str:
     if isinstance(value, dict):
         return "a table"
     if isinstance(value, list):
-        return "[" + ", ".join(_describe(v) for v in value[:5]) + ("…" if len(value) > 5 else "") + "]"
+        more = "…" if len(value) > 5 else ""
+        return "[" + ", ".join(_describe(v) for v in value[:5]) + more + "]"
     return repr(value)
 
 
@@ -343,8 +345,10 @@ def _build_section(cls: type, table: dict[str, Any], name: str, file: str, base:
         try:
             values[key] = _resolve(spec.metadata["parse"](raw), base)
         except ValueError as error:
+            # A parser may give a more precise phrase than the field's generic one.
             detail = str(error)
-            expected = detail if detail.startswith(("a ", "an ", "cron")) else spec.metadata["expected"]
+            precise = detail.startswith(("a ", "an ", "cron"))
+            expected = detail if precise else spec.metadata["expected"]
             problems.append(ConfigProblem(file, f"{name}.{key}", _describe(raw), expected))
     return cls(**values)
 
@@ -402,7 +406,8 @@ def load(file: Path | None = None) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(ConfigProblem(str(file), "", "", "not valid UTF-8")) from None
     except IsADirectoryError:
-        raise ConfigError(ConfigProblem(str(file), "", "", "is a directory, expected a TOML file")) from None
+        raise ConfigError(ConfigProblem(str(file), "", "",
+                                        "is a directory, expected a TOML file")) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

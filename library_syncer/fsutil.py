@@ -16,7 +16,8 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, *, sync_dir: bool = True) -> None:
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, *,
+                 sync_dir: bool = True) -> None:
     """Write `data` to `path` so readers see the old content or the new, never a mix.
 
     Temp file in the same directory, fsync, `os.replace`, then fsync the directory so the rename

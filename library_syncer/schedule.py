@@ -25,7 +25,8 @@ _SYSTEMD_SHORTHANDS = {
     "minutely", "hourly", "daily", "monthly", "weekly", "yearly", "annually",
     "quarterly", "semiannually",
 }
-_SYSTEMD_CHARS = re.compile(r"^[A-Za-z0-9*,./:~\- _+]+$")
+_WEEKDAYS = re.compile(r"^[A-Za-z]{3,9}((\.\.|,)[A-Za-z]{3,9})*$")
+_DATE_OR_TIME = re.compile(r"^[0-9*,./:~\-+]+$")
 
 
 def is_cron(expression: str) -> bool:
@@ -42,11 +43,21 @@ def to_on_calendar(expression: str) -> str:
         raise ValueError(EXPECTED)
     if is_cron(text):
         return _cron_to_calendar(text)
-    if text.lower() in _SYSTEMD_SHORTHANDS or (
-        _SYSTEMD_CHARS.match(text) and re.search(r"\d|\*", text)
-    ):
+    if text.lower() in _SYSTEMD_SHORTHANDS or _looks_like_calendar(text):
         return text
     raise ValueError(EXPECTED)
+
+
+def _looks_like_calendar(text: str) -> bool:
+    """[weekdays] [date with '-'] [time with ':'] [time zone]: a loose shape check only."""
+    tokens = text.split()
+    if tokens and _WEEKDAYS.match(tokens[0]) and tokens[0].lower() not in ("utc",):
+        tokens = tokens[1:]
+    if tokens and re.fullmatch(r"[A-Za-z_]+(/[A-Za-z_+\-0-9]+)*", tokens[-1]):
+        tokens = tokens[:-1]  # a time zone such as UTC or Europe/Paris
+    if len(tokens) > 2:
+        return False
+    return all(_DATE_OR_TIME.match(t) and (":" in t or "-" in t) for t in tokens)
 
 
 def _expand(field: str, low: int, high: int, names: dict[str, int]) -> list[int] | None:

@@ -44,7 +44,7 @@ def parse_duration(value: object) -> float:
 
 def format_duration(seconds: float) -> str:
     """A systemd time span ("6h", "90s", "1h 30min") for unit files and messages."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds == 0:
         return "0"
     parts = []
@@ -76,7 +76,9 @@ def parse_size(value: object) -> int:
 
 
 _BWLIMIT = re.compile(r"^(\d+(?:\.\d+)?)([kmgtp](i?b)?)?$", re.IGNORECASE)
-BWLIMIT_EXPECTED = 'an rsync --bwlimit rate: 0 (unlimited), KiB/s as a number, or "500K", "10M", "1G"'
+BWLIMIT_EXPECTED = (
+    'an rsync --bwlimit rate: 0 (unlimited), KiB/s as a number, or "500K", "10M", "1G"'
+)
 
 
 def parse_bwlimit(value: object) -> str:
