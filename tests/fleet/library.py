@@ -1,0 +1,126 @@
+"""A synthetic template library for the fleet, its next version, and digests to compare trees.
+
+Each item is a real OVF template folder shaped like the shared ttylinux fixture (ovftool's own
+descriptor): `<name>.ovf` referencing `<name>-disk1.vmdk`, and a `<name>.mf` with the SHA256
+digests of both. Disks are random bytes (incompressible, so rsync's compression cannot hide
+what crossed the wire), generated from a seed so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+FIXTURE_NAME = "ttylinux-pc_i486-16.1"
+CHUNK = 1 << 20
+
+
+def _descriptor_template(fixtures_dir: Path) -> str:
+    return (fixtures_dir / "ovf" / "ttylinux-template" / f"{FIXTURE_NAME}.ovf").read_text()
+
+
+def _random_file(path: Path, size: int, rng: random.Random) -> None:
+    with open(path, "wb") as out:
+        left = size
+        while left:
+            n = min(CHUNK, left)
+            out.write(rng.randbytes(n))
+            left -= n
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as src:
+        while block := src.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_item(library: Path, name: str, disk_size: int, rng: random.Random,
+               fixtures_dir: Path) -> int:
+    """One template folder; returns its size in bytes."""
+    folder = library / name
+    folder.mkdir(mode=0o755)
+    disk = folder / f"{name}-disk1.vmdk"
+    _random_file(disk, disk_size, rng)
+    descriptor = _descriptor_template(fixtures_dir).replace(FIXTURE_NAME, name)
+    descriptor = re.sub(r'ovf:size="\d+"', f'ovf:size="{disk_size}"', descriptor, count=1)
+    (folder / f"{name}.ovf").write_text(descriptor)
+    write_mf(folder)
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def write_mf(folder: Path) -> None:
+    """The `.mf` as ovftool writes it (SHA256 form), over the descriptor and the disks."""
+    name = folder.name
+    lines = [f"SHA256({p.name})= {sha256_file(p)}\n"
+             for p in sorted(folder.iterdir()) if p.suffix in (".ovf", ".vmdk")]
+    (folder / f"{name}.mf").write_text("".join(lines))
+
+
+def make_library(library: Path, *, items: int, disk_size: int, fixtures_dir: Path,
+                 seed: int = 1) -> int:
+    """`items` templates of `disk_size` bytes each; returns the library size in bytes."""
+    library.mkdir(mode=0o755, parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    return sum(write_item(library, f"tmpl-{k:02d}", disk_size, rng, fixtures_dir)
+               for k in range(items))
+
+
+@dataclass(frozen=True)
+class Change:
+    changed_item: str
+    changed_bytes: int  # bytes rewritten inside the existing disk
+    added_item: str
+    added_bytes: int
+    deleted_item: str
+
+    @property
+    def new_bytes(self) -> int:
+        """What an ideal delta transfer must carry: the rewritten blocks plus the new item."""
+        return self.changed_bytes + self.added_bytes
+
+
+def new_version(library: Path, *, fraction: float, fixtures_dir: Path, seed: int = 2) -> Change:
+    """The next template version: `fraction` of the first item's disk rewritten at scattered
+    offsets (64 KiB blocks), a new item added (same disk size), the last item deleted."""
+    rng = random.Random(seed)
+    items = sorted(p for p in library.iterdir() if p.is_dir())
+    first, last = items[0], items[-1]
+    disk = first / f"{first.name}-disk1.vmdk"
+    size = disk.stat().st_size
+    block = 64 * 1024
+    blocks = max(1, int(size * fraction) // block)
+    offsets = sorted(rng.sample(range(size // block), blocks))
+    with open(disk, "r+b") as out:
+        for index in offsets:
+            out.seek(index * block)
+            out.write(rng.randbytes(block))
+    write_mf(first)
+    added = f"tmpl-{len(items) + 50:02d}"
+    added_bytes = write_item(library, added, size, rng, fixtures_dir)
+    shutil.rmtree(last)
+    return Change(first.name, blocks * block, added, added_bytes, last.name)
+
+
+def tree_digests(root: Path, *, skip_json: bool = True) -> dict[str, str]:
+    """relative path → SHA256 of every regular file below root (following a top symlink)."""
+    root = Path(os.path.realpath(root))
+    result = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if name.startswith(".") or (skip_json and name.endswith(".json")):
+                continue
+            path = Path(dirpath) / name
+            result[str(path.relative_to(root))] = sha256_file(path)
+    return result
+
+
+def library_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file())

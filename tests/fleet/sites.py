@@ -1,0 +1,302 @@
+"""Run the real server role and one real client per site inside a `Fleet`.
+
+Server namespace: a real OpenSSH sshd on 198.18.0.1:2222 whose every key is forced to
+`rrsync -ro <library>` (the config rendered by library_syncer.server when that module is
+present, else the test harness's own), and a plain HTTP server on :8080 over the same library
+for the "full re-download" baseline (what a vCenter subscription does).
+
+Site namespace i: the delaying relay on 127.0.0.1:2222 and :8080 (→ the server through the
+shaped, lossy link), its own key, known_hosts, settings file and state directory, and the client:
+`ip netns exec <site> library-syncer sync --config site-i.toml`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from library_syncer import execute
+from tests.harness import sshd as sshd_harness
+
+from .netns import SERVER_IP, Fleet, LinkProfile, in_ns
+
+log = logging.getLogger(__name__)
+SSH_PORT = 2222
+HTTP_PORT = 8080
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parents[2]
+SYNCER = shutil.which("library-syncer", path=str(ROOT / ".venv" / "bin")) or "library-syncer"
+
+
+@dataclass
+class SyncResult:
+    site: int
+    returncode: int
+    seconds: float
+    rx_bytes: int  # bytes received on the site's WAN interface during the run
+    tx_bytes: int
+    tail: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+@dataclass
+class Site:
+    index: int
+    ns: str
+    dir: Path
+    key: Path
+    config: Path
+    state: Path
+    profile: LinkProfile
+    bandwidth_limit: str = "0"
+
+    @property
+    def published(self) -> Path:
+        return self.state / "published"
+
+
+def _wait_port(ns: str, host: str, port: int, timeout: float = 15.0) -> None:
+    code = ("import socket,sys,time\n"
+            f"end=time.monotonic()+{timeout}\n"
+            "while time.monotonic()<end:\n"
+            f" try: socket.create_connection(('{host}',{port}),timeout=1).close(); sys.exit(0)\n"
+            " except OSError: time.sleep(0.1)\n"
+            "sys.exit(1)\n")
+    if in_ns(ns, sys.executable, "-c", code, check=False).returncode:
+        raise AssertionError(f"nothing listening on {host}:{port} in {ns} after {timeout} s")
+
+
+class FleetRun:
+    """Server + sites on top of a Fleet. `client` is "library-syncer" (the product) or "rsync"
+    (plain rsync over the same ssh, for harness self-tests and baselines)."""
+
+    def __init__(self, fleet: Fleet, work: Path, library: Path, *,
+                 client: str = "library-syncer") -> None:
+        self.fleet = fleet
+        self.work = work
+        self.library = library
+        self.client = client
+        self.sites: list[Site] = []
+        self.sshd_dir = work / "server-sshd"
+        self.sshd_process = None
+        self.server_cpu_carry = 0.0  # CPU of sshd instances that were killed (restart scenario)
+        self.user = sshd_harness.ensure_test_user().pw_name
+
+    # --- server ----------------------------------------------------------------------------
+    def _sshd_config(self) -> str:
+        text = sshd_harness.DEFAULT_CONFIG.replace("ListenAddress 127.0.0.1",
+                                                   f"ListenAddress {SERVER_IP}")
+        # hundreds of sites connect at once: don't let sshd's default 10:30:100 refuse them
+        text += "MaxStartups 256:30:512\nClientAliveInterval 15\nClientAliveCountMax 4\n"
+        return text.format(port=SSH_PORT, dir=self.sshd_dir, user=self.user)
+
+    def start_server(self) -> None:
+        self.sshd_dir.mkdir(mode=0o755, exist_ok=True)
+        host_key = self.sshd_dir / "ssh_host_ed25519_key"
+        if not host_key.exists():
+            execute.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)])
+        config = self.sshd_dir / "sshd_config"
+        config.write_text(self._sshd_config())
+        self._write_authorized_keys()
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        execute.run([sshd_harness.SSHD, "-t", "-f", str(config)])
+        self.sshd_process = self.fleet.spawn(
+            self.fleet.server_ns, [sshd_harness.SSHD, "-D", "-e", "-f", str(config)],
+            log=self.sshd_dir / "sshd.log")
+        _wait_port(self.fleet.server_ns, SERVER_IP, SSH_PORT)
+
+    def _write_authorized_keys(self) -> None:
+        lines = [sshd_harness.forced_rrsync_line(Path(f"{s.key}.pub").read_text().strip(),
+                                                 self.library) for s in self.sites]
+        path = self.sshd_dir / "authorized_keys"
+        path.write_text("".join(line + "\n" for line in lines))
+        os.chmod(path, 0o644)
+
+    @property
+    def host_key_pub(self) -> str:
+        text = (self.sshd_dir / "ssh_host_ed25519_key.pub").read_text()
+        return " ".join(text.split()[:2])
+
+    def server_cpu_seconds(self) -> float:
+        """CPU of every finished session (sshd reaps them: they add up in its cutime/cstime)."""
+        if self.sshd_process is None or self.sshd_process.poll() is not None:
+            return self.server_cpu_carry
+        fields_ = Path(f"/proc/{self.sshd_process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        utime, stime, cutime, cstime = (int(v) for v in fields_[11:15])
+        return self.server_cpu_carry + (utime + stime + cutime + cstime) / CLK_TCK
+
+    def kill_server(self) -> None:
+        """sshd crashes: the listener and every session it forked die at once."""
+        assert self.sshd_process is not None
+        self.server_cpu_carry = self.server_cpu_seconds()
+        for pid in _descendants(self.sshd_process.pid):
+            _kill(pid)
+        _kill(self.sshd_process.pid)
+        self.sshd_process.wait()
+        self.sshd_process = None
+
+    def start_http(self) -> None:
+        self.fleet.spawn(self.fleet.server_ns,
+                         [sys.executable, "-m", "http.server", "--bind", SERVER_IP,
+                          "--directory", str(self.library), str(HTTP_PORT)],
+                         log=self.work / "http.log")
+        _wait_port(self.fleet.server_ns, SERVER_IP, HTTP_PORT)
+
+    # --- sites -----------------------------------------------------------------------------
+    def add_site(self, profile: LinkProfile, *, bandwidth_limit: str = "0",
+                 io_timeout: float = 20, retry_budget: float = 600) -> Site:
+        i = len(self.sites)
+        ns = self.fleet.site_ns(i)
+        site_dir = self.work / f"site-{i}"
+        (site_dir / "ssh").mkdir(mode=0o700, parents=True)
+        key, _ = sshd_harness.keygen(site_dir / "ssh" / "id_syncer", comment=f"site-{i}")
+        site = Site(i, ns, site_dir, key, site_dir / f"site-{i}.toml", site_dir / "state",
+                    profile, bandwidth_limit)
+        site.config.write_text(self._site_config(site, io_timeout, retry_budget))
+        self.sites.append(site)
+        self.fleet.shape(i, profile)
+        delay = profile.rtt_ms / 2
+        self.fleet.spawn(ns, [sys.executable, "-m", "tests.fleet.relay",
+                              f"127.0.0.1:{SSH_PORT}={SERVER_IP}:{SSH_PORT}",
+                              f"127.0.0.1:{HTTP_PORT}={SERVER_IP}:{HTTP_PORT}",
+                              "--delay-ms", str(delay)],
+                         log=site_dir / "relay.log", env={**os.environ, "PYTHONPATH": str(ROOT)})
+        _wait_port(ns, "127.0.0.1", SSH_PORT)
+        return site
+
+    def _site_config(self, site: Site, io_timeout: float, retry_budget: float) -> str:
+        return f"""\
+# site {site.index} of the fleet simulation ({site.profile.describe()})
+[library]
+name = "Fleet library"
+
+[sync]
+peer = "127.0.0.1"
+port = {SSH_PORT}
+user = "{self.user}"
+identity_file = "{site.key}"
+known_hosts = "{site.dir / 'ssh' / 'known_hosts'}"
+bandwidth_limit = "{site.bandwidth_limit}"
+connect_timeout = "10s"
+io_timeout = "{io_timeout:g}s"
+retry_budget = "{retry_budget:g}s"
+retry_initial_delay = "1s"
+retry_max_delay = "5s"
+min_free_space = "1M"
+
+[paths]
+state_dir = "{site.state}"
+runtime_dir = "{site.dir / 'run'}"
+"""
+
+    def trust_server(self) -> None:
+        """Every site records the server's host key (what `trust-host --fingerprint` does)."""
+        for site in self.sites:
+            (site.dir / "ssh" / "known_hosts").write_text(
+                f"[127.0.0.1]:{SSH_PORT} {self.host_key_pub}\n")
+        self._write_authorized_keys()
+
+    def client_argv(self, site: Site) -> list[str]:
+        if self.client == "library-syncer":
+            return [SYNCER, "sync", "--config", str(site.config)]
+        ssh = (f"ssh -p {SSH_PORT} -i {site.key} -o BatchMode=yes -o IdentitiesOnly=yes "
+               f"-o UserKnownHostsFile={site.dir / 'ssh' / 'known_hosts'} -o ConnectTimeout=10")
+        dest = site.state / "published"
+        dest.mkdir(parents=True, exist_ok=True)
+        return ["rsync", "-a", "--delete", "--partial-dir=.rsync-partial", "--timeout=20",
+                f"--bwlimit={site.bandwidth_limit}", "-e", ssh, f"{self.user}@127.0.0.1:/",
+                f"{dest}/"]
+
+    def sync(self, site: Site, *, attempts: int = 1) -> SyncResult:
+        """One client run in the site's namespace (attempts > 1 only for the plain-rsync client,
+        which has no retry loop of its own)."""
+        rx0, tx0 = self.fleet.wire_bytes(site.index)
+        started = time.monotonic()
+        logfile = site.dir / "sync.log"
+        with open(logfile, "a") as out:
+            def emit(line: str) -> None:
+                out.write(line + "\n")
+                out.flush()
+
+            for attempt in range(attempts):
+                result = execute.run(["ip", "netns", "exec", site.ns, *self.client_argv(site)],
+                                     check=False, on_line=emit, timeout=3600)
+                if result.returncode == 0 or attempt == attempts - 1:
+                    break
+                time.sleep(2)
+        rx1, tx1 = self.fleet.wire_bytes(site.index)
+        return SyncResult(site.index, result.returncode, time.monotonic() - started,
+                          rx1 - rx0, tx1 - tx0, result.tail)
+
+    def sync_all(self, *, random_delay: float = 0.0, seed: int = 0,
+                 attempts: int = 1) -> list[SyncResult]:
+        """Every site at once, each after its own random delay (the timer's RandomizedDelaySec,
+        compressed to seconds)."""
+        rng = random.Random(seed)
+        delays = [rng.uniform(0, random_delay) for _ in self.sites]
+        results: list[SyncResult | None] = [None] * len(self.sites)
+
+        def run(site: Site) -> None:
+            time.sleep(delays[site.index])
+            results[site.index] = self.sync(site, attempts=attempts)
+
+        threads = [threading.Thread(target=run, args=(s,), name=f"sync-{s.index}")
+                   for s in self.sites]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return [r for r in results if r is not None]
+
+    def http_fetch(self, site: Site, relpaths: list[str]) -> SyncResult:
+        """The baseline: download whole files over HTTP through the same link (as vCenter's own
+        subscription does for every changed file)."""
+        rx0, tx0 = self.fleet.wire_bytes(site.index)
+        started = time.monotonic()
+        target = site.dir / "http-download"
+        target.mkdir(exist_ok=True)
+        argv = ["curl", "--silent", "--show-error", "--fail", "--retry", "20",
+                "--retry-all-errors", "--retry-delay", "1"]
+        for rel in relpaths:
+            argv += ["-o", str(target / rel.replace("/", "_")),
+                     f"http://127.0.0.1:{HTTP_PORT}/{rel}"]
+        result = execute.run(["ip", "netns", "exec", site.ns, *argv], check=False, timeout=3600)
+        rx1, tx1 = self.fleet.wire_bytes(site.index)
+        shutil.rmtree(target, ignore_errors=True)
+        return SyncResult(site.index, result.returncode, time.monotonic() - started,
+                          rx1 - rx0, tx1 - tx0, result.tail)
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 9)
