@@ -81,6 +81,8 @@ def _add_server_parser(subparsers) -> None:
     render.add_argument("--output", type=Path, help="write here instead of printing")
     render.add_argument("--host-keys", action="store_true",
                         help="generate the instance's host keys when missing")
+    render.add_argument("--check", action="store_true",
+                        help="with --output: replace the file only if `sshd -t` accepts it")
     authorize = _sub(verbs, "authorize", "library_syncer.server:authorize_command",
                      "allow a site's public key to pull the library (read-only)",
                      f"{PROG} server authorize /tmp/id_syncer.pub --site paris")

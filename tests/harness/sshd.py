@@ -99,6 +99,7 @@ class Sshd:
     host_key_pub: str
     log_path: Path
     process: subprocess.Popen | None = field(default=None, repr=False)
+    server_config: object = field(default=None, repr=False)  # start_server_role's ServerConfig
 
     @property
     def known_hosts_line(self) -> str:
@@ -160,5 +161,59 @@ def start_sshd(dir: Path, *, authorized_lines: list[str], user: str | None = Non
                   host_key_pub=" ".join(Path(f"{host_key}.pub").read_text().split()[:2]),
                   log_path=dir / "sshd.log")
     server.authorize(authorized_lines)
+    server.start()
+    return server
+
+
+# --- the server role: the REAL template rendered by library_syncer.server -------------------
+
+SERVER_TEST_USER = "lsync-srv"
+# The same shape as the package's sysusers line (name, UID and home differ), so the account is
+# in the state the package creates: password locked ("!*"), shell /bin/sh (sshd runs the forced
+# command through it), an existing root-owned home (else every session prints "Could not chdir").
+SYSUSERS_LINE = 'u {name} - "library-syncer read-only rsync account" {home} /bin/sh\n'
+
+
+def ensure_sysusers_user(name: str = SERVER_TEST_USER) -> pwd.struct_passwd:
+    """An account created by systemd-sysusers, exactly as the server package creates `syncer`."""
+    require_root()
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        line = SYSUSERS_LINE.format(name=name, home=WORK_ROOT)
+        subprocess.run(["systemd-sysusers", "-"], input=line, text=True, check=True,
+                       capture_output=True)
+        return pwd.getpwnam(name)
+
+
+def server_role_config(dir: Path, library: Path, *, user: str, port: int, **overrides):
+    """A ServerConfig for the test's own paths (keys and rendered config under `dir`)."""
+    from library_syncer.config import ServerConfig
+
+    return ServerConfig(library=library, listen=("127.0.0.1",), port=port, user=user,
+                        config_dir=dir / "etc", sshd=SSHD, rrsync=RRSYNC, **overrides)
+
+
+def start_server_role(dir: Path, library: Path, *, sites: dict[str, str] | None = None,
+                      user: str | None = None, port: int | None = None, **overrides) -> Sshd:
+    """Start sshd from the config `library-syncer server render` writes, keys via `authorize`.
+
+    `sites` maps a site name to its public key line. Returns the same `Sshd` handle as
+    `start_sshd`; `Sshd.server_config` is the ServerConfig used (for authorize/revoke).
+    """
+    from library_syncer import server as server_role
+
+    user = user or ensure_sysusers_user().pw_name
+    dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    port = port or free_port()
+    config = server_role_config(dir, library, user=user, port=port, **overrides)
+    for site, pub in (sites or {}).items():
+        server_role.authorize(config, pub, site)
+    config_path = dir / "run" / "sshd_config"
+    server_role.write_config(config, config_path, host_keys=True, check=True)
+    host_pub = Path(f"{server_role.host_key_paths(config)[0]}.pub").read_text()
+    server = Sshd(dir=dir, port=port, user=user, config_path=config_path,
+                  host_key_pub=" ".join(host_pub.split()[:2]), log_path=dir / "sshd.log",
+                  server_config=config)
     server.start()
     return server

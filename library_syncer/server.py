@@ -1,0 +1,339 @@
+"""The server role: a dedicated, locked-down sshd whose only account can only run `rrsync -ro`.
+
+Three things live in `server.config_dir` (default /etc/library-syncer/server, root-owned):
+the instance's host keys, and `authorized_keys`, one line per site:
+
+    restrict,command="/usr/bin/rrsync -ro /srv/library-syncer/library/" ssh-ed25519 AAAA… site=paris
+
+The `syncer` account cannot change that file (root owns it; sshd reads it through an absolute
+`AuthorizedKeysFile`). The rendered sshd_config also forces the same command (`ForceCommand`), so
+even a hand-added line without `command=` gets nothing but a read-only rsync. Every time the config
+is rendered the key lines are rewritten from (site, key) so they always carry the current library
+path and rrsync; a line that cannot be understood stops the render instead of being trusted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config as config_mod
+from . import execute, fsutil, render
+from .config import Config, ServerConfig
+from .errors import CommandFailed, ConfigError, ConfigProblem, ExitStatus, SyncerError
+
+log = logging.getLogger(__name__)
+
+AUTHORIZED_KEYS = "authorized_keys"
+HOST_KEY_TYPES = ("ed25519", "rsa")  # ed25519 for current clients, RSA for old ones
+SITE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+SITE_EXPECTED = "letters, digits, '.', '_' or '-' (up to 63, starting with a letter or digit)"
+SITE_PREFIX = "site="
+KEY_TYPES = (
+    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-dss",
+)
+
+
+class KeyRefused(SyncerError):
+    """A key or site given to authorize/revoke is not acceptable (bad input: usage status)."""
+
+    exit_status = ExitStatus.USAGE
+
+
+@dataclass(frozen=True)
+class SiteKey:
+    """One authorized site: its name and its public key (type + base64 blob)."""
+
+    site: str
+    key_type: str
+    blob: str
+
+    @property
+    def fingerprint(self) -> str:
+        """The SHA256 fingerprint exactly as `ssh-keygen -l` prints it."""
+        digest = hashlib.sha256(base64.b64decode(self.blob)).digest()
+        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+    def line(self, server: ServerConfig) -> str:
+        return (f'restrict,command="{forced_command(server)}" '
+                f"{self.key_type} {self.blob} {SITE_PREFIX}{self.site}")
+
+
+def _server(config: Config | ServerConfig) -> ServerConfig:
+    return config.server if isinstance(config, Config) else config
+
+
+def forced_command(config: Config | ServerConfig) -> str:
+    """The only command a client can run: rrsync, read-only, confined to the library."""
+    server = _server(config)
+    return f"{server.rrsync} -ro {str(server.library).rstrip('/')}/"
+
+
+def authorized_keys_path(config: Config | ServerConfig) -> Path:
+    return _server(config).config_dir / AUTHORIZED_KEYS
+
+
+def host_key_paths(config: Config | ServerConfig) -> list[Path]:
+    return [_server(config).config_dir / f"ssh_host_{kind}_key" for kind in HOST_KEY_TYPES]
+
+
+# --- sshd_config ----------------------------------------------------------------------------
+
+
+def render_sshd_config(config: Config | ServerConfig) -> str:
+    """The instance's sshd_config (pure: reads nothing, writes nothing)."""
+    server = _server(config)
+    return render.render(
+        "sshd_config.j2",
+        server=server,
+        listen=[f"[{a}]" if ":" in a else a for a in server.listen],
+        host_keys=host_key_paths(server),
+        authorized_keys=authorized_keys_path(server),
+        forced_command=forced_command(server),
+        login_grace_time=int(server.login_grace_time),
+        client_alive_interval=int(server.client_alive_interval),
+    )
+
+
+def ensure_host_keys(config: Config | ServerConfig) -> list[Path]:
+    """Create the instance's host keys when missing (never replaces one); return their paths."""
+    server = _server(config)
+    _ensure_config_dir(server)
+    for path, kind in zip(host_key_paths(server), HOST_KEY_TYPES, strict=True):
+        if path.exists():
+            continue
+        log.info("creating %s host key %s", kind, path)
+        argv = ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "library-syncer-server",
+                "-f", str(path)]
+        if kind == "rsa":
+            argv[4:4] = ["-b", "3072"]
+        execute.run(argv)
+        os.chmod(path, 0o600)
+    return host_key_paths(server)
+
+
+def _ensure_config_dir(server: ServerConfig) -> None:
+    # sshd's StrictModes wants every directory above the keys owned by root and not writable by
+    # others; 0755 keeps the public parts readable for `server keys` run by an operator.
+    server.config_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+
+def write_config(config: Config | ServerConfig, output: Path, *, host_keys: bool = False,
+                 check: bool = False) -> None:
+    """Render to `output` atomically; with `check`, `sshd -t` must accept it first."""
+    server = _server(config)
+    if host_keys:
+        ensure_host_keys(server)
+    sync_authorized_keys(server)
+    text = render_sshd_config(server)
+    output.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if check:
+        candidate = output.with_name(f".{output.name}.check")
+        candidate.write_text(text)
+        try:
+            check_config(server, candidate)
+        finally:
+            candidate.unlink(missing_ok=True)
+    fsutil.write_if_changed(output, text, 0o644)
+
+
+def check_config(config: Config | ServerConfig, path: Path) -> None:
+    """`sshd -t` on a rendered file; its complaint becomes the error line."""
+    server = _server(config)
+    try:
+        execute.run([server.sshd, "-t", "-f", str(path)], capture=True)
+    except CommandFailed as error:
+        detail = error.tail[-1] if error.tail else f"status {error.returncode}"
+        raise SyncerError(f"sshd rejected the rendered config: {detail}",
+                          hint="check the [server] section of the settings file") from None
+
+
+# --- authorized keys ------------------------------------------------------------------------
+
+
+def parse_public_key(text: str, source: str = "key") -> tuple[str, str]:
+    """(type, base64 blob) from a .pub file or an authorized_keys line (options are dropped)."""
+    text = text.strip()
+    if "PRIVATE KEY" in text:
+        raise KeyRefused(f"{source}: this is a PRIVATE key; give the public one "
+                        "(the .pub file next to it, e.g. id_syncer.pub) and keep the private "
+                        "key on the site")
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if len(lines) != 1:
+        found = "no key" if not lines else f"{len(lines)} lines"
+        raise KeyRefused(f"{source}: found {found}, expected exactly one public key line "
+                        "(authorize one site at a time)")
+    tokens = _split_options(lines[0])
+    for index, token in enumerate(tokens[:-1]):
+        if token in KEY_TYPES:
+            blob = tokens[index + 1]
+            _check_blob(token, blob, source)
+            return token, blob
+    raise KeyRefused(f"{source}: not an OpenSSH public key (expected a line such as "
+                    "'ssh-ed25519 AAAA… comment', as written by ssh-keygen to the .pub file)")
+
+
+def _split_options(line: str) -> list[str]:
+    """Split on spaces outside double quotes (authorized_keys options may quote spaces)."""
+    return re.findall(r'(?:[^\s"]|"(?:\\.|[^"\\])*")+', line)
+
+
+def _check_blob(key_type: str, blob: str, source: str) -> None:
+    """The blob must be base64 of a key whose embedded type matches the declared one."""
+    try:
+        raw = base64.b64decode(blob, validate=True)
+        length = int.from_bytes(raw[:4], "big")
+        embedded = raw[4:4 + length].decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        embedded = ""
+    if embedded != key_type:
+        raise KeyRefused(f"{source}: not a valid {key_type} public key (damaged or truncated "
+                        "base64); copy the .pub file again")
+
+
+def read_authorized(config: Config | ServerConfig) -> list[SiteKey]:
+    """The authorized sites, in file order. A line we cannot understand is an error."""
+    path = authorized_keys_path(config)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (PermissionError, UnicodeDecodeError) as error:
+        raise SyncerError(f"{path}: cannot read: {error}", hint="run as root") from None
+    entries: list[SiteKey] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}: line {number}"
+        try:
+            key_type, blob = parse_public_key(line, where)
+        except KeyRefused as error:
+            detail = error.message.removeprefix(f"{where}: ")
+            raise ConfigError(ConfigProblem(where, "", "", detail)) from None
+        site = next((t[len(SITE_PREFIX):] for t in _split_options(line)
+                     if t.startswith(SITE_PREFIX)), "")
+        if not SITE_RE.fullmatch(site):
+            raise ConfigError(ConfigProblem(
+                where, "", "", "no site name (site=NAME at the end); remove the line and add the "
+                "key with `library-syncer server authorize KEY.pub --site NAME`"))
+        entries.append(SiteKey(site, key_type, blob))
+    return entries
+
+
+def _write_authorized(server: ServerConfig, entries: list[SiteKey]) -> None:
+    _ensure_config_dir(server)
+    header = ("# Managed by `library-syncer server authorize/revoke`: every key may only run "
+              "rrsync -ro on the library.\n")
+    body = "".join(entry.line(server) + "\n" for entry in entries)
+    # Root-owned and not writable by anyone else: the syncer account cannot add itself keys.
+    fsutil.write_if_changed(authorized_keys_path(server), header + body, 0o644)
+
+
+def sync_authorized_keys(config: Config | ServerConfig) -> None:
+    """Rewrite every line from (site, key) so it carries the current library path and rrsync."""
+    server = _server(config)
+    if authorized_keys_path(server).exists():
+        _write_authorized(server, read_authorized(server))
+
+
+def authorize(config: Config | ServerConfig, pubkey_text: str, site: str,
+              source: str = "key") -> SiteKey:
+    """Add one site's public key; refuses invalid keys, private keys and duplicates."""
+    server = _server(config)
+    if not SITE_RE.fullmatch(site):
+        raise KeyRefused(f'--site: found "{site}", expected {SITE_EXPECTED}')
+    key_type, blob = parse_public_key(pubkey_text, source)
+    entry = SiteKey(site, key_type, blob)
+    entries = read_authorized(server)
+    for other in entries:
+        if other.site == site:
+            raise KeyRefused(f'site "{site}" already has a key ({other.fingerprint}); '
+                            f"run `library-syncer server revoke {site}` first to replace it")
+        if other.blob == blob:
+            raise KeyRefused(f'{source}: this key ({entry.fingerprint}) is already authorized '
+                            f'for site "{other.site}"; each site needs its own key')
+    _write_authorized(server, [*entries, entry])
+    return entry
+
+
+def revoke(config: Config | ServerConfig, site: str) -> SiteKey:
+    """Remove a site's key (new connections with it are refused at once)."""
+    server = _server(config)
+    entries = read_authorized(server)
+    kept = [e for e in entries if e.site != site]
+    if len(kept) == len(entries):
+        known = ", ".join(e.site for e in entries) or "none"
+        raise KeyRefused(f'no site named "{site}" (authorized: {known})')
+    _write_authorized(server, kept)
+    return next(e for e in entries if e.site == site)
+
+
+def list_keys(config: Config | ServerConfig) -> list[SiteKey]:
+    return read_authorized(config)
+
+
+# --- command handlers -----------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return config_mod.load(getattr(args, "config", None))
+
+
+def render_command(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if args.output is None:
+        if args.host_keys:
+            ensure_host_keys(cfg)
+        sys.stdout.write(render_sshd_config(cfg))
+        return 0
+    write_config(cfg, args.output, host_keys=args.host_keys, check=args.check)
+    log.info("wrote %s (port %d, library %s)", args.output, cfg.server.port, cfg.server.library)
+    return 0
+
+
+def authorize_command(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    source = "stdin" if str(args.key) == "-" else str(args.key)
+    try:
+        text = sys.stdin.read() if source == "stdin" else args.key.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise KeyRefused(f"{source}: cannot read: {getattr(error, 'strerror', None) or error}",
+                        hint="give the site's .pub file") from None
+    entry = authorize(cfg, text, args.site, source)
+    print(f"authorized site {entry.site}: {entry.key_type} {entry.fingerprint}")
+    return 0
+
+
+def revoke_command(args: argparse.Namespace) -> int:
+    entry = revoke(_load(args), args.site)
+    print(f"revoked site {entry.site}: {entry.key_type} {entry.fingerprint}")
+    return 0
+
+
+def keys_command(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    entries = list_keys(cfg)
+    if not entries:
+        print(f"no site is authorized ({authorized_keys_path(cfg)})")
+        return 0
+    width = max(len(e.site) for e in entries)
+    for entry in entries:
+        print(f"{entry.site:<{width}}  {entry.fingerprint}  {entry.key_type}")
+    return 0
+
+
+__all__ = [
+    "SiteKey", "authorize", "authorize_command", "check_config", "ensure_host_keys",
+    "forced_command", "keys_command", "list_keys", "render_command",
+    "render_sshd_config", "revoke", "revoke_command", "write_config",
+]
