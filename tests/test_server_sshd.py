@@ -170,7 +170,7 @@ def test_cannot_get_a_shell_or_run_another_command(rig):
     assert "uid=" not in command.stdout and "root:" not in command.stdout
     # Even "rsync" followed by a shell command is parsed by rrsync, never given to a shell.
     smuggled = rig.paris.ssh("rsync --server --sender -e.x . ubuntu-22.04; id")
-    assert "ubuntu-22.04; id" in smuggled.stderr  # taken as a (missing) file name
+    assert "ubuntu-22.04; No such file" in smuggled.stderr  # a (missing) file name
     assert "uid=" not in smuggled.stdout
     sftp = subprocess.run(["sftp", "-b", "-", "-P", str(rig.server.port), "-i", str(rig.paris.key),
                            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
