@@ -86,9 +86,11 @@ class Change:
         return self.changed_bytes + self.added_bytes
 
 
-def new_version(library: Path, *, fraction: float, fixtures_dir: Path, seed: int = 2) -> Change:
+def new_version(library: Path, *, fraction: float, fixtures_dir: Path, seed: int = 2,
+                added_size: int = 0) -> Change:
     """The next template version: `fraction` of the first item's disk rewritten at scattered
-    offsets (64 KiB blocks), a new item added (same disk size), the last item deleted."""
+    offsets (64 KiB blocks), a new item added (`added_size`, default the same disk size), the
+    last item deleted."""
     rng = random.Random(seed)
     items = sorted(p for p in library.iterdir() if p.is_dir())
     first, last = items[0], items[-1]
@@ -102,10 +104,21 @@ def new_version(library: Path, *, fraction: float, fixtures_dir: Path, seed: int
             out.seek(index * block)
             out.write(rng.randbytes(block))
     write_mf(first)
-    added = f"tmpl-{len(items) + 50:02d}"
-    added_bytes = write_item(library, added, size, rng, fixtures_dir)
+    added = f"tmpl-{seed:02d}-{len(items):02d}"  # unique per (seed, version)
+    added_bytes = write_item(library, added, added_size or size, rng, fixtures_dir)
     shutil.rmtree(last)
     return Change(first.name, blocks * block, added, added_bytes, last.name)
+
+
+def add_item(library: Path, name: str, *, disk_size: int, fixtures_dir: Path,
+             seed: int = 3) -> int:
+    """One more template at the server; returns its size in bytes."""
+    return write_item(library, name, disk_size, random.Random(seed), fixtures_dir)
+
+
+def item_files(library: Path, item: str) -> list[str]:
+    """Paths (relative to the library) of an item's files, as a subscriber would fetch them."""
+    return sorted(str(p.relative_to(library)) for p in (library / item).iterdir() if p.is_file())
 
 
 def tree_digests(root: Path, *, skip_json: bool = True) -> dict[str, str]:

@@ -40,6 +40,7 @@ PREFIX = "lsfleet"
 SUBNET = "198.18.0"  # inside 198.18.0.0/15, the benchmarking range; /24 is plenty for 200 sites
 SERVER_IP = f"{SUBNET}.1"
 WAN = "wan0"
+FRAME_OVERHEAD = 14 + 20 + 32  # Ethernet, IPv4, TCP with the timestamp option
 
 
 @dataclass(frozen=True)
@@ -333,9 +334,18 @@ class Fleet:
     # --- counters --------------------------------------------------------------------------
     def wire_bytes(self, i: int) -> tuple[int, int]:
         """(received, sent) bytes at site i's WAN interface, Ethernet frames included."""
-        data = json.loads(ip("-n", self.site_ns(i), "-s", "-j", "link", "show", WAN).output)
-        stats = data[0]["stats64"]
+        stats = self.wire_stats(i)
         return stats["rx"]["bytes"], stats["tx"]["bytes"]
+
+    def wire_stats(self, i: int) -> dict:
+        """The interface's stats64 (rx/tx bytes and packets)."""
+        data = json.loads(ip("-n", self.site_ns(i), "-s", "-j", "link", "show", WAN).output)
+        return data[0]["stats64"]
+
+    def tcp_payload_received(self, i: int) -> int:
+        """Bytes received minus Ethernet+IPv4+TCP(timestamps) headers: what TCP delivered."""
+        rx = self.wire_stats(i)["rx"]
+        return rx["bytes"] - rx["packets"] * FRAME_OVERHEAD
 
 
 def _burst(profile: LinkProfile) -> str:

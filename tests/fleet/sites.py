@@ -1,8 +1,8 @@
 """Run the real server role and one real client per site inside a `Fleet`.
 
-Server namespace: a real OpenSSH sshd on 198.18.0.1:2222 whose every key is forced to
-`rrsync -ro <library>` (the config rendered by library_syncer.server when that module is
-present, else the test harness's own), and a plain HTTP server on :8080 over the same library
+Server namespace: the real server role — sshd started from the sshd_config that
+library_syncer.server renders (as `library-syncer server render` does), each site's key added
+with `server.authorize` — on 198.18.0.1:2222, and a plain HTTP server on :8080 over the same library
 for the "full re-download" baseline (what a vCenter subscription does).
 
 Site namespace i: the delaying relay on 127.0.0.1:2222 and :8080 (→ the server through the
@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from library_syncer import execute
+from library_syncer import server as server_role
+from library_syncer.config import ServerConfig
 from tests.harness import sshd as sshd_harness
 
 from .netns import SERVER_IP, Fleet, LinkProfile, in_ns
@@ -60,6 +62,8 @@ class Site:
     state: Path
     profile: LinkProfile
     bandwidth_limit: str = "0"
+    io_timeout: float = 20.0
+    retry_budget: float = 600.0
 
     @property
     def published(self) -> Path:
@@ -91,41 +95,38 @@ class FleetRun:
         self.sshd_dir = work / "server-sshd"
         self.sshd_process = None
         self.server_cpu_carry = 0.0  # CPU of sshd instances that were killed (restart scenario)
-        self.user = sshd_harness.ensure_test_user().pw_name
+        self.user = sshd_harness.ensure_sysusers_user().pw_name
 
     # --- server ----------------------------------------------------------------------------
-    def _sshd_config(self) -> str:
-        text = sshd_harness.DEFAULT_CONFIG.replace("ListenAddress 127.0.0.1",
-                                                   f"ListenAddress {SERVER_IP}")
-        # hundreds of sites connect at once: don't let sshd's default 10:30:100 refuse them
-        text += "MaxStartups 256:30:512\nClientAliveInterval 15\nClientAliveCountMax 4\n"
-        return text.format(port=SSH_PORT, dir=self.sshd_dir, user=self.user)
+    def server_config(self) -> ServerConfig:
+        """The [server] section a real deployment would have, with the test's own paths."""
+        return ServerConfig(library=self.library, listen=(SERVER_IP,), port=SSH_PORT,
+                            user=self.user, config_dir=self.sshd_dir / "etc",
+                            sshd=sshd_harness.SSHD, rrsync=sshd_harness.RRSYNC,
+                            max_startups="256:30:512", client_alive_interval=15.0)
 
     def start_server(self) -> None:
+        """Render the real sshd_config (library_syncer.server, as `server render` does) and
+        start sshd from it in the server namespace."""
+        config = self.server_config()
         self.sshd_dir.mkdir(mode=0o755, exist_ok=True)
-        host_key = self.sshd_dir / "ssh_host_ed25519_key"
-        if not host_key.exists():
-            execute.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)])
-        config = self.sshd_dir / "sshd_config"
-        config.write_text(self._sshd_config())
-        self._write_authorized_keys()
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        execute.run([sshd_harness.SSHD, "-t", "-f", str(config)])
+        known = {entry.site for entry in server_role.list_keys(config)}
+        for site in self.sites:
+            if f"site-{site.index}" not in known:
+                server_role.authorize(config, Path(f"{site.key}.pub").read_text(),
+                                      f"site-{site.index}")
+        rendered = self.sshd_dir / "run" / "sshd_config"
+        server_role.write_config(config, rendered, host_keys=True, check=True)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
         self.sshd_process = self.fleet.spawn(
-            self.fleet.server_ns, [sshd_harness.SSHD, "-D", "-e", "-f", str(config)],
+            self.fleet.server_ns, [config.sshd, "-D", "-e", "-f", str(rendered)],
             log=self.sshd_dir / "sshd.log")
         _wait_port(self.fleet.server_ns, SERVER_IP, SSH_PORT)
 
-    def _write_authorized_keys(self) -> None:
-        lines = [sshd_harness.forced_rrsync_line(Path(f"{s.key}.pub").read_text().strip(),
-                                                 self.library) for s in self.sites]
-        path = self.sshd_dir / "authorized_keys"
-        path.write_text("".join(line + "\n" for line in lines))
-        os.chmod(path, 0o644)
-
     @property
     def host_key_pub(self) -> str:
-        text = (self.sshd_dir / "ssh_host_ed25519_key.pub").read_text()
+        key = server_role.host_key_paths(self.server_config())[0]
+        text = Path(f"{key}.pub").read_text()
         return " ".join(text.split()[:2])
 
     def server_cpu_seconds(self) -> float:
@@ -162,8 +163,8 @@ class FleetRun:
         (site_dir / "ssh").mkdir(mode=0o700, parents=True)
         key, _ = sshd_harness.keygen(site_dir / "ssh" / "id_syncer", comment=f"site-{i}")
         site = Site(i, ns, site_dir, key, site_dir / f"site-{i}.toml", site_dir / "state",
-                    profile, bandwidth_limit)
-        site.config.write_text(self._site_config(site, io_timeout, retry_budget))
+                    profile, bandwidth_limit, io_timeout, retry_budget)
+        self.write_config(site)
         self.sites.append(site)
         self.fleet.shape(i, profile)
         delay = profile.rtt_ms / 2
@@ -175,7 +176,14 @@ class FleetRun:
         _wait_port(ns, "127.0.0.1", SSH_PORT)
         return site
 
-    def _site_config(self, site: Site, io_timeout: float, retry_budget: float) -> str:
+    def set_bandwidth_limit(self, site: Site, limit: str) -> None:
+        site.bandwidth_limit = limit
+        self.write_config(site)
+
+    def write_config(self, site: Site) -> None:
+        site.config.write_text(self._site_config(site))
+
+    def _site_config(self, site: Site) -> str:
         return f"""\
 # site {site.index} of the fleet simulation ({site.profile.describe()})
 [library]
@@ -189,8 +197,8 @@ identity_file = "{site.key}"
 known_hosts = "{site.dir / 'ssh' / 'known_hosts'}"
 bandwidth_limit = "{site.bandwidth_limit}"
 connect_timeout = "10s"
-io_timeout = "{io_timeout:g}s"
-retry_budget = "{retry_budget:g}s"
+io_timeout = "{site.io_timeout:g}s"
+retry_budget = "{site.retry_budget:g}s"
 retry_initial_delay = "1s"
 retry_max_delay = "5s"
 min_free_space = "1M"
@@ -205,7 +213,6 @@ runtime_dir = "{site.dir / 'run'}"
         for site in self.sites:
             (site.dir / "ssh" / "known_hosts").write_text(
                 f"[127.0.0.1]:{SSH_PORT} {self.host_key_pub}\n")
-        self._write_authorized_keys()
 
     def client_argv(self, site: Site) -> list[str]:
         if self.client == "library-syncer":
@@ -214,7 +221,8 @@ runtime_dir = "{site.dir / 'run'}"
                f"-o UserKnownHostsFile={site.dir / 'ssh' / 'known_hosts'} -o ConnectTimeout=10")
         dest = site.state / "published"
         dest.mkdir(parents=True, exist_ok=True)
-        return ["rsync", "-a", "--delete", "--partial-dir=.rsync-partial", "--timeout=20",
+        return ["rsync", "-a", "--delete", "--partial-dir=.rsync-partial",
+                f"--timeout={site.io_timeout:g}",
                 f"--bwlimit={site.bandwidth_limit}", "-e", ssh, f"{self.user}@127.0.0.1:/",
                 f"{dest}/"]
 
