@@ -1,0 +1,98 @@
+"""The shipped unit files, checked by systemd's own tools (no running systemd needed)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TOP = Path(__file__).resolve().parent.parent
+UNITS = TOP / "systemd"
+MAX_EXPOSURE = 2.0
+
+
+def _all_units() -> list[Path]:
+    return sorted(p for p in UNITS.iterdir() if p.suffix in (".service", ".timer"))
+
+
+def _verifiable_copy(unit: Path, dest: Path) -> Path:
+    """The unit with /usr/bin/library-syncer pointed at this checkout's entry point.
+
+    `systemd-analyze verify` insists the ExecStart binary exists; the installed path is only
+    there after the .deb is installed (test_package.py verifies the installed units for real).
+    """
+    entry = Path(sys.executable).parent / "library-syncer"
+    assert entry.exists(), f"{entry} missing: run tests/bootstrap"
+    copy = dest / unit.name
+    copy.write_text(unit.read_text().replace("/usr/bin/library-syncer", str(entry)))
+    return copy
+
+
+def test_the_sync_units_are_shipped() -> None:
+    names = {p.name for p in _all_units()}
+    assert {"library-syncer.service", "library-syncer.timer"} <= names
+
+
+@pytest.mark.parametrize("unit", _all_units(), ids=lambda p: p.name)
+def test_systemd_analyze_verify_accepts_unit(unit: Path, tmp_path: Path) -> None:
+    copy = _verifiable_copy(unit, tmp_path)
+    if unit.suffix == ".timer":  # verify loads the service a timer triggers
+        service = UNITS / unit.with_suffix(".service").name
+        _verifiable_copy(service, tmp_path)
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(copy)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+@pytest.mark.parametrize("unit", [u for u in _all_units() if u.suffix == ".service"],
+                         ids=lambda p: p.name)
+def test_service_exposure_is_low(unit: Path) -> None:
+    result = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)],
+                            capture_output=True, text=True)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout[-500:] + result.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+
+
+def _settings(unit: Path) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            values.setdefault(key.strip(), []).append(value.strip())
+    return values
+
+
+def test_sync_service_contract() -> None:
+    unit = UNITS / "library-syncer.service"
+    s = _settings(unit)
+    assert s["Type"] == ["oneshot"]
+    assert s["ExecStart"] == ["/usr/bin/library-syncer sync"]
+    assert s["User"] == ["library-syncer"]
+    assert s["StateDirectory"] == ["library-syncer"]
+    assert s["ConditionPathExists"] == ["/etc/library-syncer/library-syncer.toml"]
+    assert s["TimeoutStartSec"] and s["TimeoutStartSec"] != ["infinity"]
+    for key in ("ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "NoNewPrivileges",
+                "RestrictAddressFamilies", "SystemCallFilter", "UMask", "Nice",
+                "IOSchedulingClass"):
+        assert key in s, key
+    assert s["CapabilityBoundingSet"] == [""]
+    # Not enabled on its own: only the timer (or the operator) starts it.
+    assert "[Install]" not in unit.read_text()
+
+
+def test_timer_defaults_match_the_original() -> None:
+    s = _settings(UNITS / "library-syncer.timer")
+    assert s["OnCalendar"] == ["Fri *-*-* 21:00:00"]
+    assert s["RandomizedDelaySec"] == ["6h"]
+    assert s["Persistent"] == ["true"]
+    assert s["WantedBy"] == ["timers.target"]
+
+
+def test_tools_present() -> None:
+    # The tests above rely on these; a missing tool must fail loudly, not skip.
+    assert shutil.which("systemd-analyze"), "systemd-analyze missing (apt-get install systemd)"
