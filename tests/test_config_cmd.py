@@ -1,4 +1,4 @@
-"""`config generate|show|validate`: the commented example round-trips, the conffile is its output."""
+"""`config generate|show|validate`: the example round-trips; the conffile is its output."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`config import-env`: the Docker version's compose/.env settings become an equivalent TOML file."""
+"""`config import-env`: the Docker version's compose/.env settings become equivalent TOML."""
 
 from __future__ import annotations
 
