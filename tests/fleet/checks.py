@@ -31,31 +31,36 @@ def _item_entries(snapshot: Path) -> list[dict]:
     return data["items"] if isinstance(data, dict) else data
 
 
-def _file_path(snapshot: Path, item: dict, entry: dict) -> Path:
+def _file_path(snapshot: Path, folder: str, entry: dict) -> Path:
     hrefs = entry.get("hrefs") or []
     if hrefs:
         return snapshot / unquote(hrefs[0]).lstrip("/")
-    folder = unquote(item.get("selfHref", item["name"] + "/item.json")).rsplit("/", 1)[0]
     return snapshot / folder / entry["name"]
 
 
-def manifest_files(snapshot: Path) -> dict[str, dict[str, int]]:
-    """item name → {file path relative to the snapshot: size listed in the manifest}."""
+def manifest_files(snapshot: Path) -> dict[str, dict[str, tuple[int, str]]]:
+    """item folder → {file path relative to the snapshot: (size, etag) from the manifests}.
+
+    items.json and each item's own item.json must agree."""
     result = {}
     for item in _item_entries(snapshot):
-        files = item.get("files")
-        if files is None:  # items.json may point at item.json for the details
-            self_href = unquote(item.get("selfHref", f"{item['name']}/item.json"))
-            files = json.loads((snapshot / self_href).read_text()).get("files", [])
-        result[item["name"]] = {
-            str(_file_path(snapshot, item, f).relative_to(snapshot)): int(f["size"])
-            for f in files}
+        self_href = unquote(item.get("selfHref", f"{item['name']}/item.json"))
+        folder = self_href.rsplit("/", 1)[0]
+        own = json.loads((snapshot / self_href).read_text())
+        if own.get("files") != item.get("files"):
+            raise ValueError(f"{self_href} and items.json list different files")
+        result[folder] = {
+            str(_file_path(snapshot, folder, f).relative_to(snapshot)):
+                (int(f["size"]), str(f.get("etag", "")).strip('"'))
+            for f in item["files"]}
     return result
 
 
-def verify_mf(folder: Path) -> list[str]:
-    """Problems with an item folder's `.mf` digests (empty when every listed file matches)."""
+def verify_mf(folder: Path, digests: dict[Path, str] | None = None) -> list[str]:
+    """Problems with an item folder's `.mf` digests (empty when every listed file matches).
+    `digests` holds SHA256 digests already computed, so no file is read twice."""
     problems = []
+    digests = digests if digests is not None else {}
     for mf in folder.glob("*.mf"):
         for line in mf.read_text().splitlines():
             match = _MF_LINE.match(line)
@@ -66,31 +71,43 @@ def verify_mf(folder: Path) -> list[str]:
             if not target.is_file():
                 problems.append(f"{target}: listed in {mf.name} but missing")
                 continue
-            digest = hashlib.new(algorithm.lower())
-            with open(target, "rb") as src:
-                while block := src.read(1 << 20):
-                    digest.update(block)
-            if digest.hexdigest() != expected.lower():
+            if algorithm == "SHA256":
+                if target not in digests:
+                    digests[target] = sha256_file(target)
+                actual = digests[target]
+            else:
+                digest = hashlib.new(algorithm.lower())
+                with open(target, "rb") as src:
+                    while block := src.read(1 << 20):
+                        digest.update(block)
+                actual = digest.hexdigest()
+            if actual != expected.lower():
                 problems.append(f"{target}: content does not match {mf.name}")
     return problems
 
 
 def snapshot_problems(snapshot: Path) -> list[str]:
-    """A published snapshot must be complete and self-consistent."""
+    """A published snapshot must be complete and self-consistent: every listed file present
+    with its listed size and etag (SHA256), every `.mf` digest matching."""
     problems = []
     try:
         listed = manifest_files(snapshot)
     except (OSError, ValueError, KeyError) as error:
         return [f"{snapshot}: manifests unreadable: {error}"]
+    digests: dict[Path, str] = {}
     for item, files in listed.items():
-        for rel, size in files.items():
+        for rel, (size, etag) in files.items():
             path = snapshot / rel
             if not path.is_file():
                 problems.append(f"{path}: listed in item {item} but missing")
-            elif path.stat().st_size != size:
+                continue
+            if path.stat().st_size != size:
                 problems.append(f"{path}: size {path.stat().st_size}, manifest says {size}")
+            digests[path] = sha256_file(path)
+            if etag and digests[path] != etag:
+                problems.append(f"{path}: SHA256 differs from its etag in the manifest")
     for folder in (p for p in snapshot.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        problems += verify_mf(folder)
+        problems += verify_mf(folder, digests)
     return problems
 
 
@@ -112,14 +129,18 @@ def compare_site(published: Path, library: Path) -> list[str]:
         listed = manifest_files(snapshot)
     except (OSError, ValueError, KeyError) as error:
         return [*problems, f"{snapshot}: manifests unreadable: {error}"]
-    folders = {p.name for p in library.iterdir() if p.is_dir()}
+    folders = {p.name for p in library.iterdir() if p.is_dir() and not p.name.startswith(".")}
     if set(listed) != folders:
         problems.append(f"manifest items {sorted(listed)} != server folders {sorted(folders)}")
     for item, files in listed.items():
-        for rel, size in files.items():
+        if set(files) != {rel for rel in want if rel.startswith(item + "/")}:
+            problems.append(f"item {item}: manifest lists {sorted(files)}, the server has "
+                            "other files")
+        for rel, (size, etag) in files.items():
             source = library / rel
-            if not source.is_file() or source.stat().st_size != size:
-                problems.append(f"{rel}: listed in item {item} with size {size}, server differs")
+            if not source.is_file() or source.stat().st_size != size or want.get(rel) != etag:
+                problems.append(f"{rel}: listed in item {item} with size {size} and etag "
+                                f"{etag[:12]}…, the server's file differs")
     return problems + snapshot_problems(snapshot)
 
 

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Fleet benchmark: 10+ remote sites on bad links pulling one library with `library-syncer sync`.
+
+Every site runs in its own network namespace with the issue's link profiles (2 Mbit/s + 300 ms
+RTT + 2% loss, 10 Mbit/s + 80 ms + 0.5%, satellite 5 Mbit/s + 600 ms + 1%), the real server role
+runs in the server namespace. Scenarios, in order, each checked for convergence (digests) and
+torn snapshots like tests/test_fleet.py, then figures:
+
+  1. first sync of the whole library to every site at once (random delay compressed);
+  2. a new template version (a fraction of one disk rewritten, an item added, one deleted),
+     against the baseline of the same run: every changed/added file downloaded whole over HTTP
+     through the same links (what vCenter's own subscription does);
+  3. the next version again while a third of the links flap and sshd is killed and restarted:
+     bytes re-sent compared with the clean version of scenario 2;
+  4. one site with `sync.bandwidth_limit`: measured rate against the limit.
+
+Needs root (network namespaces). Example (the figures in docs/benchmarks.md):
+    sudo .venv/bin/python bench/fleet.py --sites 10 --library-mb 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.fleet import library, scenarios  # noqa: E402
+from tests.fleet.netns import PROFILES, Fleet, LinkProfile  # noqa: E402
+from tests.fleet.sites import FleetRun  # noqa: E402
+from tests.harness import sshd as sshd_harness  # noqa: E402
+
+MB = 1 << 20
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+CYCLE = ["dsl", "office", "satellite"]
+
+
+def mb(count: float) -> str:
+    return f"{count / MB:8.2f}"
+
+
+def print_outcome(outcome: scenarios.Outcome, sites: list, *, against: int,
+                  against_name: str) -> None:
+    print(f"\n== {outcome.name}: converged in {outcome.seconds:.1f} s; server CPU "
+          f"{outcome.server_cpu:.2f} s = {outcome.cpu_per_site_sync * 1000:.0f} ms per "
+          f"site-sync; problems: {len(outcome.problems)}")
+    for problem in outcome.problems[:10]:
+        print("   !", problem)
+    print(f"   {'site':>4} {'profile':<10} {'seconds':>8} {'rx MB':>8} {'tx MB':>8} "
+          f"{'rx/' + against_name:>12}")
+    for result in outcome.results:
+        site = sites[result.site]
+        print(f"   {result.site:>4} {site.profile.name:<10} {result.seconds:8.1f} "
+              f"{mb(result.rx_bytes)} {mb(result.tx_bytes)} {result.rx_bytes / against:12.3f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", type=int, default=10)
+    parser.add_argument("--library-mb", type=int, default=200, help="total size of the library")
+    parser.add_argument("--items", type=int, default=5)
+    parser.add_argument("--fraction", type=float, default=0.02,
+                        help="share of one disk rewritten by a new version (1-5%%)")
+    parser.add_argument("--random-delay", type=float, default=10.0,
+                        help="the timer's random delay, compressed to seconds")
+    parser.add_argument("--flap-down", type=float, default=8.0, help="seconds a flapping link "
+                        "stays down (longer than the 5 s I/O timeout: the transfer breaks)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+
+    disk = args.library_mb * MB // args.items
+    work = sshd_harness.make_work_dir("bench-fleet")
+    lib = work / "library"
+    started = time.monotonic()
+    library.make_library(lib, items=args.items, disk_size=disk, fixtures_dir=FIXTURES)
+    profiles = [PROFILES[CYCLE[i % len(CYCLE)]] for i in range(args.sites)]
+    print(f"fleet: {args.sites} sites, library {library.library_size(lib) / MB:.0f} MB in "
+          f"{args.items} items; profiles: " + "; ".join(PROFILES[n].describe() for n in CYCLE))
+    try:
+        with Fleet(args.sites, tag="b") as fleet:
+            run = FleetRun(fleet, work, lib)
+            for profile in profiles:
+                run.add_site(profile, io_timeout=5, retry_budget=3600)
+            run.start_server()
+            run.start_http()
+            run.trust_server()
+            _run_scenarios(run, args, disk)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"\ntotal wall time {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def _run_scenarios(run: FleetRun, args: argparse.Namespace, disk: int) -> None:
+    sites = run.sites
+    first = scenarios.first_sync(run, random_delay=args.random_delay)
+    print_outcome(first, sites, against=first.library_bytes, against_name="library")
+
+    clean = scenarios.new_version(run, fraction=args.fraction, fixtures_dir=FIXTURES,
+                                  random_delay=args.random_delay, seed=2)
+    change: library.Change = clean.extra["change"]
+    print(f"\nnew version: {change.changed_bytes / MB:.2f} MB rewritten in {change.changed_item}"
+          f" ({args.fraction:.0%} of its disk), {change.added_bytes / MB:.1f} MB item added, "
+          f"{change.deleted_item} deleted; changed bytes = {change.new_bytes / MB:.2f} MB")
+    print_outcome(clean, sites, against=change.new_bytes, against_name="changed")
+    http_started = time.monotonic()
+    http = scenarios.http_baseline(run, change, sites)
+    http_seconds = time.monotonic() - http_started
+    print(f"\n== baseline, same change as whole files over HTTP (vCenter subscription): "
+          f"{http_seconds:.1f} s for all sites")
+    print(f"   {'site':>4} {'profile':<10} {'seconds':>8} {'rx MB':>8} {'rsync/http bytes':>17} "
+          f"{'rsync/http time':>16}")
+    for delta, whole in zip(clean.results, http, strict=True):
+        print(f"   {delta.site:>4} {sites[delta.site].profile.name:<10} {whole.seconds:8.1f} "
+              f"{mb(whole.rx_bytes)} {delta.rx_bytes / whole.rx_bytes:17.3f} "
+              f"{delta.seconds / whole.seconds:16.3f}")
+
+    flapping = list(range(0, len(sites), 3))
+    flaps = [(i, 3.0 + i % 4, args.flap_down) for i in flapping]
+    rough = scenarios.flaps_and_restart(run, fraction=args.fraction, fixtures_dir=FIXTURES,
+                                        flaps=flaps, kill_at=6.0, down_for=4.0, seed=3)
+    rough_change: library.Change = rough.extra["change"]
+    events = ", ".join(rough.extra["events"])
+    print(f"\nflaps: sites {flapping} down {args.flap_down:g} s; {events}")
+    print_outcome(rough, sites, against=rough_change.new_bytes, against_name="changed")
+    resent = [r.rx_bytes - c.rx_bytes for r, c in zip(rough.results, clean.results, strict=True)]
+    print(f"   bytes re-sent against the clean version (same size of change): median "
+          f"{statistics.median(resent) / MB:.2f} MB, max {max(resent) / MB:.2f} MB "
+          f"({max(resent) / rough_change.new_bytes:.1%} of the change)")
+
+    limit = "256K"
+    bw = scenarios.bandwidth_limit(run, sites[1], limit=limit, item_bytes=min(disk, 16 * MB),
+                                   fixtures_dir=FIXTURES,
+                                   profile=LinkProfile("unshaped", 0, sites[1].profile.rtt_ms))
+    measured, wanted = bw.extra["measured_bps"], bw.extra["limit_bps"]
+    print(f"\n== bandwidth limit {limit} on site 1: measured {measured / 1024:.0f} KiB/s of TCP "
+          f"payload against {wanted / 1024:.0f} KiB/s ({measured / wanted - 1:+.1%}); "
+          f"problems: {len(bw.problems)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
