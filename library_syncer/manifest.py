@@ -796,10 +796,15 @@ def _write_state(path: Path, lib: dict, records: dict[str, Record], published: l
 
 
 def _check_root(root: Path) -> None:
-    if not root.exists():
+    try:
+        st = root.stat()
+    except FileNotFoundError:
         raise LibraryPathError(f"{root}: the library folder does not exist",
-                               hint="create it or give the right path")
-    if not root.is_dir():
+                               hint="create it or give the right path") from None
+    except OSError as error:
+        raise LibraryPathError(f"{root}: cannot open the library folder ({error.strerror})"
+                               ) from None
+    if not stat.S_ISDIR(st.st_mode):
         raise LibraryPathError(f"{root}: not a folder; give the library folder (one sub-folder "
                                "per item)")
 

@@ -1,0 +1,481 @@
+"""The VCSP manifest engine on real folders: the fixture template, synthetic disks, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from library_syncer import manifest
+from library_syncer.errors import ExitStatus
+
+TTY = "ttylinux-template"
+DISK = "ttylinux-pc_i486-16.1-disk1.vmdk"
+MF = "ttylinux-pc_i486-16.1.mf"
+
+
+def _copy_template(fixtures_dir: Path, dest: Path) -> Path:
+    shutil.copytree(fixtures_dir / "ovf" / TTY, dest)
+    for path in [dest, *dest.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return dest
+
+
+def _write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_bytes())
+
+
+def _items(root: Path) -> dict[str, dict]:
+    return {item["name"]: item for item in _json(root / "items.json")["items"]}
+
+
+def _snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every JSON file we publish, with its bytes and mtime."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in root.rglob("*.json") if ".library-syncer" not in p.parts}
+
+
+def _build(root: Path, **kwargs) -> manifest.BuildReport:
+    kwargs.setdefault("name", "Test library")
+    return manifest.build(root, **kwargs)
+
+
+@pytest.fixture
+def library(tmp_path: Path, fixtures_dir: Path) -> Path:
+    root = tmp_path / "library"
+    root.mkdir()
+    _copy_template(fixtures_dir, root / TTY)
+    _write(root / "tools" / "readme.txt", "hello\n")
+    _write(root / "tools" / "bin.tar.gz", os.urandom(3000))
+    _write(root / "ubuntu" / "ubuntu-22.04.iso", os.urandom(5000))
+    return root
+
+
+def test_first_build_lists_everything(library: Path) -> None:
+    report = _build(library)
+    assert report.problems == ()
+    assert report.items == 3 and report.library_version == 1
+    lib = _json(library / "lib.json")
+    assert lib["vcspVersion"] == "2" and lib["itemsHref"] == "items.json"
+    assert lib["id"].startswith("urn:uuid:") and lib["name"] == "Test library"
+    assert lib["capabilities"] == {"transferIn": ["httpGet"], "transferOut": ["httpGet"]}
+    items = _items(library)
+    assert {n: i["type"] for n, i in items.items()} == {
+        TTY: "vcsp.ovf", "tools": "vcsp.other", "ubuntu": "vcsp.iso"}
+    tty = items[TTY]
+    assert tty["selfHref"] == f"{TTY}/item.json"
+    assert _json(library / TTY / "item.json") == tty
+    meta = json.loads(tty["metadata"][0]["value"])  # type-metadata is valid JSON
+    assert tty["metadata"][0]["key"] == "type-metadata"
+    assert meta["id"] == tty["id"] and meta["libraryIdParent"] == lib["id"]
+    assert meta["isVappTemplate"] == "false"
+    for item in items.values():  # per-file etags of each file's own content
+        for entry in item["files"]:
+            path = library / unquote(entry["hrefs"][0])
+            assert isinstance(entry["size"], int) and entry["size"] == path.stat().st_size
+            assert entry["etag"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert "metadata" not in items["tools"]
+    assert report.files_hashed == 6
+    assert report.content_bytes == sum(e["size"] for i in items.values() for e in i["files"])
+    assert any("10595840" in w for w in report.warnings)  # descriptor size differs: a warning
+
+
+def test_no_change_rebuild_is_byte_identical_and_reads_nothing(library: Path) -> None:
+    _build(library)
+    before = _snapshot(library)
+    report = _build(library)
+    assert report.files_hashed == 0 and report.bytes_hashed == 0
+    assert report.items_changed == ()
+    assert _snapshot(library) == before  # bytes and mtimes
+
+
+def test_versions_move_only_with_content(library: Path) -> None:
+    _build(library)
+    first = _items(library)
+    _write(library / "tools" / "readme.txt", "hello, changed\n")
+    report = _build(library)
+    items = _items(library)
+    assert report.items_changed == ("tools",)
+    assert report.library_version == 2
+    assert items["tools"]["version"] == "2" and items["tools"]["contentVersion"] == "2"
+    assert items[TTY] == first[TTY]
+    assert items["tools"]["id"] == first["tools"]["id"]
+    assert items["tools"]["created"] == first["tools"]["created"]
+    # A description alone bumps `version`, not `contentVersion`.
+    _write(library / "tools" / manifest.DESCRIPTION_FILE, "  Handy tools\n")
+    report = _build(library)
+    tools = _items(library)["tools"]
+    assert tools["description"] == "Handy tools"
+    assert (tools["version"], tools["contentVersion"]) == ("3", "2")
+    assert all(f["name"] != manifest.DESCRIPTION_FILE for f in tools["files"])
+    assert report.library_version == 3
+    # Deleting an item removes it and bumps the library.
+    shutil.rmtree(library / "ubuntu")
+    report = _build(library)
+    assert "ubuntu" not in _items(library) and report.items_changed == ("ubuntu",)
+    assert _json(library / "lib.json")["version"] == "4"
+
+
+def test_ids_and_versions_survive_loss_of_state(library: Path) -> None:
+    _build(library)
+    _write(library / "tools" / "readme.txt", "v2\n")
+    _build(library)
+    before = _snapshot(library)
+    shutil.rmtree(library / manifest.STATE_DIR_NAME)
+    report = _build(library)
+    assert report.items_changed == ()
+    assert _snapshot(library) == before
+
+
+def test_corrupt_previous_lib_json_is_reported_and_rebuilt(library: Path) -> None:
+    _build(library)
+    lib_id = _json(library / "lib.json")["id"]
+    shutil.rmtree(library / manifest.STATE_DIR_NAME)
+    (library / "lib.json").write_text("{ not json")
+    report = _build(library)
+    assert any("lib.json" in w and "not valid JSON" in w for w in report.warnings)
+    lib = _json(library / "lib.json")
+    assert lib["id"] == lib_id  # recovered from the items' libraryIdParent
+    assert int(lib["version"]) >= 2
+
+
+def test_hand_edited_items_json_is_reported_and_rebuilt(library: Path) -> None:
+    _build(library)
+    ids = {n: i["id"] for n, i in _items(library).items()}
+    shutil.rmtree(library / manifest.STATE_DIR_NAME)
+    data = _json(library / "items.json")
+    data["items"][0]["version"] = "banana"
+    (library / "items.json").write_text(json.dumps(data))
+    report = _build(library)
+    assert any("malformed" in w for w in report.warnings)
+    items = _items(library)
+    assert set(items) == set(ids)
+    assert sum(items[n]["id"] == ids[n] for n in ids) == 2  # the damaged entry gets a new id
+
+
+def test_mf_mismatch_leaves_item_out_and_rest_updates(library: Path) -> None:
+    _build(library)
+    first = _items(library)[TTY]
+    disk = library / TTY / DISK
+    data = bytearray(disk.read_bytes())
+    data[1000] ^= 0xFF
+    disk.write_bytes(bytes(data))
+    _write(library / "tools" / "new.txt", "new")
+    report = _build(library)
+    assert [(p.item, p.file) for p in report.problems] == [(TTY, DISK)]
+    line = str(report.problems[0])
+    assert TTY in line and DISK in line and "SHA1" in line and "\n" not in line
+    items = _items(library)
+    assert TTY not in items and "new.txt" in {f["name"] for f in items["tools"]["files"]}
+    assert not (library / TTY / "item.json").exists()  # no stale item.json for readers
+    assert set(report.items_changed) == {TTY, "tools"}
+    # Fixed: comes back under its old id; the library moves on.
+    data[1000] ^= 0xFF
+    disk.write_bytes(bytes(data))
+    report = _build(library)
+    assert report.problems == () and report.items_changed == (TTY,)
+    back = _items(library)[TTY]
+    assert back["id"] == first["id"] and back["created"] == first["created"]
+    assert _json(library / "lib.json")["version"] == "3"
+
+
+def test_mf_missing_file_and_sha256_manifest(library: Path) -> None:
+    folder = library / TTY
+    disk = (folder / DISK).read_bytes()
+    ovf_name = "ttylinux-pc_i486-16.1.ovf"
+    lines = [f"SHA256({ovf_name})= {hashlib.sha256((folder / ovf_name).read_bytes()).hexdigest()}",
+             f"SHA512({DISK})= {hashlib.sha512(disk).hexdigest()}"]
+    (folder / MF).write_text("\n".join(lines) + "\n")
+    assert _build(library).problems == ()
+    (folder / MF).write_text("\n".join([*lines, f"SHA1(gone.vmdk)= {'0' * 40}"]) + "\n")
+    report = _build(library)
+    assert [(p.item, p.file) for p in report.problems] == [(TTY, "gone.vmdk")]
+    (folder / MF).write_text("garbage\n")
+    report = _build(library)
+    assert report.problems[0].file == MF and "invalid manifest" in str(report.problems[0])
+
+
+def test_referenced_file_missing(library: Path) -> None:
+    (library / TTY / MF).unlink()
+    (library / TTY / DISK).unlink()
+    report = _build(library)
+    assert [(p.item, p.file) for p in report.problems] == [(TTY, DISK)]
+    assert "missing" in report.problems[0].message
+    assert set(_items(library)) == {"tools", "ubuntu"}
+
+
+@pytest.mark.parametrize("descriptor", ["invalid.ovf", "empty.ovf", "bad-utf8"])
+def test_invalid_descriptors_are_problems(library: Path, fixtures_dir: Path,
+                                          descriptor: str) -> None:
+    folder = library / "broken"
+    if descriptor == "bad-utf8":
+        _write(folder / "t.ovf", b"<Envelope><VirtualSystem id='a'><Name>\xff</Name>"
+                                 b"</VirtualSystem></Envelope>")
+    else:
+        shutil.copy(fixtures_dir / "ovf" / "descriptors" / descriptor, _write(folder / "x", ""))
+        (folder / "x").rename(folder / "t.ovf")
+    report = _build(library)
+    assert [(p.item, p.file) for p in report.problems] == [("broken", "t.ovf")]
+    assert "invalid OVF descriptor" in str(report.problems[0])
+    assert set(_items(library)) == {TTY, "tools", "ubuntu"}
+
+
+@pytest.mark.parametrize(("descriptor", "vapp"), [("3VMvApp.ovf", "true"),
+                                                   ("vApp_with_2vms.ovf", "true"),
+                                                   ("nostalgia-two-disks.ovf", "false")])
+def test_vapp_detection_with_synthetic_disks(tmp_path: Path, fixtures_dir: Path,
+                                             descriptor: str, vapp: str) -> None:
+    from library_syncer import ovf
+    source = fixtures_dir / "ovf" / "descriptors" / descriptor
+    folder = tmp_path / "lib" / "template"
+    _write(folder / descriptor, source.read_bytes())
+    for ref in ovf.parse_descriptor(source.read_bytes()).references:
+        _write(folder / ref.href, os.urandom(512))
+    report = _build(tmp_path / "lib")
+    assert report.problems == ()
+    item = _items(tmp_path / "lib")["template"]
+    assert item["type"] == "vcsp.ovf"
+    assert json.loads(item["metadata"][0]["value"])["isVappTemplate"] == vapp
+
+
+def test_item_types(tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    _write(root / "isos" / "a.iso", b"a")
+    _write(root / "isos" / "b.ISO", b"b")
+    _write(root / "one" / "x.iso", b"x")
+    _write(root / "mixed" / "x.iso", b"x")
+    _write(root / "mixed" / "notes.txt", b"n")
+    _write(root / "ovfname" / "not.ovf.txt", b"n")  # .ovf by extension only
+    _write(root / "upper" / "T.OVF", b"<Envelope><VirtualSystem id='v'/></Envelope>")
+    report = _build(root)
+    assert report.problems == ()
+    items = _items(root)
+    assert {n: i["type"] for n, i in items.items()} == {
+        "a": "vcsp.iso", "b": "vcsp.iso", "one": "vcsp.iso", "mixed": "vcsp.other",
+        "ovfname": "vcsp.other", "upper": "vcsp.ovf"}
+    assert items["a"]["selfHref"] == "isos/a/item.json"
+    assert _json(root / "isos" / "a" / "item.json") == items["a"]
+    before = _snapshot(root)
+    assert _build(root).warnings == ()  # our ISO sub-folders are not "sub-folders in an item"
+    assert _snapshot(root) == before
+    (root / "isos" / "b.ISO").unlink()
+    _write(root / "isos" / "c.iso", b"c")
+    _build(root)
+    assert not (root / "isos" / "b").exists()  # the removed ISO's item.json folder is gone
+
+
+def test_names_shortened_unique_and_hrefs_encoded(tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    long_a = "a" * 90 + ".iso"
+    for folder in ["x" * 100, "x" * 100 + "y", "sp ace#1 %25?é", "dossier été"]:
+        _write(root / folder / "f i#le?%.bin", folder.encode())
+    _write(root / "iso-folder" / long_a, b"1")
+    _write(root / "iso-folder" / ("a" * 90 + "b.iso"), b"2")
+    report = _build(root)
+    assert report.problems == ()
+    items = _json(root / "items.json")["items"]
+    names = [i["name"] for i in items]
+    assert len(set(names)) == len(names) and all(len(n) <= 80 for n in names)
+    assert "x" * 80 in names and "sp ace#1 %25?é" in names
+    for item in items:
+        for entry in item["files"]:
+            href = entry["hrefs"][0]
+            assert " " not in href and "#" not in href and "?" not in href
+            assert (root / unquote(href)).stat().st_size == entry["size"]
+        assert (root / unquote(item["selfHref"])).is_file()
+    assert manifest.shorten("b" * 100 + ".ovf") == "b" * 76 + ".ovf"
+    assert manifest.shorten("c" * 100) == "c" * 80
+    assert manifest.href("a b/c#d", "é?.iso") == "a%20b/c%23d/%C3%A9%3F.iso"
+
+
+def test_never_listed(library: Path, tmp_path: Path) -> None:
+    tools = library / "tools"
+    for name in [".hidden", ".vSphere-HA", "big.iso.part", "x.tmp", "notes.txt~",
+                 ".readme.txt.Ab12Cd", "item.json"]:
+        _write(tools / name, b"junk")
+    outside = _write(tmp_path / "secret.txt", b"secret")
+    (tools / "link").symlink_to(outside)
+    (library / "rootlink").symlink_to(tmp_path)
+    _write(tools / "sub" / "deep.txt", b"deep")
+    _write(library / "stray.txt", b"at the root")
+    report = _build(library)
+    names = {f["name"] for f in _items(library)["tools"]["files"]}
+    assert names == {"readme.txt", "bin.tar.gz"}
+    assert set(_items(library)) == {TTY, "tools", "ubuntu"}
+    text = "\n".join(report.warnings)
+    for fragment in ["tools/link: a symbolic link", "tools/sub: a sub-folder", "rootlink",
+                     "stray.txt"]:
+        assert fragment in text
+    assert all("\n" not in w for w in report.warnings)
+
+
+def test_certs_listed_unless_excluded(library: Path) -> None:
+    _write(library / TTY / "ttylinux-pc_i486-16.1.cert", b"-----BEGIN CERTIFICATE-----\n")
+    _build(library)
+    assert "ttylinux-pc_i486-16.1.cert" in {f["name"] for f in _items(library)[TTY]["files"]}
+    _build(library, include_certs=False)
+    assert "ttylinux-pc_i486-16.1.cert" not in {f["name"] for f in _items(library)[TTY]["files"]}
+
+
+def test_empty_library_and_bad_paths(tmp_path: Path) -> None:
+    root = tmp_path / "empty"
+    root.mkdir()
+    report = _build(root)
+    assert report.items == 0 and _json(root / "items.json") == {"items": []}
+    with pytest.raises(manifest.LibraryPathError, match="does not exist"):
+        _build(tmp_path / "missing")
+    with pytest.raises(manifest.LibraryPathError, match="not a folder"):
+        _build(_write(tmp_path / "file", b""))
+
+
+def test_unreadable_file_is_a_problem(work_dir: Path) -> None:
+    # Root reads everything, so run the build as `nobody` on a library it cannot fully read.
+    tmp_path = work_dir
+    root = tmp_path / "lib"
+    _write(root / "ok" / "a.txt", b"a")
+    secret = _write(root / "locked" / "disk.bin", b"secret")
+    tmp_path.chmod(0o755)
+    for path in [root, root / "ok", root / "locked"]:
+        path.chmod(0o777)
+    (root / "ok" / "a.txt").chmod(0o644)
+    secret.chmod(0o000)
+    code = ("import sys, os; os.setgid(65534); os.setuid(65534); "
+            "from pathlib import Path; from library_syncer import manifest; "
+            "r = manifest.build(Path(sys.argv[1]), name='x', state_dir=Path(sys.argv[2])); "
+            "print('\\n'.join(str(p) for p in r.problems))")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o777)
+    state.chmod(0o777)
+    result = subprocess.run([sys.executable, "-c", code, str(root), str(state)],
+                            capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert "locked/disk.bin: cannot read (Permission denied)" in result.stdout
+    assert [i["name"] for i in _json(root / "items.json")["items"]] == ["ok"]
+
+
+def test_manifest_files_replaced_never_written_in_place(library: Path) -> None:
+    _build(library)
+    published = library.parent / "published-items.json"
+    os.link(library / "items.json", published)  # as a hard link shared with a snapshot
+    original = published.read_bytes()
+    _write(library / "tools" / "more.txt", b"more")
+    _build(library)
+    assert published.read_bytes() == original
+    assert (library / "items.json").read_bytes() != original
+
+
+def test_lib_json_written_last(library: Path) -> None:
+    _build(library)
+    lib = (library / "lib.json").stat().st_mtime_ns
+    assert lib >= (library / "items.json").stat().st_mtime_ns
+    assert (library / "items.json").stat().st_mtime_ns >= \
+        (library / TTY / "item.json").stat().st_mtime_ns
+
+
+# ---------------------------------------------------------------- the sync flow: hard-link snapshots
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    """What rsync --link-dest does for unchanged files: same inodes, no JSON."""
+    for path in source.rglob("*"):
+        rel = path.relative_to(source)
+        if rel.parts[0].startswith(".") or path.suffix == ".json":
+            continue
+        if path.is_dir():
+            (dest / rel).mkdir(parents=True, exist_ok=True)
+        else:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, dest / rel)
+
+
+def test_sync_flow_snapshots_reuse_cache_and_keep_bytes(library: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = _build(library, state_dir=state)
+    assert first.files_hashed == 6
+    published = library
+    for generation in range(3):  # three no-change syncs, each a new staging tree
+        staging = tmp_path / f"snap{generation}"
+        staging.mkdir()
+        ctime_before = (published / "tools" / "readme.txt").stat().st_ctime_ns
+        _link_tree(published, staging)
+        st = (staging / "tools" / "readme.txt").stat()
+        assert st.st_ctime_ns != ctime_before or st.st_nlink > 1  # linking touched the ctime
+        report = _build(staging, state_dir=state, previous=published)
+        assert report.files_hashed == 0, "hard-linked files must come from the cache"
+        assert report.items_changed == ()
+        snap = {k: v[0] for k, v in _snapshot(staging).items()}
+        assert snap == {k: v[0] for k, v in _snapshot(published).items()}
+        assert not (staging / manifest.STATE_DIR_NAME).exists()
+        published = staging
+    # A changed file arrives as a new inode (rsync writes a temp file and renames it).
+    staging = tmp_path / "changed"
+    staging.mkdir()
+    _link_tree(published, staging)
+    (staging / "tools" / "readme.txt").unlink()
+    _write(staging / "tools" / "readme.txt", "changed\n")
+    report = _build(staging, state_dir=state, previous=published)
+    assert report.files_hashed == 1 and report.items_changed == ("tools",)
+    assert _json(staging / "lib.json")["version"] == "2"
+
+
+def test_sync_flow_recovers_ids_from_previous_when_state_lost(library: Path,
+                                                              tmp_path: Path) -> None:
+    _build(library, state_dir=tmp_path / "state")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    _link_tree(library, staging)
+    report = _build(staging, state_dir=tmp_path / "new-state", previous=library)
+    assert report.items_changed == () and report.files_hashed == 6
+    assert {k: v[0] for k, v in _snapshot(staging).items()} == \
+        {k: v[0] for k, v in _snapshot(library).items()}
+
+
+def test_in_place_rewrite_with_restored_mtime_is_detected(library: Path) -> None:
+    _build(library)
+    path = library / "tools" / "readme.txt"
+    st = path.stat()
+    with open(path, "r+b") as handle:  # same inode, same size, mtime put back: only ctime moves
+        handle.write(b"J")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    report = _build(library)
+    assert report.files_hashed == 1 and report.items_changed == ("tools",)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "library_syncer", *args], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_cli_build(library: Path, tmp_path: Path) -> None:
+    result = _cli("manifest", "build", str(library), "--name", "Site", "--workers", "2",
+                  "--state", str(tmp_path / "st"))
+    assert result.returncode == 0, result.stderr
+    assert _json(library / "lib.json")["name"] == "Site"
+    assert (tmp_path / "st" / manifest.STATE_FILE).is_file()
+    (library / "ubuntu" / "ubuntu-22.04.iso").write_bytes(b"x")
+    _write(library / TTY / DISK, b"corrupt")
+    result = _cli("manifest", "build", str(library), "--state", str(tmp_path / "st"))
+    assert result.returncode == ExitStatus.VERIFY
+    assert f"item '{TTY}' left out: {TTY}/{DISK}: SHA1 digest does not match" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = _cli("manifest", "build", str(tmp_path / "nowhere"))
+    assert result.returncode == ExitStatus.CONFIG
+    assert "nowhere: the library folder does not exist" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

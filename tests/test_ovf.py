@@ -1,0 +1,188 @@
+"""OVF descriptors, .mf manifests and OVA unpacking, on the real VMware fixtures and crafted tars."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from library_syncer import ovf
+from library_syncer.errors import ExitStatus
+
+
+@pytest.fixture
+def descriptors(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "ovf" / "descriptors"
+
+
+@pytest.mark.parametrize(("name", "vapp", "refs"), [
+    ("ttylinux.ovf", False, 1),
+    ("3VMvApp.ovf", True, 3),  # default namespace
+    ("vApp_with_2vms.ovf", True, 2),  # ovf: prefixed elements
+    ("sunVHW-DiskTypes_invalidUTF.ovf", True, 4),  # starts with a UTF-8 BOM
+    ("centos.ovf", False, 1),
+    ("deployment-configs.ovf", False, 4),
+])
+def test_fixture_descriptors(descriptors: Path, name: str, vapp: bool, refs: int) -> None:
+    desc = ovf.parse_descriptor((descriptors / name).read_bytes())
+    assert desc.is_vapp is vapp
+    assert len(desc.references) == refs
+
+
+def test_references_keep_sizes_and_missing_sizes(descriptors: Path) -> None:
+    tty = ovf.parse_descriptor((descriptors / "ttylinux.ovf").read_bytes())
+    assert tty.references == (ovf.Reference("ttylinux-pc_i486-16.1-disk1.vmdk", 10595840),)
+    centos = ovf.parse_descriptor((descriptors / "centos.ovf").read_bytes())
+    assert centos.references[0].size is None
+
+
+@pytest.mark.parametrize(("name", "fragment"), [
+    ("empty.ovf", "found 0"),
+    ("invalid.ovf", "no ovf:id"),
+])
+def test_invalid_fixture_descriptors(descriptors: Path, name: str, fragment: str) -> None:
+    with pytest.raises(ovf.OvfError, match=fragment):
+        ovf.parse_descriptor((descriptors / name).read_bytes())
+
+
+def test_unnamespaced_descriptor_and_vapp_in_text_only() -> None:
+    # The word VirtualSystemCollection in a comment or text must not make a vApp (no grepping).
+    data = b"""<Envelope><!-- <VirtualSystemCollection> --><References>
+      <File href="disk%201.vmdk" size="12"/><File href="https://example.invalid/x.iso"/>
+      </References><VirtualSystem id="vm"><Info>VirtualSystemCollection</Info></VirtualSystem>
+      </Envelope>"""
+    desc = ovf.parse_descriptor(data)
+    assert desc.is_vapp is False
+    assert desc.references[0] == ovf.Reference("disk 1.vmdk", 12)
+    assert desc.references[1].external
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    (b"<Envelope><VirtualSystem id='a'><Name>caf\xe9</Name></VirtualSystem></Envelope>",
+     "invalid XML"),  # Latin-1 byte in a UTF-8 document
+    (b"<Envelope><VirtualSystem id='a'>", "invalid XML"),
+    (b"<Root/>", "expected an OVF <Envelope>"),
+    (b"<Envelope><References><File href='../etc/passwd'/></References>"
+     b"<VirtualSystem id='a'/></Envelope>", "outside the template folder"),
+    (b"<Envelope><References><File href='a.vmdk' size='big'/></References>"
+     b"<VirtualSystem id='a'/></Envelope>", "non-integer size"),
+    (b"<Envelope><References><File href='a'/><File href='a'/></References>"
+     b"<VirtualSystem id='a'/></Envelope>", "referenced twice"),
+])
+def test_bad_descriptors(data: bytes, fragment: str) -> None:
+    with pytest.raises(ovf.OvfError, match=fragment):
+        ovf.parse_descriptor(data)
+
+
+def test_parse_mf_fixture(fixtures_dir: Path) -> None:
+    folder = fixtures_dir / "ovf" / "ttylinux-template"
+    entries = ovf.parse_mf((folder / "ttylinux-pc_i486-16.1.mf").read_bytes())
+    assert set(entries) == {"ttylinux-pc_i486-16.1.ovf", "ttylinux-pc_i486-16.1-disk1.vmdk"}
+    for name, entry in entries.items():  # the fixture's digests are right
+        assert entry.algorithm == "sha1"
+        assert hashlib.sha1((folder / name).read_bytes()).hexdigest() == entry.digest
+
+
+def test_parse_mf_variants() -> None:
+    text = (f"SHA256(a b.vmdk)= {'A' * 64}\n\nSHA512 (c.ovf) = {'0' * 128}\r\n"
+            f"SHA1(d)={'f' * 40}\n")
+    entries = ovf.parse_mf(text.encode())
+    assert entries["a b.vmdk"] == ovf.MfEntry("sha256", "a" * 64)
+    assert entries["c.ovf"].algorithm == "sha512"
+    assert entries["d"].algorithm == "sha1"
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    (b"MD5(a)= 00\n", "line 1"),
+    (b"SHA256(a)= abc\n", "64 hex digits"),
+    (b"SHA1(../a)= " + b"0" * 40, "outside"),
+    (b"\xff\xfe", "not UTF-8"),
+])
+def test_parse_mf_errors(data: bytes, fragment: str) -> None:
+    with pytest.raises(ovf.OvfError, match=fragment):
+        ovf.parse_mf(data)
+
+
+def test_unpack_fixture_ova(fixtures_dir: Path, tmp_path: Path) -> None:
+    files = ovf.unpack_ova(fixtures_dir / "ovf" / "ttylinux-pc_i486-16.1.ova", tmp_path)
+    assert [f.name for f in files] == ["ttylinux-pc_i486-16.1.ovf", "ttylinux-pc_i486-16.1.mf",
+                                       "ttylinux-pc_i486-16.1-disk1.vmdk"]
+    entries = ovf.parse_mf(files[1].read_bytes())
+    for path in files:
+        if path.name in entries:
+            assert hashlib.sha1(path.read_bytes()).hexdigest() == entries[path.name].digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in files)
+
+
+def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(path, "w") as archive:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _info(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    return info
+
+
+@pytest.mark.parametrize(("member", "fragment"), [
+    (_info("x.vmdk", tarfile.SYMTYPE, "/etc/passwd"), "is a link"),
+    (_info("x.vmdk", tarfile.LNKTYPE, "a.ovf"), "is a link"),
+    (_info("sub", tarfile.DIRTYPE), "sub-folder"),
+    (_info("null", tarfile.CHRTYPE), "device"),
+    (_info("fifo", tarfile.FIFOTYPE), "device"),
+])
+def test_unpack_refuses_non_files(tmp_path: Path, member: tarfile.TarInfo, fragment: str) -> None:
+    ova = _tar(tmp_path / "bad.ova", [(_info("a.ovf"), b"<Envelope/>"), (member, None)])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ovf.OvaError, match=fragment) as caught:
+        ovf.unpack_ova(ova, dest)
+    assert caught.value.exit_status == ExitStatus.VERIFY
+    assert "bad.ova" in str(caught.value)
+    assert list(dest.iterdir()) == []  # checked before anything is written
+
+
+@pytest.mark.parametrize("name", ["../evil.ovf", "/tmp/evil.ovf", "sub/evil.ovf", ".hidden",
+                                  "..", "a/../../evil"])
+def test_unpack_refuses_paths(tmp_path: Path, name: str) -> None:
+    ova = _tar(tmp_path / "bad.ova", [(_info(name), b"x")])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ovf.OvaError, match="not allowed"):
+        ovf.unpack_ova(ova, dest)
+    assert list(dest.iterdir()) == []
+    assert not (tmp_path / "evil.ovf").exists()
+
+
+def test_unpack_refuses_duplicates_garbage_and_empty(tmp_path: Path) -> None:
+    dup = _tar(tmp_path / "dup.ova", [(_info("a.ovf"), b"1"), (_info("./a.ovf"), b"2")])
+    with pytest.raises(ovf.OvaError, match="twice"):
+        ovf.unpack_ova(dup, tmp_path)
+    garbage = tmp_path / "garbage.ova"
+    garbage.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(ovf.OvaError, match="not a readable OVA"):
+        ovf.unpack_ova(garbage, tmp_path)
+    empty = _tar(tmp_path / "empty.ova", [])
+    with pytest.raises(ovf.OvaError, match="empty"):
+        ovf.unpack_ova(empty, tmp_path)
+
+
+def test_unpack_truncated_archive_leaves_no_half_file(fixtures_dir: Path, tmp_path: Path) -> None:
+    data = (fixtures_dir / "ovf" / "ttylinux-pc_i486-16.1.ova").read_bytes()
+    cut = tmp_path / "cut.ova"
+    cut.write_bytes(data[: len(data) // 2])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ovf.OvaError):
+        ovf.unpack_ova(cut, dest)
+    assert not any(p.name.endswith(".tmp") for p in dest.iterdir())
+    assert not (dest / "ttylinux-pc_i486-16.1-disk1.vmdk").exists()
