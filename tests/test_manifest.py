@@ -386,7 +386,7 @@ def test_lib_json_written_last(library: Path) -> None:
         (library / TTY / "item.json").stat().st_mtime_ns
 
 
-# ---------------------------------------------------------------- the sync flow: hard-link snapshots
+# ------------------------------------------------------- the sync flow: hard-link snapshots
 
 
 def _link_tree(source: Path, dest: Path) -> None:

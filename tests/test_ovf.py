@@ -1,4 +1,4 @@
-"""OVF descriptors, .mf manifests and OVA unpacking, on the real VMware fixtures and crafted tars."""
+"""OVF descriptors, .mf manifests and OVA unpacking: the VMware fixtures and crafted tars."""
 
 from __future__ import annotations
 
