@@ -145,3 +145,26 @@ def _line(raw: bytes, emit: Callable[[str], None], tail: collections.deque) -> N
 def capture(argv: Sequence[str], **kwargs) -> str:
     """Run a small command and return its stdout (raises CommandFailed on failure)."""
     return run(argv, capture=True, **kwargs).output
+
+
+def spawn(argv: Sequence[str], *, log_file: str, env: Mapping[str, str] | None = None
+          ) -> subprocess.Popen:
+    """Start a long-running daemon (the demo's sshd and caddy), output appended to `log_file`.
+
+    Stop it with `stop()`; the caller owns it and must stop it in a `finally`.
+    """
+    argv = [str(a) for a in argv]
+    log.debug("starting: %s", " ".join(argv))
+    with open(log_file, "ab") as output:
+        try:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
+                                    stderr=subprocess.STDOUT,
+                                    env=dict(env) if env is not None else None)
+        except FileNotFoundError:
+            raise SyncerError(f"{argv[0]}: command not found",
+                              hint="install it or set its path in the settings file") from None
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM a spawned daemon, SIGKILL after a grace period."""
+    _terminate(process)
