@@ -12,7 +12,10 @@ import pytest
 
 TOP = Path(__file__).resolve().parent.parent
 UNITS = TOP / "systemd"
-MAX_EXPOSURE = 2.0
+# systemd-analyze security's "exposure" (0 = locked down, 10 = unprotected). The sync runs
+# unprivileged: at most 2.0. Daemons that must switch users (sshd) get the "OK" band, < 3.0.
+MAX_EXPOSURE = {"library-syncer.service": 2.0}
+DAEMON_MAX_EXPOSURE = 3.0
 
 
 def _all_units() -> list[Path]:
@@ -55,7 +58,8 @@ def test_service_exposure_is_low(unit: Path) -> None:
                             capture_output=True, text=True)
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout[-500:] + result.stderr
-    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+    limit = MAX_EXPOSURE.get(unit.name, DAEMON_MAX_EXPOSURE)
+    assert float(match.group(1)) <= limit, result.stdout
 
 
 def _settings(unit: Path) -> dict[str, list[str]]:
