@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import stat
 import uuid
@@ -23,8 +22,6 @@ from urllib.parse import quote, unquote
 
 from . import fsutil, ovf
 from .errors import ExitStatus, SyncerError
-
-log = logging.getLogger("library-syncer.manifest")
 
 LIB_FILE, ITEMS_FILE, ITEM_FILE = "lib.json", "items.json", "item.json"
 DESCRIPTION_FILE = "item-description.txt"  # the sidecar: plain UTF-8 text, never listed
@@ -885,14 +882,14 @@ def build(root: Path, *, name: str, state_dir: Path | None = None, previous: Pat
     fsutil.write_if_changed(root / ITEMS_FILE, _dumps({"items": [i for _, i in items]}))
     fsutil.write_if_changed(root / LIB_FILE, _dumps(lib))  # last: it announces the new set
     broken_keys = {c.key for c in cands if c.problems}
-    _remove_stale(root, (set(prev.published) | broken_keys) - set(records))
+    folders = {e.name for e in os.scandir(root)
+               if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)}
+    _remove_stale(root, (prev.published | broken_keys | folders) - set(records))
 
     # Left-out items keep their identity so they come back under the same id once fixed.
     keep = {k: prev.items[k] for k in broken_keys if k in prev.items}
     _write_state(state_dir / STATE_FILE, lib, records, list(records), keep)
     cache.save()
-    for warning in warnings:
-        log.warning("%s", warning)
     return BuildReport(
         library_version=lib_version, items=len(records), items_changed=tuple(sorted(changed)),
         problems=tuple(problems), warnings=tuple(warnings), files_hashed=stats.files,

@@ -17,6 +17,8 @@ def build(args: argparse.Namespace) -> int:
     name = args.name or root.resolve().name
     report = manifest.build(root, name=name, state_dir=args.state,
                             include_certs=not args.no_certs, workers=args.workers)
+    for warning in report.warnings:
+        log.warning("library-syncer: warning: %s", warning)
     for problem in report.problems:
         log.error("library-syncer: %s", problem)
     changed = ", ".join(report.items_changed) if report.items_changed else "nothing changed"

@@ -1,0 +1,218 @@
+"""Property-based: any sequence of add/modify/delete/rename keeps the manifest rules.
+
+A hypothesis state machine edits a real library folder, rebuilds (in place, after losing the
+state, or as the sync does: a new hard-linked snapshot with the previous one as `previous`), and
+checks after every build: ids and names are stable, versions move exactly when what a subscriber
+downloads moved, every href resolves to a file of the listed size and digest, and a build with no
+change leaves every JSON byte as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from library_syncer import manifest
+
+FOLDERS = ["alpha", "beta gamma", "x#y", "ünï", "q?%25", "L" * 85 + "1", "L" * 85 + "2"]
+FILES = ["a.bin", "b b.txt", "c#1.bin", "ü.txt", "d%20.bin"]
+contents = st.binary(min_size=0, max_size=48)
+
+
+def _put(path: Path, data: bytes) -> None:
+    """Write as rsync does: a new inode renamed into place (never in place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.XXXXXX")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _json_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*.json")
+            if ".library-syncer" not in p.parts}
+
+
+class LibraryMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = Path(tempfile.mkdtemp(prefix="manifest-prop-"))
+        self.root = self.base / "snap0"
+        self.root.mkdir()
+        self.state = self.base / "state"
+        self.generation = 0
+        self.model: dict[str, dict[str, bytes]] = {}  # folder -> file -> content
+        self.descriptions: dict[str, str] = {}
+        self.published: dict[str, dict] | None = None  # folder -> item of the last build
+        self.published_model: dict[str, tuple] = {}
+        self.lib: dict | None = None
+        self.ever_ids: set[str] = set()
+        self.json_before: dict[str, bytes] = {}
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    # ------------------------------------------------------------------ edits
+
+    @rule(folder=st.sampled_from(FOLDERS), name=st.sampled_from(FILES), data=contents)
+    def put_file(self, folder: str, name: str, data: bytes) -> None:
+        _put(self.root / folder / name, data)
+        self.model.setdefault(folder, {})[name] = data
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def delete_file(self, data: st.DataObject) -> None:
+        folder = data.draw(st.sampled_from(sorted(self.model)))
+        name = data.draw(st.sampled_from(sorted(self.model[folder])))
+        (self.root / folder / name).unlink()
+        del self.model[folder][name]
+        if not self.model[folder]:
+            del self.model[folder]  # an empty folder is not an item
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def delete_item(self, data: st.DataObject) -> None:
+        folder = data.draw(st.sampled_from(sorted(self.model)))
+        shutil.rmtree(self.root / folder)
+        del self.model[folder]
+        self.descriptions.pop(folder, None)
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), new=st.sampled_from(FOLDERS))
+    def rename_item(self, data: st.DataObject, new: str) -> None:
+        old = data.draw(st.sampled_from(sorted(self.model)))
+        if new in self.model or (self.root / new).exists():
+            return
+        (self.root / old).rename(self.root / new)
+        self.model[new] = self.model.pop(old)
+        if old in self.descriptions:
+            self.descriptions[new] = self.descriptions.pop(old)
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), text=st.sampled_from(["", "Gold image", "Ünïcode ✓"]))
+    def describe(self, data: st.DataObject, text: str) -> None:
+        folder = data.draw(st.sampled_from(sorted(self.model)))
+        _put(self.root / folder / manifest.DESCRIPTION_FILE, text.encode())
+        self.descriptions[folder] = text
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def touch_same_content(self, data: st.DataObject) -> None:
+        folder = data.draw(st.sampled_from(sorted(self.model)))
+        name = data.draw(st.sampled_from(sorted(self.model[folder])))
+        _put(self.root / folder / name, self.model[folder][name])  # new inode, new mtime
+
+    @rule(junk=st.sampled_from([".hidden", "x.part", "y.tmp", "z~", "item.json"]),
+          folder=st.sampled_from(FOLDERS))
+    def junk(self, junk: str, folder: str) -> None:
+        if folder in self.model:  # never listed, never an item on its own
+            _put(self.root / folder / junk, b"junk")
+
+    # ------------------------------------------------------------------ builds
+
+    @rule()
+    def build_in_place(self) -> None:
+        self._build(self.root, previous=self.root)
+
+    @rule()
+    def build_after_losing_state(self) -> None:
+        shutil.rmtree(self.state, ignore_errors=True)
+        self._build(self.root, previous=self.root)
+
+    @rule()
+    def sync_snapshot(self) -> None:
+        """As the sync does: a new staging tree hard-linked to the last one, no JSON in it."""
+        self.generation += 1
+        staging = self.base / f"snap{self.generation}"
+        for path in sorted(self.root.rglob("*")):
+            rel = path.relative_to(self.root)
+            if rel.parts[0] == manifest.STATE_DIR_NAME or path.name.endswith(".json"):
+                continue
+            if path.is_dir():
+                (staging / rel).mkdir(parents=True, exist_ok=True)
+            else:
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, staging / rel)
+        staging.mkdir(exist_ok=True)
+        previous, self.root = self.root, staging
+        self._build(staging, previous=previous)
+        shutil.rmtree(previous)
+
+    def _build(self, root: Path, previous: Path) -> None:
+        report = manifest.build(root, name="Prop", state_dir=self.state, previous=previous,
+                                workers=2)
+        assert report.problems == ()
+        assert all("\n" not in w for w in report.warnings)
+        self._check(root, report)
+
+    # ------------------------------------------------------------------ the rules
+
+    def _check(self, root: Path, report: manifest.BuildReport) -> None:
+        lib = json.loads((root / "lib.json").read_bytes())
+        items = json.loads((root / "items.json").read_bytes())["items"]
+        by_folder = {unquote(i["selfHref"]).rsplit("/", 1)[0]: i for i in items}
+        assert set(by_folder) == set(self.model)
+        names = [i["name"] for i in items]
+        assert len(set(names)) == len(names) and all(len(n) <= 80 for n in names)
+        now: dict[str, tuple] = {}
+        for folder, item in by_folder.items():
+            assert json.loads((root / folder / "item.json").read_bytes()) == item
+            listed = {}
+            for entry in item["files"]:
+                path = root / unquote(entry["hrefs"][0])
+                assert path.parent == root / folder
+                assert path.stat().st_size == entry["size"]
+                assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["etag"]
+                listed[entry["name"]] = path.read_bytes()
+            assert listed == self.model[folder]
+            assert item["description"] == self.descriptions.get(folder, "")
+            now[folder] = (tuple(sorted(listed.items())), item["description"])
+        changed = set()
+        if self.published is not None:
+            assert lib["id"] == self.lib["id"] and lib["created"] == self.lib["created"]
+            for folder, item in by_folder.items():
+                old = self.published.get(folder)
+                if old is None:
+                    assert item["id"] not in self.ever_ids or item["id"] == self._last_id(folder)
+                    changed.add(folder)
+                    continue
+                assert (item["id"], item["created"], item["name"]) == \
+                    (old["id"], old["created"], old["name"])
+                content = now[folder][0] != self.published_model[folder][0]
+                meta = now[folder][1] != self.published_model[folder][1]
+                assert int(item["contentVersion"]) == int(old["contentVersion"]) + content
+                assert int(item["version"]) == int(old["version"]) + (content or meta)
+                if content or meta:
+                    changed.add(folder)
+            changed |= set(self.published) - set(by_folder)
+            assert int(lib["version"]) == int(self.lib["version"]) + bool(changed)
+            if not changed:
+                assert _json_files(root) == self.json_before
+        assert len(report.items_changed) == len(changed) or self.published is None
+        self.ever_ids |= {i["id"] for i in items}
+        self.last_ids = {f: i["id"] for f, i in by_folder.items()}
+        self.published, self.published_model, self.lib = by_folder, now, lib
+        self.json_before = _json_files(root)
+
+    def _last_id(self, folder: str) -> str | None:
+        return getattr(self, "last_ids", {}).get(folder)
+
+    @invariant()
+    def state_stays_out_of_the_library(self) -> None:
+        if (self.root / "items.json").exists():
+            hrefs = (self.root / "items.json").read_text()
+            assert manifest.STATE_DIR_NAME not in hrefs
+
+
+LibraryMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+test_library_machine = LibraryMachine.TestCase
