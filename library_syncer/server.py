@@ -20,6 +20,7 @@ import binascii
 import hashlib
 import logging
 import os
+import pwd
 import re
 import sys
 from dataclasses import dataclass
@@ -158,6 +159,28 @@ def check_config(config: Config | ServerConfig, path: Path) -> None:
                           hint="check the [server] section of the settings file") from None
 
 
+def check_account(config: Config | ServerConfig) -> pwd.struct_passwd:
+    """The account sites log in as must exist and have a shell (sshd runs the forced command
+    through it); a different UID than the settings say is only worth a warning."""
+    server = _server(config)
+    try:
+        account = pwd.getpwnam(server.user)
+    except KeyError:
+        raise SyncerError(f'server.user: the account "{server.user}" does not exist',
+                          hint="the library-syncer-server package creates it with "
+                          "systemd-sysusers; run `systemd-sysusers`") from None
+    shell = account.pw_shell
+    if not shell or Path(shell).name in ("nologin", "false") or not os.access(shell, os.X_OK):
+        raise SyncerError(f'server.user: the account "{server.user}" has shell "{shell}"; sshd '
+                          "runs the forced rrsync through the login shell, so no site could pull",
+                          hint=f"usermod --shell /bin/sh {server.user}")
+    if account.pw_uid != server.uid:
+        log.warning('server.uid is %d but the account "%s" has UID %d (files the library '
+                    "export writes for it should use that UID)", server.uid, server.user,
+                    account.pw_uid)
+    return account
+
+
 # --- authorized keys ------------------------------------------------------------------------
 
 
@@ -291,6 +314,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 def render_command(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    check_account(cfg)
     if args.output is None:
         if args.host_keys:
             ensure_host_keys(cfg)
@@ -333,7 +357,8 @@ def keys_command(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "SiteKey", "authorize", "authorize_command", "check_config", "ensure_host_keys",
+    "SiteKey", "authorize", "authorize_command", "check_account", "check_config",
+    "ensure_host_keys",
     "forced_command", "keys_command", "list_keys", "render_command",
     "render_sshd_config", "revoke", "revoke_command", "write_config",
 ]

@@ -177,15 +177,15 @@ def test_render_rewrites_lines_for_a_moved_library_and_refuses_foreign_lines(cfg
         server.write_config(cfg, work_dir / "run" / "sshd_config")
 
 
-def _toml(work_dir: Path, cfg: ServerConfig) -> Path:
+def _toml(work_dir: Path, cfg: ServerConfig, user: str) -> Path:
     path = work_dir / "library-syncer.toml"
     path.write_text(f'[server]\nlibrary = "{cfg.library}"\nconfig_dir = "{cfg.config_dir}"\n'
-                    f'user = "{cfg.user}"\nport = {cfg.port}\nsshd = "{cfg.sshd}"\n')
+                    f'user = "{user}"\nport = {cfg.port}\nsshd = "{cfg.sshd}"\n')
     return path
 
 
 def test_cli_authorize_keys_revoke_and_render(cfg, work_dir, capsys):
-    toml = _toml(work_dir, cfg)
+    toml = _toml(work_dir, cfg, harness.ensure_sysusers_user().pw_name)
     pub_file = work_dir / "paris.pub"
     pub_file.write_text(_pub(work_dir, "paris") + "\n")
     assert main(["server", "authorize", "-c", str(toml), str(pub_file), "--site", "paris"]) == 0
@@ -221,3 +221,15 @@ def test_the_test_account_is_in_the_state_the_package_creates():
                             text=True, check=True).stdout
     assert shadow.split(":")[1].startswith("!")
     assert os.path.isdir(account.pw_dir)
+
+
+def test_render_refuses_an_account_that_cannot_run_the_forced_command(cfg, work_dir, capsys):
+    output = work_dir / "run" / "sshd_config"
+    for user, message in (("lsync-no-such-user", 'the account "lsync-no-such-user" does not '
+                           "exist"),
+                          ("nobody", 'the account "nobody" has shell "/usr/sbin/nologin"')):
+        toml = _toml(work_dir, cfg, user)
+        assert main(["server", "render", "-c", str(toml), "--output", str(output)]) == 1
+        err = capsys.readouterr().err
+        assert f"server.user: {message}" in err and len(err.strip().splitlines()) == 1
+    assert not output.exists()

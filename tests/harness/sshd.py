@@ -9,6 +9,7 @@ directories live under /var/lib/library-syncer-tests (see `work_root`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -190,6 +191,8 @@ def server_role_config(dir: Path, library: Path, *, user: str, port: int, **over
     """A ServerConfig for the test's own paths (keys and rendered config under `dir`)."""
     from library_syncer.config import ServerConfig
 
+    with contextlib.suppress(KeyError):  # else: a name for rendering only
+        overrides.setdefault("uid", pwd.getpwnam(user).pw_uid)
     return ServerConfig(library=library, listen=("127.0.0.1",), port=port, user=user,
                         config_dir=dir / "etc", sshd=SSHD, rrsync=RRSYNC, **overrides)
 
