@@ -142,20 +142,21 @@ def write_config(config: Config | ServerConfig, output: Path, *, host_keys: bool
         candidate = output.with_name(f".{output.name}.check")
         candidate.write_text(text)
         try:
-            check_config(server, candidate)
+            check_config(server, candidate, shown=output)
         finally:
             candidate.unlink(missing_ok=True)
     fsutil.write_if_changed(output, text, 0o644)
 
 
-def check_config(config: Config | ServerConfig, path: Path) -> None:
-    """`sshd -t` on a rendered file; its complaint becomes the error line."""
+def check_config(config: Config | ServerConfig, path: Path, shown: Path | None = None) -> None:
+    """`sshd -t` on a rendered file; its complaint becomes the error line (naming `shown`)."""
     server = _server(config)
     try:
         execute.run([server.sshd, "-t", "-f", str(path)], capture=True)
     except CommandFailed as error:
         detail = error.tail[-1] if error.tail else f"status {error.returncode}"
-        raise SyncerError(f"sshd rejected the rendered config: {detail}",
+        detail = detail.replace(f"{path} ", "").replace(str(path), "")
+        raise SyncerError(f"sshd rejected the rendered config {shown or path}: {detail}",
                           hint="check the [server] section of the settings file") from None
 
 

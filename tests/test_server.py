@@ -91,7 +91,8 @@ def test_a_value_sshd_rejects_stops_the_render_and_keeps_the_old_file(cfg, work_
     server.write_config(cfg, output, host_keys=True, check=True)
     before = output.read_text()
     broken = replace(cfg, max_startups="10:30:5")  # full below start: sshd refuses it
-    with pytest.raises(SyncerError, match=r"sshd rejected the rendered config: .*MaxStartups"):
+    refusal = rf"sshd rejected the rendered config {output}: line \d+: Invalid MaxStartups"
+    with pytest.raises(SyncerError, match=refusal):
         server.write_config(broken, output, check=True)
     assert output.read_text() == before
     assert sorted(p.name for p in output.parent.iterdir()) == ["sshd_config"]
