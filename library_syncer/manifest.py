@@ -167,6 +167,10 @@ def _classify(folder: str, files: list[ScannedFile], description: str, include_c
     if len(ovfs) == 1:
         mfs = [f for f, low in zip(files, lower, strict=True) if low.endswith(".mf")]
         listed = [f for f in files if include_certs or not f.name.lower().endswith(".cert")]
+        for ova in [f for f in listed if f.name.lower().endswith(".ova")]:
+            # The unpacked .ovf is the template; the archive would be a second, useless download.
+            warnings.append(f"{folder}/{ova.name}: an OVA beside an unpacked .ovf, not listed")
+            listed.remove(ova)
         cand = Candidate(folder, folder, TYPE_OVF, listed, descriptor=ovfs[0].name,
                          description=description)
         if len(mfs) > 1:

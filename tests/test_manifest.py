@@ -330,6 +330,28 @@ def test_certs_listed_unless_excluded(library: Path) -> None:
     assert "ttylinux-pc_i486-16.1.cert" not in {f["name"] for f in _items(library)[TTY]["files"]}
 
 
+def test_ova_beside_its_unpacked_ovf_is_not_listed(library: Path, fixtures_dir: Path) -> None:
+    from library_syncer import ovf
+    ova = fixtures_dir / "ovf" / "ttylinux-pc_i486-16.1.ova"
+    folder = library / "from-ova"
+    folder.mkdir()
+    shutil.copy(ova, folder / ova.name)
+    ovf.unpack_ova(folder / ova.name, folder)
+    report = _build(library)
+    assert report.problems == ()
+    item = _items(library)["from-ova"]
+    assert item["type"] == "vcsp.ovf"
+    assert ova.name not in {f["name"] for f in item["files"]} and len(item["files"]) == 3
+    assert any("from-ova/ttylinux-pc_i486-16.1.ova" in w for w in report.warnings)
+    # The OVA alone is not a template vCenter reads: other, with a hint.
+    alone = library / "only-ova"
+    alone.mkdir()
+    shutil.copy(ova, alone / ova.name)
+    report = _build(library)
+    assert _items(library)["only-ova"]["type"] == "vcsp.other"
+    assert any("only-ova: holds an .ova" in w for w in report.warnings)
+
+
 def test_empty_library_and_bad_paths(tmp_path: Path) -> None:
     root = tmp_path / "empty"
     root.mkdir()
