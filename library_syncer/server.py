@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -267,7 +269,17 @@ def sync_authorized_keys(config: Config | ServerConfig) -> None:
     """Rewrite every line from (site, key) so it carries the current library path and rrsync."""
     server = _server(config)
     if authorized_keys_path(server).exists():
-        _write_authorized(server, read_authorized(server))
+        with _keys_lock(server):
+            _write_authorized(server, read_authorized(server))
+
+
+@contextlib.contextmanager
+def _keys_lock(server: ServerConfig):
+    """Serialise read-modify-write of authorized_keys (two operators at once lose no key)."""
+    _ensure_config_dir(server)
+    with open(server.config_dir / ".authorized_keys.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def authorize(config: Config | ServerConfig, pubkey_text: str, site: str,
@@ -278,27 +290,29 @@ def authorize(config: Config | ServerConfig, pubkey_text: str, site: str,
         raise KeyRefused(f'--site: found "{site}", expected {SITE_EXPECTED}')
     key_type, blob = parse_public_key(pubkey_text, source)
     entry = SiteKey(site, key_type, blob)
-    entries = read_authorized(server)
-    for other in entries:
-        if other.site == site:
-            raise KeyRefused(f'site "{site}" already has a key ({other.fingerprint}); '
-                            f"run `library-syncer server revoke {site}` first to replace it")
-        if other.blob == blob:
-            raise KeyRefused(f'{source}: this key ({entry.fingerprint}) is already authorized '
-                            f'for site "{other.site}"; each site needs its own key')
-    _write_authorized(server, [*entries, entry])
+    with _keys_lock(server):
+        entries = read_authorized(server)
+        for other in entries:
+            if other.site == site:
+                raise KeyRefused(f'site "{site}" already has a key ({other.fingerprint}); '
+                                 f"run `library-syncer server revoke {site}` first to replace it")
+            if other.blob == blob:
+                raise KeyRefused(f"{source}: this key ({entry.fingerprint}) is already "
+                                 f'authorized for site "{other.site}"; each site needs its own key')
+        _write_authorized(server, [*entries, entry])
     return entry
 
 
 def revoke(config: Config | ServerConfig, site: str) -> SiteKey:
     """Remove a site's key (new connections with it are refused at once)."""
     server = _server(config)
-    entries = read_authorized(server)
-    kept = [e for e in entries if e.site != site]
-    if len(kept) == len(entries):
-        known = ", ".join(e.site for e in entries) or "none"
-        raise KeyRefused(f'no site named "{site}" (authorized: {known})')
-    _write_authorized(server, kept)
+    with _keys_lock(server):
+        entries = read_authorized(server)
+        kept = [e for e in entries if e.site != site]
+        if len(kept) == len(entries):
+            known = ", ".join(e.site for e in entries) or "none"
+            raise KeyRefused(f'no site named "{site}" (authorized: {known})')
+        _write_authorized(server, kept)
     return next(e for e in entries if e.site == site)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -234,3 +235,22 @@ def test_render_refuses_an_account_that_cannot_run_the_forced_command(cfg, work_
         err = capsys.readouterr().err
         assert f"server.user: {message}" in err and len(err.strip().splitlines()) == 1
     assert not output.exists()
+
+
+def test_concurrent_authorizations_lose_no_key(cfg, work_dir):
+    keys = {f"site-{i:02d}": _pub(work_dir, f"k{i}") for i in range(16)}
+    errors: list[BaseException] = []
+
+    def add(site: str, pub: str) -> None:
+        try:
+            server.authorize(cfg, pub, site)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=add, args=item) for item in keys.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(e.site for e in server.list_keys(cfg)) == sorted(keys)
