@@ -1,0 +1,242 @@
+"""The .deb packages on a real, booted systemd (systemd-nspawn; see tests/harness/nspawn.py).
+
+One container for the module, the steps in order, as an operator would do them: install both
+packages, apply a schedule and read it back from `systemctl list-timers`, break the settings and
+read the reason in `systemctl status`, run a real sync from the server role to the client role
+over loopback and fetch the library from the web unit, then remove and purge and compare the
+file system with the state before the install.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import nspawn
+
+pytestmark = pytest.mark.system
+
+TOP = Path(__file__).resolve().parent.parent
+CONF = "/etc/library-syncer/library-syncer.toml"
+TIMER = "library-syncer.timer"
+SERVICE = "library-syncer.service"
+# Paths whose content changes with any package operation: left out of the before/after compare.
+VOLATILE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/cache", "/var/log",
+            "/var/lib/dpkg", "/var/lib/apt", "/srv/in", "/srv/fixtures")
+
+
+@pytest.fixture(scope="module")
+def debs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    out = tmp_path_factory.mktemp("debs")
+    result = subprocess.run([str(TOP / "packaging" / "build-deb"), str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"build-deb failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    found = sorted(out.glob("*.deb"))
+    names = sorted(p.name.split("_")[0] for p in found)
+    assert names == ["library-syncer", "library-syncer-server"], names
+    return found
+
+
+@pytest.fixture(scope="module")
+def box(debs: list[Path], fixtures_dir: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Container]:
+    nspawn.require_tools()
+    packages = nspawn.deb_depends(debs, exclude={"library-syncer"})
+    root = nspawn.rootfs(packages)
+    log = tmp_path_factory.mktemp("nspawn") / "console.log"
+    binds = [(debs[0].parent, "/srv/in"), (fixtures_dir / "ovf", "/srv/fixtures")]
+    with nspawn.Container(root, binds_ro=binds, log_file=log) as container:
+        yield container
+
+
+def _files(box: nspawn.Container) -> set[str]:
+    prune = " -o ".join(f"-path {p}" for p in VOLATILE)
+    return set(box.sh(f"find / -xdev \\( {prune} \\) -prune -o -print").split())
+
+
+def _show(box: nspawn.Container, unit: str, prop: str) -> str:
+    return box.run("systemctl", "show", f"--property={prop}", "--value", unit).stdout.strip()
+
+
+def _timer_line(box: nspawn.Container) -> str:
+    out = box.run("systemctl", "list-timers", "--all", "--no-pager", TIMER).stdout
+    lines = [line for line in out.splitlines() if TIMER in line]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def before_install(box: nspawn.Container) -> set[str]:
+    return _files(box)
+
+
+def test_install_both_packages_offline(box: nspawn.Container, debs: list[Path],
+                                       before_install: set[str]) -> None:
+    paths = [f"/srv/in/{p.name}" for p in debs]
+    box.run("apt-get", "install", "-y", *paths, timeout=600)
+    assert box.sh("dpkg-query -W -f='${Status}\\n' library-syncer library-syncer-server"
+                  ).split("\n")[:2] == ["install ok installed"] * 2
+
+
+def test_users_and_directories(box: nspawn.Container) -> None:
+    client = box.run("getent", "passwd", "library-syncer").stdout.split(":")
+    assert client[5:7] == ["/var/lib/library-syncer", "/usr/sbin/nologin\n"]
+    server = box.run("getent", "passwd", "syncer").stdout.strip().split(":")
+    assert server[2] == "31337" and server[5:7] == ["/nonexistent", "/bin/sh"]
+    owner = box.sh("stat -c '%U %a' /var/lib/library-syncer /etc/library-syncer/ssh").split("\n")
+    assert owner[:2] == ["library-syncer 755", "root 750"]
+    assert box.sh(f"stat -c %U {CONF}").strip() == "root"  # the conffile
+
+
+def test_only_the_timer_is_enabled_and_nothing_started(box: nspawn.Container) -> None:
+    assert box.run("systemctl", "is-enabled", TIMER, check=False).stdout.strip() == "enabled"
+    for unit in (TIMER, SERVICE, "library-syncer-sshd.service"):
+        assert box.run("systemctl", "is-active", unit, check=False).stdout.strip() == "inactive"
+    assert box.run("systemctl", "is-enabled", "library-syncer-sshd.service",
+                   check=False).stdout.strip() == "disabled"
+    assert _show(box, SERVICE, "ExecMainStartTimestampMonotonic") == "0"
+
+
+def test_installed_units_pass_systemd_verify(box: nspawn.Container) -> None:
+    units = box.sh("ls /lib/systemd/system/library-syncer*").split()
+    assert "/lib/systemd/system/library-syncer.timer" in units
+    result = box.run("systemd-analyze", "verify", "--man=no", *units, check=False)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_without_settings_file_the_sync_is_skipped_not_failed(box: nspawn.Container) -> None:
+    box.run("mv", CONF, CONF + ".away")
+    try:
+        box.run("systemctl", "start", SERVICE)  # succeeds: a skip is not a failure
+        assert _show(box, SERVICE, "ExecMainStartTimestampMonotonic") == "0"
+        status = box.run("systemctl", "status", "--no-pager", SERVICE, check=False).stdout
+        assert f"unmet condition check (ConditionPathExists={CONF})" in status, status
+        assert _show(box, SERVICE, "Result") == "success"
+    finally:
+        box.run("mv", CONF + ".away", CONF)
+
+
+def test_schedule_from_toml_reaches_list_timers(box: nspawn.Container) -> None:
+    box.write(CONF, '[sync]\npeer = "127.0.0.1"\nschedule = "0 21 * * 5"\n'
+                    'timezone = "Europe/Paris"\nrandom_delay = "1h"\n')
+    first = box.run("library-syncer", "apply").stdout
+    assert f"systemctl enable --now {TIMER}" in first  # the documented first-run step
+    box.run("systemctl", "enable", "--now", TIMER)
+    assert "OnCalendar=Fri *-*-* 21:00:00 Europe/Paris" in _show(box, TIMER, "TimersCalendar")
+    assert _show(box, TIMER, "RandomizedDelayUSec") == "1h"
+    assert _show(box, TIMER, "Persistent") == "yes"
+    assert _timer_line(box).startswith("Fri ")  # NEXT: a Friday (plus up to 1 h, from 20:00 UTC)
+
+
+def test_changed_schedule_applied_changes_list_timers(box: nspawn.Container) -> None:
+    box.write(CONF, '[sync]\npeer = "127.0.0.1"\nschedule = "Mon *-*-* 03:00:00"\n'
+                    'random_delay = 0\n')
+    assert "restarted" in box.run("library-syncer", "apply").stdout
+    assert "OnCalendar=Mon *-*-* 03:00:00" in _show(box, TIMER, "TimersCalendar")
+    assert _show(box, TIMER, "RandomizedDelayUSec") == "0"
+    line = _timer_line(box)
+    assert re.match(r"Mon \d{4}-\d\d-\d\d 03:00:00 ", line), line
+    # Restarting the timer re-arms it; it must not have run the sync.
+    assert _show(box, SERVICE, "ExecMainStartTimestampMonotonic") == "0"
+
+
+def test_invalid_schedule_is_refused_and_timer_kept(box: nspawn.Container) -> None:
+    box.write(CONF, '[sync]\npeer = "127.0.0.1"\nschedule = "Mon *-*-* 25:00:00"\n')
+    result = box.run("library-syncer", "apply", check=False)
+    assert result.returncode == 3
+    assert "sync.schedule" in result.stderr and "Traceback" not in result.stderr
+    assert "OnCalendar=Mon *-*-* 03:00:00" in _show(box, TIMER, "TimersCalendar")
+
+
+def test_broken_settings_fail_the_service_with_the_reason_in_status(
+        box: nspawn.Container) -> None:
+    box.write(CONF, '[sync]\npeer = "127.0.0.1"\nport = "22x"\n')
+    assert box.run("systemctl", "start", SERVICE, check=False).returncode != 0
+    assert box.run("systemctl", "is-failed", SERVICE, check=False).stdout.strip() == "failed"
+    status = box.run("systemctl", "status", "--no-pager", "--lines=20", SERVICE,
+                     check=False).stdout
+    assert 'sync.port: found "22x", expected an integer 1-65535' in status, status
+    box.run("systemctl", "reset-failed", SERVICE)
+
+
+FULL_CONFIG = """\
+[library]
+name = "Package test library"
+
+[sync]
+peer = "127.0.0.1"
+port = 2222
+random_delay = 0
+
+[web]
+listen = "127.0.0.1"
+http_port = 8080
+
+[server]
+library = "/srv/library-syncer/library"
+listen = ["127.0.0.1"]
+port = 2222
+"""
+
+
+def test_full_loop_server_sync_web_journal(box: nspawn.Container) -> None:
+    """Server and client roles in one system over loopback, all through their units."""
+    box.write(CONF, FULL_CONFIG)
+    box.sh("cp -r /srv/fixtures/ttylinux-template /srv/library-syncer/library/ttylinux")
+    box.run("systemctl", "start", "library-syncer-sshd.service")
+    box.sh("ssh-keygen -q -t ed25519 -N '' -C site -f /etc/library-syncer/ssh/id_syncer\n"
+           "chown library-syncer: /etc/library-syncer/ssh/id_syncer\n"
+           "library-syncer server authorize /etc/library-syncer/ssh/id_syncer.pub --site local\n"
+           "ssh-keyscan -p 2222 127.0.0.1 > /etc/library-syncer/ssh/known_hosts 2>/dev/null\n")
+    box.run("systemctl", "start", SERVICE, timeout=600)
+    assert _show(box, SERVICE, "Result") == "success"
+    box.run("systemctl", "start", "library-syncer-web.service")
+    assert nspawn.wait_until(lambda: box.run(
+        "curl", "-fsS", "http://127.0.0.1:8080/lib.json", check=False).returncode == 0)
+    lib = json.loads(box.run("curl", "-fsS", "http://127.0.0.1:8080/lib.json").stdout)
+    assert lib["name"] == "Package test library"
+    entries = [json.loads(line) for line in box.run(
+        "journalctl", "-u", "library-syncer", "-o", "json", "--no-pager").stdout.splitlines()]
+    ours = [e for e in entries if e.get("SYSLOG_IDENTIFIER") == "library-syncer"]
+    assert ours, "no journal entries from library-syncer"
+    standard = {"MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER", "LOGGER"}
+    custom = {k for e in ours for k in e if not k.startswith("_") and k not in standard
+              and not k.startswith(("CODE_", "SYSLOG_", "INVOCATION_", "UNIT", "MESSAGE_"))}
+    assert custom, f"no structured fields in {ours[-1]}"
+
+
+def test_remove_keeps_settings_and_stops_units(box: nspawn.Container) -> None:
+    box.run("apt-get", "remove", "-y", "library-syncer-server", "library-syncer", timeout=600)
+    assert box.run("test", "-f", CONF, check=False).returncode == 0  # conffile kept
+    for unit in (TIMER, "library-syncer-sshd.service", "library-syncer-web.service"):
+        assert box.run("systemctl", "is-active", unit, check=False).stdout.strip() != "active"
+    # The enablement symlink stays until purge (deb-systemd-helper keeps it for a reinstall),
+    # so systemd still lists the name, but with no unit file and nothing scheduled.
+    assert _show(box, TIMER, "LoadState") == "not-found"
+    assert _show(box, TIMER, "ActiveState") == "inactive"
+
+
+def test_purge_leaves_the_system_as_before(box: nspawn.Container,
+                                           before_install: set[str]) -> None:
+    box.run("apt-get", "purge", "-y", "library-syncer-server", "library-syncer", timeout=600)
+    assert box.run("dpkg-query", "-W", "library-syncer", check=False).returncode != 0
+    box.run("systemctl", "daemon-reload")
+    # Everything the packages created is gone. Kept on purpose: the server's exported library
+    # (the operator's data, filled by the full-loop step) and the system users (Debian
+    # convention: a system user's files may outlive the package).
+    library = "/srv/library-syncer/library/"
+    kept = box.sh(f"find {library} -mindepth 1 2>/dev/null || true").split()
+    added = sorted(p for p in _files(box) - before_install if p not in kept)
+    if kept:
+        assert added == ["/srv/library-syncer", "/srv/library-syncer/library"], added
+    else:
+        assert added == [], added
+    assert TIMER not in box.run("systemctl", "list-timers", "--all", "--no-pager").stdout
+    listed = box.run("systemctl", "list-unit-files", "--no-legend", "library-syncer*",
+                     check=False).stdout
+    assert listed.strip() == "", listed
