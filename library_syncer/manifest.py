@@ -436,14 +436,14 @@ class HashJob:
     path: Path
     st: os.stat_result
     algorithms: frozenset[str]  # sha256 (the etag) plus the .mf's algorithm when it lists the file
-    descriptor: bool  # an .ovf: keep its bytes to parse them (no second read)
+    keep: str | None = None  # "ovf" or "mf": parse the bytes of this same read (no second read)
 
 
 @dataclass(frozen=True)
 class FileDigest:
     size: int
     digests: dict[str, str]
-    ovf: dict | None = None  # ovf_summary() of a descriptor
+    summary: dict | None = None  # what parse_summary() made of a descriptor or .mf
 
 
 @dataclass
@@ -452,13 +452,20 @@ class HashStats:
     bytes: int = 0
 
 
-def ovf_summary(data: bytes) -> dict:
-    """Cache-friendly summary of a descriptor: vApp flag and local references, or the error."""
+def parse_summary(kind: str, data: bytes) -> dict:
+    """What the build needs of a descriptor (vApp flag, local references) or of a .mf (its
+    entries), or the error: small and JSON-able, so the hash cache keeps it with the digests."""
+    if len(data) > ovf.MAX_DESCRIPTOR_BYTES:
+        return {"kind": kind, "error": "larger than 64 MiB: not a descriptor or manifest"}
     try:
+        if kind == "mf":
+            entries = ovf.parse_mf(data)
+            return {"kind": kind,
+                    "entries": {n: [e.algorithm, e.digest] for n, e in entries.items()}}
         desc = ovf.parse_descriptor(data)
     except ovf.OvfError as error:
-        return {"error": str(error)}
-    return {"vapp": desc.is_vapp,
+        return {"kind": kind, "error": str(error)}
+    return {"kind": kind, "vapp": desc.is_vapp,
             "refs": [[r.href, r.size] for r in desc.references if not r.external]}
 
 
@@ -518,14 +525,14 @@ class HashCache:
             return None
         if not isinstance(digests, dict) or not job.algorithms <= digests.keys():
             return None
-        if job.descriptor and not isinstance(summary, dict):
+        if job.keep and not (isinstance(summary, dict) and summary.get("kind") == job.keep):
             return None
         self.used[key] = [size, mtime_ns, job.st.st_ctime_ns, digests, summary]
         return FileDigest(size, dict(digests), summary)
 
     def store(self, st: os.stat_result, result: FileDigest) -> None:
         self.used[self._key(st)] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                    result.digests, result.ovf]
+                                    result.digests, result.summary]
 
     def save(self) -> None:
         """Keep only the entries of files seen in this build; rewrite only when they changed."""
@@ -547,7 +554,7 @@ def _read_and_hash(job: HashJob) -> tuple[os.stat_result, FileDigest] | str:
             return "not a regular file"
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         hashers = [hashlib.new(name) for name in sorted(job.algorithms)]
-        kept = bytearray() if job.descriptor else None
+        kept = bytearray() if job.keep else None
         buffer = bytearray(READ_BUFFER)
         view = memoryview(buffer)
         total = 0
@@ -566,10 +573,7 @@ def _read_and_hash(job: HashJob) -> tuple[os.stat_result, FileDigest] | str:
         os.close(fd)
     if total != st.st_size or (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
         return "changed while being read (a copy still running?); run again when it is complete"
-    summary = None
-    if kept is not None:
-        summary = (ovf_summary(bytes(kept)) if len(kept) <= ovf.MAX_DESCRIPTOR_BYTES
-                   else {"error": "larger than 64 MiB, not a descriptor"})
+    summary = parse_summary(job.keep, bytes(kept)) if job.keep and kept is not None else None
     return st, FileDigest(total, {h.name: h.hexdigest() for h in hashers}, summary)
 
 
@@ -634,7 +638,7 @@ def _descriptor_checks(cand: Candidate, digests: dict[str, FileDigest],
                        warnings: list[str]) -> bool:
     """References exist (sizes are only warned about); returns whether it is a vApp."""
     assert cand.descriptor is not None
-    info = digests[cand.descriptor].ovf
+    info = digests[cand.descriptor].summary
     if info is None or info.get("error"):
         message = info.get("error") if info else "not parsed"
         cand.problems.append(ItemProblem(cand.key, cand.descriptor,
@@ -667,33 +671,38 @@ def _mf_checks(cand: Candidate, root: Path, digests: dict[str, FileDigest],
                 "(corrupt or incomplete copy)"))
 
 
-def _read_mf(cand: Candidate, root: Path) -> dict[str, ovf.MfEntry]:
-    if cand.mf is None:
+def _mf_jobs(cands: list[Candidate]) -> list[HashJob]:
+    """The .mf files go first: they say which digests the other files need."""
+    return [HashJob(key=(c.key, f.name), path=f.path, st=f.st, algorithms=frozenset({"sha256"}),
+                    keep="mf") for c in cands for f in c.files if f.name == c.mf]
+
+
+def _mf_entries(cand: Candidate, result: FileDigest | str) -> dict[str, ovf.MfEntry]:
+    assert cand.mf is not None
+    if isinstance(result, str):
+        return {}  # reported with the other unreadable files
+    summary = result.summary or {}
+    if "entries" not in summary:
+        cand.problems.append(ItemProblem(cand.key, cand.mf,
+                                         f"invalid manifest: {summary.get('error')}"))
         return {}
-    path = root / cand.folder / cand.mf
-    try:
-        if path.stat().st_size > ovf.MAX_DESCRIPTOR_BYTES:
-            raise ovf.OvfError("too large for a manifest")
-        return ovf.parse_mf(path.read_bytes())
-    except OSError as error:
-        cand.problems.append(ItemProblem(cand.key, cand.mf, f"unreadable ({error.strerror})"))
-    except ovf.OvfError as error:
-        cand.problems.append(ItemProblem(cand.key, cand.mf, f"invalid manifest: {error}"))
-    return {}
+    return {name: ovf.MfEntry(algorithm, digest)
+            for name, (algorithm, digest) in summary["entries"].items()}
 
 
-def _jobs(cands: list[Candidate], root: Path, mfs: dict[str, dict[str, ovf.MfEntry]]
-          ) -> list[HashJob]:
+def _jobs(cands: list[Candidate], mfs: dict[str, dict[str, ovf.MfEntry]]) -> list[HashJob]:
     jobs = []
     for cand in cands:
         expected = mfs.get(cand.key, {})
         for f in cand.files:
+            if f.name == cand.mf:
+                continue
             algorithms = {"sha256"}
             if f.name in expected:
                 algorithms.add(expected[f.name].algorithm)
             jobs.append(HashJob(key=(cand.key, f.name), path=f.path, st=f.st,
                                 algorithms=frozenset(algorithms),
-                                descriptor=f.name == cand.descriptor))
+                                keep="ovf" if f.name == cand.descriptor else None))
     return jobs
 
 
@@ -847,12 +856,17 @@ def build(root: Path, *, name: str, state_dir: Path | None = None, previous: Pat
     prev = load_previous(state_dir / STATE_FILE, previous, warnings)
 
     cands = scan(root, include_certs, warnings)
-    mfs = {c.key: _read_mf(c, root) for c in cands if c.mf}
     if cache is None:
         linked = previous.resolve() if previous.resolve() != root.resolve() else None
         cache = HashCache.load(state_dir / CACHE_FILE, warnings, link_source=linked, root=root)
     ok = [c for c in cands if not c.problems]
-    results, stats = hash_files(_jobs(ok, root, mfs), cache, workers)
+    results, stats = hash_files(_mf_jobs(ok), cache, workers)
+    mfs = {c.key: _mf_entries(c, results[(c.key, c.mf)]) for c in ok if c.mf}
+    ok = [c for c in ok if not c.problems]
+    more, more_stats = hash_files(_jobs(ok, mfs), cache, workers)
+    results.update(more)
+    stats.files += more_stats.files
+    stats.bytes += more_stats.bytes
     built = _verify(ok, root, results, mfs, warnings)
     problems = [p for c in cands for p in c.problems]
 

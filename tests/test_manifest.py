@@ -102,6 +102,23 @@ def test_no_change_rebuild_is_byte_identical_and_reads_nothing(library: Path) ->
     assert _snapshot(library) == before  # bytes and mtimes
 
 
+def test_no_change_rebuild_opens_no_content_file(library: Path) -> None:
+    # An audit hook sees every open() and os.open(): only our JSON and state may be opened.
+    _build(library)
+    code = ("import sys; from pathlib import Path; opened = []\n"
+            "sys.addaudithook(lambda e, a: opened.append(str(a[0])) if e == 'open' else None)\n"
+            "from library_syncer import manifest\n"
+            "r = manifest.build(Path(sys.argv[1]), name='Test library')\n"
+            "print('\\n'.join(p for p in opened if p.startswith(sys.argv[1])))")
+    result = subprocess.run([sys.executable, "-c", code, str(library)], capture_output=True,
+                            text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    opened = {Path(line).name for line in result.stdout.split()}
+    assert opened, "the hook saw nothing: the test would prove nothing"
+    assert opened <= {"lib.json", "items.json", "item.json", manifest.STATE_FILE,
+                      manifest.CACHE_FILE}, opened
+
+
 def test_versions_move_only_with_content(library: Path) -> None:
     _build(library)
     first = _items(library)
