@@ -355,3 +355,25 @@ def test_an_unknown_key_and_a_revoked_key_are_refused(rig, dest):
     assert list(dest.iterdir()) == []
     # The other site is unaffected.
     assert rig.paris.rsync("-r", "--list-only", rig.paris.remote + "/").returncode == 0
+
+
+# --- the client's own command lines ---------------------------------------------------------
+
+
+def test_the_sync_clients_own_pull_and_listing_work_against_it(rig, dest):
+    """The argv library_syncer.rsync builds for the sync and `check` (not hand-written here)."""
+    from library_syncer import execute, rsync
+    from library_syncer.config import SyncConfig
+
+    sync = SyncConfig(peer="127.0.0.1", port=rig.server.port, user=rig.server.user,
+                      identity_file=rig.paris.key, known_hosts=rig.paris.known_hosts)
+    listing = execute.run(rsync.list_argv(sync), capture=True)
+    assert "ubuntu-22.04" in listing.output
+    first = execute.run(rsync.pull_argv(sync, dest / "snap-1", []), check=False)
+    assert first.returncode == 0, first.tail
+    second = execute.run(rsync.pull_argv(sync, dest / "snap-2", [dest / "snap-1"]), check=False)
+    assert second.returncode == 0, second.tail
+    disk = Path("ubuntu-22.04/disk-0.vmdk")
+    assert (dest / "snap-2" / disk).read_bytes() == (rig.library / disk).read_bytes()
+    assert (dest / "snap-1" / disk).stat().st_ino == (dest / "snap-2" / disk).stat().st_ino
+    assert not os.path.lexists(dest / "snap-2" / "escape.txt")  # the client skips symlinks
