@@ -193,11 +193,14 @@ def _classify(folder: str, files: list[ScannedFile], description: str, include_c
     return [Candidate(folder, folder, TYPE_OTHER, files, description=description)]
 
 
-def scan(root: Path, include_certs: bool, warnings: list[str]) -> list[Candidate]:
+def scan(root: Path, include_certs: bool, warnings: list[str],
+         exclude: Path | None = None) -> list[Candidate]:
     candidates: list[Candidate] = []
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.name.startswith(".") or entry.name in (LIB_FILE, ITEMS_FILE):
             continue
+        if exclude is not None and Path(entry.path).resolve() == exclude:
+            continue  # the state directory, when someone put it inside the library
         if entry.is_symlink():
             warnings.append(f"{entry.name}: a symbolic link at the library root, not followed")
         elif entry.is_dir(follow_symlinks=False):
@@ -301,6 +304,9 @@ def _record_from_item(item: dict) -> tuple[str, Record]:
     if not isinstance(self_href, str) or not self_href.endswith("/" + ITEM_FILE):
         raise ValueError(f"selfHref {self_href!r} does not end with /{ITEM_FILE}")
     key = unquote(self_href[: -len(ITEM_FILE) - 1])
+    parts = key.split("/")
+    if len(parts) > 2 or any(p in ("", ".", "..") or "\\" in p for p in parts):
+        raise ValueError(f"selfHref {self_href!r} is not an item folder of this library")
     vapp, parent = False, ""
     for meta in item.get("metadata") or []:
         if isinstance(meta, dict) and meta.get("key") == "type-metadata":
@@ -855,7 +861,7 @@ def build(root: Path, *, name: str, state_dir: Path | None = None, previous: Pat
     warnings: list[str] = []
     prev = load_previous(state_dir / STATE_FILE, previous, warnings)
 
-    cands = scan(root, include_certs, warnings)
+    cands = scan(root, include_certs, warnings, exclude=state_dir.resolve())
     if cache is None:
         linked = previous.resolve() if previous.resolve() != root.resolve() else None
         cache = HashCache.load(state_dir / CACHE_FILE, warnings, link_source=linked, root=root)
@@ -900,8 +906,9 @@ def build(root: Path, *, name: str, state_dir: Path | None = None, previous: Pat
     fsutil.write_if_changed(root / ITEMS_FILE, _dumps({"items": [i for _, i in items]}))
     fsutil.write_if_changed(root / LIB_FILE, _dumps(lib))  # last: it announces the new set
     broken_keys = {c.key for c in cands if c.problems}
-    folders = {e.name for e in os.scandir(root)
-               if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)}
+    state_real = state_dir.resolve()
+    folders = {e.name for e in os.scandir(root) if not e.name.startswith(".")
+               and e.is_dir(follow_symlinks=False) and Path(e.path).resolve() != state_real}
     _remove_stale(root, (prev.published | broken_keys | folders) - set(records))
 
     # Left-out items keep their identity so they come back under the same id once fixed.

@@ -183,6 +183,25 @@ def test_hand_edited_items_json_is_reported_and_rebuilt(library: Path) -> None:
     assert sum(items[n]["id"] == ids[n] for n in ids) == 2  # the damaged entry gets a new id
 
 
+def test_hostile_previous_manifest_cannot_reach_outside(library: Path, tmp_path: Path) -> None:
+    victim = _write(tmp_path / "victim" / "item.json", b"keep me")
+    _build(library)
+    shutil.rmtree(library / manifest.STATE_DIR_NAME)
+    data = _json(library / "items.json")
+    data["items"][0]["selfHref"] = "../victim/item.json"
+    (library / "items.json").write_text(json.dumps(data))
+    report = _build(library)
+    assert victim.read_bytes() == b"keep me"
+    assert any("not an item folder of this library" in w for w in report.warnings)
+
+
+def test_state_dir_inside_the_library_is_never_listed(library: Path) -> None:
+    report = _build(library, state_dir=library / "cache")
+    assert report.items == 3 and "cache" not in _items(library)
+    assert (library / "cache" / manifest.STATE_FILE).is_file()
+    assert not (library / "cache" / "item.json").exists()
+
+
 def test_mf_mismatch_leaves_item_out_and_rest_updates(library: Path) -> None:
     _build(library)
     first = _items(library)[TTY]
