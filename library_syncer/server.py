@@ -76,9 +76,22 @@ def _server(config: Config | ServerConfig) -> ServerConfig:
     return config.server if isinstance(config, Config) else config
 
 
+_SHELL_SAFE = re.compile(r"[A-Za-z0-9/._+:@,=~-]+")
+
+
 def forced_command(config: Config | ServerConfig) -> str:
-    """The only command a client can run: rrsync, read-only, confined to the library."""
+    """The only command a client can run: rrsync, read-only, confined to the library.
+
+    sshd hands it to the login shell, so both paths must be plain words: a space would split
+    them, a `;` or `$` would be shell syntax.
+    """
     server = _server(config)
+    for key, value in (("server.library", str(server.library)), ("server.rrsync", server.rrsync)):
+        if not _SHELL_SAFE.fullmatch(value) or not value.startswith("/"):
+            raise ConfigError(ConfigProblem(
+                str(config.file) if isinstance(config, Config) else "settings", key,
+                f'"{value}"', "an absolute path of letters, digits and / . _ + : @ , = ~ - "
+                "(sshd runs the forced command through a shell)"))
     return f"{server.rrsync} -ro {str(server.library).rstrip('/')}/"
 
 
@@ -116,12 +129,20 @@ def ensure_host_keys(config: Config | ServerConfig) -> list[Path]:
         if path.exists():
             continue
         log.info("creating %s host key %s", kind, path)
+        # Generated under a temporary name: an interrupted ssh-keygen leaves no half key behind
+        # that the next start would take for a real one. The private key is renamed last.
+        tmp = path.with_name(f".{path.name}.new")
+        for leftover in (tmp, Path(f"{tmp}.pub")):
+            leftover.unlink(missing_ok=True)
         argv = ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "library-syncer-server",
-                "-f", str(path)]
+                "-f", str(tmp)]
         if kind == "rsa":
             argv[4:4] = ["-b", "3072"]
         execute.run(argv)
-        os.chmod(path, 0o600)
+        os.chmod(tmp, 0o600)
+        os.replace(f"{tmp}.pub", f"{path}.pub")
+        os.replace(tmp, path)
+        fsutil.fsync_dir(path.parent)
     return host_key_paths(server)
 
 

@@ -254,3 +254,12 @@ def test_concurrent_authorizations_lose_no_key(cfg, work_dir):
         thread.join()
     assert errors == []
     assert sorted(e.site for e in server.list_keys(cfg)) == sorted(keys)
+
+
+def test_a_library_path_the_shell_would_split_or_interpret_is_refused(cfg, work_dir):
+    for bad in ("/srv/my library", "/srv/lib;id", "/srv/$HOME", "relative/library"):
+        with pytest.raises(ConfigError, match=r"server.library: found .*expected an absolute "
+                           r"path of letters"):
+            server.render_sshd_config(replace(cfg, library=Path(bad)))
+    with pytest.raises(ConfigError, match=r"server\.library"):
+        server.authorize(replace(cfg, library=Path("/srv/a b")), _pub(work_dir, "x"), "x")
