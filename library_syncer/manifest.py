@@ -88,6 +88,21 @@ class Candidate:
     problems: list[ItemProblem] = field(default_factory=list)
 
 
+def _printable(name: str) -> str:
+    """A name for messages, with undecodable bytes shown as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _utf8(name: str, where: str, warnings: list[str]) -> bool:
+    """JSON (and vCenter) need UTF-8 names; os.scandir hands undecodable bytes as surrogates."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        warnings.append(f"{where}: the name is not valid UTF-8, not listed (rename it)")
+        return False
+    return True
+
+
 def _ignored(name: str) -> bool:
     """Never listed: our own files, hidden ones (.vSphere-HA, rsync temps), editor/partial files."""
     return (name.startswith(".") or name in (ITEM_FILE, DESCRIPTION_FILE)
@@ -142,6 +157,8 @@ def _scan_item(root: Path, folder: str, include_certs: bool,
         if name == DESCRIPTION_FILE and entry.is_file(follow_symlinks=False):
             description = _read_description(Path(entry.path), folder, warnings)
         if _ignored(name) or name in own_dirs:
+            continue
+        if not _utf8(name, f"{folder}/{_printable(name)}", warnings):
             continue
         st = entry.stat(follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):
@@ -201,6 +218,8 @@ def scan(root: Path, include_certs: bool, warnings: list[str],
             continue
         if exclude is not None and Path(entry.path).resolve() == exclude:
             continue  # the state directory, when someone put it inside the library
+        if not _utf8(entry.name, _printable(entry.name), warnings):
+            continue
         if entry.is_symlink():
             warnings.append(f"{entry.name}: a symbolic link at the library root, not followed")
         elif entry.is_dir(follow_symlinks=False):

@@ -358,6 +358,19 @@ def test_never_listed(library: Path, tmp_path: Path) -> None:
     assert all("\n" not in w for w in report.warnings)
 
 
+def test_names_that_are_not_utf8_are_warned_about(library: Path) -> None:
+    raw = os.fsencode(library)
+    os.mkdir(raw + b"/bad\xff")
+    Path(os.fsdecode(raw + b"/bad\xff/c.bin")).write_bytes(b"c")
+    Path(os.fsdecode(raw + b"/tools/b\xfe.bin")).write_bytes(b"b")
+    report = _build(library)
+    assert report.problems == () and set(_items(library)) == {TTY, "tools", "ubuntu"}
+    assert "b\\xfe.bin" not in (library / "items.json").read_text()
+    text = "\n".join(report.warnings)
+    assert "bad\\xff: the name is not valid UTF-8" in text
+    assert "tools/b\\xfe.bin: the name is not valid UTF-8" in text
+
+
 def test_certs_listed_unless_excluded(library: Path) -> None:
     _write(library / TTY / "ttylinux-pc_i486-16.1.cert", b"-----BEGIN CERTIFICATE-----\n")
     _build(library)
@@ -500,6 +513,11 @@ def test_sync_flow_recovers_ids_from_previous_when_state_lost(library: Path,
     assert report.items_changed == () and report.files_hashed == 6
     assert {k: v[0] for k, v in _snapshot(staging).items()} == \
         {k: v[0] for k, v in _snapshot(library).items()}
+
+
+def test_first_sync_without_a_published_snapshot(library: Path, tmp_path: Path) -> None:
+    report = _build(library, state_dir=tmp_path / "state", previous=tmp_path / "no-snapshot-yet")
+    assert report.problems == () and report.items == 3 and report.library_version == 1
 
 
 def test_in_place_rewrite_with_restored_mtime_is_detected(library: Path) -> None:
