@@ -122,12 +122,13 @@ def _run_scenarios(run: FleetRun, args: argparse.Namespace, disk: int) -> None:
               f"{delta.seconds / whole.seconds:16.3f}")
 
     flapping = list(range(0, len(sites), 3))
-    flaps = [(i, 3.0 + i % 4, args.flap_down) for i in flapping]
+    flaps = [(i, MB, args.flap_down) for i in flapping]
     rough = scenarios.flaps_and_restart(run, fraction=args.fraction, fixtures_dir=FIXTURES,
-                                        flaps=flaps, kill_at=6.0, down_for=4.0, seed=3)
+                                        flaps=flaps, kill_after=MB, down_for=4.0, seed=3)
     rough_change: library.Change = rough.extra["change"]
-    events = ", ".join(rough.extra["events"])
-    print(f"\nflaps: sites {flapping} down {args.flap_down:g} s; {events}")
+    print(f"\nflaps: sites {flapping} down {args.flap_down:g} s after 1 MB more")
+    for event in rough.extra["events"]:
+        print("   ", event)
     print_outcome(rough, sites, against=rough_change.new_bytes, against_name="changed")
     resent = [r.rx_bytes - c.rx_bytes for r, c in zip(rough.results, clean.results, strict=True)]
     print(f"   bytes re-sent against the clean version (same size of change): median "

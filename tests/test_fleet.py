@@ -34,7 +34,7 @@ MB = 1 << 20
 # The issue's profiles, with rates raised so the whole file runs in a couple of minutes on
 # 2 cores; latency and loss as in the full benchmark.
 PROFILES = [
-    LinkProfile("office", 20_000, 80, 0.5),
+    LinkProfile("office", 10_000, 80, 0.5),
     LinkProfile("dsl", 8_000, 300, 2.0),
     LinkProfile("satellite", 12_000, 600, 1.0),
 ]
@@ -147,14 +147,17 @@ def test_bandwidth_limit_is_honoured(fleet_run: FleetRun, fixtures_dir: Path) ->
 
 
 def test_flaps_and_server_restart_converge(fleet_run: FleetRun, fixtures_dir: Path) -> None:
-    """Site 1's link goes down for longer than the I/O timeout, site 2's briefly, and sshd is
-    killed (with every session) and restarted while the new item is on the wire: the clients
-    retry, resume their partial files, and all converge."""
+    """sshd is killed (with every session) and restarted while the new item is on the wire,
+    then site 1's link goes down for longer than the I/O timeout and site 2's briefly: the
+    clients retry, resume their partial files, and all converge."""
     outcome = scenarios.flaps_and_restart(
         fleet_run, fraction=0.03, fixtures_dir=fixtures_dir, added_size=10 * MB,
-        flaps=[(1, 2.0, 8.0), (2, 4.0, 3.0)], kill_at=3.0, down_for=3.0)
+        kill_after=1 * MB, down_for=3.0, flaps=[(1, MB // 2, 8.0), (2, MB // 2, 3.0)])
     _assert_clean(outcome)
-    assert outcome.extra["events"] == ["sshd killed at 3 s", "sshd restarted at 6 s"]
+    events = outcome.extra["events"]
+    assert any("sshd killed" in e for e in events), events
+    assert any("sshd restarted" in e for e in events), events
+    assert any("site 1 link down" in e for e in events), events
     change: library.Change = outcome.extra["change"]
     for result in outcome.results:
         # resumed, not restarted: what had arrived before the cuts is not sent again in full

@@ -75,30 +75,64 @@ def new_version(run: FleetRun, *, fraction: float, fixtures_dir: Path, random_de
 
 
 def flaps_and_restart(run: FleetRun, *, fraction: float, fixtures_dir: Path,
-                      flaps: list[tuple[int, float, float]], kill_at: float,
-                      down_for: float, seed: int = 4, added_size: int = 0) -> Outcome:
-    """A new version while links flap (site, after s, down s) and sshd is killed at `kill_at`
-    and restarted `down_for` seconds later."""
+                      flaps: list[tuple[int, int, float]], kill_after: int, down_for: float,
+                      seed: int = 4, added_size: int = 0) -> Outcome:
+    """A new version; sshd is killed (with every session) once every site has received
+    `kill_after` bytes of it (or one site 80% of it) and restarted `down_for` s later; then
+    each (site, after_bytes, down_s) in `flaps` loses its link once it has received
+    `after_bytes` more after the restart. Triggered by bytes, not time, so every cut lands in
+    the middle of a transfer whatever the link."""
     change = library.new_version(run.library, fraction=fraction, fixtures_dir=fixtures_dir,
                                  seed=seed, added_size=added_size)
     events: list[str] = []
+    finished = threading.Event()
+    started = time.monotonic()
 
-    def crash() -> None:
-        time.sleep(kill_at)
+    def received() -> list[int]:
+        return [run.fleet.wire_bytes(s.index)[0] for s in run.sites]
+
+    def wait_for(condition: Callable[[list[int]], bool]) -> bool:
+        while not finished.is_set():
+            if condition(received()):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def note(text: str) -> None:
+        events.append(f"{time.monotonic() - started:5.1f} s: {text}")
+
+    def chaos() -> None:
+        base = received()
+        got = lambda now: [n - b for n, b in zip(now, base, strict=True)]  # noqa: E731
+        if not wait_for(lambda now: min(got(now)) >= kill_after
+                        or max(got(now)) >= change.new_bytes * 0.8):
+            return
         run.kill_server()
-        events.append(f"sshd killed at {kill_at:g} s")
+        note("sshd killed after " + ", ".join(f"{n / 2**20:.1f}" for n in got(received()))
+             + " MB")
         time.sleep(down_for)
         run.start_server()
-        events.append(f"sshd restarted at {kill_at + down_for:g} s")
+        note("sshd restarted")
+        restart = received()
+        pending, downs = list(flaps), []
+        while pending and not finished.is_set():
+            now = received()
+            for flap in [f for f in pending if now[f[0]] - restart[f[0]] >= f[1]]:
+                pending.remove(flap)
+                note(f"site {flap[0]} link down for {flap[2]:g} s")
+                downs.append(run.fleet.flap_later(flap[0], 0, flap[2]))
+            time.sleep(0.1)
+        for thread in downs:  # every link is up again before the scenario ends
+            thread.join()
 
     def action() -> list[SyncResult]:
-        threads = [run.fleet.flap_later(i, after, down) for i, after, down in flaps]
-        threads.append(threading.Thread(target=crash, name="crash", daemon=True))
-        threads[-1].start()
-        results = run.sync_all()
-        for thread in threads:
-            thread.join()
-        return results
+        controller = threading.Thread(target=chaos, name="chaos", daemon=True)
+        controller.start()
+        try:
+            return run.sync_all()
+        finally:
+            finished.set()
+            controller.join()
 
     outcome = observe(run, "flaps + sshd restart", action, changed_bytes=change.new_bytes)
     outcome.extra.update(change=change, events=events, flaps=flaps)
