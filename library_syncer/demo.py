@@ -145,6 +145,7 @@ def _build_vapp(folder: Path, descriptor: Path) -> None:
 @dataclass
 class Demo:
     workdir: Path
+    runtime: Path  # short: Caddy's admin socket path must fit in 108 bytes
     processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
@@ -186,7 +187,7 @@ def _wait_listening(port: int, demo: Demo, timeout: float = 15.0) -> None:
     raise DemoError(f"nothing answers on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
-def write_settings(workdir: Path, *, ssh_port: int, http_port: int) -> Path:
+def write_settings(workdir: Path, runtime: Path, *, ssh_port: int, http_port: int) -> Path:
     """A real settings file, so `status`/`check -c` work on the running demo."""
     client = workdir / "client"
     text = f"""\
@@ -226,7 +227,7 @@ textfile = {toml_string(str(client / "metrics" / "library-syncer.prom"))}
 
 [paths]
 state_dir = {toml_string(str(client / "state"))}
-runtime_dir = {toml_string(str(client / "run"))}
+runtime_dir = {toml_string(str(runtime / "run"))}
 """
     (client / "metrics").mkdir(mode=0o755, parents=True, exist_ok=True)
     path = workdir / "library-syncer.toml"
@@ -379,11 +380,13 @@ def command(args: argparse.Namespace) -> int:
     created = _ensure_account()
     try:
         with _workdir(args.workdir) as workdir:
-            demo = Demo(workdir)
+            runtime = Path(tempfile.mkdtemp(prefix="library-syncer-demo.", dir="/run"))
+            demo = Demo(workdir, runtime)
             try:
                 _run(demo, once=args.once)
             finally:
                 demo.stop_all()
+                shutil.rmtree(runtime, ignore_errors=True)
     finally:
         if created:
             _remove_account()
@@ -395,7 +398,8 @@ def _run(demo: Demo, *, once: bool) -> None:
     _say(f"demo: working in {workdir}")
     items = build_example_library(workdir / "server" / "library")
     _say(f"server: example library with {len(items)} items: {', '.join(items)}")
-    settings = write_settings(workdir, ssh_port=_free_port(), http_port=_free_port())
+    settings = write_settings(workdir, demo.runtime, ssh_port=_free_port(),
+                              http_port=_free_port())
     config = config_module.load(settings)
     host_key = start_server(demo, config)
     _say(f"server: sshd on 127.0.0.1:{config.server.port}, account {DEMO_USER}, forced "
