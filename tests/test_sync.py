@@ -1,0 +1,181 @@
+"""`library-syncer sync` against a real sshd (forced `rrsync -ro`) with the real rsync.
+
+Every test runs the command line as an operator would and checks the published tree: switched
+to a complete new snapshot on success, exactly as it was on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from tests.fleet.checks import snapshot_problems
+from tests.test_sync_helpers import (
+    add_iso_item,
+    add_ovf_item,
+    items,
+    last_run,
+    published,
+    sync,
+    tree,
+    write_config,
+)
+
+SUMMARY = re.compile(r"sync ok: (\d+) items \((\d+) changed\), [\d.]+ [kMG]?B received for "
+                     r"[\d.]+ [kMG]?B( \(speedup \d+x\))?, library version (\d+), \d+ s")
+
+
+def test_first_sync_publishes_a_complete_snapshot_and_ignores_server_manifests(
+        work_dir, sshd, client_key, server_library, fixtures_dir):
+    add_ovf_item(server_library, fixtures_dir)
+    add_iso_item(server_library, "tools", 3_000_000)
+    # A server still running the original publishes its own (throw-away) manifests.
+    (server_library / "lib.json").write_text('{"name": "server", "id": "bogus"}')
+    (server_library / "items.json").write_text('{"items": []}')
+    (server_library / "tools" / "item.json").write_text('{"id": "bogus"}')
+    (server_library / "index.html").write_text("<p>server page</p>")
+    config = write_config(work_dir, sshd, client_key[0])
+    state = work_dir / "state"
+
+    result = sync(config)
+
+    assert result.returncode == 0, result.stderr
+    match = SUMMARY.search(result.stderr)
+    assert match, result.stderr
+    assert match.group(1) == "2" and match.group(2) == "2"
+    snap = published(state)
+    assert snap.parent == state / "snapshots"
+    assert snapshot_problems(snap) == []
+    lib = json.loads((snap / "lib.json").read_text())
+    assert lib["name"] == "Test library" and lib["id"] != "bogus"
+    assert set(items(snap)) == {"ttylinux", "tools"}
+    assert json.loads((snap / "tools" / "item.json").read_text()).get("id") != "bogus"
+    assert "server page" not in (snap / "index.html").read_text() if \
+        (snap / "index.html").exists() else True
+    record = last_run(state)
+    assert record["outcome"] == "ok" and record["exit_status"] == 0
+    assert record["items"] == 2 and record["library_version"] == int(lib["version"])
+    assert record["bytes_received"] > 3_000_000 and record["snapshot"] == snap.name
+    assert not (state / "staging").exists()
+
+
+def test_unchanged_resync_links_everything_and_keeps_the_previous_snapshot(
+        work_dir, sshd, client_key, server_library, fixtures_dir):
+    add_ovf_item(server_library, fixtures_dir)
+    add_iso_item(server_library, "tools", 4_000_000)
+    config = write_config(work_dir, sshd, client_key[0])
+    state = work_dir / "state"
+    assert sync(config).returncode == 0
+    first = published(state)
+    version = json.loads((first / "lib.json").read_text())["version"]
+    before = tree(first)
+
+    result = sync(config)
+
+    assert result.returncode == 0, result.stderr
+    second = published(state)
+    assert second != first and first.is_dir(), "the previous snapshot is kept"
+    assert tree(first) == before, "the previous snapshot was not touched"
+    now = tree(second)
+    for rel in ("tools/tools.iso", "ttylinux/ttylinux-pc_i486-16.1-disk1.vmdk"):
+        assert now[rel][0] == before[rel][0], f"{rel} is not a hard link to the previous copy"
+    assert json.loads((second / "lib.json").read_text())["version"] == version
+    record = last_run(state)
+    assert record["bytes_received"] < 50_000 and record["items_changed"] == []
+    assert "(0 changed)" in result.stderr
+
+    assert sync(config).returncode == 0  # a third run prunes the oldest snapshot
+    assert not first.exists()
+    assert sorted(p.name for p in (state / "snapshots").iterdir()) == sorted(
+        [second.name, published(state).name])
+
+
+def test_a_changed_file_is_delta_transferred_against_the_published_copy(
+        work_dir, sshd, client_key, server_library):
+    disk = add_iso_item(server_library, "big", 8 << 20, seed=3)
+    add_iso_item(server_library, "small", 100_000, seed=4)
+    config = write_config(work_dir, sshd, client_key[0])
+    state = work_dir / "state"
+    assert sync(config).returncode == 0
+    before = tree(published(state))
+    data = bytearray(disk.read_bytes())
+    for offset in range(0, len(data), len(data) // 8):  # 1% changed at scattered offsets
+        data[offset:offset + len(data) // 800] = os.urandom(len(data) // 800)
+    disk.write_bytes(bytes(data))
+
+    result = sync(config)
+
+    assert result.returncode == 0, result.stderr
+    snap = published(state)
+    assert (snap / "big" / "big.iso").read_bytes() == bytes(data)
+    assert tree(snap)["small/small.iso"][0] == before["small/small.iso"][0]
+    record = last_run(state)
+    assert record["bytes_received"] < 0.05 * len(data), record
+    assert record["items_changed"] == ["big"] and record["files_changed"] == 1
+    assert snapshot_problems(snap) == []
+
+
+def test_an_item_deleted_at_the_server_disappears_at_the_client(
+        work_dir, sshd, client_key, server_library, fixtures_dir):
+    add_ovf_item(server_library, fixtures_dir)
+    add_iso_item(server_library, "old", 200_000)
+    config = write_config(work_dir, sshd, client_key[0])
+    state = work_dir / "state"
+    assert sync(config).returncode == 0
+    lib_id = json.loads((published(state) / "lib.json").read_text())["id"]
+    kept_id = items(published(state))["ttylinux"]["id"]
+    for path in (server_library / "old").iterdir():
+        path.unlink()
+    (server_library / "old").rmdir()
+
+    result = sync(config)
+
+    assert result.returncode == 0, result.stderr
+    snap = published(state)
+    assert not (snap / "old").exists()
+    assert set(items(snap)) == {"ttylinux"}
+    assert json.loads((snap / "lib.json").read_text())["id"] == lib_id
+    assert items(snap)["ttylinux"]["id"] == kept_id, "ids continue across snapshots"
+    assert last_run(state)["items_changed"] == ["old"]
+
+
+def test_an_ova_item_is_published_unpacked_and_not_fetched_again(
+        work_dir, sshd, client_key, server_library, fixtures_dir):
+    folder = server_library / "appliance"
+    folder.mkdir(mode=0o755)
+    ova = fixtures_dir / "ovf" / "ttylinux-pc_i486-16.1.ova"
+    (folder / "ttylinux.ova").write_bytes(ova.read_bytes())
+    config = write_config(work_dir, sshd, client_key[0])
+    state = work_dir / "state"
+
+    result = sync(config)
+
+    assert result.returncode == 0, result.stderr
+    snap = published(state)
+    names = sorted(p.name for p in (snap / "appliance").iterdir())
+    assert not [n for n in names if n.endswith(".ova")], names
+    assert any(n.endswith(".ovf") for n in names) and any(n.endswith(".vmdk") for n in names)
+    item = items(snap)["appliance"]
+    assert item["type"] == "vcsp.ovf"
+    assert snapshot_problems(snap) == []
+    vmdk = next(n for n in names if n.endswith(".vmdk"))
+    inode = (snap / "appliance" / vmdk).stat().st_ino
+
+    result = sync(config)
+
+    assert result.returncode == 0, result.stderr
+    assert last_run(state)["bytes_received"] < 50_000, "the OVA was downloaded again"
+    again = published(state)
+    assert (again / "appliance" / vmdk).stat().st_ino == inode, "unpacked again"
+    assert not list((again / "appliance").glob("*.ova"))
+    assert last_run(state)["items_changed"] == []
+
+
+def test_settings_without_a_peer_fail_with_one_line(work_dir, sshd, client_key):
+    config = write_config(work_dir, sshd, client_key[0], peer="")
+    result = sync(config)
+    assert result.returncode == 3
+    assert f"{config}: sync.peer: found nothing" in result.stderr
+    assert "Traceback" not in result.stderr
