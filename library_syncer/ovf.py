@@ -143,6 +143,8 @@ def _check_member(ova: Path, member: tarfile.TarInfo, seen: set[str]) -> str:
                        hint="re-export the template with ovftool")
     if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
         raise OvaError(f"{where}: a path or hidden name is not allowed in an OVA")
+    if name.lower().endswith(".ova"):
+        raise OvaError(f"{where}: an OVA inside an OVA is not a template")
     if name in seen:
         raise OvaError(f"{where} appears twice")
     seen.add(name)

@@ -78,6 +78,16 @@ class LibraryMachine(RuleBasedStateMachine):
             del self.model[folder]  # an empty folder is not an item
 
     @precondition(lambda self: self.model)
+    @rule(data=st.data(), new=st.sampled_from(FILES))
+    def rename_file(self, data: st.DataObject, new: str) -> None:
+        folder = data.draw(st.sampled_from(sorted(self.model)))
+        old = data.draw(st.sampled_from(sorted(self.model[folder])))
+        if new in self.model[folder]:
+            return
+        (self.root / folder / old).rename(self.root / folder / new)
+        self.model[folder][new] = self.model[folder].pop(old)
+
+    @precondition(lambda self: self.model)
     @rule(data=st.data())
     def delete_item(self, data: st.DataObject) -> None:
         folder = data.draw(st.sampled_from(sorted(self.model)))

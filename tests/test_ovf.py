@@ -171,6 +171,10 @@ def test_unpack_refuses_duplicates_garbage_and_empty(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a tar at all" * 100)
     with pytest.raises(ovf.OvaError, match="not a readable OVA"):
         ovf.unpack_ova(garbage, tmp_path)
+    nested = _tar(tmp_path / "nested.ova", [(_info("nested.ova"), b"x")])
+    with pytest.raises(ovf.OvaError, match="inside an OVA"):
+        ovf.unpack_ova(nested, tmp_path)
+    assert nested.read_bytes()[:10] != b"x"  # the archive was not overwritten by its member
     empty = _tar(tmp_path / "empty.ova", [])
     with pytest.raises(ovf.OvaError, match="empty"):
         ovf.unpack_ova(empty, tmp_path)
