@@ -48,7 +48,8 @@ class ItemProblem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.item}/{self.file}" if self.file else self.item
+        folder = self.item.rsplit("/", 1)[0]  # an ISO of a folder of ISOs: its file is there
+        where = f"{folder}/{self.file}" if self.file else self.item
         return f"item {self.item!r} left out: {where}: {self.message}"
 
 

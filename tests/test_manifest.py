@@ -244,6 +244,14 @@ def test_mf_missing_file_and_sha256_manifest(library: Path) -> None:
     assert report.problems[0].file == MF and "invalid manifest" in str(report.problems[0])
 
 
+def test_problem_lines() -> None:
+    assert str(manifest.ItemProblem("tty", "d.vmdk", "bad")) == \
+        "item 'tty' left out: tty/d.vmdk: bad"
+    assert str(manifest.ItemProblem("isos/a", "a.iso", "x")) == \
+        "item 'isos/a' left out: isos/a.iso: x"
+    assert str(manifest.ItemProblem("tty", None, "x")) == "item 'tty' left out: tty: x"
+
+
 def test_referenced_file_missing(library: Path) -> None:
     (library / TTY / MF).unlink()
     (library / TTY / DISK).unlink()
