@@ -138,12 +138,18 @@ def test_versions_move_only_with_content(library: Path) -> None:
     assert tools["description"] == "Handy tools"
     assert (tools["version"], tools["contentVersion"]) == ("3", "2")
     assert all(f["name"] != manifest.DESCRIPTION_FILE for f in tools["files"])
-    assert report.library_version == 3
+    _write(library / "tools" / manifest.DESCRIPTION_FILE, b"caf\xe9 tools")  # Latin-1, not UTF-8
+    report = _build(library)
+    assert _items(library)["tools"]["description"] == "caf\ufffd tools"
+    assert any("not UTF-8; invalid bytes replaced" in w for w in report.warnings)
+    _write(library / "tools" / manifest.DESCRIPTION_FILE, "Handy tools")
+    report = _build(library)
+    assert report.library_version == 5
     # Deleting an item removes it and bumps the library.
     shutil.rmtree(library / "ubuntu")
     report = _build(library)
     assert "ubuntu" not in _items(library) and report.items_changed == ("ubuntu",)
-    assert _json(library / "lib.json")["version"] == "4"
+    assert _json(library / "lib.json")["version"] == "6"
 
 
 def test_ids_and_versions_survive_loss_of_state(library: Path) -> None:
