@@ -1,0 +1,281 @@
+"""`library-syncer check`: is this site able to sync and publish? One line per check.
+
+Each check prints `ok`, `FAIL` (with the fix on the same line) or `skip` (it cannot be checked
+here, and why). Nothing is transferred: the server check is an SSH handshake and an rrsync
+listing (`rsync --list-only`) with exactly the ssh options the sync uses. The exit status is
+ExitStatus.CHECK when anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pwd
+import shutil
+import stat
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config as config_module
+from . import execute, timer, web
+from .config import Config
+from .errors import CheckFailed, ConfigError, SyncerError
+from .units import format_bytes
+
+SYNC_USER = "library-syncer"  # the service's account (packaging/debian/library-syncer.sysusers)
+OK, FAIL, SKIP = "ok", "FAIL", "skip"
+
+
+@dataclass(frozen=True)
+class Result:
+    status: str  # OK, FAIL or SKIP
+    what: str  # a short name: settings, key, host key, server, web, disk, timer
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        fix = f"; fix: {self.fix}" if self.fix else ""
+        return f"{self.status:<5} {self.what}: {self.message}{fix}"
+
+
+# --- the individual checks ----------------------------------------------------------------
+
+
+def _sync_account() -> pwd.struct_passwd | None:
+    """The account the sync service runs as, when this host has it and we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SYNC_USER)
+    except KeyError:
+        return None
+
+
+def _readable_by(st: os.stat_result, account: pwd.struct_passwd) -> bool:
+    if st.st_uid == account.pw_uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    groups = {account.pw_gid} | {g.gr_gid for g in _groups_of(account.pw_name)}
+    if st.st_gid in groups:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
+
+
+def _groups_of(name: str) -> list:
+    import grp
+
+    return [g for g in grp.getgrall() if name in g.gr_mem]
+
+
+def check_key(config: Config) -> list[Result]:
+    key = config.sync.identity_file
+    try:
+        st = key.stat()
+    except FileNotFoundError:
+        return [Result(FAIL, "key", f"{key} does not exist",
+                       f"ssh-keygen -t ed25519 -N '' -f {key}, then authorize {key}.pub on "
+                       "the server (library-syncer server authorize)")]
+    except PermissionError:
+        return [Result(FAIL, "key", f"{key}: permission denied", "run check as root")]
+    if not stat.S_ISREG(st.st_mode):
+        return [Result(FAIL, "key", f"{key} is not a file", "point sync.identity_file at the "
+                       "private key file")]
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP):
+        return [Result(FAIL, "key", f"{key} has mode {mode:04o}: others can read or change it",
+                       f"chmod 640 {key}")]
+    if st.st_uid == os.geteuid() and mode & stat.S_IRWXG and os.geteuid() != 0:
+        return [Result(FAIL, "key", f"{key} has mode {mode:04o} and ssh refuses an own key "
+                       "readable by the group", f"chmod 600 {key}")]
+    account = _sync_account()
+    if account is not None and not _readable_by(st, account):
+        return [Result(FAIL, "key", f"{key}: the sync runs as {SYNC_USER}, who cannot read it",
+                       f"chgrp {SYNC_USER} {key} && chmod 640 {key}")]
+    if account is None and not os.access(key, os.R_OK):
+        return [Result(FAIL, "key", f"{key} is not readable by this user", "run check as root")]
+    owner = _name(pwd.getpwuid, st.st_uid)
+    return [Result(OK, "key", f"{key} ({mode:04o}, owner {owner})")]
+
+
+def _name(lookup: Callable, number: int) -> str:
+    try:
+        return lookup(number)[0]
+    except KeyError:
+        return str(number)
+
+
+def check_host_key(config: Config) -> list[Result]:
+    from . import ssh
+
+    known = config.sync.known_hosts
+    pattern = ssh.host_pattern(config.sync)
+    fix = "library-syncer trust-host --fingerprint SHA256:… (the server shows it: " \
+          "library-syncer server keys)"
+    if not known.is_file():
+        return [Result(FAIL, "host key", f"{known} does not exist: the server's host key is "
+                       "not known", fix)]
+    try:
+        result = execute.run(["ssh-keygen", "-F", pattern, "-f", str(known)], capture=True,
+                             check=False)
+    except SyncerError as error:
+        return [Result(FAIL, "host key", str(error), "install openssh-client")]
+    if result.returncode != 0 or not result.output.strip():
+        return [Result(FAIL, "host key", f"no key for {pattern} in {known}", fix)]
+    return [Result(OK, "host key", f"{pattern} is in {known}")]
+
+
+def check_server(config: Config) -> list[Result]:
+    """SSH handshake + rrsync listing: the server answers and accepts this site's key."""
+    from . import sync
+
+    argv = sync.list_argv(config)
+    target = f"{config.sync.user}@{config.sync.peer}:{config.sync.port}"
+    try:
+        result = execute.run(argv, capture=True, check=False,
+                             timeout=config.sync.connect_timeout + 30)
+    except SyncerError as error:
+        return [Result(FAIL, "server", f"{target}: {error}", "check sync.peer and sync.port")]
+    if result.returncode == 0:
+        entries = [line for line in result.output.splitlines() if line.strip()]
+        return [Result(OK, "server", f"{target} answers and accepts the key "
+                       f"({len(entries)} entries at {config.sync.remote_path})")]
+    return [_server_failure(config, target, result)]
+
+
+def _server_failure(config: Config, target: str, result: execute.Result) -> Result:
+    from . import ssh
+
+    last = result.tail[-1] if result.tail else f"exit status {result.returncode}"
+    key, pattern = config.sync.identity_file, ssh.host_pattern(config.sync)
+    cause = ssh.diagnose(result.tail)
+    if cause == "host_key_changed":
+        return Result(FAIL, "server", f"{target}: the server's host key has CHANGED",
+                      "if the server was reinstalled, remove the old key (ssh-keygen -R "
+                      f"'{pattern}' -f {config.sync.known_hosts}) and run library-syncer "
+                      "trust-host; otherwise investigate")
+    if cause == "host_key_unknown":
+        return Result(FAIL, "server", f"{target}: the server's host key is not known",
+                      "library-syncer trust-host --fingerprint SHA256:…")
+    if cause == "auth":
+        return Result(FAIL, "server", f"{target}: the server refused this site's key ({key})",
+                      f"on the server: library-syncer server authorize {key}.pub --site NAME")
+    if cause == "unreachable":
+        said = next((line for line in result.tail if any(p in line for p in ssh.UNREACHABLE)),
+                    last)
+        return Result(FAIL, "server", f"{target} does not answer ({said})",
+                      "start the server role there (systemctl start library-syncer-sshd) or "
+                      "correct sync.peer / sync.port")
+    return Result(FAIL, "server", f"{target}: listing failed: {last}",
+                  "check that sync.remote_path exists on the server; details: "
+                  "library-syncer --debug check")
+
+
+def check_web(config: Config) -> list[Result]:
+    try:
+        text = web.render_caddyfile(config, warn=False)
+    except ConfigError as error:
+        return [Result(FAIL, "web", str(p), "edit the [web] section") for p in error.problems]
+    except SyncerError as error:
+        return [Result(FAIL, "web", str(error), "install caddy or set web.caddy")]
+    with tempfile.TemporaryDirectory(prefix="library-syncer-check.") as tmp:
+        path = Path(tmp) / "Caddyfile"
+        path.write_text(text)
+        env = dict(os.environ, XDG_DATA_HOME=tmp, XDG_CONFIG_HOME=tmp, HOME=tmp)
+        try:
+            web.validate(config, path, env=env)
+        except ConfigError as error:
+            return [Result(FAIL, "web", error.problems[0].expected, "edit the [web] section")]
+        except SyncerError as error:
+            return [Result(FAIL, "web", str(error), "install caddy or set web.caddy")]
+    return [Result(OK, "web", f"Caddyfile validates; vCenter URL {web.subscription_url(config)}")]
+
+
+def _library_size(config: Config) -> int:
+    """Bytes of the published snapshot (what a full re-download would need at worst)."""
+    total = 0
+    published = config.published_dir
+    if not published.exists():
+        return 0
+    for root, _dirs, files in os.walk(published, followlinks=False):
+        for name in files:
+            with contextlib.suppress(OSError):  # a file removed while we count
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def check_disk(config: Config) -> list[Result]:
+    state = config.state_dir
+    existing = next((p for p in [state, *state.parents] if p.exists()), Path("/"))
+    usage = shutil.disk_usage(existing)
+    need = config.sync.min_free_space
+    if usage.free < need:
+        return [Result(FAIL, "disk", f"{format_bytes(usage.free)} free on {existing}, "
+                       f"sync.min_free_space is {format_bytes(need)}",
+                       "free space there or move paths.state_dir to a larger disk")]
+    size = _library_size(config)
+    note = f"; the published library is {format_bytes(size)}" if size else ""
+    if size and usage.free < size:
+        # Unchanged files are hard links: only changed ones take room. A full rewrite may not fit.
+        note += " (a sync rewriting every file would not fit)"
+    return [Result(OK, "disk", f"{format_bytes(usage.free)} free on {existing}{note}")]
+
+
+def check_timer(config: Config) -> list[Result]:
+    if not timer.systemd_running():
+        return [Result(SKIP, "timer", "systemd is not running here: cannot see whether "
+                       f"{timer.TIMER} is enabled")]
+    try:
+        state = execute.run([timer.SYSTEMCTL, "is-enabled", timer.TIMER], capture=True,
+                            check=False).output.strip()
+    except SyncerError as error:
+        return [Result(SKIP, "timer", f"cannot ask systemd: {error}")]
+    if state == "enabled":
+        return [Result(OK, "timer", f"{timer.TIMER} is enabled")]
+    return [Result(FAIL, "timer", f"{timer.TIMER} is {state or 'not installed'}",
+                   f"systemctl enable --now {timer.TIMER}")]
+
+
+CLIENT_CHECKS: list[Callable[[Config], list[Result]]] = [
+    check_key, check_host_key, check_server, check_web, check_disk, check_timer,
+]
+
+
+def run_checks(config_file: Path | None) -> list[Result]:
+    try:
+        config = config_module.load(config_file)
+    except ConfigError as error:
+        return [Result(FAIL, "settings", str(p), "edit the file, then library-syncer config "
+                       "validate") for p in error.problems]
+    results = [Result(OK, "settings", f"{config.file} is valid")]
+    if not config.sync.peer:
+        results.append(Result(FAIL, "settings", f"{config.file}: sync.peer is not set",
+                              "set it to the server's host name"))
+        return results
+    for check in CLIENT_CHECKS:
+        if check is check_server and any(r.what == "key" and r.status == FAIL for r in results):
+            # ssh would refuse or fail to read the key: its error would only blur the line above
+            results.append(Result(SKIP, "server", "not contacted until the key problem above "
+                                  "is fixed"))
+            continue
+        try:
+            results += check(config)
+        except SyncerError as error:
+            results.append(Result(FAIL, check.__name__.removeprefix("check_"), str(error)))
+    return results
+
+
+def command(args: argparse.Namespace) -> int:
+    results = run_checks(args.config)
+    for result in results:
+        print(result, flush=True)
+    failed = [r for r in results if r.status == FAIL]
+    if failed:
+        raise CheckFailed(f"{len(failed)} problem{'s' if len(failed) > 1 else ''} found")
+    sys.stdout.flush()
+    return 0
+
+
+

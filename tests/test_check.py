@@ -1,0 +1,212 @@
+"""`library-syncer check` against a real loopback sshd (forced rrsync -ro) and a real caddy."""
+
+from __future__ import annotations
+
+import grp
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from library_syncer import config as config_module
+from library_syncer import demo
+from library_syncer.errors import ExitStatus
+from tests.harness import sshd as sshd_harness
+from tests.harness.net import free_port
+
+CADDY = "/usr/bin/caddy"
+
+
+@dataclass
+class Site:
+    """A client site's settings file pointing at the test's sshd, state under work_dir."""
+
+    file: Path
+    work: Path
+    sshd: sshd_harness.Sshd
+    key: Path
+
+    @property
+    def config(self) -> config_module.Config:
+        return config_module.load(self.file)
+
+    def write(self, **sections: dict[str, object]) -> None:
+        self.file.write_text(_toml(sections))
+
+
+def _value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _toml(sections: dict[str, dict[str, object]]) -> str:
+    return "".join(f"[{name}]\n" + "".join(f"{k} = {_value(v)}\n" for k, v in table.items())
+                   for name, table in sections.items())
+
+
+def site_settings(site_work: Path, sshd: sshd_harness.Sshd, key: Path,
+                  **overrides: dict[str, object]) -> dict[str, dict[str, object]]:
+    sections: dict[str, dict[str, object]] = {
+        "library": {"name": "Site templates"},
+        "sync": {"peer": "127.0.0.1", "port": sshd.port, "user": sshd.user,
+                 "identity_file": str(key), "known_hosts": str(site_work / "known_hosts"),
+                 "random_delay": 0, "min_free_space": "10M", "retry_budget": 0,
+                 "connect_timeout": 5},
+        "web": {"listen": "127.0.0.1", "http_port": free_port(), "https_port": free_port(),
+                "tls": "internal", "hostname": "library.test", "caddy": CADDY},
+        "metrics": {"textfile": str(site_work / "metrics" / "library-syncer.prom")},
+        "paths": {"state_dir": str(site_work / "state"), "runtime_dir": str(site_work / "run")},
+    }
+    for name, table in overrides.items():
+        sections.setdefault(name, {}).update(table)
+    return sections
+
+
+@pytest.fixture
+def site(work_dir, sshd, client_key, server_library) -> Site:
+    """A healthy site: the server knows its key, it knows the server's host key."""
+    template = Path(str(demo._data())) / "ttylinux"
+    shutil.copytree(template, server_library / "ttylinux")
+    for path in [server_library, *server_library.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    key = client_key[0]
+    try:  # on a host with the package installed, the sync's account must read the key
+        os.chown(key, 0, grp.getgrnam("library-syncer").gr_gid)
+        key.chmod(0o640)
+    except KeyError:
+        pass
+    site_work = work_dir / "site"
+    (site_work / "metrics").mkdir(parents=True)
+    (site_work / "known_hosts").write_text(sshd.known_hosts_line + "\n")
+    result = Site(work_dir / "library-syncer.toml", site_work, sshd, key)
+    result.write(**site_settings(site_work, sshd, key))
+    return result
+
+
+def run_cli(*args: str, user: str | None = None) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "library_syncer", *args]
+    if user:
+        argv = ["runuser", "-u", user, "--", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+
+
+def _check(site: Site) -> subprocess.CompletedProcess:
+    result = run_cli("check", "-c", str(site.file))
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def _lines(result: subprocess.CompletedProcess, prefix: str) -> list[str]:
+    return [line for line in result.stdout.splitlines() if line.startswith(prefix)]
+
+
+def test_healthy_site(site):
+    result = _check(site)
+    assert result.returncode == 0, result.stdout + result.stderr
+    port = site.sshd.port
+    assert result.stdout.splitlines() == [
+        f"ok    settings: {site.file} is valid",
+        f"ok    key: {site.key} ({site.key.stat().st_mode & 0o777:04o}, owner root)",
+        f"ok    host key: [127.0.0.1]:{port} is in {site.work}/known_hosts",
+        f"ok    server: {site.sshd.user}@127.0.0.1:{port} answers and accepts the key "
+        "(2 entries at /)",
+        _lines(result, "ok    web: ")[0],
+        _lines(result, "ok    disk: ")[0],
+        "skip  timer: systemd is not running here: cannot see whether library-syncer.timer "
+        "is enabled",
+    ]
+    web_config = site.config.web
+    assert _lines(result, "ok    web: ")[0] == (
+        f"ok    web: Caddyfile validates; vCenter URL "
+        f"https://library.test:{web_config.https_port}/lib.json")
+    assert " free on " in _lines(result, "ok    disk: ")[0]
+    assert result.stderr == ""
+
+
+def test_server_down(site):
+    site.sshd.stop()
+    result = _check(site)
+    assert result.returncode == ExitStatus.CHECK
+    (line,) = _lines(result, "FAIL")
+    assert line.startswith(f"FAIL  server: {site.sshd.user}@127.0.0.1:{site.sshd.port} does not "
+                           "answer (")
+    assert "Connection refused" in line
+    assert line.endswith("; fix: start the server role there (systemctl start "
+                         "library-syncer-sshd) or correct sync.peer / sync.port")
+    assert result.stderr.strip() == "library-syncer: 1 problem found"
+
+
+def test_wrong_key(site, work_dir):
+    other, _ = sshd_harness.keygen(work_dir / "client-ssh" / "other_key")
+    site.write(**site_settings(site.work, site.sshd, other))
+    result = _check(site)
+    assert result.returncode == ExitStatus.CHECK
+    (line,) = _lines(result, "FAIL")
+    assert line == (f"FAIL  server: {site.sshd.user}@127.0.0.1:{site.sshd.port}: the server "
+                    f"refused this site's key ({other}); fix: on the server: library-syncer "
+                    f"server authorize {other}.pub --site NAME")
+
+
+def test_unknown_host_key(site):
+    (site.work / "known_hosts").write_text("")
+    result = _check(site)
+    assert result.returncode == ExitStatus.CHECK
+    port = site.sshd.port
+    assert _lines(result, "FAIL") == [
+        f"FAIL  host key: no key for [127.0.0.1]:{port} in {site.work}/known_hosts; fix: "
+        "library-syncer trust-host --fingerprint SHA256:… (the server shows it: "
+        "library-syncer server keys)",
+        f"FAIL  server: {site.sshd.user}@127.0.0.1:{port}: the server's host key is not known; "
+        "fix: library-syncer trust-host --fingerprint SHA256:…",
+    ]
+    assert result.stderr.strip() == "library-syncer: 2 problems found"
+
+
+def test_bad_config(site):
+    site.file.write_text(site.file.read_text().replace(f"port = {site.sshd.port}",
+                                                       'port = "22x"'))
+    result = _check(site)
+    assert result.returncode == ExitStatus.CHECK
+    assert result.stdout.splitlines() == [
+        f'FAIL  settings: {site.file}: sync.port: found "22x", expected an integer 1-65535; '
+        "fix: edit the file, then library-syncer config validate"]
+
+
+def test_unsafe_key_permissions_missing_cert_and_no_room(site):
+    site.key.chmod(0o644)
+    settings = site_settings(site.work, site.sshd, site.key,
+                             web={"tls": "custom", "cert_file": str(site.work / "cert.pem"),
+                                  "key_file": str(site.work / "key.pem")},
+                             sync={"min_free_space": "1000T"})
+    site.write(**settings)
+    result = _check(site)
+    assert result.returncode == ExitStatus.CHECK
+    failed = _lines(result, "FAIL")
+    assert failed[0] == (f"FAIL  key: {site.key} has mode 0644: others can read or change it; "
+                         f"fix: chmod 640 {site.key}")
+    assert failed[1].startswith(f"FAIL  web: {site.file}: web.cert_file: found "
+                                f'"{site.work}/cert.pem"')
+    assert failed[2].startswith(f"FAIL  web: {site.file}: web.key_file: found ")
+    assert failed[3].startswith("FAIL  disk: ") and "sync.min_free_space is 1000 TB" in failed[3]
+    assert len(failed) == 4
+    assert "skip  server: not contacted until the key problem above is fixed" in result.stdout
+
+
+def test_check_works_without_root(site):
+    """An operator without root still gets the lines (the key is then not readable)."""
+    site.file.chmod(0o644)
+    result = run_cli("check", "-c", str(site.file), user="nobody")
+    assert result.returncode == ExitStatus.CHECK
+    assert "Traceback" not in result.stderr
+    assert _lines(result, "FAIL  key: ")
+    assert _lines(result, "ok    settings: ")
