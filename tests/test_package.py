@@ -25,15 +25,15 @@ TOP = Path(__file__).resolve().parent.parent
 CONF = "/etc/library-syncer/library-syncer.toml"
 TIMER = "library-syncer.timer"
 SERVICE = "library-syncer.service"
+NEXT_VERSION = "99.0.0+test"
 # Paths whose content changes with any package operation: left out of the before/after compare.
 VOLATILE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/cache", "/var/log",
-            "/var/lib/dpkg", "/var/lib/apt", "/srv/in", "/srv/fixtures")
+            "/var/lib/dpkg", "/var/lib/apt", "/srv/in", "/srv/in-next", "/srv/fixtures",
+            "/srv/packaging")
 
 
-@pytest.fixture(scope="module")
-def debs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    out = tmp_path_factory.mktemp("debs")
-    result = subprocess.run([str(TOP / "packaging" / "build-deb"), str(out)],
+def _build(out: Path, *options: str) -> list[Path]:
+    result = subprocess.run([str(TOP / "packaging" / "build-deb"), *options, str(out)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"build-deb failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     found = sorted(out.glob("*.deb"))
@@ -43,13 +43,25 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def box(debs: list[Path], fixtures_dir: Path,
+def debs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return _build(tmp_path_factory.mktemp("debs"))
+
+
+@pytest.fixture(scope="module")
+def next_debs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The same tree as a later version, to upgrade to."""
+    return _build(tmp_path_factory.mktemp("next-debs"), "--version", NEXT_VERSION)
+
+
+@pytest.fixture(scope="module")
+def box(debs: list[Path], next_debs: list[Path], fixtures_dir: Path,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Container]:
     nspawn.require_tools()
     packages = nspawn.deb_depends(debs, exclude={"library-syncer"})
     root = nspawn.rootfs(packages)
     log = tmp_path_factory.mktemp("nspawn") / "console.log"
-    binds = [(debs[0].parent, "/srv/in"), (fixtures_dir / "ovf", "/srv/fixtures")]
+    binds = [(debs[0].parent, "/srv/in"), (next_debs[0].parent, "/srv/in-next"),
+             (fixtures_dir / "ovf", "/srv/fixtures"), (TOP / "packaging", "/srv/packaging")]
     with nspawn.Container(root, binds_ro=binds, log_file=log) as container:
         yield container
 
@@ -107,6 +119,12 @@ def test_installed_units_pass_systemd_verify(box: nspawn.Container) -> None:
     assert "/lib/systemd/system/library-syncer.timer" in units
     result = box.run("systemd-analyze", "verify", "--man=no", *units, check=False)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_autopkgtest_smoke(box: nspawn.Container) -> None:
+    """debian/tests/smoke, run in the booted system as autopkgtest would."""
+    out = box.run("/srv/packaging/debian/tests/smoke").stdout
+    assert "library-syncer " in out and "valid" in out
 
 
 def test_without_settings_file_the_sync_is_skipped_not_failed(box: nspawn.Container) -> None:
@@ -184,8 +202,8 @@ port = 2222
 """
 
 
-def test_full_loop_server_sync_web_journal(box: nspawn.Container) -> None:
-    """Server and client roles in one system over loopback, all through their units."""
+def test_full_loop_sync_from_the_server_unit_over_loopback(box: nspawn.Container) -> None:
+    """Server and client roles in one system: the sshd unit serves, the sync unit pulls."""
     box.write(CONF, FULL_CONFIG)
     box.sh("cp -r /srv/fixtures/ttylinux-template /srv/library-syncer/library/ttylinux")
     box.run("systemctl", "start", "library-syncer-sshd.service")
@@ -195,11 +213,14 @@ def test_full_loop_server_sync_web_journal(box: nspawn.Container) -> None:
            "ssh-keyscan -p 2222 127.0.0.1 > /etc/library-syncer/ssh/known_hosts 2>/dev/null\n")
     box.run("systemctl", "start", SERVICE, timeout=600)
     assert _show(box, SERVICE, "Result") == "success"
-    box.run("systemctl", "start", "library-syncer-web.service")
-    assert nspawn.wait_until(lambda: box.run(
-        "curl", "-fsS", "http://127.0.0.1:8080/lib.json", check=False).returncode == 0)
-    lib = json.loads(box.run("curl", "-fsS", "http://127.0.0.1:8080/lib.json").stdout)
-    assert lib["name"] == "Package test library"
+    published = box.sh("ls /var/lib/library-syncer/published/").split()
+    assert "lib.json" in published and "ttylinux" in published, published
+    # The hardened unit's files belong to its user; the published tree is world-readable.
+    assert box.sh("stat -c '%U %A' /var/lib/library-syncer/published/lib.json").strip() \
+        == "library-syncer -rw-r--r--"
+
+
+def test_the_run_is_in_the_journal_with_structured_fields(box: nspawn.Container) -> None:
     entries = [json.loads(line) for line in box.run(
         "journalctl", "-u", "library-syncer", "-o", "json", "--no-pager").stdout.splitlines()]
     ours = [e for e in entries if e.get("SYSLOG_IDENTIFIER") == "library-syncer"]
@@ -208,6 +229,30 @@ def test_full_loop_server_sync_web_journal(box: nspawn.Container) -> None:
     custom = {k for e in ours for k in e if not k.startswith("_") and k not in standard
               and not k.startswith(("CODE_", "SYSLOG_", "INVOCATION_", "UNIT", "MESSAGE_"))}
     assert custom, f"no structured fields in {ours[-1]}"
+
+
+def test_web_unit_serves_the_synced_library(box: nspawn.Container) -> None:
+    box.run("systemctl", "start", "library-syncer-web.service")
+    assert nspawn.wait_until(lambda: box.run(
+        "curl", "-fsS", "http://127.0.0.1:8080/lib.json", check=False).returncode == 0)
+    lib = json.loads(box.run("curl", "-fsS", "http://127.0.0.1:8080/lib.json").stdout)
+    assert lib["name"] == "Package test library"
+
+
+def test_upgrade_keeps_settings_schedule_and_enablement(box: nspawn.Container,
+                                                        next_debs: list[Path]) -> None:
+    keep = f"{CONF} /etc/systemd/system/library-syncer.timer.d/50-schedule.conf"
+    before = (box.sh(f"cat {keep}"), _show(box, TIMER, "TimersCalendar"),
+              _show(box, SERVICE, "ExecMainStartTimestampMonotonic"))
+    assert _show(box, TIMER, "ActiveState") == "active"
+    box.run("apt-get", "install", "-y", *[f"/srv/in-next/{p.name}" for p in next_debs],
+            timeout=600)
+    assert box.run("dpkg-query", "-W", "-f=${Version}", "library-syncer").stdout == NEXT_VERSION
+    after = (box.sh(f"cat {keep}"), _show(box, TIMER, "TimersCalendar"),
+             _show(box, SERVICE, "ExecMainStartTimestampMonotonic"))
+    assert after == before  # settings, schedule kept; the upgrade did not run a sync
+    assert _show(box, TIMER, "ActiveState") == "active"
+    assert box.run("systemctl", "is-enabled", TIMER).stdout.strip() == "enabled"
 
 
 def test_remove_keeps_settings_and_stops_units(box: nspawn.Container) -> None:
