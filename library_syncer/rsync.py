@@ -169,6 +169,10 @@ class TransientError(NetworkError):
 
 
 def _last(tail: list[str]) -> str:
+    """The most telling line: ssh's own complaint, else rsync's last message."""
+    for line in tail:
+        if line.startswith("ssh:") or line.startswith("kex_exchange_identification"):
+            return line
     for line in reversed(tail):
         if not line.startswith(("rsync error:", "sent ", "total size")) and "%" not in line:
             return line
@@ -212,7 +216,9 @@ def classify(returncode: int, tail: list[str], stats: Stats, sync: SyncConfig,
                                hint="nothing was published; fix them on the server (permissions?)"
                                     " and the next run completes the transfer")
     meaning = EXIT_MEANING.get(returncode, f"exit status {returncode}")
+    if kind == "unreachable":
+        return TransientError(f"{target}: {_last(lines)}")
     message = f"{target}: rsync failed ({meaning}, status {returncode}): {_last(lines)}"
-    if returncode in RETRY_CODES or kind == "unreachable":
+    if returncode in RETRY_CODES:
         return TransientError(message)
     return SyncerError(message)

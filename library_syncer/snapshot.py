@@ -95,11 +95,10 @@ class Layout:
         return path if path.is_dir() else None
 
     def begin(self) -> Path:
-        """The staging tree: a new empty one, or the one a failed run left (to resume)."""
+        """The staging tree: the one a failed run left (to resume), or none yet (rsync creates
+        it once the server answered, so a refused connection touches nothing)."""
         if self.staging.is_dir():
             log.info("resuming from the staging tree a previous run left")
-        self.staging.mkdir(mode=0o755, exist_ok=True)
-        os.chmod(self.staging, 0o755)
         return self.staging
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 from tests.fleet.checks import snapshot_problems
 from tests.test_sync_helpers import (
