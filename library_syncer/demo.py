@@ -383,7 +383,7 @@ def command(args: argparse.Namespace) -> int:
             runtime = Path(tempfile.mkdtemp(prefix="library-syncer-demo.", dir="/run"))
             demo = Demo(workdir, runtime)
             try:
-                _run(demo, once=args.once)
+                _run(demo, once=args.once, keep=args.workdir is not None)
             finally:
                 demo.stop_all()
                 shutil.rmtree(runtime, ignore_errors=True)
@@ -393,7 +393,7 @@ def command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(demo: Demo, *, once: bool) -> None:
+def _run(demo: Demo, *, once: bool, keep: bool) -> None:
     workdir = demo.workdir
     _say(f"demo: working in {workdir}")
     items = build_example_library(workdir / "server" / "library")
@@ -412,14 +412,15 @@ def _run(demo: Demo, *, once: bool) -> None:
     _say(f"vCenter subscription URL: {url}")
     lib, walked = walk(config.web.http_port)
     _print_walk(lib, walked)
+    cleanup = "stopping sshd and caddy" + ("" if keep else ", removing the demo's files")
     if once:
-        _say("demo: --once: stopping sshd and caddy, removing the demo's files")
+        _say(f"demo: --once: {cleanup}")
         return
     _say(f"demo: serving until Ctrl-C; meanwhile try:  library-syncer status -c {settings}")
     try:
         _serve(demo)
     except KeyboardInterrupt:
-        _say("\ndemo: stopping sshd and caddy, removing the demo's files")
+        _say(f"\ndemo: {cleanup}")
 
 
 

@@ -64,7 +64,9 @@ def site_settings(site_work: Path, sshd: sshd_harness.Sshd, key: Path,
         "web": {"listen": "127.0.0.1", "http_port": free_port(), "https_port": free_port(),
                 "tls": "internal", "hostname": "library.test", "caddy": CADDY},
         "metrics": {"textfile": str(site_work / "metrics" / "library-syncer.prom")},
-        "paths": {"state_dir": str(site_work / "state"), "runtime_dir": str(site_work / "run")},
+        # runtime_dir short: Caddy's admin socket path must fit in 108 bytes
+        "paths": {"state_dir": str(site_work / "state"),
+                  "runtime_dir": str(site_work.parent / "r")},
     }
     for name, table in overrides.items():
         sections.setdefault(name, {}).update(table)
