@@ -23,6 +23,8 @@ from urllib.parse import unquote
 
 from .library import sha256_file, tree_digests
 
+# Files the client writes itself at the root of each snapshot (the page for humans).
+CLIENT_OWN = ("index.html",)
 _MF_LINE = re.compile(r"^(SHA256|SHA1|SHA512)\s*\((.+)\)\s*=\s*([0-9a-fA-F]+)\s*$")
 
 
@@ -118,6 +120,9 @@ def compare_site(published: Path, library: Path) -> list[str]:
     snapshot = Path(os.path.realpath(published))
     problems = []
     want, have = tree_digests(library), tree_digests(snapshot)
+    for own in CLIENT_OWN:  # written by the client itself, like the JSON manifests
+        if own not in want:
+            have.pop(own, None)
     for rel in sorted(set(want) | set(have)):
         if rel not in have:
             problems.append(f"{rel}: missing at the site")
