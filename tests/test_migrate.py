@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from library_syncer import config, migrate
+from library_syncer import config, migrate, sync
 from library_syncer.cli import main
 from library_syncer.errors import ExitStatus
+from library_syncer.snapshot import Layout
+from tests.test_check import site  # noqa: F401 - the fixture
 
 
 def _import(capsys, *files: Path) -> tuple[str, str]:
@@ -121,3 +123,21 @@ def test_unreadable_input_is_one_line_without_traceback(tmp_path):
                                     "file: line 3: flow style")
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+def test_docker_client_library_seeds_the_first_snapshot(site):  # noqa: F811
+    """docs/operations.md: the old ./data/library copied (times kept) into the staging tree is
+    what the first sync resumes from: nothing is downloaded again."""
+    old_library = site.work / "data" / "library"  # what the Docker client had synced
+    old_library.mkdir(parents=True)
+    source = site.sshd.dir.parent / "server-library"
+    subprocess.run(["cp", "-a", f"{source}/.", str(old_library)], check=True)
+    (old_library / "lib.json").write_text("{}")  # the original client's own manifests
+    staging = Layout.of(site.config).staging
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", f"{old_library}/.", str(staging)], check=True)
+    record = sync.run(site.config, retry=False)
+    assert record.outcome == "ok", record.message
+    assert record.files_changed == 1  # only the stale lib.json, deleted; no file transferred
+    assert record.bytes_received < record.total_size / 100
+    assert record.items == 1
