@@ -99,7 +99,8 @@ def test_users_and_directories(box: nspawn.Container) -> None:
     client = box.run("getent", "passwd", "library-syncer").stdout.split(":")
     assert client[5:7] == ["/var/lib/library-syncer", "/usr/sbin/nologin\n"]
     server = box.run("getent", "passwd", "syncer").stdout.strip().split(":")
-    assert server[2] == "31337" and server[5:7] == ["/nonexistent", "/bin/sh"]
+    assert server[2] == "31337" and server[5:7] == ["/srv/library-syncer", "/bin/sh"]
+    assert box.run("getent", "shadow", "syncer").stdout.split(":")[1].startswith("!")
     owner = box.sh("stat -c '%U %a' /var/lib/library-syncer /etc/library-syncer/ssh").split("\n")
     assert owner[:2] == ["library-syncer 755", "root 750"]
     assert box.sh(f"stat -c %U {CONF}").strip() == "root"  # the conffile
