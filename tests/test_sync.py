@@ -178,3 +178,49 @@ def test_settings_without_a_peer_fail_with_one_line(work_dir, sshd, client_key):
     assert result.returncode == 3
     assert f"{config}: sync.peer: found nothing" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_journal_fields_progress_notifications_and_metrics(work_dir, sshd, client_key,
+                                                          server_library, caplog, monkeypatch):
+    """In-process run: the summary record carries the structured fields journald gets, and
+    sd_notify STATUS= messages reach a real notification socket."""
+    import socket
+
+    from library_syncer import config as config_module
+    from library_syncer import sync as sync_module
+
+    add_iso_item(server_library, "big", 6 << 20, seed=11)
+    prom = work_dir / "metrics" / "library_syncer.prom"
+    prom.parent.mkdir()
+    config = config_module.load(write_config(work_dir, sshd, client_key[0], metrics=prom,
+                                             bandwidth_limit="2500"))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(work_dir / "notify"))
+    notify.settimeout(0.1)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(work_dir / "notify"))
+    caplog.set_level("INFO")
+
+    record = sync_module.run(config)
+
+    assert record.error is None and record.outcome == "ok"
+    summary = [r for r in caplog.records if getattr(r, "fields", None)]
+    assert len(summary) == 1 and summary[0].getMessage().startswith("sync ok: 1 item (1 changed)")
+    fields = summary[0].fields
+    assert fields["RUN_ID"] == record.run_id and fields["OUTCOME"] == "ok"
+    assert int(fields["BYTES_RECEIVED"]) > 6 << 20 and fields["FILES_CHANGED"] == 1
+    assert fields["ITEMS_CHANGED"] == 1 and fields["LIBRARY_VERSION"] == 1
+    assert float(fields["DURATION"]) > 1 and fields["SPEEDUP"]
+    messages = []
+    while True:
+        try:
+            messages.append(notify.recv(4096).decode())
+        except (TimeoutError, BlockingIOError):
+            break
+    notify.close()
+    assert "STATUS=connecting" in messages
+    assert any(m.startswith("STATUS=transferring: ") and "%" in m for m in messages), messages
+    assert messages[-1].startswith("STATUS=sync ok: ")
+    text = prom.read_text()
+    assert 'library_syncer_last_run_outcome{outcome="ok"} 1' in text
+    assert "library_syncer_library_version 1" in text
+    assert f"library_syncer_last_run_bytes_received {record.bytes_received}" in text

@@ -349,3 +349,24 @@ def test_works_against_the_docker_based_original_server(work_dir, client_key, fi
     snap = published(work_dir / "state")
     assert set(items(snap)) == {"ttylinux"}
     assert snapshot_problems(snap) == []
+
+
+def test_a_file_the_server_cannot_read_is_a_partial_transfer_naming_it(
+        work_dir, sshd, client_key, server_library, fixtures_dir):
+    add_ovf_item(server_library, fixtures_dir)
+    config = write_config(work_dir, sshd, client_key[0])
+    state = work_dir / "state"
+    assert sync(config).returncode == 0
+    before = _published_state(state)
+    secret = add_iso_item(server_library, "locked", 10_000)
+    os.chmod(secret, 0o600)  # the server's account (not root) cannot read it
+
+    result = sync(config)
+
+    assert result.returncode == 10, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "could not be transferred" in last and "locked.iso" in last, last
+    assert _published_state(state) == before
+    os.chmod(secret, 0o644)
+    assert sync(config).returncode == 0
+    assert "locked" in items(published(state))
