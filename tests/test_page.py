@@ -1,0 +1,145 @@
+"""The human page (index.html): rendered from the manifests, served by Caddy, seen by Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from datetime import datetime, timezone
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from library_syncer import page
+from library_syncer.errors import VerifyError
+from tests.harness.caddy import make_config, make_state, start_caddy, write_library
+
+URL = "https://library.test:8443/lib.json"
+SYNCED = datetime(2026, 11, 25, 21, 0, 5, tzinfo=timezone.utc)
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+class _Collector(HTMLParser):
+    """Tags, attributes and text of a page (enough to assert on without a DOM library)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        if data.strip():
+            self.text.append(data.strip())
+
+
+def _parse(html: str) -> _Collector:
+    collector = _Collector()
+    collector.feed(html)
+    return collector
+
+
+def test_page_shows_the_library_and_every_item(tmp_path: Path):
+    root = tmp_path / "lib"
+    write_library(root, 7, disk_size=3 * 2**20)
+    page.write_index(root, url=URL, synced_at=SYNCED)
+    html = (root / "index.html").read_text()
+    doc = _parse(html)
+    text = " ".join(doc.text)
+    assert "Site templates" in text and "2026-11-25 21:00:05 UTC" in text
+    assert ("input", {"id": "subscription-url", "type": "text", "readonly": None, "value": URL,
+                      "aria-label": "Subscription URL"}) in doc.tags
+    assert re.search(r'id="library-version">7<', html)
+    rows = re.findall(r'<tr class="item" data-name="([^"]*)">(.*?)</tr>', html, re.S)
+    assert [name for name, _ in rows] == ["médias", "ttylinux", "Web tier #2"]
+    cells = {name: body for name, body in rows}
+    assert "ISO image" in cells["médias"] and "vApp" not in cells["médias"]
+    assert "OVF template" in cells["ttylinux"] and 'class="badge">VM<' in cells["ttylinux"]
+    assert 'badge vapp">vApp<' in cells["Web tier #2"]
+    assert "3.0 MB" in cells["Web tier #2"]  # the disk dominates the item's size
+    assert re.search(r'<td class="num">7</td>', cells["Web tier #2"])
+    items = json.loads((root / "items.json").read_text())["items"]
+    links = [a["href"] for tag, a in doc.tags if tag == "a"]
+    for item in items:
+        for f in item["files"]:
+            assert f["hrefs"][0] in links  # every file is linked, hrefs as the manifest has them
+    # Self-contained: no script, no external stylesheet, image or link.
+    assert not any(tag in ("script", "link", "img", "iframe") for tag, _ in doc.tags)
+    assert not any((a.get("href") or "").startswith(("http:", "https:", "//"))
+                   for _, a in doc.tags)
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_page_escapes_what_the_manifests_say(tmp_path: Path):
+    root = tmp_path / "lib"
+    write_library(root, 1, disk_size=1024)
+    lib = json.loads((root / "lib.json").read_text())
+    lib["name"] = '<script>alert("x")</script> & Co'
+    (root / "lib.json").write_text(json.dumps(lib))
+    items = json.loads((root / "items.json").read_text())
+    items["items"][0]["files"][0]["hrefs"] = ["javascript:alert(1)"]
+    items["items"][1]["description"] = "<b>bold</b>"
+    (root / "items.json").write_text(json.dumps(items))
+    page.write_index(root, url='http://x/lib.json"><script>', synced_at=SYNCED)
+    html = (root / "index.html").read_text()
+    assert "<script>" not in html and "<b>bold" not in html and "javascript:" not in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; Co" in html
+
+
+def test_page_reports_missing_or_broken_manifests(tmp_path: Path):
+    with pytest.raises(VerifyError, match=r"lib\.json: not found"):
+        page.write_index(tmp_path, url=URL)
+    (tmp_path / "lib.json").write_text('{"name": "x", "itemsHref": "items.json"}')
+    (tmp_path / "items.json").write_text("{broken")
+    with pytest.raises(VerifyError, match=r"items\.json: not valid JSON"):
+        page.write_index(tmp_path, url=URL)
+    (tmp_path / "items.json").write_text('{"items": []}')
+    page.write_index(tmp_path, url=URL)
+    assert "This library has no items yet." in (tmp_path / "index.html").read_text()
+
+
+def _chromium(work_dir: Path, url: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={work_dir / 'chromium'}", "--window-size=1200,900",
+         *args, url],
+        capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("browse", [True, False])
+def test_page_served_and_seen_in_headless_chromium(work_dir: Path, browse: bool):
+    state = make_state(work_dir)
+    config = make_config(work_dir, browse=browse)
+    from library_syncer.web import subscription_url
+
+    page.write_index(state / "published", url=subscription_url(config), synced_at=SYNCED)
+    server = start_caddy(config, work_dir)
+    try:
+        url = f"http://127.0.0.1:{server.port}/"
+        dom = _chromium(work_dir, url, "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        doc = _parse(dom.stdout)
+        names = [a.get("data-name") for tag, a in doc.tags if tag == "tr" and a.get("class")]
+        assert names == ["médias", "ttylinux", "Web tier #2"]
+        assert any(a.get("value") == subscription_url(config) for _, a in doc.tags)
+        shot = work_dir / "index.png"
+        taken = _chromium(work_dir, url, f"--screenshot={shot}")
+        assert taken.returncode == 0, taken.stderr[-2000:]
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+        # Every request the browser made was answered (nothing missing, nothing external).
+        requests = [json.loads(line) for line in server.log_text().splitlines()
+                    if '"handled request"' in line]
+        assert requests, "Caddy logged no request"
+        assert all(r["status"] < 400 for r in requests if r["request"]["uri"] != "/favicon.ico")
+        # Browsing, when on, still lists the item folders beside the page.
+        from tests.harness.caddy import fetch
+
+        listing = fetch(server.port, "/ttylinux/")
+        assert (listing.status == 200) == browse
+    finally:
+        server.stop()
