@@ -357,7 +357,8 @@ def _client_moves(source: Source, out: Conversion) -> None:
     volumes = _volumes(source)
     if "/syncer/.ssh" in volumes:
         ssh = volumes["/syncer/.ssh"]
-        out.moves.append(f"install -m 600 {ssh}/id_syncer {SSH_DIR}/id_syncer")
+        out.moves.append(f"install -m 640 -g library-syncer {ssh}/id_syncer "
+                         f"{SSH_DIR}/id_syncer")
         out.moves.append(f"install -m 644 {ssh}/known_hosts {SSH_DIR}/known_hosts  "
                          "(or: library-syncer trust-host)")
     if "/etc/caddycerts" in volumes:
@@ -365,9 +366,10 @@ def _client_moves(source: Source, out: Conversion) -> None:
         out.moves.append(f"install -m 644 {certs}/cert.pem {TLS_DIR}/cert.pem")
         out.moves.append(f"install -m 640 -g library-syncer {certs}/key.pem {TLS_DIR}/key.pem")
     if "/syncer/library" in volumes:
-        out.moves.append(f"seed the first snapshot from {volumes['/syncer/library']} so nothing "
-                         "is downloaded again (docs/operations.md, 'Moving from the Docker "
-                         "version')")
+        out.moves.append(f"cp -a {volumes['/syncer/library']}/. "
+                         f"{paths.DEFAULT_STATE_DIR}/staging/ && chown -R library-syncer: "
+                         f"{paths.DEFAULT_STATE_DIR}/staging  (the first sync resumes from it: "
+                         "nothing is downloaded again; see docs/operations.md)")
 
 
 def _server(source: Source, out: Conversion) -> set[str]:
@@ -388,9 +390,9 @@ def _server(source: Source, out: Conversion) -> set[str]:
         out.set("server.library", str(volumes["/syncer/library"]), f"{o}: volume /syncer/library")
     if "/home/syncer/.ssh" in volumes:
         keys = volumes["/home/syncer/.ssh"]
-        out.moves.append(f"for each key line in {keys}/authorized_keys: save its "
-                         "'ssh-… AAAA… comment' part to site.pub and run "
-                         "library-syncer server authorize site.pub --site NAME")
+        out.moves.append(f"for each line N of {keys}/authorized_keys: sed -n Np "
+                         f"{keys}/authorized_keys | library-syncer server authorize - "
+                         "--site NAME")
     return SERVER_VARS | {"TZ"}
 
 
