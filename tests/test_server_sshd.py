@@ -377,3 +377,32 @@ def test_the_sync_clients_own_pull_and_listing_work_against_it(rig, dest):
     assert (dest / "snap-2" / disk).read_bytes() == (rig.library / disk).read_bytes()
     assert (dest / "snap-1" / disk).stat().st_ino == (dest / "snap-2" / disk).stat().st_ino
     assert not os.path.lexists(dest / "snap-2" / "escape.txt")  # the client skips symlinks
+
+
+def test_a_real_sync_run_publishes_the_library_from_the_server_role(work_dir, fixtures_dir):
+    """`library-syncer sync`'s own run (sync.run_once) against a fresh server-role instance."""
+    from library_syncer import sync
+    from library_syncer.config import Config, PathsConfig, SyncConfig
+
+    library = work_dir / "library"
+    shutil.copytree(fixtures_dir / "ovf" / "ttylinux-template", library / "ttylinux")
+    keydir = work_dir / "ssh"
+    keydir.mkdir(mode=0o700)
+    key, pub = harness.keygen(keydir / "id_syncer")
+    server = harness.start_server_role(work_dir / "sshd", library, sites={"paris": pub})
+    try:
+        (keydir / "known_hosts").write_text(server.known_hosts_line + "\n")
+        config = Config(
+            file=work_dir / "library-syncer.toml",
+            sync=SyncConfig(peer="127.0.0.1", port=server.port, user=server.user,
+                            identity_file=key, known_hosts=keydir / "known_hosts",
+                            random_delay=0.0, min_free_space=0),
+            paths=PathsConfig(state_dir=work_dir / "state", runtime_dir=work_dir / "run"))
+        summary = sync.run_once(config, retry=False)
+    finally:
+        server.stop()
+    published = config.published_dir
+    for name in os.listdir(library / "ttylinux"):
+        assert (published / "ttylinux" / name).read_bytes() == \
+            (library / "ttylinux" / name).read_bytes(), name
+    assert (published / "lib.json").is_file(), summary
