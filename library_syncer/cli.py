@@ -38,7 +38,9 @@ def _add_config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_manifest_parser(subparsers) -> None:
-    parser = subparsers.add_parser("manifest", help="build the VCSP manifests of a library folder")
+    parser = subparsers.add_parser("manifest", help="build the VCSP manifests of a library folder",
+                                   formatter_class=_Formatter,
+                                   epilog=f"example:\n  {PROG} manifest build /srv/library")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     build = _sub(verbs, "build", "library_syncer.manifest_cmd:build",
                  "write lib.json, items.json and every item.json for a library folder",
@@ -72,7 +74,9 @@ def _add_trust_host_parser(subparsers) -> None:
 
 def _add_server_parser(subparsers) -> None:
     parser = subparsers.add_parser("server",
-                                   help="manage the read-only rsync endpoint (server role)")
+                                   help="manage the read-only rsync endpoint (server role)",
+                                   formatter_class=_Formatter,
+                                   epilog=f"example:\n  {PROG} server keys")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     render = _sub(verbs, "render", "library_syncer.server:render_command",
                   "render the dedicated sshd_config (and create host keys if missing)",
@@ -99,7 +103,9 @@ def _add_server_parser(subparsers) -> None:
 
 
 def _add_web_parser(subparsers) -> None:
-    parser = subparsers.add_parser("web", help="publish the library over HTTP(S) with Caddy")
+    parser = subparsers.add_parser("web", help="publish the library over HTTP(S) with Caddy",
+                                   formatter_class=_Formatter,
+                                   epilog=f"example:\n  {PROG} web render --validate")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     render = _sub(verbs, "render", "library_syncer.web:render_command",
                   "print (or write) the Caddyfile for the current settings",
@@ -136,7 +142,9 @@ def _add_apply_parser(subparsers) -> None:
 
 
 def _add_config_parser(subparsers) -> None:
-    parser = subparsers.add_parser("config", help="validate, show, generate or import settings")
+    parser = subparsers.add_parser("config", help="validate, show, generate or import settings",
+                                   formatter_class=_Formatter,
+                                   epilog=f"example:\n  {PROG} config validate")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     validate = _sub(verbs, "validate", "library_syncer.config_cmd:validate",
                     "check the settings file and report every problem",

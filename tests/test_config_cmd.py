@@ -107,3 +107,35 @@ def test_missing_file_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"library-syncer: {tmp_path}/nope.toml: file not found; create it from the commented "
         "example (library-syncer config generate)"]
+
+
+def _all_parsers(parser, words=()):
+    yield words, parser
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for name, sub in action.choices.items():
+            yield from _all_parsers(sub, (*words, name))
+
+
+def test_every_command_and_command_group_help_has_an_example():
+    from library_syncer.cli import build_parser
+
+    seen = []
+    for words, parser in _all_parsers(build_parser()):
+        text = parser.format_help()
+        assert "\nexample:\n  library-syncer" in text, " ".join(words) or "(top level)"
+        seen.append(" ".join(words))
+    assert {"config", "config import-env", "status", "check", "demo", "server"} <= set(seen)
+
+
+def test_traceback_only_with_debug(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[sync\n")
+    argv = [sys.executable, "-m", "library_syncer"]
+    plain = subprocess.run([*argv, "config", "validate", "-c", str(path)],
+                           capture_output=True, text=True)
+    debug = subprocess.run([*argv, "--debug", "config", "validate", "-c", str(path)],
+                           capture_output=True, text=True)
+    assert plain.returncode == debug.returncode == ExitStatus.CONFIG
+    assert "Traceback" not in plain.stderr
+    assert len(plain.stderr.strip().splitlines()) == 1 and "invalid TOML" in plain.stderr
+    assert "Traceback (most recent call last)" in debug.stderr
