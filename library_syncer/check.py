@@ -1,5 +1,9 @@
 """`library-syncer check`: is this site able to sync and publish? One line per check.
 
+A client (sync.peer set) gets the client checks; a host where the server role is set up gets the
+server's (its account, the library folder, the authorized sites, `sshd -t`, the unit); both, when
+a host is both.
+
 Each check prints `ok`, `FAIL` (with the fix on the same line) or `skip` (it cannot be checked
 here, and why). Nothing is transferred: the server check is an SSH handshake and an rrsync
 listing (`rsync --list-only`) with exactly the ssh options the sync uses. The exit status is
@@ -242,6 +246,97 @@ CLIENT_CHECKS: list[Callable[[Config], list[Result]]] = [
     check_key, check_host_key, check_server, check_web, check_disk, check_timer,
 ]
 
+# --- the server role ----------------------------------------------------------------------
+
+SERVER_UNIT = "library-syncer-sshd.service"
+
+
+def is_server(config: Config) -> bool:
+    """The server role is set up here (its package creates these; a client has neither)."""
+    return config.server.config_dir.is_dir() or config.server.library.is_dir()
+
+
+def check_server_account(config: Config) -> list[Result]:
+    from . import server
+
+    try:
+        account = server.check_account(config)
+    except SyncerError as error:
+        return [Result(FAIL, "account", error.message, error.hint or "")]
+    return [Result(OK, "account", f"{account.pw_name} (UID {account.pw_uid}, shell "
+                   f"{account.pw_shell})")]
+
+
+def check_library(config: Config) -> list[Result]:
+    library = config.server.library
+    if not library.is_dir():
+        return [Result(FAIL, "library", f"{library} is not a folder",
+                       "create it and put the templates there, or set server.library")]
+    mode = stat.S_IMODE(library.stat().st_mode)
+    if not mode & stat.S_IXOTH and library.stat().st_uid != _uid_of(config.server.user):
+        return [Result(FAIL, "library", f"{library} ({mode:04o}) cannot be entered by "
+                       f"{config.server.user}", f"chmod 755 {library}")]
+    items = [p for p in library.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return [Result(OK, "library", f"{library}: {len(items)} item folder"
+                   f"{'' if len(items) == 1 else 's'}")]
+
+
+def _uid_of(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def check_sites(config: Config) -> list[Result]:
+    from . import server
+
+    sites = server.list_keys(config)
+    if not sites:
+        return [Result(FAIL, "sites", f"no site is authorized in "
+                       f"{server.authorized_keys_path(config)}",
+                       "library-syncer server authorize SITE.pub --site NAME")]
+    names = ", ".join(s.site for s in sites[:5]) + (" …" if len(sites) > 5 else "")
+    return [Result(OK, "sites", f"{len(sites)} authorized: {names}")]
+
+
+def check_sshd_config(config: Config) -> list[Result]:
+    from . import server
+
+    missing = [p for p in server.host_key_paths(config) if not p.exists()]
+    if missing:
+        return [Result(FAIL, "sshd", f"host key {missing[0]} is missing",
+                       f"systemctl restart {SERVER_UNIT} (creates missing keys) or "
+                       "library-syncer server render --host-keys")]
+    if os.geteuid() != 0:
+        return [Result(SKIP, "sshd", "sshd -t needs root to read the host keys")]
+    with tempfile.TemporaryDirectory(prefix="library-syncer-check.") as tmp:
+        path = Path(tmp) / "sshd_config"
+        path.write_text(server.render_sshd_config(config))
+        try:
+            server.check_config(config, path, shown=Path("(rendered sshd_config)"))
+        except SyncerError as error:
+            return [Result(FAIL, "sshd", error.message, error.hint or "")]
+    return [Result(OK, "sshd", f"the rendered sshd_config passes sshd -t (port "
+                   f"{config.server.port})")]
+
+
+def check_server_unit(config: Config) -> list[Result]:
+    if not timer.systemd_running():
+        return [Result(SKIP, "service", f"systemd is not running here: cannot see whether "
+                       f"{SERVER_UNIT} runs")]
+    state = execute.run([timer.SYSTEMCTL, "is-active", SERVER_UNIT], capture=True,
+                        check=False).output.strip()
+    if state == "active":
+        return [Result(OK, "service", f"{SERVER_UNIT} is active")]
+    return [Result(FAIL, "service", f"{SERVER_UNIT} is {state or 'unknown'}",
+                   f"systemctl enable --now {SERVER_UNIT}; journalctl -u {SERVER_UNIT}")]
+
+
+SERVER_CHECKS: list[Callable[[Config], list[Result]]] = [
+    check_server_account, check_library, check_sites, check_sshd_config, check_server_unit,
+]
+
 
 def run_checks(config_file: Path | None) -> list[Result]:
     try:
@@ -250,11 +345,16 @@ def run_checks(config_file: Path | None) -> list[Result]:
         return [Result(FAIL, "settings", str(p), "edit the file, then library-syncer config "
                        "validate") for p in error.problems]
     results = [Result(OK, "settings", f"{config.file} is valid")]
-    if not config.sync.peer:
-        results.append(Result(FAIL, "settings", f"{config.file}: sync.peer is not set",
-                              "set it to the server's host name"))
+    checks: list[Callable[[Config], list[Result]]] = []
+    if config.sync.peer:
+        checks += CLIENT_CHECKS
+    if is_server(config):
+        checks += SERVER_CHECKS
+    if not checks:
+        results.append(Result(FAIL, "settings", f"{config.file}: sync.peer is not set (and no "
+                              "server role here)", "set it to the server's host name"))
         return results
-    for check in CLIENT_CHECKS:
+    for check in checks:
         if check is check_server and any(r.what == "key" and r.status == FAIL for r in results):
             # ssh would refuse or fail to read the key: its error would only blur the line above
             results.append(Result(SKIP, "server", "not contacted until the key problem above "

@@ -64,6 +64,9 @@ def site_settings(site_work: Path, sshd: sshd_harness.Sshd, key: Path,
         "web": {"listen": "127.0.0.1", "http_port": free_port(), "https_port": free_port(),
                 "tls": "internal", "hostname": "library.test", "caddy": CADDY},
         "metrics": {"textfile": str(site_work / "metrics" / "library-syncer.prom")},
+        # a client only: no server role set up here
+        "server": {"config_dir": str(site_work / "no-server"),
+                   "library": str(site_work / "no-server-library")},
         # runtime_dir short: Caddy's admin socket path must fit in 108 bytes
         "paths": {"state_dir": str(site_work / "state"),
                   "runtime_dir": str(site_work.parent / "r")},
@@ -212,3 +215,45 @@ def test_check_works_without_root(site):
     assert "Traceback" not in result.stderr
     assert _lines(result, "FAIL  key: ")
     assert _lines(result, "ok    settings: ")
+
+
+@pytest.fixture
+def server_site(work_dir, client_key, server_library) -> Path:
+    """A server-role host: the sysusers-made account, a library, one authorized site."""
+    from library_syncer import server
+
+    account = sshd_harness.ensure_sysusers_user()
+    (server_library / "ttylinux").mkdir()
+    file = work_dir / "server.toml"
+    file.write_text(_toml({"server": {
+        "library": str(server_library), "listen": ["127.0.0.1"], "port": free_port(),
+        "user": account.pw_name, "uid": account.pw_uid, "config_dir": str(work_dir / "etc"),
+        "sshd": sshd_harness.SSHD, "rrsync": sshd_harness.RRSYNC}}))
+    cfg = config_module.load(file)
+    server.authorize(cfg, client_key[1], "paris")
+    server.ensure_host_keys(cfg)
+    return file
+
+
+def test_server_role_healthy(server_site):
+    result = run_cli("check", "-c", str(server_site))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _lines(result, "ok    sites: ") == ["ok    sites: 1 authorized: paris"]
+    assert _lines(result, "ok    library: ")[0].endswith(": 1 item folder")
+    assert _lines(result, "ok    sshd: the rendered sshd_config passes sshd -t")
+    assert _lines(result, "ok    account: ")
+    assert _lines(result, "skip  service: systemd is not running here")
+
+
+def test_server_role_problems(server_site, work_dir):
+    (work_dir / "etc" / "authorized_keys").unlink()
+    (work_dir / "etc" / "ssh_host_rsa_key").unlink()
+    result = run_cli("check", "-c", str(server_site))
+    assert result.returncode == ExitStatus.CHECK
+    assert _lines(result, "FAIL") == [
+        f"FAIL  sites: no site is authorized in {work_dir}/etc/authorized_keys; fix: "
+        "library-syncer server authorize SITE.pub --site NAME",
+        f"FAIL  sshd: host key {work_dir}/etc/ssh_host_rsa_key is missing; fix: systemctl "
+        "restart library-syncer-sshd.service (creates missing keys) or library-syncer server "
+        "render --host-keys",
+    ]
