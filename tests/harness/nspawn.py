@@ -34,6 +34,10 @@ BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "tzdata", "curl",
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BOOT_TIMEOUT = 60.0
 NSPAWN_LIFETIME = 1800  # `timeout` backstop: a wedged container never outlives the suite
+# A real install has an /etc/hosts naming localhost (Caddy resolves it, for one); mmdebstrap
+# writes none. Part of the cache key: changing the recipe rebuilds the tree.
+HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+CUSTOMIZE = f"printf '{HOSTS}' > \"$1/etc/hosts\""
 
 
 def require_tools() -> None:
@@ -61,7 +65,7 @@ def deb_depends(debs: Iterable[Path], exclude: Iterable[str] = ()) -> list[str]:
 def rootfs(packages: Iterable[str]) -> Path:
     """The cached root filesystem with BASE_PACKAGES + packages; built once per package set."""
     include = sorted(set(BASE_PACKAGES) | set(packages))
-    key = hashlib.sha256(f"{SUITE} {' '.join(include)}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{SUITE} {' '.join(include)} {CUSTOMIZE}".encode()).hexdigest()[:16]
     CACHE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
     target = CACHE_ROOT / f"rootfs-{SUITE}-{key}"
     with open(CACHE_ROOT / ".lock", "w") as lock:  # two test runs never build the same tree
@@ -70,8 +74,8 @@ def rootfs(packages: Iterable[str]) -> Path:
             return target
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        argv = ["mmdebstrap", "--variant=minbase", "--include=" + ",".join(include), SUITE,
-                str(partial), str(APT_SOURCES)]
+        argv = ["mmdebstrap", "--variant=minbase", "--include=" + ",".join(include),
+                f"--customize-hook={CUSTOMIZE}", SUITE, str(partial), str(APT_SOURCES)]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, "mmdebstrap failed:\n" + result.stderr[-3000:]
         (partial / ".complete").write_text(" ".join(include) + "\n")
