@@ -53,7 +53,8 @@ def test_page_shows_the_library_and_every_item(tmp_path: Path):
     assert "Site templates" in text and "2026-11-25 21:00:05 UTC" in text
     assert ("input", {"id": "subscription-url", "type": "text", "readonly": None, "value": URL,
                       "aria-label": "Subscription URL"}) in doc.tags
-    assert re.search(r'id="library-version">7<', html)
+    lib = json.loads((root / "lib.json").read_text())
+    assert re.search(f'id="library-version">{lib["version"]}<', html)
     rows = re.findall(r'<tr class="item" data-name="([^"]*)">(.*?)</tr>', html, re.S)
     assert [name for name, _ in rows] == ["médias", "ttylinux", "Web tier #2"]
     cells = {name: body for name, body in rows}
@@ -61,8 +62,9 @@ def test_page_shows_the_library_and_every_item(tmp_path: Path):
     assert "OVF template" in cells["ttylinux"] and 'class="badge">VM<' in cells["ttylinux"]
     assert 'badge vapp">vApp<' in cells["Web tier #2"]
     assert "3.0 MB" in cells["Web tier #2"]  # the disk dominates the item's size
-    assert re.search(r'<td class="num">7</td>', cells["Web tier #2"])
     items = json.loads((root / "items.json").read_text())["items"]
+    vapp = next(i for i in items if i["name"] == "Web tier #2")
+    assert re.search(f'<td class="num">{vapp["version"]}</td>', cells["Web tier #2"])
     links = [a["href"] for tag, a in doc.tags if tag == "a"]
     for item in items:
         for f in item["files"]:

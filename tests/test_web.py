@@ -231,8 +231,8 @@ def _check_files(port: int, state: Path, **request) -> None:
 
 
 def _check_range(port: int, state: Path, **request) -> None:
-    disk = "/Web%20tier%20%232/web-disk1.vmdk"
-    data = (state / "published" / "Web tier #2" / "web-disk1.vmdk").read_bytes()
+    disk = "/Web%20tier%20%232/3VMvApp-disk1.vmdk"
+    data = (state / "published" / "Web tier #2" / "3VMvApp-disk1.vmdk").read_bytes()
     assert len(data) >= 5 * 2**20
     headers = dict(request.pop("headers", {}), Range="bytes=3000000-3999999")
     response = fetch(port, disk, headers=headers, **request)
@@ -277,7 +277,7 @@ def test_private_state_is_never_reachable(served, browse):
 def test_basic_auth_guards_every_file(served, work_dir, password_file):
     server = served(auth_password_file=str(password_file))
     paths = walk_paths(server.port, auth=("vcsp", PASSWORD))
-    assert len(paths) == 12
+    assert len(paths) == 14  # lib, items, 3 x item.json, 9 files
     for path in paths:
         assert fetch(server.port, path).status == 401, path
         assert fetch(server.port, path, auth=("vcsp", "wrong")).status == 401, path
@@ -347,12 +347,12 @@ def test_reload_does_not_drop_a_download_in_flight(served, work_dir):
     import socket
 
     server = served()
-    disk = (work_dir / "state" / "published" / "Web tier #2" / "web-disk1.vmdk").read_bytes()
+    disk = (work_dir / "state" / "published" / "Web tier #2" / "3VMvApp-disk1.vmdk").read_bytes()
     # A small receive window keeps most of the 6 MiB on Caddy's side of the connection.
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
     sock.connect(("127.0.0.1", server.port))
-    sock.sendall(b"GET /Web%20tier%20%232/web-disk1.vmdk HTTP/1.1\r\nHost: x\r\n"
+    sock.sendall(b"GET /Web%20tier%20%232/3VMvApp-disk1.vmdk HTTP/1.1\r\nHost: x\r\n"
                  b"Connection: close\r\n\r\n")
     received = sock.recv(65536)
     server.config = make_config(work_dir, browse=True, http_port=server.config.web.http_port,
@@ -438,7 +438,8 @@ class Switcher:
         from library_syncer.fsutil import atomic_symlink
 
         snapshots, new = self.state / "snapshots", self.version + 1
-        harness.write_library(snapshots / str(new), new, previous=snapshots / str(self.version))
+        harness.write_library(snapshots / str(new), new, previous=snapshots / str(self.version),
+                              state_dir=self.state / "cache" / "manifest")
         self.truth[new] = _truth(snapshots / str(new))
         atomic_symlink(f"snapshots/{new}", self.state / "published")
         shutil.rmtree(snapshots / str(new - 2), ignore_errors=True)
@@ -469,7 +470,8 @@ def test_subscriber_walk_sees_one_consistent_version_while_snapshots_switch(serv
     # next poll re-syncs. A walk that stays inside one version is exact.
     crossing = _walk(server.port, between=switcher.switch)
     assert not _check_walk(crossing, switcher.truth)
-    assert crossing["stale"] == ["Web%20tier%20%232/web-disk1.vmdk"]
+    assert sorted(crossing["stale"]) == ["Web%20tier%20%232/3VMvApp-disk1.vmdk",
+                                         "Web%20tier%20%232/3VMvApp.mf"]
     assert (crossing["start"], crossing["end"]) == (1, 2)
     # Many walks while the sync keeps switching.
     stop = threading.Event()

@@ -152,8 +152,8 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
 # --- a small VCSP library on disk, one snapshot per version -------------------------------
 
 FIXTURE_OVF = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "ovf"
-LIBRARY_ID = "urn:uuid:6f1b0b6e-2f55-4d4c-9d3a-0c1d2e3f4a5b"
-CREATED = "2026-01-02T03:04:05.000Z"
+VAPP = "Web tier #2"  # a folder name that needs percent-encoding in hrefs
+VAPP_DISK = "3VMvApp-disk1.vmdk"
 
 
 def _disk_bytes(version: int, size: int) -> bytes:
@@ -162,82 +162,49 @@ def _disk_bytes(version: int, size: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def _file_entry(path: Path, href: str) -> dict[str, Any]:
-    import hashlib
+def _link_or_copy(source: Path, target: Path, previous: Path | None) -> None:
+    old = previous / target.parent.name / target.name if previous else None
+    if old is not None and old.exists():
+        os.link(old, target)  # unchanged: hard-linked, as rsync --link-dest does
+    else:
+        import shutil
 
-    return {"name": path.name, "size": path.stat().st_size,
-            "etag": hashlib.sha256(path.read_bytes()).hexdigest(), "hrefs": [href]}
-
-
-def _item(folder: str, name: str, kind: str, version: int, files: list[dict[str, Any]],
-          vapp: bool = False) -> dict[str, Any]:
-    import json
-    from urllib.parse import quote
-
-    meta = json.dumps({"id": f"urn:uuid:00000000-0000-0000-0000-{len(name):012d}",
-                       "version": str(version), "libraryIdParent": "",
-                       "isVappTemplate": "true" if vapp else "false", "vmTemplate": None,
-                       "vappTemplate": None, "networks": [], "storagePolicyGroups": None})
-    item = {
-        "created": CREATED, "description": f"{name} (test item)", "version": str(version),
-        "contentVersion": str(version), "files": files,
-        "id": f"urn:uuid:11111111-2222-3333-4444-{abs(hash(name)) % 10**12:012d}",
-        "name": name, "properties": {}, "selfHref": f"{quote(folder)}/item.json", "type": kind,
-    }
-    if kind == "vcsp.ovf":
-        item["metadata"] = [{"key": "type-metadata", "value": meta, "type": "String",
-                             "domain": "SYSTEM", "visibility": "READONLY"}]
-    return item
+        shutil.copyfile(source, target)
 
 
 def write_library(root: Path, version: int, *, disk_size: int = 6 * 2**20,
-                  previous: Path | None = None) -> None:
-    """Write a complete library (files, item.json, items.json, lib.json last) into `root`.
+                  previous: Path | None = None, state_dir: Path | None = None) -> None:
+    """A complete library in `root`, its manifests built by library_syncer.manifest.build.
 
-    Only the big disk changes between versions; other files are hard-linked from `previous`
-    (as rsync --link-dest does), so consecutive snapshots share unchanged inodes.
+    Items: VMware's ttylinux template (ovf + mf + vmdk), a vApp whose multi-MB first disk
+    changes with every version (with a correct .mf), and an ISO in a non-ASCII folder. Only
+    that disk changes between versions; everything else is hard-linked from `previous`.
     """
-    import json
-    import shutil
-    from urllib.parse import quote
+    import hashlib
+
+    from library_syncer import manifest
 
     root.mkdir(parents=True)
-    items = []
-    # 1. The real ttylinux template (ovf + mf + vmdk) from VMware's tools.
     tty = root / "ttylinux"
     tty.mkdir()
     for source in sorted((FIXTURE_OVF / "ttylinux-template").iterdir()):
-        old = previous / "ttylinux" / source.name if previous else None
-        if old and old.exists():
-            os.link(old, tty / source.name)
-        else:
-            shutil.copyfile(source, tty / source.name)
-    items.append(_item("ttylinux", "ttylinux", "vcsp.ovf", 1, [
-        _file_entry(p, f"ttylinux/{quote(p.name)}") for p in sorted(tty.iterdir())]))
-    # 2. A vApp whose multi-MB disk changes with every version.
-    app = root / "Web tier #2"
+        _link_or_copy(source, tty / source.name, previous)
+    app = root / VAPP
     app.mkdir()
-    shutil.copyfile(FIXTURE_OVF / "descriptors" / "vApp_with_2vms.ovf", app / "web.ovf")
-    (app / "web-disk1.vmdk").write_bytes(_disk_bytes(version, disk_size))
-    (app / "web.mf").write_text("SHA256(web.ovf)= 00\nSHA256(web-disk1.vmdk)= 00\n")
-    items.append(_item("Web tier #2", "Web tier #2", "vcsp.ovf", version, [
-        _file_entry(p, f"{quote('Web tier #2')}/{quote(p.name)}")
-        for p in sorted(app.iterdir())], vapp=True))
-    # 3. An ISO with a non-ASCII name.
+    _link_or_copy(FIXTURE_OVF / "descriptors" / "3VMvApp.ovf", app / "3VMvApp.ovf", previous)
+    (app / VAPP_DISK).write_bytes(_disk_bytes(version, disk_size))
+    for n in (2, 3):
+        (app / f"3VMvApp-disk{n}.vmdk").write_bytes(bytes([n]) * 68096)
+    (app / "3VMvApp.mf").write_text("".join(
+        f"SHA256({p.name})= {hashlib.sha256(p.read_bytes()).hexdigest()}\n"
+        for p in sorted(app.iterdir())))
     iso = root / "médias"
     iso.mkdir()
     (iso / "tools.iso").write_bytes(b"ISO" * 1000)
-    items.append(_item("médias", "médias", "vcsp.iso", 1,
-                       [_file_entry(iso / "tools.iso", f"{quote('médias')}/tools.iso")]))
-    for item in items:
-        folder = root / item["name"]
-        (folder / "item.json").write_text(json.dumps(item, indent=2))
-    (root / "items.json").write_text(json.dumps({"items": items}, indent=2))
-    (root / "lib.json").write_text(json.dumps({
-        "vcspVersion": "2", "version": str(version), "contentVersion": str(version),
-        "name": "Site templates", "id": LIBRARY_ID, "created": CREATED,
-        "capabilities": {"transferIn": ["httpGet"], "transferOut": ["httpGet"]},
-        "itemsHref": "items.json"}, indent=2))
+    state = state_dir or root.parent / f".manifest-state-{root.name}"
+    report = manifest.build(root, name="Site templates", state_dir=state, previous=previous)
+    assert not report.problems, report.problems
+    assert (root / "lib.json").exists()
 
 
 def make_state(work_dir: Path, version: int = 1, **kwargs: Any) -> Path:
@@ -247,11 +214,11 @@ def make_state(work_dir: Path, version: int = 1, **kwargs: Any) -> Path:
 
     state = work_dir / "state"
     snapshot = state / "snapshots" / str(version)
-    write_library(snapshot, version, **kwargs)
+    write_library(snapshot, version, state_dir=state / "cache" / "manifest", **kwargs)
     (snapshot / ".library-syncer").mkdir()
     (snapshot / ".library-syncer" / "cache.json").write_text(SENTINEL)
     for private in ("staging", "cache"):
-        (state / private).mkdir()
+        (state / private).mkdir(exist_ok=True)
         (state / private / "secret.txt").write_text(SENTINEL)
     (state / "last-run.json").write_text(SENTINEL)
     atomic_symlink(f"snapshots/{version}", state / "published")
