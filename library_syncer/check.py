@@ -342,8 +342,9 @@ def run_checks(config_file: Path | None) -> list[Result]:
     try:
         config = config_module.load(config_file)
     except ConfigError as error:
+        # A file-level problem (missing, unreadable) already says what to do.
         return [Result(FAIL, "settings", str(p), "edit the file, then library-syncer config "
-                       "validate") for p in error.problems]
+                       "validate" if p.key else "") for p in error.problems]
     results = [Result(OK, "settings", f"{config.file} is valid")]
     checks: list[Callable[[Config], list[Result]]] = []
     if config.sync.peer:
