@@ -160,6 +160,8 @@ def transfer(config: Config, layout: snapshot.Layout, staging: Path, published: 
     plan = _with_retries(lambda: _rsync(dry, sync, None, None), config, result, retry)
     result.needed = plan.transferred_size
     snapshot.check_space(layout, plan.transferred_size, sync.min_free_space)
+    log.debug("dry run: %d file(s), %d bytes to fetch", plan.files_transferred,
+              plan.transferred_size)
     if plan.transferred_size:
         log.info("fetching %d changed file(s), %s (library %s)", plan.files_transferred,
                  format_bytes(plan.transferred_size), format_bytes(plan.total_size))
@@ -248,6 +250,18 @@ def _journal_fields(record: RunRecord) -> dict[str, object]:
             else "", "SNAPSHOT": record.snapshot or ""}
 
 
+class _Phases:
+    """Time spent in each phase, at DEBUG level (where a slow run spends its time)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        log.debug("phase %s: %.2f s", phase, now - self._last)
+        self._last = now
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -255,7 +269,9 @@ def _run_steps(config: Config, layout: snapshot.Layout, record: RunRecord, retry
                reporter: Reporter) -> None:
     published = layout.current()
     staging = layout.begin()
+    clock = _Phases()
     done = transfer(config, layout, staging, published, retry, reporter)
+    clock.lap("transfer")
     stats = done.stats
     record.attempts = done.attempts
     record.bytes_received, record.bytes_sent = done.bytes_received, done.bytes_sent
@@ -268,18 +284,22 @@ def _run_steps(config: Config, layout: snapshot.Layout, record: RunRecord, retry
     ovas = snapshot.prepare_ovas(layout, staging, published)
     for rel in ovas.unpacked:
         log.info("unpacked %s (the .ova itself is not published)", rel)
+    clock.lap("OVAs")
     report = _build_manifests(config, layout, staging, published)
+    clock.lap("manifests")
     for warning in report.warnings:
         log.warning("warning: %s", warning)
     problems = [*ovas.problems, *(str(p) for p in report.problems)]
     for problem in problems:
         log.error("%s", problem)
     _write_page(config, staging)
+    clock.lap("page")
 
     name = snapshot.new_name(record.run_id)
     reporter.status("publishing")
     snapshot.publish(layout, name)
     removed = snapshot.prune(layout, config.sync.keep_snapshots)
+    clock.lap("publish")
     log.debug("published snapshot %s; removed %s", name, removed or "nothing")
     record.snapshot = name
     record.items, record.items_changed = report.items, list(report.items_changed)
