@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 from collections.abc import Iterable
 from dataclasses import fields
 from typing import Any
@@ -20,6 +21,7 @@ from .config import SECTIONS, Config
 from .units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
+COMMENT_WIDTH = 96
 
 # What each setting is for (the "expected" phrase and the Docker variable come from config.py).
 DESCRIPTIONS: dict[str, str] = {
@@ -151,7 +153,7 @@ def section_lines(name: str, section: Any, *, comments: bool) -> list[str]:
     """`[name]` and its `key = value` lines, with a comment block per key when asked."""
     lines = []
     if comments:
-        lines.append(f"# {DESCRIPTIONS.get(name, '')}".rstrip())
+        lines += _wrapped(DESCRIPTIONS.get(name, ""))
     lines.append(f"[{name}]")
     for spec in fields(section):
         value = format_value(spec, getattr(section, spec.name))
@@ -163,12 +165,17 @@ def section_lines(name: str, section: Any, *, comments: bool) -> list[str]:
     return lines
 
 
+def _wrapped(text: str) -> list[str]:
+    return textwrap.wrap(text, width=COMMENT_WIDTH, initial_indent="# ", subsequent_indent="# ",
+                         break_long_words=False, break_on_hyphens=False) or ["#"]
+
+
 def _comment(section: str, spec: Any) -> list[str]:
-    lines = [f"# {DESCRIPTIONS.get(f'{section}.{spec.name}', '')}".rstrip(),
-             f"# Expected: {spec.metadata.get('expected', '')}."]
+    lines = _wrapped(DESCRIPTIONS.get(f"{section}.{spec.name}", ""))
+    lines += _wrapped(f"Expected: {spec.metadata.get('expected', '')}.")
     docker = spec.metadata.get("doc", "")
     if docker:
-        lines.append(f"# Docker: {docker}.")
+        lines += _wrapped(f"Docker: {docker}.")
     return lines
 
 
