@@ -92,3 +92,11 @@ def test_timer_with_dropin_passes_systemd_verify(tmp_path: Path) -> None:
 
 def test_systemd_analyze_is_present() -> None:
     assert shutil.which("systemd-analyze"), "systemd-analyze missing (apt-get install systemd)"
+
+
+def test_unwritable_unit_dir_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "units").write_text("a file where the directory should be")
+    result = _apply(tmp_path, "")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write" in lines[0] and "internal error" not in lines[0]
