@@ -174,9 +174,11 @@ def _schedule_line(sched: dict[str, Any]) -> str:
     if not sched.get("next"):
         return (f"none: {timer.TIMER} is {sched.get('active')}/{sched.get('enabled')}; "
                 f"start it: systemctl enable --now {timer.TIMER} ({configured})")
+    # systemd's next elapse already includes this run's share of the random delay.
     delay = sched.get("systemd_random_delay") or "0"
-    return f"{sched['next']}, then a random delay of up to {delay} ({timer.TIMER} " \
-           f"{sched.get('enabled')})"
+    window = f"{sched['on_calendar']} + random delay up to {delay}" if delay not in ("0", "0s") \
+        else sched["on_calendar"]
+    return f"{sched['next']} ({window}; {timer.TIMER} {sched.get('enabled')})"
 
 
 def to_text(report: dict[str, Any]) -> str:
