@@ -107,8 +107,9 @@ def apply(config: Config, unit_dir: Path = DEFAULT_UNIT_DIR, reload: bool = True
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         changed = fsutil.write_if_changed(path, dropin_text(config), mode=0o644)
     except OSError as error:
-        raise SyncerError(f"cannot write {path}: {error.strerror}",
-                          hint="run it as root: sudo library-syncer apply") from None
+        hint = "run it as root: sudo library-syncer apply" \
+            if isinstance(error, PermissionError) else None
+        raise SyncerError(f"cannot write {path}: {error.strerror}", hint=hint) from None
     lines = [f"{'wrote' if changed else 'unchanged'} {path}",
              f"OnCalendar={schedule.on_calendar} RandomizedDelaySec={schedule.random_delay}"
              f"{' FixedRandomDelay=true' if schedule.fixed_random_delay else ''}"]
