@@ -224,3 +224,28 @@ def test_journal_fields_progress_notifications_and_metrics(work_dir, sshd, clien
     assert 'library_syncer_last_run_outcome{outcome="ok"} 1' in text
     assert "library_syncer_library_version 1" in text
     assert f"library_syncer_last_run_bytes_received {record.bytes_received}" in text
+
+
+def test_a_broken_item_is_left_out_and_the_rest_is_published(
+        work_dir, sshd, client_key, server_library, fixtures_dir):
+    folder = add_ovf_item(server_library, fixtures_dir, "broken")
+    disk = folder / "ttylinux-pc_i486-16.1-disk1.vmdk"
+    data = bytearray(disk.read_bytes())
+    data[1000] ^= 0xFF  # the .mf digest no longer matches
+    disk.write_bytes(bytes(data))
+    add_iso_item(server_library, "tools", 100_000)
+    config = write_config(work_dir, sshd, client_key[0])
+    state = work_dir / "state"
+
+    result = sync(config)
+
+    assert result.returncode == 6, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("library-syncer: ") and "'broken'" in last, last
+    snap = published(state)
+    assert set(items(snap)) == {"tools"}
+    # the unlisted folder's files stay (vCenter never sees them); everything listed is sound
+    assert [p for p in snapshot_problems(snap) if "/broken/" not in p] == []
+    record = last_run(state)
+    assert record["outcome"] == "verify" and record["snapshot"] == snap.name
+    assert record["last_success"] == record["finished"]
