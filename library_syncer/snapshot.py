@@ -140,9 +140,14 @@ def publish(layout: Layout, name: str) -> Path:
     """Turn staging into snapshots/<name> and switch `published` to it, atomically."""
     target = layout.snapshots / name
     remove_partials(layout.staging)
-    os.replace(layout.staging, target)
-    fsutil.fsync_dir(layout.snapshots)
-    fsutil.atomic_symlink(os.path.join(layout.snapshots.name, name), layout.published)
+    try:
+        os.replace(layout.staging, target)
+        fsutil.fsync_dir(layout.snapshots)
+        fsutil.atomic_symlink(os.path.join(layout.snapshots.name, name), layout.published)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise disk_full(error, f"switching {layout.published}") from None
+        raise
     return target
 
 
@@ -202,6 +207,30 @@ def _link_previous(record: dict, archive: Path, store_copy: Path, published: Pat
     return True
 
 
+def _unpack(layout: Layout, archive: Path, item: Path, rel: str, result: OvaResult
+            ) -> list[Path]:
+    # A full disk must stop the run, not be mistaken for a bad archive (which would publish the
+    # library without this item).
+    needed = archive.stat().st_size
+    if free_bytes(layout.root) < needed:
+        raise DiskFull(f"not enough disk space in {layout.root} to unpack {rel}: it needs "
+                       f"{format_bytes(needed)} ({needed:,} bytes), "
+                       f"{format_bytes(free_bytes(layout.root))} is free",
+                       hint="free some space; the published library is untouched")
+    try:
+        return ovf.unpack_ova(archive, item)
+    except SyncerError as error:
+        if "No space left on device" in str(error):
+            raise DiskFull(f"unpacking {rel}: no space left on device",
+                           hint="free some space; the published library is untouched") from None
+        result.problems.append(f"item {item.name!r} left out: {error}")
+        return []
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise disk_full(error, f"unpacking {rel}") from None
+        raise
+
+
 def prepare_ovas(layout: Layout, staging: Path, published: Path | None) -> OvaResult:
     """Unpack every item's .ova into OVF + disks and move the archive out of the snapshot.
 
@@ -224,15 +253,7 @@ def prepare_ovas(layout: Layout, staging: Path, published: Path | None) -> OvaRe
                               item.name):
                 result.reused.append(rel)
             else:
-                try:
-                    files = ovf.unpack_ova(archive, item)
-                except SyncerError as error:
-                    result.problems.append(f"item {item.name!r} left out: {error}")
-                    files = []
-                except OSError as error:
-                    if error.errno == errno.ENOSPC:
-                        raise disk_full(error, f"unpacking {rel}") from None
-                    raise
+                files = _unpack(layout, archive, item, rel, result)
                 record = {"files": {f.name: f.stat().st_ino for f in files}}
                 fsutil.atomic_write(record_path, json.dumps(record), sync_dir=False)
                 if files:

@@ -356,6 +356,7 @@ def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None)
         except SyncerError as error:
             record.error = error
             _finish(config, record, started, error)
+            reporter.status(f"failed: {error}")
             return record
         except BaseException as error:  # interrupted (SIGTERM/Ctrl-C) or a bug
             _finish(config, record, started, error)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
+import tarfile
 
 from tests.fleet.checks import snapshot_problems
 from tests.test_sync_helpers import (
@@ -58,6 +60,9 @@ def test_first_sync_publishes_a_complete_snapshot_and_ignores_server_manifests(
     assert record["items"] == 2 and record["library_version"] == int(lib["version"])
     assert record["bytes_received"] > 3_000_000 and record["snapshot"] == snap.name
     assert not (state / "staging").exists()
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in [snap, *snap.rglob("*")]
+             if not p.name.startswith(".")}
+    assert modes == {0o755, 0o644}, "the web server (another user) must read everything"
 
 
 def test_unchanged_resync_links_everything_and_keeps_the_previous_snapshot(
@@ -249,3 +254,25 @@ def test_a_broken_item_is_left_out_and_the_rest_is_published(
     record = last_run(state)
     assert record["outcome"] == "verify" and record["snapshot"] == snap.name
     assert record["last_success"] == record["finished"]
+
+
+def test_an_ova_with_a_link_inside_is_refused_and_never_published(
+        work_dir, sshd, client_key, server_library):
+    folder = server_library / "evil"
+    folder.mkdir(mode=0o755)
+    with tarfile.open(folder / "evil.ova", "w") as archive:
+        link = tarfile.TarInfo("evil.ovf")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+        archive.addfile(link)
+    os.chmod(folder / "evil.ova", 0o644)
+    add_iso_item(server_library, "tools", 10_000)
+    config = write_config(work_dir, sshd, client_key[0])
+    state = work_dir / "state"
+
+    result = sync(config)
+
+    assert result.returncode == 6, result.stderr
+    assert "'evil' left out" in result.stderr and "link" in result.stderr
+    snap = published(state)
+    assert set(items(snap)) == {"tools"}
+    assert not list(snap.rglob("*.ova")) and not (snap / "evil" / "evil.ovf").exists()
