@@ -192,6 +192,9 @@ def check(config: Config) -> tuple[list[ConfigProblem], list[str]]:
         problems += pair
         if not pair:
             warnings += _cert_warnings(config)
+    if not config.published_dir.is_dir():
+        warnings.append(f"{config.published_dir} does not exist yet (no sync has completed): "
+                        "Caddy answers 404 until the first sync publishes the library")
     if web.auth_password_file is not None:
         problems += _readable(web.auth_password_file, "web.auth_password_file",
                               "a readable file holding the password", file)
