@@ -118,7 +118,12 @@ def check_host_key(config: Config) -> list[Result]:
     pattern = ssh.host_pattern(config.sync)
     fix = "library-syncer trust-host --fingerprint SHA256:… (the server shows it: " \
           "library-syncer server keys)"
-    if not known.is_file():
+    try:
+        with open(known, "rb"):
+            pass
+    except PermissionError:
+        return [Result(FAIL, "host key", f"{known}: permission denied", "run check as root")]
+    except OSError:
         return [Result(FAIL, "host key", f"{known} does not exist: the server's host key is "
                        "not known", fix)]
     try:

@@ -207,16 +207,6 @@ def test_unsafe_key_permissions_missing_cert_and_no_room(site):
     assert "skip  server: not contacted until the key problem above is fixed" in result.stdout
 
 
-def test_check_works_without_root(site):
-    """An operator without root still gets the lines (the key is then not readable)."""
-    site.file.chmod(0o644)
-    result = run_cli("check", "-c", str(site.file), user="nobody")
-    assert result.returncode == ExitStatus.CHECK
-    assert "Traceback" not in result.stderr
-    assert _lines(result, "FAIL  key: ")
-    assert _lines(result, "ok    settings: ")
-
-
 @pytest.fixture
 def server_site(work_dir, client_key, server_library) -> Path:
     """A server-role host: the sysusers-made account, a library, one authorized site."""
@@ -257,3 +247,18 @@ def test_server_role_problems(server_site, work_dir):
         "restart library-syncer-sshd.service (creates missing keys) or library-syncer server "
         "render --host-keys",
     ]
+
+
+def test_without_root_unreadable_files_say_so(site):
+    """As on an installed host: /etc/library-syncer/ssh is 0750 root:library-syncer."""
+    site.file.chmod(0o644)
+    site.key.parent.chmod(0o750)
+    (site.work / "known_hosts").chmod(0o600)
+    result = run_cli("check", "-c", str(site.file), user="nobody")
+    assert result.returncode == ExitStatus.CHECK
+    assert _lines(result, "FAIL  key: ") == [
+        f"FAIL  key: {site.key}: permission denied; fix: run check as root"]
+    assert _lines(result, "FAIL  host key: ") == [
+        f"FAIL  host key: {site.work}/known_hosts: permission denied; fix: run check as root"]
+    assert _lines(result, "ok    settings: ")
+    assert "Traceback" not in result.stderr
