@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import socket
 import ssl
 import sys
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 ADMIN_SOCKET = "caddy-admin.sock"
 THUMBPRINT_TIMEOUT = 3.0
+_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
 # --- derived values -----------------------------------------------------------------------
@@ -312,11 +314,11 @@ def tls_thumbprint(config: Config, timeout: float = THUMBPRINT_TIMEOUT) -> str |
         pass
     if config.web.tls == "custom":
         try:
-            pem = config.web.cert_file.read_text()
-            return _format_thumbprint(ssl.PEM_cert_to_DER_cert(pem[:pem.index("-----END")] +
-                                                               "-----END CERTIFICATE-----\n"))
+            match = _PEM_CERT.search(config.web.cert_file.read_text(errors="replace"))
+            if match:
+                return _format_thumbprint(ssl.PEM_cert_to_DER_cert(match.group(0)))
         except (OSError, ValueError):
-            return None
+            pass
     return None
 
 
