@@ -22,7 +22,7 @@ from pathlib import Path
 from . import config as config_module
 from . import execute, fsutil, render
 from .config import Config, is_hostname
-from .errors import CommandFailed, ConfigError, ConfigProblem
+from .errors import CommandFailed, ConfigError, ConfigProblem, SyncerError
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,10 @@ def check(config: Config) -> tuple[list[ConfigProblem], list[str]]:
         pair = _check_cert_pair(config)
         problems += pair
         if not pair:
-            warnings += _cert_warnings(config)
+            try:
+                warnings += _cert_warnings(config)
+            except SyncerError:  # no openssl command: these checks are a courtesy
+                log.debug("openssl not available: certificate expiry and name not checked")
     if not config.published_dir.is_dir():
         warnings.append(f"{config.published_dir} does not exist yet (no sync has completed): "
                         "Caddy answers 404 until the first sync publishes the library")

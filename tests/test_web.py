@@ -499,3 +499,23 @@ def test_subscriber_walk_sees_one_consistent_version_while_snapshots_switch(serv
     assert len({w["start"] for w in walks}) > 3  # the walks really ran across the switches
     final = _walk(server.port)
     assert _check_walk(final, switcher.truth) and final["start"] == 40
+
+
+def test_certificate_warnings_expired_or_other_name(work_dir, caplog):
+    import datetime
+
+    ca = trustme.CA()
+    past = datetime.datetime(2020, 1, 1)
+    expired = ca.issue_cert("library.test", not_before=past,
+                            not_after=past + datetime.timedelta(days=30))
+    cert_file, key_file = work_dir / "old.pem", work_dir / "old-key.pem"
+    expired.cert_chain_pems[0].write_to_path(str(cert_file))
+    expired.private_key_pem.write_to_path(str(key_file))
+    config = make_config(work_dir, tls="custom", hostname="other.test", cert_file=str(cert_file),
+                         key_file=str(key_file))
+    with caplog.at_level("WARNING", logger="library_syncer.web"):
+        text = web.render_caddyfile(config)  # warnings, not errors: vCenter may still accept
+    assert "tls " in text
+    messages = " | ".join(r.getMessage() for r in caplog.records)
+    assert "web.cert_file" in messages and "has expired" in messages
+    assert "is not valid for web.hostname other.test" in messages
