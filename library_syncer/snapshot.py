@@ -2,7 +2,7 @@
 
     <state_dir>/
       published -> snapshots/<name>   the symlink the web server serves (switched atomically)
-      snapshots/<name>/               complete libraries; the previous one is kept for downloads
+      snapshots/<seq>-<time>/         complete libraries; the previous one is kept for downloads
                                       still in progress (sync.keep_snapshots)
       staging/                        the next snapshot being built; kept after a failure so the
                                       next run resumes (rsync's partial files in .rsync-partial/)
@@ -102,8 +102,16 @@ class Layout:
         return self.staging
 
 
-def new_name(run_id: str) -> str:
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{run_id[:8]}"
+def _sequence(name: str) -> int:
+    head = name.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def new_name(layout: Layout) -> str:
+    """`<sequence>-<UTC time>`: ordered by the sequence, so a clock step cannot reorder them."""
+    names = [p.name for p in layout.snapshots.iterdir()] if layout.snapshots.is_dir() else []
+    number = max((_sequence(n) for n in names), default=0) + 1
+    return f"{number:06d}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
 
 
 def free_bytes(path: Path) -> int:
@@ -154,7 +162,8 @@ def publish(layout: Layout, name: str) -> Path:
 def prune(layout: Layout, keep: int) -> list[str]:
     """Remove old snapshots, keeping the `keep` newest and always the published one."""
     current = layout.current()
-    names = sorted((p.name for p in layout.snapshots.iterdir() if p.is_dir()), reverse=True)
+    names = sorted((p.name for p in layout.snapshots.iterdir() if p.is_dir()),
+                   key=lambda n: (_sequence(n), n), reverse=True)
     keep_names = set(names[:max(1, keep)])
     if current is not None:
         keep_names.add(current.name)

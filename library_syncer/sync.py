@@ -220,7 +220,8 @@ def _duration(seconds: float) -> str:
 def summary(record: RunRecord) -> str:
     """`sync ok: 3 items (1 changed), 21 MB received for 2.6 GB (speedup 124x), library
     version 7, 42 s`."""
-    head = f"sync {record.outcome}"
+    head = {"ok": "sync ok", "verify": "sync ok except for items left out"}.get(
+        record.outcome, f"sync failed ({record.outcome})")
     parts = []
     if record.items is not None:
         parts.append(f"{record.items} item{'' if record.items == 1 else 's'} "
@@ -295,7 +296,7 @@ def _run_steps(config: Config, layout: snapshot.Layout, record: RunRecord, retry
     _write_page(config, staging)
     clock.lap("page")
 
-    name = snapshot.new_name(record.run_id)
+    name = snapshot.new_name(layout)
     reporter.status("publishing")
     snapshot.publish(layout, name)
     removed = snapshot.prune(layout, config.sync.keep_snapshots)

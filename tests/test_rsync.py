@@ -161,15 +161,18 @@ def test_publish_switches_atomically_and_prune_keeps_the_previous(tmp_path):
     layout = snapshot.Layout(tmp_path / "state")
     layout.prepare()
     assert layout.current() is None
-    _snapshot(layout, "20260101T000000Z-a", {"x/a.iso": b"1"})
-    _snapshot(layout, "20260102T000000Z-b", {"x/a.iso": b"2", "x/.rsync-partial/a.iso": b"p"})
-    _snapshot(layout, "20260103T000000Z-c", {"x/a.iso": b"3"})
-    assert os.readlink(layout.published) == "snapshots/20260103T000000Z-c"
-    assert not (layout.snapshots / "20260102T000000Z-b" / "x" / ".rsync-partial").exists()
-    assert snapshot.prune(layout, 2) == ["20260101T000000Z-a"]
+    names = []
+    for number, files in enumerate([{"x/a.iso": b"1"},
+                                    {"x/a.iso": b"2", "x/.rsync-partial/a.iso": b"p"},
+                                    {"x/a.iso": b"3"}]):
+        names.append(snapshot.new_name(layout))
+        assert names[-1].startswith(f"{number + 1:06d}-")
+        _snapshot(layout, names[-1], files)
+    assert os.readlink(layout.published) == f"snapshots/{names[2]}"
+    assert not (layout.snapshots / names[1] / "x" / ".rsync-partial").exists()
+    assert snapshot.prune(layout, 2) == [names[0]]
     assert (layout.published / "x" / "a.iso").read_bytes() == b"3"
-    assert sorted(p.name for p in layout.snapshots.iterdir()) == [
-        "20260102T000000Z-b", "20260103T000000Z-c"]
+    assert sorted(p.name for p in layout.snapshots.iterdir()) == names[1:]
 
 
 def test_the_space_check_says_how_much_is_needed(tmp_path):
