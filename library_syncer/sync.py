@@ -149,13 +149,15 @@ def _with_retries(step, config: Config, transfer: Transfer, retry: bool) -> rsyn
 
 
 def transfer(config: Config, layout: snapshot.Layout, staging: Path, published: Path | None,
-             retry: bool, reporter: Reporter | None) -> Transfer:
-    """Dry run (what must be fetched: the space check), then the pull into staging."""
+             retry: bool, reporter: Reporter | None, result: Transfer | None = None
+             ) -> Transfer:
+    """Dry run (what must be fetched: the space check), then the pull into staging. `result`
+    is filled as it goes (attempts and bytes are known even when it fails)."""
     sync = config.sync
     link_dests = [p for p in (published,) if p is not None]
     if any(layout.ova_store.iterdir()):
         link_dests.append(layout.ova_store)
-    result = Transfer()
+    result = result if result is not None else Transfer()
     dry = rsync.pull_argv(sync, staging, link_dests, dry_run=True)
     plan = _with_retries(lambda: _rsync(dry, sync, None, None), config, result, retry)
     result.needed = plan.transferred_size
@@ -271,11 +273,14 @@ def _run_steps(config: Config, layout: snapshot.Layout, record: RunRecord, retry
     published = layout.current()
     staging = layout.begin()
     clock = _Phases()
-    done = transfer(config, layout, staging, published, retry, reporter)
+    done = Transfer()
+    try:
+        transfer(config, layout, staging, published, retry, reporter, done)
+    finally:
+        record.attempts = done.attempts
+        record.bytes_received, record.bytes_sent = done.bytes_received, done.bytes_sent
     clock.lap("transfer")
     stats = done.stats
-    record.attempts = done.attempts
-    record.bytes_received, record.bytes_sent = done.bytes_received, done.bytes_sent
     record.total_size = stats.total_size
     record.files_changed = stats.files_transferred + stats.files_deleted
     wire = done.bytes_received + done.bytes_sent

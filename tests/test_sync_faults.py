@@ -370,3 +370,46 @@ def test_a_file_the_server_cannot_read_is_a_partial_transfer_naming_it(
     os.chmod(secret, 0o644)
     assert sync(config).returncode == 0
     assert "locked" in items(published(state))
+
+
+def test_a_server_back_within_the_retry_budget_completes_the_same_run(
+        work_dir, sshd, client_key, server_library, fixtures_dir):
+    add_ovf_item(server_library, fixtures_dir)
+    config = write_config(work_dir, sshd, client_key[0], retry_budget="30s")
+    sshd.stop()
+    restart = threading.Timer(2.5, sshd.start)
+    restart.start()
+    try:
+        result = sync(config)
+    finally:
+        restart.join()
+
+    assert result.returncode == 0, result.stderr
+    assert "retrying in" in result.stderr
+    record = last_run(work_dir / "state")
+    assert record["outcome"] == "ok" and record["attempts"] >= 2
+    assert f"{record['attempts']} attempts" in result.stderr
+    assert set(items(published(work_dir / "state"))) == {"ttylinux"}
+
+
+def test_a_link_cut_mid_transfer_is_resumed_by_the_retry_in_the_same_run(
+        work_dir, sshd, client_key, server_library):
+    size = 16 << 20
+    add_iso_item(server_library, "big", size, seed=8)
+    config = write_config(work_dir, sshd, client_key[0], bandwidth_limit="4000",
+                          retry_budget="60s")
+    state = work_dir / "state"
+    process = _start_sync(config)
+    _wait_for(lambda: _temp_size(state / "staging" / "big") > 5 << 20, what="5 MB")
+    for pid in _descendants(sshd.process.pid):
+        os.kill(pid, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=90)
+
+    assert process.returncode == 0, stderr
+    assert "attempt 1 failed" in stderr
+    record = last_run(state)
+    assert record["attempts"] == 2
+    # the retry received only what was missing (the first attempt's bytes are not counted:
+    # rsync prints no statistics when the link dies), not the whole file again
+    assert record["bytes_received"] < 0.8 * size, record
+    assert (published(state) / "big" / "big.iso").read_bytes() == random_bytes(size, 8)
