@@ -276,3 +276,30 @@ def test_an_ova_with_a_link_inside_is_refused_and_never_published(
     snap = published(state)
     assert set(items(snap)) == {"tools"}
     assert not list(snap.rglob("*.ova")) and not (snap / "evil" / "evil.ovf").exists()
+
+
+def test_sync_against_the_real_server_role_with_links_in_the_library(
+        work_dir, client_key, server_library, fixtures_dir):
+    """The server as `library-syncer server render/authorize` configures it; a symlink in the
+    server's library (pointing outside it) is neither followed nor copied."""
+    from tests.harness import sshd as sshd_harness
+
+    add_ovf_item(server_library, fixtures_dir)
+    outside = work_dir / "outside"
+    outside.mkdir(mode=0o755)
+    (outside / "secret.txt").write_text("secret")
+    (server_library / "ttylinux" / "escape.txt").symlink_to(outside / "secret.txt")
+    server = sshd_harness.start_server_role(work_dir / "role", server_library,
+                                            sites={"paris": client_key[1]})
+    try:
+        config = write_config(work_dir, server, client_key[0])
+        result = sync(config)
+    finally:
+        server.stop()
+
+    assert result.returncode == 0, result.stderr
+    snap = published(work_dir / "state")
+    assert set(items(snap)) == {"ttylinux"}
+    assert not (snap / "ttylinux" / "escape.txt").exists()
+    assert not (snap / "ttylinux" / "escape.txt").is_symlink()
+    assert "not transferred" in result.stderr
