@@ -218,3 +218,24 @@ def test_host_key_fingerprints_match_ssh_keygen(tmp_path):
     key = hostkeys.parse_line(pub)
     assert key is not None and key.fingerprint == expected
     assert hostkeys.parse_line("[h]:2222 " + pub) == key
+
+
+def test_progress_line_on_a_terminal(monkeypatch):
+    import io
+
+    from library_syncer.progress import Reporter
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    terminal = Terminal()
+    reporter = Reporter(terminal)
+    reporter.update(rsync.Progress(1000, 42, "10.50MB/s", "0:01:23"))
+    reporter.done()
+    assert "\r\033[K42% at 10.50MB/s, ETA 0:01:23" in terminal.getvalue()
+    assert terminal.getvalue().endswith("\r\033[K")
+    quiet = io.StringIO()  # not a terminal (a log file, the journal): nothing
+    Reporter(quiet).update(rsync.Progress(1000, 42, "10.50MB/s", "0:01:23"))
+    assert quiet.getvalue() == ""
