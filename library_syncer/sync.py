@@ -161,7 +161,8 @@ def transfer(config: Config, layout: snapshot.Layout, staging: Path, published: 
     dry = rsync.pull_argv(sync, staging, link_dests, dry_run=True)
     plan = _with_retries(lambda: _rsync(dry, sync, None, None), config, result, retry)
     result.needed = plan.transferred_size
-    snapshot.check_space(layout, plan.transferred_size, sync.min_free_space)
+    if plan.transferred_size:  # nothing to fetch costs no space: never refuse a no-op run
+        snapshot.check_space(layout, plan.transferred_size, sync.min_free_space)
     log.debug("dry run: %d file(s), %d bytes to fetch", plan.files_transferred,
               plan.transferred_size)
     if plan.transferred_size:
