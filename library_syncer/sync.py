@@ -223,8 +223,11 @@ def _duration(seconds: float) -> str:
 def summary(record: RunRecord) -> str:
     """`sync ok: 3 items (1 changed), 21 MB received for 2.6 GB (speedup 124x), library
     version 7, 42 s`."""
-    head = {"ok": "sync ok", "verify": "sync ok except for items left out"}.get(
-        record.outcome, f"sync failed ({record.outcome})")
+    head = f"sync failed ({record.outcome})"
+    if record.outcome == "ok":
+        head = "sync ok"
+    elif record.outcome == "verify" and record.snapshot:
+        head = "sync ok except for items left out"
     parts = []
     if record.items is not None:
         parts.append(f"{record.items} item{'' if record.items == 1 else 's'} "
@@ -269,8 +272,25 @@ class _Phases:
 # --- the run ----------------------------------------------------------------------------------
 
 
+def _items_in(root: Path) -> int:
+    return sum(1 for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _refuse_emptied(published: Path | None, staging: Path) -> None:
+    """A server whose library disk is not mounted serves an empty folder; publishing that
+    would make every subscribed vCenter delete every template."""
+    if published is None or not staging.is_dir() or _items_in(staging):
+        return
+    had = _items_in(published)
+    if had:
+        raise VerifyError(f"the server's library is empty; refusing to publish an empty library "
+                          f"over the {had} item folder(s) published now",
+                          hint="check the server's library; if every item was really deleted, "
+                               "run library-syncer sync --allow-empty once")
+
+
 def _run_steps(config: Config, layout: snapshot.Layout, record: RunRecord, retry: bool,
-               reporter: Reporter) -> None:
+               reporter: Reporter, allow_empty: bool = False) -> None:
     published = layout.current()
     staging = layout.begin()
     clock = _Phases()
@@ -281,6 +301,8 @@ def _run_steps(config: Config, layout: snapshot.Layout, record: RunRecord, retry
         record.attempts = done.attempts
         record.bytes_received, record.bytes_sent = done.bytes_received, done.bytes_sent
     clock.lap("transfer")
+    if not allow_empty:
+        _refuse_emptied(published, staging)
     stats = done.stats
     record.total_size = stats.total_size
     record.files_changed = stats.files_transferred + stats.files_deleted
@@ -343,7 +365,8 @@ def _finish(config: Config, record: RunRecord, started: float,
     log.log(level, "%s", summary(record), extra={"fields": _journal_fields(record)})
 
 
-def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None) -> RunRecord:
+def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
+        allow_empty: bool = False) -> RunRecord:
     """One sync. Returns the run's record; a failure after the lock is in `record.error` (the
     published snapshot is then unchanged, except for VerifyError: the good items were
     published). Raises ConfigError, HostKeyError or LockHeld before anything starts."""
@@ -359,7 +382,7 @@ def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None)
         reporter = reporter or Reporter()
         reporter.status("connecting")
         try:
-            _run_steps(config, layout, record, retry, reporter)
+            _run_steps(config, layout, record, retry, reporter, allow_empty)
         except SyncerError as error:
             record.error = error
             _finish(config, record, started, error)
@@ -390,7 +413,8 @@ def run_once(config: Config, *, retry: bool = True) -> str:
 
 def command(args: argparse.Namespace) -> int:
     config = config_module.env_override_state(config_module.load(args.config))
-    record = run(config, retry=not args.no_retry)
+    record = run(config, retry=not args.no_retry,
+                 allow_empty=getattr(args, "allow_empty", False))
     if record.error is not None:
         raise record.error  # main() prints it as one line and exits with its status
     return int(ExitStatus.OK)

@@ -303,3 +303,24 @@ def test_sync_against_the_real_server_role_with_links_in_the_library(
     assert not (snap / "ttylinux" / "escape.txt").exists()
     assert not (snap / "ttylinux" / "escape.txt").is_symlink()
     assert "not transferred" in result.stderr
+
+
+def test_an_emptied_server_library_is_not_published_unless_allowed(
+        work_dir, sshd, client_key, server_library, fixtures_dir):
+    add_ovf_item(server_library, fixtures_dir)
+    config = write_config(work_dir, sshd, client_key[0])
+    state = work_dir / "state"
+    assert sync(config).returncode == 0
+    before = tree(state / "published")
+    for path in sorted(server_library.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+
+    refused = sync(config)
+
+    assert refused.returncode == 6, refused.stderr
+    assert "--allow-empty" in refused.stderr.splitlines()[-1]
+    assert "sync failed (verify)" in refused.stderr
+    assert tree(state / "published") == before
+    allowed = sync(config, "--allow-empty")
+    assert allowed.returncode == 0, allowed.stderr
+    assert items(published(state)) == {}
