@@ -142,12 +142,13 @@ def test_without_settings_file_the_sync_is_skipped_not_failed(box: nspawn.Contai
 
 def test_schedule_from_toml_reaches_list_timers(box: nspawn.Container) -> None:
     box.write(CONF, '[sync]\npeer = "127.0.0.1"\nschedule = "0 21 * * 5"\n'
-                    'timezone = "Europe/Paris"\nrandom_delay = "1h"\n')
+                    'timezone = "Europe/Paris"\nrandom_delay = "1h"\nfixed_random_delay = true\n')
     first = box.run("library-syncer", "apply").stdout
     assert f"systemctl enable --now {TIMER}" in first  # the documented first-run step
     box.run("systemctl", "enable", "--now", TIMER)
     assert "OnCalendar=Fri *-*-* 21:00:00 Europe/Paris" in _show(box, TIMER, "TimersCalendar")
     assert _show(box, TIMER, "RandomizedDelayUSec") == "1h"
+    assert _show(box, TIMER, "FixedRandomDelay") == "yes"
     assert _show(box, TIMER, "Persistent") == "yes"
     assert _timer_line(box).startswith("Fri ")  # NEXT: a Friday (plus up to 1 h, from 20:00 UTC)
 
@@ -158,6 +159,7 @@ def test_changed_schedule_applied_changes_list_timers(box: nspawn.Container) -> 
     assert "restarted" in box.run("library-syncer", "apply").stdout
     assert "OnCalendar=Mon *-*-* 03:00:00" in _show(box, TIMER, "TimersCalendar")
     assert _show(box, TIMER, "RandomizedDelayUSec") == "0"
+    assert _show(box, TIMER, "FixedRandomDelay") == "no"
     line = _timer_line(box)
     assert re.match(r"Mon \d{4}-\d\d-\d\d 03:00:00 ", line), line
     # Restarting the timer re-arms it; it must not have run the sync.
@@ -224,12 +226,14 @@ def test_full_loop_sync_from_the_server_unit_over_loopback(box: nspawn.Container
 def test_the_run_is_in_the_journal_with_structured_fields(box: nspawn.Container) -> None:
     entries = [json.loads(line) for line in box.run(
         "journalctl", "-u", "library-syncer", "-o", "json", "--no-pager").stdout.splitlines()]
-    ours = [e for e in entries if e.get("SYSLOG_IDENTIFIER") == "library-syncer"]
-    assert ours, "no journal entries from library-syncer"
-    standard = {"MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER", "LOGGER"}
-    custom = {k for e in ours for k in e if not k.startswith("_") and k not in standard
-              and not k.startswith(("CODE_", "SYSLOG_", "INVOCATION_", "UNIT", "MESSAGE_"))}
-    assert custom, f"no structured fields in {ours[-1]}"
+    runs = [e for e in entries if e.get("SYSLOG_IDENTIFIER") == "library-syncer"
+            and "OUTCOME" in e]
+    assert runs, "no run summary with structured fields in the journal"
+    last = runs[-1]  # the successful run of the previous step (the broken one came before)
+    assert last["OUTCOME"] == "ok" and last["EXIT_STATUS"] == "0", last
+    assert int(last["BYTES_RECEIVED"]) > 0 and last["ITEMS_CHANGED"] == "1", last
+    assert last["RUN_ID"] and last["SNAPSHOT"], last
+    assert last["MESSAGE"].startswith("sync ok"), last["MESSAGE"]
 
 
 def test_web_unit_serves_the_synced_library(box: nspawn.Container) -> None:
