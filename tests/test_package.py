@@ -122,6 +122,18 @@ def test_installed_units_pass_systemd_verify(box: nspawn.Container) -> None:
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
 
+def test_documentation_links_of_the_units_exist(box: nspawn.Container) -> None:
+    text = box.sh("cat /lib/systemd/system/library-syncer*")
+    files = re.findall(r"file://(\S+)", text)
+    mans = re.findall(r"man:(library-syncer[\w-]*)\((\d)\)", text)
+    assert files and mans
+    for path in files:
+        assert box.run("test", "-f", path, check=False).returncode == 0, f"{path} missing"
+    for name, section in mans:
+        page = f"/usr/share/man/man{section}/{name}.{section}.gz"
+        assert box.run("test", "-f", page, check=False).returncode == 0, f"{page} missing"
+
+
 def test_autopkgtest_smoke(box: nspawn.Container) -> None:
     """debian/tests/smoke, run in the booted system as autopkgtest would."""
     out = box.run("/srv/packaging/debian/tests/smoke").stdout
