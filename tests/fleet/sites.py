@@ -17,9 +17,11 @@ import logging
 import os
 import random
 import shutil
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +96,7 @@ class FleetRun:
         self.sites: list[Site] = []
         self.sshd_dir = work / "server-sshd"
         self.sshd_process = None
-        self.server_cpu_carry = 0.0  # CPU of sshd instances that were killed (restart scenario)
+        self.cpu_meter = CpuMeter(lambda: self.sshd_process)
         self.user = sshd_harness.ensure_sysusers_user().pw_name
 
     # --- server ----------------------------------------------------------------------------
@@ -130,17 +132,13 @@ class FleetRun:
         return " ".join(text.split()[:2])
 
     def server_cpu_seconds(self) -> float:
-        """CPU of every finished session (sshd reaps them: they add up in its cutime/cstime)."""
-        if self.sshd_process is None or self.sshd_process.poll() is not None:
-            return self.server_cpu_carry
-        fields_ = Path(f"/proc/{self.sshd_process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        utime, stime, cutime, cstime = (int(v) for v in fields_[11:15])
-        return self.server_cpu_carry + (utime + stime + cutime + cstime) / CLK_TCK
+        """CPU used so far by sshd and everything it started (sessions, rrsync, rsync)."""
+        return self.cpu_meter.seconds()
 
     def kill_server(self) -> None:
         """sshd crashes: the listener and every session it forked die at once."""
         assert self.sshd_process is not None
-        self.server_cpu_carry = self.server_cpu_seconds()
+        self.cpu_meter.sample()
         for pid in _descendants(self.sshd_process.pid):
             _kill(pid)
         _kill(self.sshd_process.pid)
@@ -284,6 +282,51 @@ runtime_dir = "{site.dir / 'run'}"
         shutil.rmtree(target, ignore_errors=True)
         return SyncResult(site.index, result.returncode, time.monotonic() - started,
                           rx1 - rx0, tx1 - tx0, result.tail)
+
+
+class CpuMeter:
+    """CPU seconds of a daemon and all its descendants, sampled every `interval` seconds.
+
+    sshd's listener does not see its sessions' CPU in its own cutime (the session processes are
+    not all reaped up the chain), so every descendant is sampled while alive and its highest
+    utime+stime kept, keyed by (pid, start time). A process's last < `interval` seconds of life
+    can be missed; the long-lived ones (the session sshd doing the crypto, the rsync sender)
+    dominate."""
+
+    def __init__(self, root: Callable[[], subprocess.Popen | None], interval: float = 0.1):
+        self.root = root
+        self.interval = interval
+        self.seen: dict[tuple[int, int], int] = {}
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._loop, name="cpu-meter", daemon=True)
+            self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self.sample()
+            time.sleep(self.interval)
+
+    def sample(self) -> None:
+        process = self.root()
+        if process is None or process.poll() is not None:
+            return
+        with self.lock:
+            for pid in [process.pid, *_descendants(process.pid)]:
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                key = (pid, int(stat[19]))  # start time tells a reused pid apart
+                self.seen[key] = max(self.seen.get(key, 0), int(stat[11]) + int(stat[12]))
+
+    def seconds(self) -> float:
+        self.sample()
+        with self.lock:
+            return sum(self.seen.values()) / CLK_TCK
 
 
 def _descendants(pid: int) -> list[int]:
