@@ -59,6 +59,9 @@ def _add_sync_parser(subparsers) -> None:
                   f"{PROG} sync --config /etc/library-syncer/library-syncer.toml")
     _add_config_option(parser)
     parser.add_argument("--no-retry", action="store_true", help="fail on the first network error")
+    parser.add_argument("--skip-unconfigured", action="store_true",
+                        help="succeed without doing anything while sync.peer is not set "
+                             "(what the timer's runs use)")
     parser.add_argument("--allow-empty", action="store_true",
                         help="publish even if the server's library is now empty")
 

@@ -51,8 +51,11 @@ def source(sync: SyncConfig) -> str:
 
 
 def common_options(sync: SyncConfig) -> list[str]:
-    argv = ["--recursive", "--times", "--perms", "--chmod=D0755,F0644", "--no-inc-recursive",
-            f"--timeout={max(1, int(sync.io_timeout))}", "-e", ssh.rsh(sync)]
+    # --modify-window=-1: compare mtimes to the nanosecond. rsync's default (whole seconds)
+    # never re-sends a same-size file rewritten within the second of the previous sync.
+    argv = ["--recursive", "--times", "--modify-window=-1", "--perms", "--chmod=D0755,F0644",
+            "--no-inc-recursive", f"--timeout={max(1, int(sync.io_timeout))}",
+            "-e", ssh.rsh(sync)]
     if sync.bandwidth_limit not in ("0", ""):
         argv.append(f"--bwlimit={sync.bandwidth_limit}")
     if sync.compress:

@@ -45,3 +45,20 @@ def test_usage_error_exits_2(capsys):
     with pytest.raises(SystemExit) as caught:
         main(["sync", "--no-such-flag"])
     assert caught.value.code == 2
+
+
+def test_timer_run_on_an_unconfigured_host_succeeds_and_says_why(tmp_path, capsys):
+    settings = tmp_path / "library-syncer.toml"
+    settings.write_text(f'[paths]\nstate_dir = "{tmp_path / "state"}"\n')
+    assert main(["sync", "--skip-unconfigured", "--config", str(settings)]) == 0
+    assert f"not configured yet: sync.peer is empty in {settings}" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
+    # Without the flag (a manual run), the same file is a configuration error naming the key.
+    assert main(["sync", "--config", str(settings)]) == 3
+    assert "sync.peer" in capsys.readouterr().err
+
+
+def test_timer_run_with_an_invalid_file_still_fails(tmp_path):
+    settings = tmp_path / "library-syncer.toml"
+    settings.write_text('[sync]\nport = "x"\n')
+    assert main(["sync", "--skip-unconfigured", "--config", str(settings)]) == 3

@@ -140,6 +140,19 @@ def test_autopkgtest_smoke(box: nspawn.Container) -> None:
     assert "library-syncer " in out and "valid" in out
 
 
+def test_unconfigured_example_settings_make_a_run_that_says_so(box: nspawn.Container) -> None:
+    """The package installs the commented example (no sync.peer) and enables the timer."""
+    box.run("cp", CONF, CONF + ".orig")
+    try:
+        box.write(CONF, '[library]\nname = "Not configured yet"\n')
+        box.run("systemctl", "start", SERVICE)
+        assert _show(box, SERVICE, "Result") == "success"
+        journal = box.run("journalctl", "-u", SERVICE, "--no-pager", "-o", "cat").stdout
+        assert "not configured yet: sync.peer is empty" in journal, journal
+    finally:
+        box.run("mv", CONF + ".orig", CONF)
+
+
 def test_without_settings_file_the_sync_is_skipped_not_failed(box: nspawn.Container) -> None:
     box.run("mv", CONF, CONF + ".away")
     try:

@@ -75,7 +75,7 @@ def test_sync_service_contract() -> None:
     unit = UNITS / "library-syncer.service"
     s = _settings(unit)
     assert s["Type"] == ["oneshot"]
-    assert s["ExecStart"] == ["/usr/bin/library-syncer sync"]
+    assert s["ExecStart"] == ["/usr/bin/library-syncer sync --skip-unconfigured"]
     assert s["User"] == ["library-syncer"]
     assert s["StateDirectory"] == ["library-syncer"]
     assert s["ConditionPathExists"] == ["/etc/library-syncer/library-syncer.toml"]
