@@ -10,9 +10,8 @@ import pytest
 
 from tests.harness import sshd as sshd_harness
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
-if not FIXTURES.is_dir():  # CI lays shared/ beside the clone, as for sessions
-    FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+# shared/ lies beside the checkout, for sessions and in CI alike.
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 @pytest.fixture(scope="session")
