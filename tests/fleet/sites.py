@@ -124,6 +124,7 @@ class FleetRun:
             self.fleet.server_ns, [config.sshd, "-D", "-e", "-f", str(rendered)],
             log=self.sshd_dir / "sshd.log")
         _wait_port(self.fleet.server_ns, SERVER_IP, SSH_PORT)
+        self.cpu_meter.start()
 
     @property
     def host_key_pub(self) -> str:
