@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import nspawn
 from tests.harness import sshd as sshd_harness
 
 # shared/ lies beside the checkout, for sessions and in CI alike.
@@ -52,3 +53,10 @@ def sshd(work_dir: Path, client_key: tuple[Path, str], server_library: Path
     )
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def debs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Both .deb packages built from this tree, once per run, for the booted-systemd tests."""
+    nspawn.require_tools()
+    return nspawn.build_debs(tmp_path_factory.mktemp("debs"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,37 +31,18 @@ VOLATILE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/cache", "
             "/srv/packaging")
 
 
-def _build(out: Path, *options: str) -> list[Path]:
-    result = subprocess.run([str(TOP / "packaging" / "build-deb"), *options, str(out)],
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"build-deb failed:\n{result.stdout}\n{result.stderr[-4000:]}"
-    found = sorted(out.glob("*.deb"))
-    names = sorted(p.name.split("_")[0] for p in found)
-    assert names == ["library-syncer", "library-syncer-server"], names
-    return found
-
-
-@pytest.fixture(scope="module")
-def debs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return _build(tmp_path_factory.mktemp("debs"))
-
-
 @pytest.fixture(scope="module")
 def next_debs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """The same tree as a later version, to upgrade to."""
-    return _build(tmp_path_factory.mktemp("next-debs"), "--version", NEXT_VERSION)
+    return nspawn.build_debs(tmp_path_factory.mktemp("next-debs"), "--version", NEXT_VERSION)
 
 
 @pytest.fixture(scope="module")
 def box(debs: list[Path], next_debs: list[Path], fixtures_dir: Path,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Container]:
-    nspawn.require_tools()
-    packages = nspawn.deb_depends(debs, exclude={"library-syncer"})
-    root = nspawn.rootfs(packages)
-    log = tmp_path_factory.mktemp("nspawn") / "console.log"
     binds = [(debs[0].parent, "/srv/in"), (next_debs[0].parent, "/srv/in-next"),
              (fixtures_dir / "ovf", "/srv/fixtures"), (TOP / "packaging", "/srv/packaging")]
-    with nspawn.Container(root, binds_ro=binds, log_file=log) as container:
+    with nspawn.boot(debs, tmp_path_factory.mktemp("nspawn"), binds) as container:
         yield container
 
 

@@ -16,7 +16,6 @@ from tests.harness import nspawn
 
 pytestmark = pytest.mark.system
 
-TOP = Path(__file__).resolve().parent.parent
 CONF = "/etc/library-syncer/library-syncer.toml"
 UNIT = "library-syncer-sshd.service"
 RENDERED = "/run/library-syncer-sshd/sshd_config"
@@ -26,18 +25,11 @@ SSH = ("ssh -p 2222 -i /root/site/id -o BatchMode=yes -o IdentitiesOnly=yes "
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Container]:
-    nspawn.require_tools()
-    out = tmp_path_factory.mktemp("server-debs")
-    built = subprocess.run([str(TOP / "packaging" / "build-deb"), str(out)],
-                           capture_output=True, text=True, timeout=900)
-    assert built.returncode == 0, built.stderr[-3000:]
-    debs = sorted(out.glob("*.deb"))
-    root = nspawn.rootfs(nspawn.deb_depends(debs, exclude={"library-syncer"}))
-    log = tmp_path_factory.mktemp("server-nspawn") / "console.log"
-    with nspawn.Container(root, binds_ro=[(out, "/srv/in")], log_file=log) as container:
-        container.run("apt-get", "install", "-y", *(f"/srv/in/{p.name}" for p in debs),
-                      timeout=600)
+def box(debs: list[Path], tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[nspawn.Container]:
+    log_dir = tmp_path_factory.mktemp("server-nspawn")
+    with nspawn.boot(debs, log_dir, [(debs[0].parent, "/srv/in")]) as container:
+        nspawn.install(container, debs)
         yield container
 
 

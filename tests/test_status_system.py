@@ -19,9 +19,6 @@ from tests.harness import nspawn
 pytestmark = pytest.mark.system
 
 TOP = Path(__file__).resolve().parent.parent
-# The package's runtime Depends (as in test_package): the cached root filesystem is shared.
-PACKAGES = ["caddy", "openssh-client", "openssh-server", "python3-jinja2", "python3-systemd",
-            "python3-tomli", "rsync"]
 CONF = "/etc/library-syncer/library-syncer.toml"
 SETTINGS = """\
 [sync]
@@ -33,11 +30,12 @@ random_delay = "2h"
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Container]:
-    nspawn.require_tools()
-    root = nspawn.rootfs(PACKAGES)
-    log = tmp_path_factory.mktemp("nspawn-status") / "console.log"
-    with nspawn.Container(root, binds_ro=[(TOP, "/srv/src")], log_file=log) as container:
+def box(debs: list[Path], tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[nspawn.Container]:
+    # The packages are not installed, but their Depends pick the tree: the one the other
+    # booted-systemd tests use (nspawn.package_rootfs), so it is built once.
+    log_dir = tmp_path_factory.mktemp("nspawn-status")
+    with nspawn.boot(debs, log_dir, [(TOP, "/srv/src")]) as container:
         container.write(CONF, SETTINGS)
         container.sh("cp /srv/src/systemd/library-syncer.timer /srv/src/systemd/library-syncer"
                      ".service /etc/systemd/system/ && systemctl daemon-reload")

@@ -6,7 +6,6 @@ with the reason in `systemctl status`; reload keeps the process; logs reach the 
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,25 +15,19 @@ from tests.harness import nspawn
 
 pytestmark = pytest.mark.system
 
-TOP = Path(__file__).resolve().parent.parent
 CONF = "/etc/library-syncer/library-syncer.toml"
 UNIT = "library-syncer-web.service"
 STATE = "/var/lib/library-syncer"
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Container]:
-    nspawn.require_tools()
-    out = tmp_path_factory.mktemp("web-debs")
-    built = subprocess.run([str(TOP / "packaging" / "build-deb"), str(out)],
-                           capture_output=True, text=True, timeout=900)
-    assert built.returncode == 0, built.stderr[-3000:]
-    debs = sorted(out.glob("library-syncer_*.deb"))
-    root = nspawn.rootfs(nspawn.deb_depends(debs, exclude={"library-syncer"}))
-    log = tmp_path_factory.mktemp("web-nspawn") / "console.log"
-    with nspawn.Container(root, binds_ro=[(out, "/srv/in")], log_file=log) as container:
-        container.run("apt-get", "install", "-y", *(f"/srv/in/{p.name}" for p in debs),
-                      timeout=600)
+def box(debs: list[Path], tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[nspawn.Container]:
+    log_dir = tmp_path_factory.mktemp("web-nspawn")
+    with nspawn.boot(debs, log_dir, [(debs[0].parent, "/srv/in")]) as container:
+        # The client package only: the web unit is in it (the tree is the shared one, with the
+        # server package's openssh-server too).
+        nspawn.install(container, [p for p in debs if p.name.startswith("library-syncer_")])
         # Debian's caddy.service serves its welcome page on :80 (see the unit's header).
         container.run("systemctl", "disable", "--now", "caddy.service", check=False)
         # A published snapshot, as the sync leaves it (owned by the sync's user).

@@ -9,6 +9,8 @@ in a container instead (measured recipe: ../shared/systemd-boot.md):
   depend on must be in `packages` (`deb_depends()` reads them).
 - `Container` boots it with `--volatile=overlay` (the cached tree stays pristine), waits for
   systemd, runs commands with nsenter, and powers it off.
+- `build_debs()` builds the two packages from this tree; `boot()` boots the one tree every
+  booted-systemd test shares (`package_rootfs()`: what the packages depend on, so one cache key).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+TOP = Path(__file__).resolve().parents[2]
 CACHE_ROOT = Path(os.environ.get("LSYNC_NSPAWN_CACHE", "/var/cache/library-syncer-tests"))
 SUITE = "bookworm"
 APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
@@ -82,6 +85,39 @@ def rootfs(packages: Iterable[str]) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)
     return target
+
+
+def build_debs(out: Path, *options: str) -> list[Path]:
+    """Both packages built from this tree into `out` (packaging/build-deb `options`)."""
+    result = subprocess.run([str(TOP / "packaging" / "build-deb"), *options, str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"build-deb failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    found = sorted(out.glob("*.deb"))
+    names = sorted(p.name.split("_")[0] for p in found)
+    assert names == ["library-syncer", "library-syncer-server"], names
+    return found
+
+
+def package_rootfs(debs: Iterable[Path]) -> Path:
+    """The tree every booted-systemd test uses: what the packages depend on. One package set for
+    all of them, so one cached tree (one mmdebstrap on a fresh machine) serves every test file."""
+    return rootfs(deb_depends(debs, exclude={"library-syncer"}))
+
+
+@contextlib.contextmanager
+def boot(debs: Iterable[Path], log_dir: Path,
+         binds_ro: Sequence[tuple[Path, str]] = ()) -> Iterator[Container]:
+    """A booted container on package_rootfs(debs), console log in `log_dir`; powered off after."""
+    require_tools()
+    with Container(package_rootfs(debs), binds_ro=binds_ro,
+                   log_file=log_dir / "console.log") as container:
+        yield container
+
+
+def install(container: Container, debs: Iterable[Path], folder: str = "/srv/in") -> None:
+    """apt-get install the .debs, bind-mounted at `folder` in the container (offline)."""
+    container.run("apt-get", "install", "-y", *(f"{folder}/{p.name}" for p in debs),
+                  timeout=600)
 
 
 def _children(pid: int) -> list[int]:
