@@ -32,16 +32,21 @@ def _sub(subparsers, name: str, handler: str, help: str, example: str) -> argpar
     return parser
 
 
+def _group(subparsers, name: str, help: str, example: str):
+    """A command made of verbs (`manifest build`, `server keys`): returns its verb subparsers."""
+    parser = subparsers.add_parser(name, help=help, formatter_class=_Formatter,
+                                   epilog=f"example:\n  {example}")
+    return parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+
 def _add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, metavar="FILE",
                         help="settings file (default: /etc/library-syncer/library-syncer.toml)")
 
 
 def _add_manifest_parser(subparsers) -> None:
-    parser = subparsers.add_parser("manifest", help="build the VCSP manifests of a library folder",
-                                   formatter_class=_Formatter,
-                                   epilog=f"example:\n  {PROG} manifest build /srv/library")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs = _group(subparsers, "manifest", "build the VCSP manifests of a library folder",
+                   f"{PROG} manifest build /srv/library")
     build = _sub(verbs, "build", "library_syncer.manifest_cmd:build",
                  "write lib.json, items.json and every item.json for a library folder",
                  f"{PROG} manifest build /srv/library --name 'Site templates'")
@@ -78,11 +83,8 @@ def _add_trust_host_parser(subparsers) -> None:
 
 
 def _add_server_parser(subparsers) -> None:
-    parser = subparsers.add_parser("server",
-                                   help="manage the read-only rsync endpoint (server role)",
-                                   formatter_class=_Formatter,
-                                   epilog=f"example:\n  {PROG} server keys")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs = _group(subparsers, "server", "manage the read-only rsync endpoint (server role)",
+                   f"{PROG} server keys")
     render = _sub(verbs, "render", "library_syncer.server:render_command",
                   "render the dedicated sshd_config (and create host keys if missing)",
                   f"{PROG} server render --output /run/library-syncer/sshd_config")
@@ -108,10 +110,8 @@ def _add_server_parser(subparsers) -> None:
 
 
 def _add_web_parser(subparsers) -> None:
-    parser = subparsers.add_parser("web", help="publish the library over HTTP(S) with Caddy",
-                                   formatter_class=_Formatter,
-                                   epilog=f"example:\n  {PROG} web render --validate")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs = _group(subparsers, "web", "publish the library over HTTP(S) with Caddy",
+                   f"{PROG} web render --validate")
     render = _sub(verbs, "render", "library_syncer.web:render_command",
                   "print (or write) the Caddyfile for the current settings",
                   f"{PROG} web render --output /run/library-syncer/Caddyfile --validate")
@@ -147,10 +147,8 @@ def _add_apply_parser(subparsers) -> None:
 
 
 def _add_config_parser(subparsers) -> None:
-    parser = subparsers.add_parser("config", help="validate, show, generate or import settings",
-                                   formatter_class=_Formatter,
-                                   epilog=f"example:\n  {PROG} config validate")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs = _group(subparsers, "config", "validate, show, generate or import settings",
+                   f"{PROG} config validate")
     validate = _sub(verbs, "validate", "library_syncer.config_cmd:validate",
                     "check the settings file and report every problem",
                     f"{PROG} config validate -c /etc/library-syncer/library-syncer.toml")
