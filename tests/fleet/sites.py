@@ -101,11 +101,11 @@ class FleetRun:
 
     # --- server ----------------------------------------------------------------------------
     def server_config(self) -> ServerConfig:
-        """The [server] section a real deployment would have, with the test's own paths."""
+        """The [server] section a real deployment would have (shipped defaults for limits and
+        keep-alives), with the test's own paths."""
         return ServerConfig(library=self.library, listen=(SERVER_IP,), port=SSH_PORT,
                             user=self.user, config_dir=self.sshd_dir / "etc",
-                            sshd=sshd_harness.SSHD, rrsync=sshd_harness.RRSYNC,
-                            max_startups="256:30:512", client_alive_interval=15.0)
+                            sshd=sshd_harness.SSHD, rrsync=sshd_harness.RRSYNC)
 
     def start_server(self) -> None:
         """Render the real sshd_config (library_syncer.server, as `server render` does) and
