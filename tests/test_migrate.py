@@ -65,13 +65,13 @@ def test_client_file_alone_validates_and_names_nothing(fixtures_dir, tmp_path, c
 
 def test_env_file_delay_off_acme_and_unknown_values(tmp_path, capsys):
     env = tmp_path / "client.env"
-    env.write_text("# the client\nexport SYNC_PEER=10.0.0.5\nSYNC_DELAY=false\n"
+    env.write_text("# the client\nexport SYNC_PEER=192.0.2.5\nSYNC_DELAY=false\n"
                    "SYNC_DELAY_MAX_SECONDS=600\nTLS_NAME='library.example.org'\n"
                    'LIBRARY_NAME="Site templates"  \nSYNC_PORT=22x\nFOO=bar\n'
                    "SYNC_SCHEDULE=0 3 * * *\n")
     out, err = _import(capsys, env)
     cfg = _load(tmp_path, out)
-    assert cfg.sync.peer == "10.0.0.5"
+    assert cfg.sync.peer == "192.0.2.5"
     assert cfg.sync.random_delay == 0  # SYNC_DELAY=false wins over the maximum
     assert cfg.web.tls == "acme" and cfg.web.hostname == "library.example.org"
     assert cfg.library.name == "Site templates"

@@ -78,7 +78,7 @@ def served(request, work_dir: Path):
 MODES = {
     "off": {},
     "off-browse": {"browse": True},
-    "auth-allow": {"allow": ["10.1.0.0/16", "127.0.0.1/32"]},
+    "auth-allow": {"allow": ["198.51.100.0/24", "127.0.0.1/32"]},
     "custom": {"tls": "custom", "hostname": "library.test"},
     "internal": {"tls": "internal", "hostname": "library.test"},
     "acme": {"tls": "acme", "hostname": "library.example.org", "acme_email": "ops@example.org"},
@@ -209,7 +209,7 @@ def test_subscription_url():
     assert url(tls="custom", hostname="lib.test", https_port=8443) == \
         "https://lib.test:8443/lib.json"
     assert url(listen="fd00::5") == "http://[fd00::5]/lib.json"
-    assert url(listen="10.0.0.5") == "http://10.0.0.5/lib.json"
+    assert url(listen="192.0.2.5") == "http://192.0.2.5/lib.json"
 
 
 # --- serving --------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def test_basic_auth_guards_every_file(served, work_dir, password_file):
 
 
 def test_allow_list_refuses_other_networks(served, work_dir, password_file):
-    server = served(allow=["127.0.0.1/32", "10.0.0.0/8"], auth_password_file=str(password_file))
+    server = served(allow=["127.0.0.1/32", "203.0.113.0/24"], auth_password_file=str(password_file))
     paths = walk_paths(server.port, auth=("vcsp", PASSWORD))
     for path in paths:
         outsider = fetch(server.port, path, source="127.0.0.2", auth=("vcsp", PASSWORD))
