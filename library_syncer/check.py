@@ -247,8 +247,35 @@ def check_timer(config: Config) -> list[Result]:
                    f"systemctl enable --now {timer.TIMER}")]
 
 
+WEB_UNIT = "library-syncer-web.service"
+DEBIAN_CADDY_UNIT = "caddy.service"  # enabled by Debian's caddy package; serves port 80
+
+
+def _is_active(unit: str) -> str:
+    return execute.run([timer.SYSTEMCTL, "is-active", unit], capture=True,
+                       check=False).output.strip()
+
+
+def check_web_service(config: Config) -> list[Result]:
+    if not timer.systemd_running():
+        return [Result(SKIP, "web service", f"systemd is not running here: cannot see {WEB_UNIT}")]
+    try:
+        ours, debians = _is_active(WEB_UNIT), _is_active(DEBIAN_CADDY_UNIT)
+    except SyncerError as error:
+        return [Result(SKIP, "web service", f"cannot ask systemd: {error}")]
+    if ours == "active":
+        return [Result(OK, "web service", f"{WEB_UNIT} is active")]
+    message, fix = f"{WEB_UNIT} is {ours or 'not installed'}", f"systemctl enable --now {WEB_UNIT}"
+    if debians == "active":
+        # Installing caddy starts Debian's own instance, which holds port 80 first.
+        message += f"; Debian's {DEBIAN_CADDY_UNIT} is running and holds the HTTP port"
+        fix = f"systemctl disable --now caddy && {fix}"
+    return [Result(FAIL, "web service", message, fix)]
+
+
 CLIENT_CHECKS: list[Callable[[Config], list[Result]]] = [
-    check_key, check_host_key, check_server, check_web, check_disk, check_timer,
+    check_key, check_host_key, check_server, check_web, check_web_service, check_disk,
+    check_timer,
 ]
 
 # --- the server role ----------------------------------------------------------------------

@@ -91,3 +91,15 @@ def test_check_sees_whether_the_timer_is_enabled(box):
                          re.MULTILINE), status
     finally:
         box.run("systemctl", "enable", "--now", "library-syncer.timer")
+
+
+def test_check_says_when_the_web_service_is_not_running_and_why(box):
+    debian_caddy = box.run("systemctl", "is-active", "caddy.service", check=False).stdout.strip()
+    lines = _cli(box, "check").stdout.splitlines()
+    web = [line for line in lines if line.startswith("FAIL  web service: ")]
+    assert len(web) == 1, lines
+    assert "library-syncer-web.service is" in web[0]
+    assert web[0].endswith("fix: " + ("systemctl disable --now caddy && " if debian_caddy ==
+                                      "active" else "") + "systemctl enable --now "
+                           "library-syncer-web.service"), web[0]
+
