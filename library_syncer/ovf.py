@@ -156,7 +156,8 @@ def unpack_ova(ova: Path, dest: Path) -> list[Path]:
 
     Every member is checked before anything is written: links, devices, sub-folders, absolute or
     `..` paths, hidden and duplicate names are refused (OvaError). Files are written to a temp
-    name and renamed, so a crash leaves no half file under a real name.
+    name and renamed, so a crash leaves no half file under a real name; on failure the files
+    already written are removed.
     """
     try:
         archive = tarfile.open(ova, mode="r:")  # noqa: SIM115 (closed by `with` below)
@@ -172,8 +173,15 @@ def unpack_ova(ova: Path, dest: Path) -> list[Path]:
         names = [_check_member(ova, m, seen) for m in members]
         if not names:
             raise OvaError(f"{ova}: the archive is empty")
-        for member, name in zip(members, names, strict=True):
-            written.append(_extract(archive, member, dest / name, ova))
+        try:
+            for member, name in zip(members, names, strict=True):
+                written.append(_extract(archive, member, dest / name, ova))
+        except BaseException:
+            # No half item: the members already written would otherwise stay in the folder.
+            for path in written:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            raise
     return written
 
 

@@ -190,3 +190,16 @@ def test_unpack_truncated_archive_leaves_no_half_file(fixtures_dir: Path, tmp_pa
         ovf.unpack_ova(cut, dest)
     assert not any(p.name.endswith(".tmp") for p in dest.iterdir())
     assert not (dest / "ttylinux-pc_i486-16.1-disk1.vmdk").exists()
+
+
+
+def test_unpack_failure_removes_the_files_already_unpacked(tmp_path: Path) -> None:
+    # A member that cannot be written (here a folder of that name is in the way) must not
+    # leave the members before it behind as a half item.
+    ova = _tar(tmp_path / "t.ova", [(_info("a.ovf"), b"<Envelope/>"), (_info("a.mf"), b""),
+                                    (_info("a-disk1.vmdk"), b"disk")])
+    dest = tmp_path / "dest"
+    (dest / "a-disk1.vmdk").mkdir(parents=True)
+    with pytest.raises(ovf.OvaError, match=r"a-disk1\.vmdk"):
+        ovf.unpack_ova(ova, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["a-disk1.vmdk"]
