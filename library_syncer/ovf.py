@@ -195,7 +195,8 @@ def _extract(archive: tarfile.TarFile, member: tarfile.TarInfo, target: Path, ov
                 out.write(chunk)
         os.utime(tmp, ns=(member.mtime * 10**9, member.mtime * 10**9))
         os.replace(tmp, target)
-    except (OSError, tarfile.TarError) as error:
+    # OverflowError: a member time beyond time_t (GNU tar encodes huge values in base-256).
+    except (OSError, tarfile.TarError, OverflowError) as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise OvaError(f"{ova}: member {member.name!r}: {error}") from None

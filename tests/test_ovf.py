@@ -203,3 +203,18 @@ def test_unpack_failure_removes_the_files_already_unpacked(tmp_path: Path) -> No
     with pytest.raises(ovf.OvaError, match=r"a-disk1\.vmdk"):
         ovf.unpack_ova(ova, dest)
     assert sorted(p.name for p in dest.iterdir()) == ["a-disk1.vmdk"]
+
+
+def test_unpack_out_of_range_mtime_is_a_bad_archive(tmp_path: Path) -> None:
+    # GNU tar encodes huge times in base-256; os.utime raises OverflowError, not OSError.
+    info = _info("a.ovf")
+    info.mtime = 2**70
+    ova = tmp_path / "t.ova"
+    with tarfile.open(ova, "w", format=tarfile.GNU_FORMAT) as archive:
+        info.size = 1
+        archive.addfile(info, io.BytesIO(b"x"))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ovf.OvaError, match=r"a\.ovf"):
+        ovf.unpack_ova(ova, dest)
+    assert list(dest.iterdir()) == []
