@@ -145,6 +145,10 @@ def _check_member(ova: Path, member: tarfile.TarInfo, seen: set[str]) -> str:
         raise OvaError(f"{where}: a path or hidden name is not allowed in an OVA")
     if name.lower().endswith(".ova"):
         raise OvaError(f"{where}: an OVA inside an OVA is not a template")
+    if member.issparse():
+        # A few bytes of archive can declare terabytes of zeros; ovftool never writes these.
+        raise OvaError(f"{where} is a sparse file; an OVA from VMware tools has none",
+                       hint="re-export the template with ovftool")
     if name in seen:
         raise OvaError(f"{where} appears twice")
     seen.add(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -218,3 +219,22 @@ def test_unpack_out_of_range_mtime_is_a_bad_archive(tmp_path: Path) -> None:
     with pytest.raises(ovf.OvaError, match=r"a\.ovf"):
         ovf.unpack_ova(ova, dest)
     assert list(dest.iterdir()) == []
+
+
+def test_unpack_refuses_a_sparse_member(tmp_path: Path) -> None:
+    """A tiny archive must not unpack into gigabytes of zeros (a full disk on every run)."""
+    work = tmp_path / "src"
+    work.mkdir()
+    (work / "a.ovf").write_text("<Envelope/>")
+    with open(work / "a-disk1.vmdk", "wb") as disk:
+        disk.truncate(1 << 30)  # 1 GiB, all hole
+    ova = tmp_path / "t.ova"
+    subprocess.run(["tar", "--sparse", "-cf", str(ova), "-C", str(work), "a.ovf",
+                    "a-disk1.vmdk"], check=True)
+    assert ova.stat().st_size < 1 << 20
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ovf.OvaError, match=r"a-disk1\.vmdk.* is a sparse file"):
+        ovf.unpack_ova(ova, dest)
+    assert list(dest.iterdir()) == []
+
