@@ -1,6 +1,6 @@
 """ssh command lines for the sync (pure functions of SyncConfig) and what ssh's errors mean.
 
-The host key is always verified against our own known_hosts (never StrictHostKeyChecking=no),
+The host key is always verified against our own known_hosts (checking is never turned off),
 only our key is offered, and nothing ever prompts: a oneshot under systemd has no one to answer.
 """
 

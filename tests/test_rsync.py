@@ -55,7 +55,8 @@ def test_pull_argv_verifies_host_keys_and_avoids_what_rrsync_refuses(tmp_path):
     options = {remote[i + 1] for i, a in enumerate(remote) if a == "-o"}
     assert {"StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes",
             f"UserKnownHostsFile={cfg.sync.known_hosts}", "ConnectTimeout=30"} <= options
-    assert not [o for o in options if o.startswith("StrictHostKeyChecking=no")]
+    assert [o for o in options if o.startswith("StrictHostKeyChecking=")] == [
+        "StrictHostKeyChecking=yes"]  # the only host-key policy passed: checking on
 
 
 def test_unlimited_bandwidth_and_no_compression_add_no_options(tmp_path):
