@@ -243,8 +243,10 @@ def start_server(demo: Demo, config: Config) -> str:
                  "-f", str(key)])
     server.authorize(config, Path(f"{key}.pub").read_text(), "demo")
     sshd_config = demo.workdir / "server" / "sshd_config"
+    # sshd's compiled-in privilege separation directory: `sshd -t` (the check below) already
+    # refuses to run without it, and on a host where no sshd ever ran nobody has created it.
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     server.write_config(config, sshd_config, host_keys=True, check=True)
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
     demo.spawn("sshd", [config.server.sshd, "-D", "-e", "-f", str(sshd_config)])
     _wait_listening(config.server.port, demo)
     host_pub = Path(f"{server.host_key_paths(config)[0]}.pub").read_text().split()
