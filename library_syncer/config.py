@@ -209,6 +209,7 @@ class SyncConfig:
     timezone: str = setting("", _timezone, "a time zone name such as UTC or Europe/Paris", "TZ")
     exclude: tuple[str, ...] = setting([".vSphere-HA"], _str_list, "a list of patterns")
     compress: bool = setting(True, _bool, "true or false")
+    share_connection: bool = setting(True, _bool, "true or false")
     connect_timeout: float = setting(30.0, _duration, DURATION_EXPECTED)
     io_timeout: float = setting(300.0, _duration, DURATION_EXPECTED)
     retry_budget: float = setting(1800.0, _duration, DURATION_EXPECTED)

@@ -45,6 +45,8 @@ DESCRIPTIONS: dict[str, str] = {
     "sync.timezone": "Time zone of the schedule (empty: the host's).",
     "sync.exclude": "Patterns never pulled (rsync --exclude).",
     "sync.compress": "Compress on the wire (zstd).",
+    "sync.share_connection": "One SSH connection (one handshake) for the whole run (OpenSSH "
+                             "connection sharing).",
     "sync.connect_timeout": "Give up connecting after this long.",
     "sync.io_timeout": "Give up when no data moves for this long.",
     "sync.retry_budget": "Keep retrying a failed transfer for up to this long.",

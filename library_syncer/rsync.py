@@ -10,6 +10,7 @@ through the web server.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,12 +51,12 @@ def source(sync: SyncConfig) -> str:
     return f"{_host(sync.peer)}:{path}"
 
 
-def common_options(sync: SyncConfig) -> list[str]:
+def common_options(sync: SyncConfig, ssh_extra: Sequence[str] = ()) -> list[str]:
     # --modify-window=-1: compare mtimes to the nanosecond. rsync's default (whole seconds)
     # never re-sends a same-size file rewritten within the second of the previous sync.
     argv = ["--recursive", "--times", "--modify-window=-1", "--perms", "--chmod=D0755,F0644",
             "--no-inc-recursive", f"--timeout={max(1, int(sync.io_timeout))}",
-            "-e", ssh.rsh(sync)]
+            "-e", ssh.rsh(sync, ssh_extra)]
     if sync.bandwidth_limit not in ("0", ""):
         argv.append(f"--bwlimit={sync.bandwidth_limit}")
     if sync.compress:
@@ -70,12 +71,12 @@ def filter_options(sync: SyncConfig) -> list[str]:
 
 
 def pull_argv(sync: SyncConfig, dest: Path, link_dests: list[Path], *,
-              dry_run: bool = False) -> list[str]:
+              dry_run: bool = False, ssh_extra: Sequence[str] = ()) -> list[str]:
     """Pull the library into `dest` (staging), hard-linking what is unchanged in `link_dests`
     and delta-transferring changed files against them; interrupted files resume from the
-    partial dir."""
-    argv = [sync.rsync, *common_options(sync), "--delete", f"--partial-dir={PARTIAL_DIR}",
-            *filter_options(sync)]
+    partial dir. `ssh_extra`: options for ssh (the run's shared connection)."""
+    argv = [sync.rsync, *common_options(sync, ssh_extra), "--delete",
+            f"--partial-dir={PARTIAL_DIR}", *filter_options(sync)]
     argv += [f"--link-dest={Path(d).resolve()}" for d in link_dests]
     if dry_run:
         argv += ["--dry-run", "--info=stats2"]

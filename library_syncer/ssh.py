@@ -19,7 +19,8 @@ HOST_KEY_UNKNOWN = ("Host key verification failed", "No ED25519 host key is know
 AUTH_REFUSED = ("Permission denied (publickey", "Too many authentication failures")
 UNREACHABLE = ("Connection refused", "Connection timed out", "timed out", "No route to host",
                "Network is unreachable", "Connection reset", "Connection closed",
-               "Broken pipe", "Could not resolve hostname", "Temporary failure in name resolution",
+               "Broken pipe", "Shared connection to", "Could not resolve hostname",
+               "Temporary failure in name resolution",
                "kex_exchange_identification", "Timeout, server", "not responding")
 
 
@@ -53,8 +54,8 @@ def options(sync: SyncConfig) -> list[str]:
     ]
 
 
-def argv(sync: SyncConfig) -> list[str]:
-    return [sync.ssh, *options(sync)]
+def argv(sync: SyncConfig, extra: Iterable[str] = ()) -> list[str]:
+    return [sync.ssh, *options(sync), *extra]
 
 
 def _quote(arg: str) -> str:
@@ -68,9 +69,9 @@ def _quote(arg: str) -> str:
     raise ValueError(f"{arg!r}: a path cannot hold both kinds of quote")
 
 
-def rsh(sync: SyncConfig) -> str:
+def rsh(sync: SyncConfig, extra: Iterable[str] = ()) -> str:
     """The `rsync -e` string: rsync splits it on spaces, honouring quotes."""
-    return " ".join(_quote(a) for a in argv(sync))
+    return " ".join(_quote(a) for a in argv(sync, extra))
 
 
 def _any(text: str, phrases: Iterable[str]) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__, execute, lock, manifest, metrics, rsync, snapshot, state
+from . import __version__, execute, lock, manifest, metrics, rsync, snapshot, sshmux, state
 from . import config as config_module
 from .config import Config
 from .errors import (
@@ -151,15 +151,32 @@ def _with_retries(step, config: Config, transfer: Transfer, retry: bool) -> rsyn
 def transfer(config: Config, layout: snapshot.Layout, staging: Path, published: Path | None,
              retry: bool, reporter: Reporter | None, result: Transfer | None = None
              ) -> Transfer:
-    """Dry run (what must be fetched: the space check), then the pull into staging. `result`
-    is filled as it goes (attempts and bytes are known even when it fails)."""
+    """Dry run (what must be fetched: the space check), then the pull into staging, both over
+    one shared SSH connection. `result` is filled as it goes (attempts and bytes are known even
+    when it fails)."""
+    result = result if result is not None else Transfer()
+    with sshmux.shared(config.sync, config.runtime_dir) as connection:
+        _dry_run_and_pull(config, layout, staging, published, retry, reporter, result,
+                          connection)
+    return _report_transfer(result)
+
+
+def _dry_run_and_pull(config: Config, layout: snapshot.Layout, staging: Path,
+                      published: Path | None, retry: bool, reporter: Reporter | None,
+                      result: Transfer, connection: sshmux.SharedConnection | None) -> None:
     sync = config.sync
     link_dests = [p for p in (published,) if p is not None]
     if any(layout.ova_store.iterdir()):
         link_dests.append(layout.ova_store)
-    result = result if result is not None else Transfer()
-    dry = rsync.pull_argv(sync, staging, link_dests, dry_run=True)
-    plan = _with_retries(lambda: _rsync(dry, sync, None, None), config, result, retry)
+    ssh_extra = connection.rsh_options() if connection else []
+
+    def step(argv: list[str], progress: Reporter | None, needed: int | None) -> rsync.Stats:
+        if connection:
+            connection.ensure()
+        return _rsync(argv, sync, progress, needed)
+
+    dry = rsync.pull_argv(sync, staging, link_dests, dry_run=True, ssh_extra=ssh_extra)
+    plan = _with_retries(lambda: step(dry, None, None), config, result, retry)
     result.needed = plan.transferred_size
     if plan.transferred_size:  # nothing to fetch costs no space: never refuse a no-op run
         snapshot.check_space(layout, plan.transferred_size, sync.min_free_space)
@@ -170,9 +187,13 @@ def transfer(config: Config, layout: snapshot.Layout, staging: Path, published: 
                  format_bytes(plan.transferred_size), format_bytes(plan.total_size))
     if reporter:
         reporter.status(f"transferring {format_bytes(plan.transferred_size)}")
-    pull = rsync.pull_argv(sync, staging, link_dests)
-    result.stats = _with_retries(lambda: _rsync(pull, sync, reporter, result.needed), config,
-                                 result, retry)
+    pull = rsync.pull_argv(sync, staging, link_dests, ssh_extra=ssh_extra)
+    result.stats = _with_retries(lambda: step(pull, reporter, result.needed), config, result,
+                                 retry)
+
+
+def _report_transfer(result: Transfer) -> Transfer:
+    """rsync's own error lines and skipped links, once, after the transfer."""
     for line in result.stats.errors[:MAX_ERROR_LINES]:
         log.warning("%s", line)
     if len(result.stats.errors) > MAX_ERROR_LINES:

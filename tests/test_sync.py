@@ -324,3 +324,40 @@ def test_an_emptied_server_library_is_not_published_unless_allowed(
     allowed = sync(config, "--allow-empty")
     assert allowed.returncode == 0, allowed.stderr
     assert items(published(state)) == {}
+
+
+def _logins(sshd) -> int:
+    return sshd.log().count("Accepted publickey for")
+
+
+def test_a_run_makes_one_ssh_handshake_and_leaves_no_master_behind(
+        work_dir, sshd, client_key, server_library):
+    add_iso_item(server_library, "tools", 2_000_000)
+    runtime = work_dir / "run"
+    shared = write_config(work_dir, sshd, client_key[0])
+    before = _logins(sshd)
+    result = sync(shared)
+    assert result.returncode == 0, result.stderr
+    # the dry run and the transfer were sessions of one authenticated connection
+    assert _logins(sshd) - before == 1, sshd.log()[-3000:]
+    assert not list(runtime.glob("ssh-*")), "the run's control directory outlived it"
+    masters = [line for line in _ps() if "ControlMaster=yes" in line and f"-p {sshd.port} " in line]
+    assert masters == []
+
+    add_iso_item(server_library, "tools", 2_000_000, seed=2)  # something to fetch again
+    separate = write_config(work_dir, sshd, client_key[0], share_connection=False)
+    before = _logins(sshd)
+    assert sync(separate).returncode == 0
+    assert _logins(sshd) - before == 2  # without sharing: the dry run and the pull each log in
+
+
+def _ps() -> list[str]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                    out.append(handle.read().replace(b"\0", b" ").decode())
+            except OSError:
+                continue
+    return out
