@@ -57,6 +57,22 @@ def sshd(work_dir: Path, client_key: tuple[Path, str], server_library: Path
 
 @pytest.fixture(scope="session")
 def debs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Both .deb packages built from this tree, once per run, for the booted-systemd tests."""
+    """The three .deb packages built from this tree (library-syncer-common, library-syncer,
+    library-syncer-server), once per run, for the booted-systemd tests."""
     nspawn.require_tools()
     return nspawn.build_debs(tmp_path_factory.mktemp("debs"))
+
+
+@pytest.fixture(scope="session")
+def next_debs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The same tree as a later version, to upgrade to."""
+    nspawn.require_tools()
+    return nspawn.build_debs(tmp_path_factory.mktemp("next-debs"), "--version", nspawn.NEXT_VERSION)
+
+
+@pytest.fixture(scope="module", params=nspawn.suites())
+def suite(request: pytest.FixtureRequest) -> str:
+    """The Debian suite a booted-systemd module runs on: each such module runs once per tested
+    suite (bookworm, trixie; $LSYNC_TEST_SUITES), one container per suite."""
+    return request.param
+

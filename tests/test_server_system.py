@@ -1,5 +1,7 @@
 """library-syncer-sshd.service on a real, booted systemd (systemd-nspawn, tests/harness/nspawn.py),
-installed from the .deb next to Debian's own ssh.service: the account the package creates, first
+installed from the .debs next to Debian's own ssh.service, on each tested suite: the server role
+alone (library-syncer-common + library-syncer-server) installs without Caddy or the client role;
+the account the package creates, first
 start (host keys), a pull, reload with a good and a rejected config, restart keeping the host
 key, and stop leaving the host's sshd (and its /run/sshd) alone.
 """
@@ -24,13 +26,38 @@ SSH = ("ssh -p 2222 -i /root/site/id -o BatchMode=yes -o IdentitiesOnly=yes "
        "-o UserKnownHostsFile=/root/site/known_hosts -o StrictHostKeyChecking=yes")
 
 
+SERVER_ROLE = ("library-syncer-common", "library-syncer-server")
+
+
 @pytest.fixture(scope="module")
-def box(debs: list[Path], tmp_path_factory: pytest.TempPathFactory
+def box(debs: list[Path], suite: str, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[nspawn.Container]:
-    log_dir = tmp_path_factory.mktemp("server-nspawn")
-    with nspawn.boot(debs, log_dir, [(debs[0].parent, "/srv/in")]) as container:
-        nspawn.install(container, debs)
+    log_dir = tmp_path_factory.mktemp(f"server-nspawn-{suite}")
+    with nspawn.boot(debs, log_dir, [(debs[0].parent, "/srv/in")], suite=suite) as container:
+        # The shared tree holds every dependency of the three packages, Caddy too: take it out
+        # (the container is offline, so apt could not bring it back if the server role needed
+        # it), then install the server role as its documentation says.
+        container.run("apt-get", "purge", "-y", "caddy", timeout=600)
+        container.run("apt-get", "install", "-y",
+                      *[f"/srv/in/{p.name}" for p in nspawn.named(debs, *SERVER_ROLE)],
+                      timeout=600)
         yield container
+
+
+def test_the_server_role_installs_without_caddy_or_the_client(box):
+    status = box.run("dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n",
+                     "library-syncer*", "caddy", check=False).stdout
+    installed = sorted(line.split()[0] for line in status.splitlines()
+                       if line.split()[1:2] == ["ii"])
+    assert installed == sorted(SERVER_ROLE), status
+    assert box.run("test", "-e", "/usr/bin/caddy", check=False).returncode != 0
+    assert box.run("getent", "passwd", "library-syncer", check=False).returncode == 2
+    assert box.run("test", "-e", "/lib/systemd/system/library-syncer.timer",
+                   check=False).returncode != 0
+    # The command and the settings file come with -common.
+    assert box.run("dpkg-query", "-S", "/etc/library-syncer/library-syncer.toml"
+                   ).stdout.startswith("library-syncer-common:")
+    box.run("library-syncer", "--version")
 
 
 def _show(box: nspawn.Container, prop: str) -> str:

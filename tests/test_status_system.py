@@ -30,12 +30,12 @@ random_delay = "2h"
 
 
 @pytest.fixture(scope="module")
-def box(debs: list[Path], tmp_path_factory: pytest.TempPathFactory
+def box(debs: list[Path], suite: str, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[nspawn.Container]:
     # The packages are not installed, but their Depends pick the tree: the one the other
     # booted-systemd tests use (nspawn.package_rootfs), so it is built once.
-    log_dir = tmp_path_factory.mktemp("nspawn-status")
-    with nspawn.boot(debs, log_dir, [(TOP, "/srv/src")]) as container:
+    log_dir = tmp_path_factory.mktemp(f"nspawn-status-{suite}")
+    with nspawn.boot(debs, log_dir, [(TOP, "/srv/src")], suite=suite) as container:
         container.write(CONF, SETTINGS)
         container.sh("cp /srv/src/systemd/library-syncer.timer /srv/src/systemd/library-syncer"
                      ".service /etc/systemd/system/ && systemctl daemon-reload")

@@ -21,13 +21,13 @@ STATE = "/var/lib/library-syncer"
 
 
 @pytest.fixture(scope="module")
-def box(debs: list[Path], tmp_path_factory: pytest.TempPathFactory
+def box(debs: list[Path], suite: str, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[nspawn.Container]:
-    log_dir = tmp_path_factory.mktemp("web-nspawn")
-    with nspawn.boot(debs, log_dir, [(debs[0].parent, "/srv/in")]) as container:
-        # The client package only: the web unit is in it (the tree is the shared one, with the
+    log_dir = tmp_path_factory.mktemp(f"web-nspawn-{suite}")
+    with nspawn.boot(debs, log_dir, [(debs[0].parent, "/srv/in")], suite=suite) as container:
+        # The client role only: the web unit is in it (the tree is the shared one, with the
         # server package's openssh-server too).
-        nspawn.install(container, [p for p in debs if p.name.startswith("library-syncer_")])
+        nspawn.install(container, nspawn.named(debs, "library-syncer-common", "library-syncer"))
         # Debian's caddy.service serves its welcome page on :80 (see the unit's header).
         container.run("systemctl", "disable", "--now", "caddy.service", check=False)
         # A published snapshot, as the sync leaves it (owned by the sync's user).

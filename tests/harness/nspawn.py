@@ -3,14 +3,18 @@
 PID 1 on the test machines is not systemd, so `systemctl`, timers and the journal are exercised
 in a container instead (measured recipe: ../shared/systemd-boot.md):
 
-- `rootfs(packages)` builds a bookworm minbase tree with mmdebstrap from the host's own apt
-  sources, cached under /var/cache/library-syncer-tests keyed on the package list (a rerun is
-  instant; a fresh machine takes ~35 s). The container has no network, so everything the .debs
-  depend on must be in `packages` (`deb_depends()` reads them).
+- `rootfs(packages, suite=...)` builds a Debian minbase tree of `suite` (default bookworm; the
+  tested suites are `suites()`: bookworm and trixie) with mmdebstrap, from the Debian mirror the
+  host's apt already uses (`mirror_lines()`: /etc/apt/sources.list or deb822 *.sources, in
+  /etc/apt/sources.list.d too; $LSYNC_TEST_MIRROR and $LSYNC_TEST_SECURITY_MIRROR override),
+  cached under /var/cache/library-syncer-tests keyed on suite, mirror and package list (a rerun
+  is instant; a fresh machine takes ~35-60 s per suite). The container has no network, so
+  everything the .debs depend on must be in `packages` (`deb_depends()` reads them).
 - `Container` boots it with `--volatile=overlay` (the cached tree stays pristine), waits for
   systemd, runs commands with nsenter, and powers it off.
-- `build_debs()` builds the two packages from this tree; `boot()` boots the one tree every
-  booted-systemd test shares (`package_rootfs()`: what the packages depend on, so one cache key).
+- `build_debs()` builds the three packages from this tree (`build_release()`: those of an older
+  commit, for the upgrade test); `boot()` boots the one tree per suite every booted-systemd test
+  shares (`package_rootfs()`: what the packages depend on, so one cache key per suite).
 """
 
 from __future__ import annotations
@@ -31,8 +35,15 @@ from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[2]
 CACHE_ROOT = Path(os.environ.get("LSYNC_NSPAWN_CACHE", "/var/cache/library-syncer-tests"))
-SUITE = "bookworm"
-APT_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+DEFAULT_SUITE = "bookworm"
+# The Debian releases the packages are tested on (docs/packaging.md: the supported platforms).
+# $LSYNC_TEST_SUITES ("bookworm trixie") picks a subset, or adds one to try.
+TESTED_SUITES = ("bookworm", "trixie")
+APT_DIR = Path("/etc/apt")
+# The binary packages this tree builds (debian/control).
+PACKAGES = ("library-syncer", "library-syncer-common", "library-syncer-server")
+# The version the upgrade tests build this tree as (later than any real one).
+NEXT_VERSION = "99.0.0+test"
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "tzdata", "curl", "procps")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BOOT_TIMEOUT = 60.0
@@ -65,12 +76,152 @@ def deb_depends(debs: Iterable[Path], exclude: Iterable[str] = ()) -> list[str]:
     return sorted(names)
 
 
-def rootfs(packages: Iterable[str]) -> Path:
-    """The cached root filesystem with BASE_PACKAGES + packages; built once per package set."""
+def suites() -> list[str]:
+    """The suites the booted-systemd tests run on: $LSYNC_TEST_SUITES, or TESTED_SUITES."""
+    chosen = os.environ.get("LSYNC_TEST_SUITES", "").replace(",", " ").split()
+    return chosen or list(TESTED_SUITES)
+
+
+@dataclass(frozen=True)
+class AptSource:
+    """One `deb` entry of an apt configuration (one suite list, one URI)."""
+
+    uri: str
+    suites: tuple[str, ...]
+    components: tuple[str, ...]
+    signed_by: str = ""
+
+
+def parse_one_line(text: str) -> list[AptSource]:
+    """`deb [options] URI SUITE COMPONENT...` lines (sources.list, *.list); deb-src ignored."""
+    found = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line.startswith("deb "):
+            continue
+        rest = line[4:].strip()
+        options: dict[str, str] = {}
+        if rest.startswith("["):
+            closing = rest.index("]")
+            for option in rest[1:closing].split():
+                name, _, value = option.partition("=")
+                options[name.lower()] = value
+            rest = rest[closing + 1:].strip()
+        fields = rest.split()
+        if len(fields) < 2:
+            continue
+        found.append(AptSource(fields[0], (fields[1],), tuple(fields[2:]),
+                               options.get("signed-by", "")))
+    return found
+
+
+def parse_deb822(text: str) -> list[AptSource]:
+    """deb822 stanzas (*.sources): Types/URIs/Suites/Components/Signed-By, Enabled: no skipped."""
+    found = []
+    for stanza in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        last = ""
+        for raw in stanza.splitlines():
+            if raw.startswith("#") or not raw.strip():
+                continue
+            if raw[0] in " \t" and last:  # continuation (an inline Signed-By key, say)
+                fields[last] += "\n" + raw.strip()
+                continue
+            name, _, value = raw.partition(":")
+            last = name.strip().lower()
+            fields[last] = value.strip()
+        if "deb" not in fields.get("types", "").split():
+            continue
+        if fields.get("enabled", "yes").lower() == "no":
+            continue
+        signed_by = fields.get("signed-by", "")
+        if "\n" in signed_by:  # an embedded key: mmdebstrap takes file names only
+            signed_by = ""
+        for uri in fields.get("uris", "").split():
+            found.append(AptSource(uri, tuple(fields.get("suites", "").split()),
+                                   tuple(fields.get("components", "").split()), signed_by))
+    return found
+
+
+def host_sources(apt_dir: Path = APT_DIR) -> list[AptSource]:
+    """Every `deb` entry apt reads: sources.list, sources.list.d/*.list and *.sources (apt
+    ignores other names, such as the *.disabled files some hosts keep)."""
+    found = []
+    one_line = [apt_dir / "sources.list"]
+    parts = apt_dir / "sources.list.d"
+    if parts.is_dir():
+        one_line += sorted(parts.glob("*.list"))
+        found += [s for p in sorted(parts.glob("*.sources")) for s in parse_deb822(p.read_text())]
+    found = [s for p in one_line if p.is_file() for s in parse_one_line(p.read_text())] + found
+    return found
+
+
+def _path_parts(uri: str) -> list[str]:
+    return [part for part in uri.split("://", 1)[-1].split("/")[1:] if part]
+
+
+def debian_mirrors(sources: Iterable[AptSource]) -> tuple[AptSource | None, AptSource | None]:
+    """The Debian main archive entry and the security archive entry among `sources`.
+
+    The main archive is the first entry with component main whose URI path has a `debian`
+    folder (deb.debian.org/debian, a country mirror, a proxy's …/debian, snapshot's
+    archive/debian/DATE); the security one has a `debian-security` folder. Third-party
+    repositories (nodesource, Google, …) have neither and are ignored."""
+    archive = security = None
+    for source in sources:
+        if "main" not in source.components:
+            continue
+        parts = _path_parts(source.uri)
+        if "debian-security" in parts and security is None:
+            security = source
+        elif ("debian" in parts and archive is None
+              and not all(s.endswith("-security") for s in source.suites)):
+            archive = source
+    return archive, security
+
+
+def mirror_lines(suite: str, apt_dir: Path = APT_DIR,
+                 environ: dict[str, str] | None = None) -> list[str]:
+    """The apt lines mmdebstrap builds `suite` from: SUITE and SUITE-updates from the host's
+    Debian mirror, SUITE-security from its security mirror (when the host has one).
+
+    $LSYNC_TEST_MIRROR replaces the main archive URI and $LSYNC_TEST_SECURITY_MIRROR the
+    security one (empty: none). Fails, naming the variable, when neither the host nor the
+    environment names a Debian mirror (an Ubuntu host, for one)."""
+    env = os.environ if environ is None else environ
+    archive, security = debian_mirrors(host_sources(apt_dir))
+    archive_uri = env.get("LSYNC_TEST_MIRROR") or (archive.uri if archive else "")
+    assert archive_uri, (
+        f"no Debian main archive (a URI …/debian with component main) in {apt_dir}/sources.list "
+        f"or {apt_dir}/sources.list.d/*.{{list,sources}}: set LSYNC_TEST_MIRROR, e.g. "
+        "http://deb.debian.org/debian")
+    if "LSYNC_TEST_SECURITY_MIRROR" in env:
+        security_uri = env["LSYNC_TEST_SECURITY_MIRROR"]
+    else:
+        security_uri = security.uri if security else ""
+
+    def line(source: AptSource | None, uri: str, suite_name: str) -> str:
+        keyring = source.signed_by if source and source.uri == uri else ""
+        options = f"[signed-by={keyring}] " if keyring else ""
+        return f"deb {options}{uri} {suite_name} main"
+
+    lines = [line(archive, archive_uri, suite)]
+    if suite not in ("sid", "unstable", "experimental"):
+        lines.append(line(archive, archive_uri, f"{suite}-updates"))
+        if security_uri:
+            lines.append(line(security, security_uri, f"{suite}-security"))
+    return lines
+
+
+def rootfs(packages: Iterable[str], suite: str = DEFAULT_SUITE) -> Path:
+    """The cached root filesystem of `suite` with BASE_PACKAGES + packages; built once per
+    suite, mirror and package set."""
     include = sorted(set(BASE_PACKAGES) | set(packages))
-    key = hashlib.sha256(f"{SUITE} {' '.join(include)} {CUSTOMIZE}".encode()).hexdigest()[:16]
+    sources = mirror_lines(suite)
+    key = hashlib.sha256(f"{suite} {' '.join(include)} {CUSTOMIZE} {sources}".encode()
+                         ).hexdigest()[:16]
     CACHE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
-    target = CACHE_ROOT / f"rootfs-{SUITE}-{key}"
+    target = CACHE_ROOT / f"rootfs-{suite}-{key}"
     with open(CACHE_ROOT / ".lock", "w") as lock:  # two test runs never build the same tree
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / ".complete").exists():
@@ -78,38 +229,86 @@ def rootfs(packages: Iterable[str]) -> Path:
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         argv = ["mmdebstrap", "--variant=minbase", "--include=" + ",".join(include),
-                f"--customize-hook={CUSTOMIZE}", SUITE, str(partial), str(APT_SOURCES)]
+                f"--customize-hook={CUSTOMIZE}", suite, str(partial), *sources]
+        started = time.monotonic()
         result = subprocess.run(argv, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, "mmdebstrap failed:\n" + result.stderr[-3000:]
-        (partial / ".complete").write_text(" ".join(include) + "\n")
+        (partial / ".complete").write_text(
+            " ".join(include) + "\n" + "\n".join(sources) + "\n"
+            + f"built in {time.monotonic() - started:.0f} s\n")
         shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)
     return target
 
 
 def build_debs(out: Path, *options: str) -> list[Path]:
-    """Both packages built from this tree into `out` (packaging/build-deb `options`)."""
+    """The three packages built from this tree into `out` (packaging/build-deb `options`)."""
     result = subprocess.run([str(TOP / "packaging" / "build-deb"), *options, str(out)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"build-deb failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     found = sorted(out.glob("*.deb"))
     names = sorted(p.name.split("_")[0] for p in found)
-    assert names == ["library-syncer", "library-syncer-server"], names
+    assert names == sorted(PACKAGES), names
     return found
 
 
-def package_rootfs(debs: Iterable[Path]) -> Path:
+def build_release(commit: str, version: str) -> list[Path]:
+    """The packages of an older commit of this repository, built with that commit's own
+    packaging/build-deb (from `git archive`), cached under CACHE_ROOT by commit."""
+    full = subprocess.run(["git", "-C", str(TOP), "rev-parse", "--verify", f"{commit}^{{commit}}"],
+                          capture_output=True, text=True)
+    assert full.returncode == 0, (
+        f"commit {commit} is not in this clone ({full.stderr.strip()}): the upgrade test builds "
+        "that release from it; fetch the history (git fetch --unshallow)")
+    out = CACHE_ROOT / f"debs-{version}-{full.stdout.strip()[:12]}"
+    CACHE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with open(CACHE_ROOT / ".lock-debs", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / ".complete").exists():
+            return sorted(out.glob("*.deb"))
+        shutil.rmtree(out, ignore_errors=True)
+        work = CACHE_ROOT / f".build-{version}-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        try:
+            archive = subprocess.run(["git", "-C", str(TOP), "archive", full.stdout.strip()],
+                                     capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+            result = subprocess.run([str(work / "packaging" / "build-deb"), str(out)],
+                                    capture_output=True, text=True, timeout=900)
+            assert result.returncode == 0, (f"build-deb of {commit} failed:\n{result.stdout}\n"
+                                            f"{result.stderr[-4000:]}")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        found = sorted(out.glob("*.deb"))
+        versions = {subprocess.run(["dpkg-deb", "-f", str(p), "Version"], check=True,
+                                   capture_output=True, text=True).stdout.strip() for p in found}
+        assert found and versions == {version}, (found, versions)
+        (out / ".complete").write_text(f"{commit}\n")
+    return found
+
+
+def named(debs: Iterable[Path], *names: str) -> list[Path]:
+    """The .debs of the named packages (library-syncer-common, …): exactly one for each name."""
+    chosen = [p for p in debs if p.name.split("_")[0] in names]
+    assert sorted(p.name.split("_")[0] for p in chosen) == sorted(names), (names, debs)
+    return chosen
+
+
+def package_rootfs(debs: Iterable[Path], suite: str = DEFAULT_SUITE) -> Path:
     """The tree every booted-systemd test uses: what the packages depend on. One package set for
-    all of them, so one cached tree (one mmdebstrap on a fresh machine) serves every test file."""
-    return rootfs(deb_depends(debs, exclude={"library-syncer"}))
+    all of them, so one cached tree per suite (one mmdebstrap on a fresh machine) serves every
+    test file."""
+    return rootfs(deb_depends(debs, exclude=PACKAGES), suite)
 
 
 @contextlib.contextmanager
-def boot(debs: Iterable[Path], log_dir: Path,
-         binds_ro: Sequence[tuple[Path, str]] = ()) -> Iterator[Container]:
-    """A booted container on package_rootfs(debs), console log in `log_dir`; powered off after."""
+def boot(debs: Iterable[Path], log_dir: Path, binds_ro: Sequence[tuple[Path, str]] = (),
+         suite: str = DEFAULT_SUITE) -> Iterator[Container]:
+    """A booted container on package_rootfs(debs, suite), console log in `log_dir`; powered off
+    after."""
     require_tools()
-    with Container(package_rootfs(debs), binds_ro=binds_ro,
+    with Container(package_rootfs(debs, suite), binds_ro=binds_ro,
                    log_file=log_dir / "console.log") as container:
         yield container
 

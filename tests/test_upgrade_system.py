@@ -1,0 +1,176 @@
+"""Upgrades from the released 0.1.0 packages on a real, booted systemd (systemd-nspawn), on each
+tested suite.
+
+0.1.0 had two packages: library-syncer (the command, the settings conffile, the client units,
+Caddy) and library-syncer-server (depending on it). From 0.2.0 the command and the settings file
+are in library-syncer-common (Breaks/Replaces library-syncer << 0.2.0~). Built from git commit
+24e4780 with that commit's own packaging/build-deb (cached, nspawn.build_release), installed,
+used as an operator would (settings edited, schedule applied, timer started, a published
+library), then upgraded to this tree's packages and once more to a later version: the edited
+settings file stays, with no prompt and nothing left beside it, and dpkg still knows it as edited
+(a later example file would be offered, not silently installed); the state, the published
+library and the schedule stay; the timer stays as the operator left it (running, stopped, or
+disabled).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import nspawn
+
+pytestmark = pytest.mark.system
+
+RELEASE_COMMIT = "24e4780"
+RELEASE_VERSION = "0.1.0"
+CONF = "/etc/library-syncer/library-syncer.toml"
+DROPIN = "/etc/systemd/system/library-syncer.timer.d/50-schedule.conf"
+TIMER = "library-syncer.timer"
+SERVICE = "library-syncer.service"
+STATE = "/var/lib/library-syncer"
+# An operator's edit of the shipped example: values changed in place and a comment added.
+EDIT = (r's/^name = "Library"$/name = "Paris library"/;'
+        r's/^peer = ""$/peer = "192.0.2.10"  # site paris, edited by hand/;'
+        r's/^schedule = .*/schedule = "Tue *-*-* 02:30:00"/;'
+        r's/^random_delay = .*/random_delay = "15min"/')
+
+@pytest.fixture(scope="module")
+def release_debs() -> list[Path]:
+    nspawn.require_tools()
+    return nspawn.build_release(RELEASE_COMMIT, RELEASE_VERSION)
+
+
+@pytest.fixture
+def box(release_debs: list[Path], debs: list[Path], next_debs: list[Path], suite: str,
+        tmp_path: Path) -> Iterator[nspawn.Container]:
+    """A fresh container with the 0.1.0 packages installed."""
+    binds = [(release_debs[0].parent, "/srv/in-old"), (debs[0].parent, "/srv/in"),
+             (next_debs[0].parent, "/srv/in-next")]
+    with nspawn.boot(debs, tmp_path, binds, suite=suite) as container:
+        nspawn.install(container, release_debs, "/srv/in-old")
+        versions = container.run("dpkg-query", "-W", "-f=${Package} ${Version}\n",
+                                 "library-syncer*").stdout.split("\n")
+        assert sorted(filter(None, versions)) == [
+            "library-syncer 0.1.0", "library-syncer-server 0.1.0"], versions
+        yield container
+
+
+def _show(box: nspawn.Container, unit: str, prop: str) -> str:
+    return box.run("systemctl", "show", f"--property={prop}", "--value", unit).stdout.strip()
+
+
+def _timer_state(box: nspawn.Container) -> tuple[str, str]:
+    enabled = box.run("systemctl", "is-enabled", TIMER, check=False).stdout.strip()
+    return enabled, _show(box, TIMER, "ActiveState")
+
+
+def _upgrade(box: nspawn.Container, folder: str, debs: list[Path], version: str) -> str:
+    """apt-get install the three packages; --force-confnew: had dpkg seen a conffile conflict
+    (the prompt an operator would get), it would install the package's file over the edit."""
+    result = box.run("apt-get", "install", "-y", "-o", "Dpkg::Options::=--force-confnew",
+                     *[f"{folder}/{p.name}" for p in debs], timeout=600)
+    versions = box.run("dpkg-query", "-W", "-f=${Package} ${Version}\n", *nspawn.PACKAGES
+                       ).stdout.split("\n")
+    assert sorted(filter(None, versions)) == [f"{name} {version}" for name in
+                                              sorted(nspawn.PACKAGES)], versions
+    return result.stdout + result.stderr
+
+
+def _conffiles(box: nspawn.Container, package: str) -> dict[str, list[str]]:
+    """The settings file's entry in dpkg's record of `package`: {path: [hash, flags…]}."""
+    listed = box.run("dpkg-query", "-W", "-f=${Conffiles}\n", package).stdout
+    return {f[0]: f[1:] for f in map(str.split, listed.splitlines()) if f and f[0] == CONF}
+
+
+def _shipped_hash(deb: Path) -> str:
+    """md5 of the settings file inside a .deb (what dpkg records for an unedited install)."""
+    text = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True,
+                          check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(text)) as tar:
+        member = tar.extractfile("." + CONF)
+        assert member is not None
+        return hashlib.md5(member.read()).hexdigest()
+
+
+def test_edited_settings_state_and_published_library_survive_the_split(
+        box: nspawn.Container, release_debs: list[Path], debs: list[Path],
+        next_debs: list[Path]) -> None:
+    # The operator's 0.1.0 site: settings edited, schedule applied, timer started, a library.
+    box.run("sed", "-i", EDIT, CONF)
+    box.run("library-syncer", "apply")
+    box.run("systemctl", "start", TIMER)  # 0.1.0 enabled it at install but started nothing
+    box.sh(f"""
+        mkdir -p {STATE}/snapshots/1/tiny
+        printf 'ISO-DATA' > {STATE}/snapshots/1/tiny/tiny.iso
+        library-syncer manifest build {STATE}/snapshots/1 --name 'Paris library' \
+            --state {STATE}/cache/manifest
+        ln -sfn snapshots/1 {STATE}/published
+        chown -R library-syncer:library-syncer {STATE}
+    """)
+    edited = box.sh(f"cat {CONF}")
+    assert 'peer = "192.0.2.10"  # site paris' in edited and '"Paris library"' in edited
+    listing = f"find {STATE} -printf '%p %y %s %U %m %l\\n' | sort; cat {STATE}/published/lib.json"
+    state = box.sh(listing)
+    assert "/published/" not in state and "lib.json" in state
+    schedule = (box.sh(f"cat {DROPIN}"), _show(box, TIMER, "TimersCalendar"))
+    assert "Tue *-*-* 02:30:00" in schedule[0]
+    ran = _show(box, SERVICE, "ExecMainStartTimestampMonotonic")
+    assert _timer_state(box) == ("enabled", "active")
+    release_example = _shipped_hash(nspawn.named(release_debs, "library-syncer")[0])
+    assert _conffiles(box, "library-syncer") == {CONF: [release_example]}
+    assert hashlib.md5(edited.encode()).hexdigest() != release_example
+
+    for folder, packages, version in (("/srv/in", debs, "0.2.0"),
+                                      ("/srv/in-next", next_debs, nspawn.NEXT_VERSION)):
+        output = _upgrade(box, folder, packages, version)
+        assert "Configuration file" not in output, output  # dpkg's conffile prompt
+        assert box.sh(f"cat {CONF}") == edited
+        leftovers = box.sh("find /etc/library-syncer -name '*.dpkg-*' -o -name '*.ucf-*'")
+        assert leftovers == "", leftovers
+        # The file belongs to -common now, and dpkg still records the shipped example's hash:
+        # the edit stays an edit for every later upgrade.
+        assert box.run("dpkg-query", "-S", CONF).stdout.startswith("library-syncer-common: ")
+        common = nspawn.named(packages, "library-syncer-common")[0]
+        assert _conffiles(box, "library-syncer-common") == {CONF: [_shipped_hash(common)]}
+        # library-syncer keeps at most an "obsolete" mark (dpkg's record of a conffile that
+        # moved away): it no longer owns the file (the purge below proves it).
+        assert _conffiles(box, "library-syncer") in ({}, {CONF: [release_example, "obsolete"]})
+        assert box.sh(listing) == state
+        assert (box.sh(f"cat {DROPIN}"), _show(box, TIMER, "TimersCalendar")) == schedule
+        assert _timer_state(box) == ("enabled", "active")
+        assert _show(box, SERVICE, "ExecMainStartTimestampMonotonic") == ran  # no sync ran
+        assert box.run("library-syncer", "--version").stdout.split() == [
+            "library-syncer", "0.2.0"]
+        box.run("library-syncer", "config", "validate", "-c", CONF)
+
+    # A site that drops the client role (purge, not just remove): the settings file belongs to
+    # -common and stays, edited; the client's state goes, as documented.
+    box.run("apt-get", "purge", "-y", "library-syncer", timeout=600)
+    assert box.sh(f"cat {CONF}") == edited
+    assert box.run("test", "-e", STATE, check=False).returncode != 0
+
+
+@pytest.mark.parametrize("operator", ["stopped", "disabled"])
+def test_a_stopped_or_disabled_timer_stays_so_across_upgrades(
+        box: nspawn.Container, debs: list[Path], next_debs: list[Path], operator: str) -> None:
+    box.run("systemctl", "start", TIMER)
+    if operator == "stopped":
+        box.run("systemctl", "stop", TIMER)
+        expected = ("enabled", "inactive")
+    else:
+        box.run("systemctl", "disable", "--now", TIMER)
+        expected = ("disabled", "inactive")
+    assert _timer_state(box) == expected
+    for folder, packages, version in (("/srv/in", debs, "0.2.0"),
+                                      ("/srv/in-next", next_debs, nspawn.NEXT_VERSION)):
+        _upgrade(box, folder, packages, version)
+        assert _timer_state(box) == expected, version
+        assert TIMER not in box.run("systemctl", "list-timers", "--no-pager").stdout
+        assert _show(box, SERVICE, "ExecMainStartTimestampMonotonic") == "0"
