@@ -3,8 +3,8 @@ tested suite.
 
 0.1.0 had two packages: library-syncer (the command, the settings conffile, the client units,
 Caddy) and library-syncer-server (depending on it). From 0.2.0 the command and the settings file
-are in library-syncer-common (Breaks/Replaces library-syncer << 0.2.0~). Built from git commit
-24e4780 with that commit's own packaging/build-deb (cached, nspawn.build_release), installed,
+are in library-syncer-common (Breaks/Replaces library-syncer << 0.2.0~). The 0.1.0 packages as
+shipped (tests/data/releases/0.1.0: built from commit 24e4780 by its own build-deb), installed,
 used as an operator would (settings edited, schedule applied, timer started, a published
 library), then upgraded to this tree's packages and once more to a later version: the edited
 settings file stays, with no prompt and nothing left beside it, and dpkg still knows it as edited
@@ -28,7 +28,6 @@ from tests.harness import nspawn
 
 pytestmark = pytest.mark.system
 
-RELEASE_COMMIT = "24e4780"
 RELEASE_VERSION = "0.1.0"
 CONF = "/etc/library-syncer/library-syncer.toml"
 DROPIN = "/etc/systemd/system/library-syncer.timer.d/50-schedule.conf"
@@ -44,7 +43,7 @@ EDIT = (r's/^name = "Library"$/name = "Paris library"/;'
 @pytest.fixture(scope="module")
 def release_debs() -> list[Path]:
     nspawn.require_tools()
-    return nspawn.build_release(RELEASE_COMMIT, RELEASE_VERSION)
+    return nspawn.released(RELEASE_VERSION)
 
 
 @pytest.fixture
@@ -71,10 +70,12 @@ def _timer_state(box: nspawn.Container) -> tuple[str, str]:
     return enabled, _show(box, TIMER, "ActiveState")
 
 
-def _upgrade(box: nspawn.Container, folder: str, debs: list[Path], version: str) -> str:
-    """apt-get install the three packages; --force-confnew: had dpkg seen a conffile conflict
-    (the prompt an operator would get), it would install the package's file over the edit."""
-    result = box.run("apt-get", "install", "-y", "-o", "Dpkg::Options::=--force-confnew",
+def _upgrade(box: nspawn.Container, folder: str, debs: list[Path], version: str,
+             conffiles: str = "--force-confnew") -> str:
+    """apt-get install the three packages. --force-confnew: had dpkg seen a conffile conflict
+    (the prompt an operator would get), it would install the package's file over the edit;
+    --force-confold: what unattended upgrades do (keep the edit, the new example beside it)."""
+    result = box.run("apt-get", "install", "-y", "-o", f"Dpkg::Options::={conffiles}",
                      *[f"{folder}/{p.name}" for p in debs], timeout=600)
     versions = box.run("dpkg-query", "-W", "-f=${Package} ${Version}\n", *nspawn.PACKAGES
                        ).stdout.split("\n")
@@ -127,11 +128,24 @@ def test_edited_settings_state_and_published_library_survive_the_split(
     assert _conffiles(box, "library-syncer") == {CONF: [release_example]}
     assert hashlib.md5(edited.encode()).hexdigest() != release_example
 
-    for folder, packages, version in (("/srv/in", debs, "0.2.0"),
-                                      ("/srv/in-next", next_debs, nspawn.NEXT_VERSION)):
-        output = _upgrade(box, folder, packages, version)
-        assert "Configuration file" not in output, output  # dpkg's conffile prompt
+    # 0.1.0 -> 0.2.0: the shipped example gained settings, so dpkg sees an edited file and a new
+    # example (an operator would be asked; unattended upgrades keep the edit, --force-confold).
+    # 0.2.0 -> next: the same example; even --force-confnew keeps the edit: no conflict at all.
+    previous_example = release_example
+    for folder, packages, version, conffiles in (
+            ("/srv/in", debs, "0.2.0", "--force-confold"),
+            ("/srv/in-next", next_debs, nspawn.NEXT_VERSION, "--force-confnew")):
+        output = _upgrade(box, folder, packages, version, conffiles)
         assert box.sh(f"cat {CONF}") == edited
+        example = _shipped_hash(nspawn.named(packages, "library-syncer-common")[0])
+        if example != previous_example:
+            assert "Configuration file" in output and "Using current old file" in output
+            dist = box.sh(f"cat {CONF}.dpkg-dist")
+            assert hashlib.md5(dist.encode()).hexdigest() == example
+            box.run("rm", f"{CONF}.dpkg-dist")  # the operator has read the new example
+        else:
+            assert "Configuration file" not in output, output  # dpkg's conffile prompt
+        previous_example = example
         leftovers = box.sh("find /etc/library-syncer -name '*.dpkg-*' -o -name '*.ucf-*'")
         assert leftovers == "", leftovers
         # The file belongs to -common now, and dpkg still records the shipped example's hash:

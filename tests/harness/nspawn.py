@@ -12,9 +12,10 @@ in a container instead (measured recipe: ../shared/systemd-boot.md):
   everything the .debs depend on must be in `packages` (`deb_depends()` reads them).
 - `Container` boots it with `--volatile=overlay` (the cached tree stays pristine), waits for
   systemd, runs commands with nsenter, and powers it off.
-- `build_debs()` builds the three packages from this tree (`build_release()`: those of an older
-  commit, for the upgrade test); `boot()` boots the one tree per suite every booted-systemd test
-  shares (`package_rootfs()`: what the packages depend on, so one cache key per suite).
+- `build_debs()` builds the three packages from this tree (`released()`: a shipped release kept
+  in tests/data/releases, for the upgrade test); `boot()` boots the one tree per suite every
+  booted-systemd test shares (`package_rootfs()`: what the packages depend on, so one cache key
+  per suite).
 """
 
 from __future__ import annotations
@@ -252,39 +253,18 @@ def build_debs(out: Path, *options: str) -> list[Path]:
     return found
 
 
-def build_release(commit: str, version: str) -> list[Path]:
-    """The packages of an older commit of this repository, built with that commit's own
-    packaging/build-deb (from `git archive`), cached under CACHE_ROOT by commit."""
-    full = subprocess.run(["git", "-C", str(TOP), "rev-parse", "--verify", f"{commit}^{{commit}}"],
-                          capture_output=True, text=True)
-    assert full.returncode == 0, (
-        f"commit {commit} is not in this clone ({full.stderr.strip()}): the upgrade test builds "
-        "that release from it; fetch the history (git fetch --unshallow)")
-    out = CACHE_ROOT / f"debs-{version}-{full.stdout.strip()[:12]}"
-    CACHE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
-    with open(CACHE_ROOT / ".lock-debs", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (out / ".complete").exists():
-            return sorted(out.glob("*.deb"))
-        shutil.rmtree(out, ignore_errors=True)
-        work = CACHE_ROOT / f".build-{version}-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        try:
-            archive = subprocess.run(["git", "-C", str(TOP), "archive", full.stdout.strip()],
-                                     capture_output=True, check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
-            result = subprocess.run([str(work / "packaging" / "build-deb"), str(out)],
-                                    capture_output=True, text=True, timeout=900)
-            assert result.returncode == 0, (f"build-deb of {commit} failed:\n{result.stdout}\n"
-                                            f"{result.stderr[-4000:]}")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        found = sorted(out.glob("*.deb"))
-        versions = {subprocess.run(["dpkg-deb", "-f", str(p), "Version"], check=True,
-                                   capture_output=True, text=True).stdout.strip() for p in found}
-        assert found and versions == {version}, (found, versions)
-        (out / ".complete").write_text(f"{commit}\n")
+RELEASES = TOP / "tests" / "data" / "releases"
+
+
+def released(version: str) -> list[Path]:
+    """The packages of a released version as they were shipped, kept in the repository
+    (tests/data/releases/<version>/: built by that release's own packaging/build-deb), so an
+    upgrade test needs no history of the clone and no rebuild of old code."""
+    found = sorted((RELEASES / version).glob("*.deb"))
+    versions = {subprocess.run(["dpkg-deb", "-f", str(p), "Version"], check=True,
+                               capture_output=True, text=True).stdout.strip() for p in found}
+    assert found and versions == {version}, (f"no packages of {version} in "
+                                             f"{RELEASES / version}", found, versions)
     return found
 
 
