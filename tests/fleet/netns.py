@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from library_syncer import execute
+from library_syncer.base import execute
 
 PREFIX = "lsfleet"
 SUBNET = "198.18.0"  # inside 198.18.0.0/15, the benchmarking range; /24 is plenty for 200 sites

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__, execute, lock, manifest, metrics, rsync, snapshot, state
-from . import config as config_module
-from .config import Config
-from .errors import (
+from .. import __version__
+from ..base import config as config_module
+from ..base import execute
+from ..base.config import Config
+from ..base.errors import (
     ConfigError,
     ConfigProblem,
     ExitStatus,
@@ -33,9 +34,11 @@ from .errors import (
     SyncerError,
     VerifyError,
 )
+from ..base.units import format_bytes, format_duration
+from ..manifest import vcsp
+from . import last_run, lock, metrics, rsync, snapshot
+from .last_run import RunRecord
 from .progress import Reporter
-from .state import RunRecord
-from .units import format_bytes, format_duration
 
 log = logging.getLogger("library-syncer")
 
@@ -187,10 +190,10 @@ def transfer(config: Config, layout: snapshot.Layout, staging: Path, published: 
 
 
 def _build_manifests(config: Config, layout: snapshot.Layout, staging: Path,
-                     published: Path | None) -> manifest.BuildReport:
+                     published: Path | None) -> vcsp.BuildReport:
     lib = config.library
     try:
-        return manifest.build(staging, name=lib.name, state_dir=layout.cache, previous=published,
+        return vcsp.build(staging, name=lib.name, state_dir=layout.cache, previous=published,
                               include_certs=lib.include_certs, workers=lib.workers,
                               description=lib.description)
     except OSError as error:
@@ -202,11 +205,11 @@ def _build_manifests(config: Config, layout: snapshot.Layout, staging: Path,
 def _write_page(config: Config, staging: Path) -> None:
     """The human page (index.html) when the web role's module is installed; never fatal."""
     try:
-        from . import page, web
+        from ..web import caddy, page
     except ImportError:
         return
     try:
-        page.write_index(staging, url=web.subscription_url(config),
+        page.write_index(staging, url=caddy.subscription_url(config),
                          synced_at=datetime.now(timezone.utc))
     except (SyncerError, OSError) as error:
         log.warning("index.html not written: %s", error)
@@ -356,7 +359,7 @@ def _finish(config: Config, record: RunRecord, started: float,
     if record.snapshot:
         record.last_success = record.finished
     try:
-        state.write_last_run(config, record)
+        last_run.write_last_run(config, record)
         if config.metrics.textfile:
             metrics.write(config.metrics.textfile, record)
     except OSError as write_error:
@@ -398,7 +401,7 @@ def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
 
 def _previous_record(config: Config) -> RunRecord | None:
     try:
-        return state.load_last_run(config)
+        return last_run.load_last_run(config)
     except (OSError, ValueError, TypeError):
         return None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .config import SyncConfig
+from ..base.config import SyncConfig
 
 # Phrases ssh prints (OpenSSH 8-9), mapped to what went wrong.
 HOST_KEY_CHANGED = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "Host key for",

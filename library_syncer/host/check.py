@@ -24,11 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config as config_module
-from . import execute, timer, web
-from .config import Config
-from .errors import CheckFailed, ConfigError, SyncerError
-from .units import format_bytes
+from ..base import config as config_module
+from ..base import execute
+from ..base.config import Config
+from ..base.errors import CheckFailed, ConfigError, SyncerError
+from ..base.units import format_bytes
+from ..sync import timer
+from ..web import caddy
 
 SYNC_USER = "library-syncer"  # the service's account (packaging/debian/library-syncer.sysusers)
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
@@ -112,7 +114,7 @@ def _name(lookup: Callable, number: int) -> str:
 
 
 def check_host_key(config: Config) -> list[Result]:
-    from . import ssh
+    from ..sync import ssh
 
     known = config.sync.known_hosts
     pattern = ssh.host_pattern(config.sync)
@@ -138,9 +140,9 @@ def check_host_key(config: Config) -> list[Result]:
 
 def check_server(config: Config) -> list[Result]:
     """SSH handshake + rrsync listing: the server answers and accepts this site's key."""
-    from . import sync
+    from ..sync import run
 
-    argv = sync.list_argv(config)
+    argv = run.list_argv(config)
     target = f"{config.sync.user}@{config.sync.peer}:{config.sync.port}"
     try:
         result = execute.run(argv, capture=True, check=False,
@@ -155,7 +157,7 @@ def check_server(config: Config) -> list[Result]:
 
 
 def _server_failure(config: Config, target: str, result: execute.Result) -> Result:
-    from . import ssh
+    from ..sync import ssh
 
     last = result.tail[-1] if result.tail else f"exit status {result.returncode}"
     key, pattern = config.sync.identity_file, ssh.host_pattern(config.sync)
@@ -184,7 +186,7 @@ def _server_failure(config: Config, target: str, result: execute.Result) -> Resu
 
 def check_web(config: Config) -> list[Result]:
     try:
-        text = web.render_caddyfile(config, warn=False)
+        text = caddy.render_caddyfile(config, warn=False)
     except ConfigError as error:
         return [Result(FAIL, "web", str(p), "edit the [web] section") for p in error.problems]
     except SyncerError as error:
@@ -194,12 +196,12 @@ def check_web(config: Config) -> list[Result]:
         path.write_text(text)
         env = dict(os.environ, XDG_DATA_HOME=tmp, XDG_CONFIG_HOME=tmp, HOME=tmp)
         try:
-            web.validate(config, path, env=env)
+            caddy.validate(config, path, env=env)
         except ConfigError as error:
             return [Result(FAIL, "web", error.problems[0].expected, "edit the [web] section")]
         except SyncerError as error:
             return [Result(FAIL, "web", str(error), "install caddy or set web.caddy")]
-    return [Result(OK, "web", f"Caddyfile validates; vCenter URL {web.subscription_url(config)}")]
+    return [Result(OK, "web", f"Caddyfile validates; vCenter URL {caddy.subscription_url(config)}")]
 
 
 def _library_size(config: Config) -> int:
@@ -289,10 +291,10 @@ def is_server(config: Config) -> bool:
 
 
 def check_server_account(config: Config) -> list[Result]:
-    from . import server
+    from ..server import sshd
 
     try:
-        account = server.check_account(config)
+        account = sshd.check_account(config)
     except SyncerError as error:
         return [Result(FAIL, "account", error.message, error.hint or "")]
     return [Result(OK, "account", f"{account.pw_name} (UID {account.pw_uid}, shell "
@@ -321,21 +323,21 @@ def _uid_of(user: str) -> int | None:
 
 
 def check_sites(config: Config) -> list[Result]:
-    from . import server
+    from ..server import sshd
 
-    sites = server.list_keys(config)
+    sites = sshd.list_keys(config)
     if not sites:
         return [Result(FAIL, "sites", f"no site is authorized in "
-                       f"{server.authorized_keys_path(config)}",
+                       f"{sshd.authorized_keys_path(config)}",
                        "library-syncer server authorize SITE.pub --site NAME")]
     names = ", ".join(s.site for s in sites[:5]) + (" …" if len(sites) > 5 else "")
     return [Result(OK, "sites", f"{len(sites)} authorized: {names}")]
 
 
 def check_sshd_config(config: Config) -> list[Result]:
-    from . import server
+    from ..server import sshd
 
-    missing = [p for p in server.host_key_paths(config) if not p.exists()]
+    missing = [p for p in sshd.host_key_paths(config) if not p.exists()]
     if missing:
         return [Result(FAIL, "sshd", f"host key {missing[0]} is missing",
                        f"systemctl restart {SERVER_UNIT} (creates missing keys) or "
@@ -344,9 +346,9 @@ def check_sshd_config(config: Config) -> list[Result]:
         return [Result(SKIP, "sshd", "sshd -t needs root to read the host keys")]
     with tempfile.TemporaryDirectory(prefix="library-syncer-check.") as tmp:
         path = Path(tmp) / "sshd_config"
-        path.write_text(server.render_sshd_config(config))
+        path.write_text(sshd.render_sshd_config(config))
         try:
-            server.check_config(config, path, shown=Path("(rendered sshd_config)"))
+            sshd.check_config(config, path, shown=Path("(rendered sshd_config)"))
         except SyncerError as error:
             return [Result(FAIL, "sshd", error.message, error.hint or "")]
     return [Result(OK, "sshd", f"the rendered sshd_config passes sshd -t (port "

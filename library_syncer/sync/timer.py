@@ -15,11 +15,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config as config_module
-from . import execute, fsutil, render
-from .config import Config
-from .errors import CommandFailed, ConfigError, ConfigProblem, SyncerError
-from .units import format_duration
+from ..base import config as config_module
+from ..base import execute, fsutil, render
+from ..base.config import Config
+from ..base.errors import CommandFailed, ConfigError, ConfigProblem, SyncerError
+from ..base.units import format_duration
 
 TIMER = "library-syncer.timer"
 DROPIN_NAME = "50-schedule.conf"

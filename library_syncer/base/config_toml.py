@@ -203,10 +203,10 @@ def generated_text() -> str:
 
 def validate(args: argparse.Namespace) -> int:
     """`config validate`: every problem of the file (and of the web settings' files) at once."""
-    from . import web
+    from ..web import caddy
 
     config = config_module.load(args.config)
-    problems, warnings = web.check(config)
+    problems, warnings = caddy.check(config)
     for warning in warnings:
         log.warning("library-syncer: warning: %s", warning)
     if problems:

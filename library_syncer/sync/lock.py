@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import LockHeld
+from ..base.errors import LockHeld
 
 
 def _holder(fd: int) -> str:

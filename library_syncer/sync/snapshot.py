@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import fsutil, ovf
-from .config import Config
-from .errors import DiskFull, SyncerError
-from .units import format_bytes
+from ..base import fsutil
+from ..base.config import Config
+from ..base.errors import DiskFull, SyncerError
+from ..base.units import format_bytes
+from ..manifest import ovf
 
 log = logging.getLogger("library-syncer.snapshot")
 

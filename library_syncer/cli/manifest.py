@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from . import manifest
-from .errors import ExitStatus
+from ..base.errors import ExitStatus
+from ..manifest import vcsp
 
 log = logging.getLogger("library-syncer")
 
@@ -15,7 +15,7 @@ def build(args: argparse.Namespace) -> int:
     """Build, print a summary; exit with the verification status when an item was left out."""
     root = args.path
     name = args.name or root.resolve().name
-    report = manifest.build(root, name=name, state_dir=args.state,
+    report = vcsp.build(root, name=name, state_dir=args.state,
                             include_certs=not args.no_certs, workers=args.workers)
     for warning in report.warnings:
         log.warning("library-syncer: warning: %s", warning)

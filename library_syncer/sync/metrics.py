@@ -9,8 +9,8 @@ import calendar
 import time
 from pathlib import Path
 
-from . import fsutil
-from .state import RunRecord
+from ..base import fsutil
+from .last_run import RunRecord
 
 OUTCOMES = ("ok", "verify", "partial", "network", "disk_full", "host_key", "failed",
             "interrupted")

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import fsutil, ovf
-from .errors import ExitStatus, SyncerError
+from ..base import fsutil
+from ..base.errors import ExitStatus, SyncerError
+from . import ovf
 from .hashing import FileDigest, HashCache, HashJob, hash_files
-from .manifest_state import STATE_FORMAT, Previous, Record, load_previous
 from .scan import (
     DESCRIPTION_FILE,
     ITEM_FILE,
@@ -37,6 +37,7 @@ from .scan import (
     scan,
     shorten,
 )
+from .state import STATE_FORMAT, Previous, Record, load_previous
 
 __all__ = ["CACHE_FILE", "DESCRIPTION_FILE", "STATE_DIR_NAME", "STATE_FILE", "BuildReport",
            "HashCache", "ItemProblem", "LibraryPathError", "build", "href", "shorten"]

@@ -19,10 +19,10 @@ import ssl
 import sys
 from pathlib import Path
 
-from . import config as config_module
-from . import execute, fsutil, render
-from .config import Config, is_hostname
-from .errors import CommandFailed, ConfigError, ConfigProblem, SyncerError
+from ..base import config as config_module
+from ..base import execute, fsutil, render
+from ..base.config import Config, is_hostname
+from ..base.errors import CommandFailed, ConfigError, ConfigProblem, SyncerError
 
 log = logging.getLogger(__name__)
 

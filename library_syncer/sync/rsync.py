@@ -13,15 +13,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..base.config import SyncConfig
+from ..base.errors import DiskFull, HostKeyError, NetworkError, PartialTransfer, SyncerError
 from . import ssh
-from .config import SyncConfig
-from .errors import (
-    DiskFull,
-    HostKeyError,
-    NetworkError,
-    PartialTransfer,
-    SyncerError,
-)
 
 PARTIAL_DIR = ".rsync-partial"
 # The server's own manifests and page are never copied nor trusted: the client writes its own.

@@ -15,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import fsutil, ovf
-from .manifest_state import load_json
+from ..base import fsutil
+from . import ovf
+from .state import load_json
 
 READ_BUFFER = 4 * 1024 * 1024
 CACHE_FORMAT = 1

@@ -17,10 +17,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import config as config_module
-from . import execute, fsutil, ssh
-from .config import Config, SyncConfig
-from .errors import ConfigError, ConfigProblem, HostKeyError, NetworkError
+from ..base import config as config_module
+from ..base import execute, fsutil
+from ..base.config import Config, SyncConfig
+from ..base.errors import ConfigError, ConfigProblem, HostKeyError, NetworkError
+from . import ssh
 
 log = logging.getLogger("library-syncer")
 KEY_TYPES = "ed25519,ecdsa,rsa"

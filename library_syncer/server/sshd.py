@@ -28,10 +28,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config as config_mod
-from . import execute, fsutil, render
-from .config import Config, ServerConfig
-from .errors import CommandFailed, ConfigError, ConfigProblem, ExitStatus, SyncerError
+from ..base import config as config_mod
+from ..base import execute, fsutil, render
+from ..base.config import Config, ServerConfig
+from ..base.errors import CommandFailed, ConfigError, ConfigProblem, ExitStatus, SyncerError
 
 log = logging.getLogger(__name__)
 

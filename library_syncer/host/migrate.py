@@ -16,11 +16,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import config as config_module
-from . import paths
-from .config import SECTIONS
-from .config_cmd import format_value, toml_string
-from .errors import ConfigError, ConfigProblem
+from ..base import config as config_module
+from ..base import paths
+from ..base.config import SECTIONS
+from ..base.config_toml import format_value, toml_string
+from ..base.errors import ConfigError, ConfigProblem
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -15,11 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import config as config_module
-from . import execute, timer, web
-from .config import Config
-from .errors import ConfigError, SyncerError
-from .units import format_bytes, format_duration
+from ..base import config as config_module
+from ..base import execute
+from ..base.config import Config
+from ..base.errors import ConfigError, SyncerError
+from ..base.units import format_bytes, format_duration
+from ..sync import timer
+from ..web import caddy
 
 TIMER_PROPERTIES = ("NextElapseUSecRealtime", "LastTriggerUSec", "RandomizedDelayUSec",
                     "FixedRandomDelay", "TimersCalendar", "ActiveState", "UnitFileState",
@@ -56,10 +58,10 @@ def load_settings(file: Path | None) -> tuple[Config, str | None]:
 
 
 def last_sync(config: Config) -> dict[str, Any]:
-    from . import state
+    from ..sync import last_run
 
     try:
-        record = state.read_last_run(config)
+        record = last_run.read_last_run(config)
     except OSError as error:
         return _cannot(_why(error))
     except ValueError as error:
@@ -117,11 +119,11 @@ def schedule(config: Config) -> dict[str, Any]:
 
 
 def vcenter(config: Config) -> dict[str, Any]:
-    info: dict[str, Any] = {"url": web.subscription_url(config), "tls": config.web.tls}
+    info: dict[str, Any] = {"url": caddy.subscription_url(config), "tls": config.web.tls}
     if config.web.tls == "off":
         info["thumbprint"] = None
         return info
-    thumbprint = web.tls_thumbprint(config)
+    thumbprint = caddy.tls_thumbprint(config)
     info["thumbprint"] = thumbprint
     if thumbprint is None:
         info["thumbprint_reason"] = ("the web server does not answer and no certificate file "

@@ -29,12 +29,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from . import config as config_module
-from . import execute, server, web
-from .config import Config
-from .config_cmd import toml_string
-from .errors import SyncerError, VerifyError
-from .units import format_bytes
+from ..base import config as config_module
+from ..base import execute
+from ..base.config import Config
+from ..base.config_toml import toml_string
+from ..base.errors import SyncerError, VerifyError
+from ..base.units import format_bytes
+from ..server import sshd
+from ..web import caddy
 
 DEMO_USER = "library-syncer-demo"
 WORK_ROOT = Path("/var/lib/library-syncer-demo")
@@ -100,7 +102,7 @@ def _check_workdir(path: Path) -> None:
 
 
 def _data() -> Path:
-    return Path(str(resources.files("library_syncer") / "demo_data"))
+    return Path(str(resources.files("library_syncer.host") / "demo_data"))
 
 
 def build_example_library(library: Path) -> list[str]:
@@ -241,45 +243,45 @@ def start_server(demo: Demo, config: Config) -> str:
     key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     execute.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "library-syncer-demo",
                  "-f", str(key)])
-    server.authorize(config, Path(f"{key}.pub").read_text(), "demo")
+    sshd.authorize(config, Path(f"{key}.pub").read_text(), "demo")
     sshd_config = demo.workdir / "server" / "sshd_config"
     # sshd's compiled-in privilege separation directory: `sshd -t` (the check below) already
     # refuses to run without it, and on a host where no sshd ever ran nobody has created it.
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    server.write_config(config, sshd_config, host_keys=True, check=True)
+    sshd.write_config(config, sshd_config, host_keys=True, check=True)
     demo.spawn("sshd", [config.server.sshd, "-D", "-e", "-f", str(sshd_config)])
     _wait_listening(config.server.port, demo)
-    host_pub = Path(f"{server.host_key_paths(config)[0]}.pub").read_text().split()
+    host_pub = Path(f"{sshd.host_key_paths(config)[0]}.pub").read_text().split()
     return " ".join(host_pub[:2])
 
 
 def trust_host(config: Config, host_key: str) -> str:
     """Record the server's host key as `library-syncer trust-host --fingerprint` does."""
-    from . import hostkeys
+    from ..sync import hostkeys
 
     return hostkeys.trust_demo(config, host_key)
 
 
 def run_sync(config: Config) -> str:
     """One client sync over SSH, exactly as the timer runs it; returns its summary line."""
-    from . import sync
+    from ..sync import run
 
-    return sync.run_once(config)
+    return run.run_once(config)
 
 
 def start_web(demo: Demo, config: Config) -> str:
-    caddyfile = web.web_runtime_dir(config) / "Caddyfile"
-    web.write_validated(config, web.render_caddyfile(config), caddyfile, check_with_caddy=False)
+    caddyfile = caddy.web_runtime_dir(config) / "Caddyfile"
+    caddy.write_validated(config, caddy.render_caddyfile(config), caddyfile, check_with_caddy=False)
     env = dict(os.environ)
     caddy_home = demo.workdir / "client" / "caddy"
     caddy_home.mkdir(parents=True, exist_ok=True)
     env.update(XDG_DATA_HOME=str(caddy_home), XDG_CONFIG_HOME=str(caddy_home),
                HOME=str(caddy_home))
-    web.validate(config, caddyfile, env=env)
+    caddy.validate(config, caddyfile, env=env)
     demo.spawn("caddy", [config.web.caddy, "run", "--config", str(caddyfile), "--adapter",
                          "caddyfile"], env=env)
     _wait_listening(config.web.http_port, demo)
-    return web.subscription_url(config)
+    return caddy.subscription_url(config)
 
 
 # --- the subscriber's walk ----------------------------------------------------------------
@@ -405,7 +407,7 @@ def _run(demo: Demo, *, once: bool, keep: bool) -> None:
     config = config_module.load(settings)
     host_key = start_server(demo, config)
     _say(f"server: sshd on 127.0.0.1:{config.server.port}, account {DEMO_USER}, forced "
-         f"command: {server.forced_command(config)}")
+         f"command: {sshd.forced_command(config)}")
     _say(f"client: key {config.sync.identity_file} authorized as site \"demo\"")
     _say(f"client: {trust_host(config, host_key)}")
     run_sync(config)  # logs its own one-line summary

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from .errors import VerifyError
+from ..base.errors import VerifyError
 
 # Real descriptors are KiB: refuse to parse a disk by mistake.
 MAX_DESCRIPTOR_BYTES = 64 * 1024 * 1024

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from . import fsutil, render
-from .errors import VerifyError
-from .units import format_bytes
+from ..base import fsutil, render
+from ..base.errors import VerifyError
+from ..base.units import format_bytes
 
 log = logging.getLogger(__name__)
 

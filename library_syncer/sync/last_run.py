@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import fsutil
-from .config import Config
+from ..base import fsutil
+from ..base.config import Config
 
 FILE_NAME = "last-run.json"
 FORMAT = 1
