@@ -7,10 +7,8 @@ one). The shipped etc/library-syncer/library-syncer.toml is exactly `generate`'s
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import textwrap
 from collections.abc import Iterable
 from dataclasses import fields
@@ -199,35 +197,6 @@ def generated_text() -> str:
 
 
 # --- the commands -------------------------------------------------------------------------
-
-
-def validate(args: argparse.Namespace) -> int:
-    """`config validate`: every problem of the file (and of the web settings' files) at once."""
-    from ..web import caddy
-
-    config = config_module.load(args.config)
-    problems, warnings = caddy.check(config)
-    for warning in warnings:
-        log.warning("library-syncer: warning: %s", warning)
-    if problems:
-        from .errors import ConfigError
-
-        raise ConfigError(problems)
-    print(f"{config.file}: valid")
-    return 0
-
-
-def show(args: argparse.Namespace) -> int:
-    """`config show`: the effective settings, defaults filled in, relative paths resolved."""
-    config = config_module.load(args.config)
-    sys.stdout.write(f"# effective settings of {config.file}\n" + to_toml(config, comments=False))
-    return 0
-
-
-def generate(args: argparse.Namespace) -> int:
-    """`config generate`: print the commented example with every default."""
-    sys.stdout.write(generated_text())
-    return 0
 
 
 def all_keys() -> list[str]:

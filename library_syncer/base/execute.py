@@ -22,7 +22,7 @@ TAIL_LINES = 20
 
 
 @dataclass
-class Result:
+class CommandResult:
     argv: list[str]
     returncode: int
     output: str = ""  # captured stdout (capture=True only)
@@ -56,10 +56,10 @@ def run(
     env: Mapping[str, str] | None = None,
     input: bytes | None = None,
     cwd: str | None = None,
-) -> Result:
+) -> CommandResult:
     """Run argv. Lines (split on \\n and \\r, for progress meters) go to `on_line` or DEBUG log.
 
-    With `capture=True`, stdout is returned whole in `Result.output` and only stderr is
+    With `capture=True`, stdout is returned whole in `CommandResult.output` and only stderr is
     streamed. With `check=True`, a non-zero exit raises CommandFailed carrying the tail.
     """
     argv = [str(a) for a in argv]
@@ -92,7 +92,7 @@ def run(
     except BaseException:
         _terminate(process)
         raise
-    result = Result(argv, returncode, captured.decode("utf-8", "replace"), list(tail),
+    result = CommandResult(argv, returncode, captured.decode("utf-8", "replace"), list(tail),
                     time.monotonic() - started)
     if check and returncode != 0:
         raise CommandFailed(argv, returncode, result.tail)

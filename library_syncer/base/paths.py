@@ -1,7 +1,7 @@
 """Where things live on a host (FHS), and the directories systemd hands a unit.
 
-systemd sets STATE_DIRECTORY, RUNTIME_DIRECTORY, CONFIGURATION_DIRECTORY and CREDENTIALS_DIRECTORY
-for units that declare them; we read them when set and fall back to the FHS paths otherwise.
+systemd sets STATE_DIRECTORY, RUNTIME_DIRECTORY and CONFIGURATION_DIRECTORY for units that
+declare them; we read them when set and fall back to the FHS paths otherwise.
 """
 
 from __future__ import annotations
@@ -38,7 +38,3 @@ def state_dir() -> Path:
 def runtime_dir() -> Path:
     return _from_env("RUNTIME_DIRECTORY", DEFAULT_RUNTIME_DIR)
 
-
-def credentials_dir() -> Path | None:
-    value = os.environ.get("CREDENTIALS_DIRECTORY")
-    return Path(value) if value else None

@@ -60,7 +60,7 @@ def _add_manifest_parser(subparsers) -> None:
 
 
 def _add_sync_parser(subparsers) -> None:
-    parser = _sub(subparsers, "sync", "library_syncer.sync.run:command",
+    parser = _sub(subparsers, "sync", "library_syncer.cli.sync:sync",
                   "pull the library from the server, rebuild manifests, publish a new snapshot",
                   f"{PROG} sync --config /etc/library-syncer/library-syncer.toml")
     _add_config_option(parser)
@@ -73,7 +73,7 @@ def _add_sync_parser(subparsers) -> None:
 
 
 def _add_trust_host_parser(subparsers) -> None:
-    parser = _sub(subparsers, "trust-host", "library_syncer.sync.hostkeys:command",
+    parser = _sub(subparsers, "trust-host", "library_syncer.cli.sync:trust_host",
                   "show the server's SSH host key fingerprint and record it in known_hosts",
                   f"{PROG} trust-host --fingerprint SHA256:abc…")
     _add_config_option(parser)
@@ -86,7 +86,7 @@ def _add_trust_host_parser(subparsers) -> None:
 def _add_server_parser(subparsers) -> None:
     verbs = _group(subparsers, "server", "manage the read-only rsync endpoint (server role)",
                    f"{PROG} server keys")
-    render = _sub(verbs, "render", "library_syncer.server.sshd:render_command",
+    render = _sub(verbs, "render", "library_syncer.cli.server:render",
                   "render the dedicated sshd_config (and create host keys if missing)",
                   f"{PROG} server render --output /run/library-syncer/sshd_config")
     _add_config_option(render)
@@ -95,17 +95,17 @@ def _add_server_parser(subparsers) -> None:
                         help="generate the instance's host keys when missing")
     render.add_argument("--check", action="store_true",
                         help="with --output: replace the file only if `sshd -t` accepts it")
-    authorize = _sub(verbs, "authorize", "library_syncer.server.sshd:authorize_command",
+    authorize = _sub(verbs, "authorize", "library_syncer.cli.server:authorize",
                      "allow a site's public key to pull the library (read-only)",
                      f"{PROG} server authorize /tmp/id_syncer.pub --site paris")
     _add_config_option(authorize)
     authorize.add_argument("key", type=Path, help="the site's public key file ('-' for stdin)")
     authorize.add_argument("--site", required=True, help="a short name for the site")
-    revoke = _sub(verbs, "revoke", "library_syncer.server.sshd:revoke_command",
+    revoke = _sub(verbs, "revoke", "library_syncer.cli.server:revoke",
                   "remove a site's key", f"{PROG} server revoke paris")
     _add_config_option(revoke)
     revoke.add_argument("site", help="the site name given to authorize")
-    keys = _sub(verbs, "keys", "library_syncer.server.sshd:keys_command",
+    keys = _sub(verbs, "keys", "library_syncer.cli.server:keys",
                 "list authorized sites with their key fingerprints", f"{PROG} server keys")
     _add_config_option(keys)
 
@@ -113,7 +113,7 @@ def _add_server_parser(subparsers) -> None:
 def _add_web_parser(subparsers) -> None:
     verbs = _group(subparsers, "web", "publish the library over HTTP(S) with Caddy",
                    f"{PROG} web render --validate")
-    render = _sub(verbs, "render", "library_syncer.web.caddy:render_command",
+    render = _sub(verbs, "render", "library_syncer.cli.web:render",
                   "print (or write) the Caddyfile for the current settings",
                   f"{PROG} web render --output /run/library-syncer/Caddyfile --validate")
     _add_config_option(render)
@@ -122,7 +122,7 @@ def _add_web_parser(subparsers) -> None:
 
 
 def _add_status_parser(subparsers) -> None:
-    parser = _sub(subparsers, "status", "library_syncer.host.status:command",
+    parser = _sub(subparsers, "status", "library_syncer.cli.host:status",
                   "show the last sync, the published library, the schedule and the vCenter URL",
                   f"{PROG} status --json")
     _add_config_option(parser)
@@ -130,14 +130,14 @@ def _add_status_parser(subparsers) -> None:
 
 
 def _add_check_parser(subparsers) -> None:
-    parser = _sub(subparsers, "check", "library_syncer.host.check:command",
+    parser = _sub(subparsers, "check", "library_syncer.cli.host:check",
                   "check settings, keys, the server, the web config, disk space and the timer",
                   f"{PROG} check")
     _add_config_option(parser)
 
 
 def _add_apply_parser(subparsers) -> None:
-    parser = _sub(subparsers, "apply", "library_syncer.sync.timer:apply_command",
+    parser = _sub(subparsers, "apply", "library_syncer.cli.sync:apply",
                   "apply the schedule from the settings file to library-syncer.timer",
                   f"{PROG} apply")
     _add_config_option(parser)
@@ -150,16 +150,16 @@ def _add_apply_parser(subparsers) -> None:
 def _add_config_parser(subparsers) -> None:
     verbs = _group(subparsers, "config", "validate, show, generate or import settings",
                    f"{PROG} config validate")
-    validate = _sub(verbs, "validate", "library_syncer.base.config_toml:validate",
+    validate = _sub(verbs, "validate", "library_syncer.cli.config:validate",
                     "check the settings file and report every problem",
                     f"{PROG} config validate -c /etc/library-syncer/library-syncer.toml")
     _add_config_option(validate)
-    show = _sub(verbs, "show", "library_syncer.base.config_toml:show",
+    show = _sub(verbs, "show", "library_syncer.cli.config:show",
                 "print the effective settings (defaults filled in) as TOML", f"{PROG} config show")
     _add_config_option(show)
-    _sub(verbs, "generate", "library_syncer.base.config_toml:generate",
+    _sub(verbs, "generate", "library_syncer.cli.config:generate",
          "print a commented settings file with every default", f"{PROG} config generate > x.toml")
-    import_env = _sub(verbs, "import-env", "library_syncer.host.migrate:command",
+    import_env = _sub(verbs, "import-env", "library_syncer.cli.config:import_env",
                       "convert the Docker version's settings (compose file or .env) to TOML",
                       f"{PROG} config import-env docker-compose.yaml > library-syncer.toml")
     import_env.add_argument("files", nargs="+", type=Path,
@@ -167,7 +167,7 @@ def _add_config_parser(subparsers) -> None:
 
 
 def _add_demo_parser(subparsers) -> None:
-    parser = _sub(subparsers, "demo", "library_syncer.host.demo:command",
+    parser = _sub(subparsers, "demo", "library_syncer.cli.host:demo",
                   "run server, sync and web server on loopback over an example library",
                   f"{PROG} demo --once")
     parser.add_argument("--once", action="store_true", help="walk the library once, then stop")

@@ -11,7 +11,6 @@ directory unless --workdir was given, and the login account when the demo create
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import http.client
@@ -377,27 +376,28 @@ def _serve(demo: Demo) -> None:
         time.sleep(1)
 
 
-def command(args: argparse.Namespace) -> int:
+def run_demo(workdir: Path | None, *, once: bool) -> None:
+    """Server, sync and web server on loopback over the example library (needs root);
+    everything it started or created is stopped and removed at the end."""
     _check_root()
     for name in TOOLS:
         _tool(name)
     created = _ensure_account()
     try:
-        with _workdir(args.workdir) as workdir:
+        with _workdir(workdir) as work:
             runtime = Path(tempfile.mkdtemp(prefix="library-syncer-demo.", dir="/run"))
-            demo = Demo(workdir, runtime)
+            demo = Demo(work, runtime)
             try:
-                _run(demo, once=args.once, keep=args.workdir is not None)
+                _walkthrough(demo, once=once, keep=workdir is not None)
             finally:
                 demo.stop_all()
                 shutil.rmtree(runtime, ignore_errors=True)
     finally:
         if created:
             _remove_account()
-    return 0
 
 
-def _run(demo: Demo, *, once: bool, keep: bool) -> None:
+def _walkthrough(demo: Demo, *, once: bool, keep: bool) -> None:
     workdir = demo.workdir
     _say(f"demo: working in {workdir}")
     items = build_example_library(workdir / "server" / "library")

@@ -8,7 +8,6 @@ of the original use a small block-style subset, which `parse_yaml` reads.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 from ..base import config as config_module
 from ..base import paths
 from ..base.config import SECTIONS
-from ..base.config_toml import format_value, toml_string
+from ..base.config_toml import format_value
 from ..base.errors import ConfigError, ConfigProblem
 
 if sys.version_info >= (3, 11):
@@ -442,16 +441,11 @@ def _check(text: str) -> None:
     config_module.parse(tomllib.loads(text), paths.DEFAULT_CONFIG_FILE)
 
 
-def command(args: argparse.Namespace) -> int:
-    """`config import-env FILE...`: print the TOML; name what is not carried over on stderr."""
-    sources = [source for path in args.files for source in read_sources(Path(path))]
+def import_env(files: list[Path]) -> tuple[Conversion, str]:
+    """The settings file for the Docker version's `files`, checked to load; and what was
+    converted (its `dropped` names what is not carried over)."""
+    sources = [source for path in files for source in read_sources(path)]
     conversion = convert(sources)
-    text = to_toml(conversion, list(args.files))
+    text = to_toml(conversion, files)
     _check(text)
-    sys.stdout.write(text)
-    for dropped in conversion.dropped:
-        log.warning("library-syncer: not carried over: %s", dropped)
-    return 0
-
-
-__all__ = ["command", "convert", "parse_yaml", "read_sources", "to_toml", "toml_string"]
+    return conversion, text

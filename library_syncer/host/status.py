@@ -8,10 +8,8 @@ nothing synced yet) is said as such instead of guessed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -202,15 +200,3 @@ def to_text(report: dict[str, Any]) -> str:
         lines.append(("thumbprint", vc["thumbprint"] or f"unknown: {vc['thumbprint_reason']}"))
     width = max(len(label) for label, _ in lines) + 1
     return "".join(f"{label + ':':<{width}} {value}\n" for label, value in lines)
-
-
-def command(args: argparse.Namespace) -> int:
-    report = gather(args.config)
-    if args.json:
-        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
-    else:
-        sys.stdout.write(to_text(report))
-    return 0
-
-
-

@@ -14,24 +14,19 @@ path and rrsync; a line that cannot be understood stops the render instead of be
 
 from __future__ import annotations
 
-import argparse
-import base64
-import binascii
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import pwd
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base import config as config_mod
-from ..base import execute, fsutil, render
+from ..base import execute, fsutil, render, sshkeys
 from ..base.config import Config, ServerConfig
-from ..base.errors import CommandFailed, ConfigError, ConfigProblem, ExitStatus, SyncerError
+from ..base.errors import CommandFailed, ConfigError, ConfigProblem, SyncerError
+from ..base.sshkeys import KeyRefused
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +35,7 @@ HOST_KEY_TYPES = ("ed25519", "rsa")  # ed25519 for current clients, RSA for old 
 SITE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 SITE_EXPECTED = "letters, digits, '.', '_' or '-' (up to 63, starting with a letter or digit)"
 SITE_PREFIX = "site="
-KEY_TYPES = (
-    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
-    "ssh-dss",
-)
 
-
-class KeyRefused(SyncerError):
-    """A key or site given to authorize/revoke is not acceptable (bad input: usage status)."""
-
-    exit_status = ExitStatus.USAGE
 
 
 @dataclass(frozen=True)
@@ -63,9 +48,7 @@ class SiteKey:
 
     @property
     def fingerprint(self) -> str:
-        """The SHA256 fingerprint exactly as `ssh-keygen -l` prints it."""
-        digest = hashlib.sha256(base64.b64decode(self.blob)).digest()
-        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+        return sshkeys.fingerprint(self.blob)
 
     def line(self, server: ServerConfig) -> str:
         return (f'restrict,command="{forced_command(server)}" '
@@ -208,46 +191,6 @@ def check_account(config: Config | ServerConfig) -> pwd.struct_passwd:
 # --- authorized keys ------------------------------------------------------------------------
 
 
-def parse_public_key(text: str, source: str = "key") -> tuple[str, str]:
-    """(type, base64 blob) from a .pub file or an authorized_keys line (options are dropped)."""
-    text = text.strip()
-    if "PRIVATE KEY" in text:
-        raise KeyRefused(f"{source}: this is a PRIVATE key; give the public one "
-                        "(the .pub file next to it, e.g. id_syncer.pub) and keep the private "
-                        "key on the site")
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if len(lines) != 1:
-        found = "no key" if not lines else f"{len(lines)} lines"
-        raise KeyRefused(f"{source}: found {found}, expected exactly one public key line "
-                        "(authorize one site at a time)")
-    tokens = _split_options(lines[0])
-    for index, token in enumerate(tokens[:-1]):
-        if token in KEY_TYPES:
-            blob = tokens[index + 1]
-            _check_blob(token, blob, source)
-            return token, blob
-    raise KeyRefused(f"{source}: not an OpenSSH public key (expected a line such as "
-                    "'ssh-ed25519 AAAA… comment', as written by ssh-keygen to the .pub file)")
-
-
-def _split_options(line: str) -> list[str]:
-    """Split on spaces outside double quotes (authorized_keys options may quote spaces)."""
-    return re.findall(r'(?:[^\s"]|"(?:\\.|[^"\\])*")+', line)
-
-
-def _check_blob(key_type: str, blob: str, source: str) -> None:
-    """The blob must be base64 of a key whose embedded type matches the declared one."""
-    try:
-        raw = base64.b64decode(blob, validate=True)
-        length = int.from_bytes(raw[:4], "big")
-        embedded = raw[4:4 + length].decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        embedded = ""
-    if embedded != key_type:
-        raise KeyRefused(f"{source}: not a valid {key_type} public key (damaged or truncated "
-                        "base64); copy the .pub file again")
-
-
 def read_authorized(config: Config | ServerConfig) -> list[SiteKey]:
     """The authorized sites, in file order. A line we cannot understand is an error."""
     path = authorized_keys_path(config)
@@ -263,17 +206,17 @@ def read_authorized(config: Config | ServerConfig) -> list[SiteKey]:
             continue
         where = f"{path}: line {number}"
         try:
-            key_type, blob = parse_public_key(line, where)
+            key = sshkeys.parse_public_key(line, where)
         except KeyRefused as error:
             detail = error.message.removeprefix(f"{where}: ")
             raise ConfigError(ConfigProblem(where, "", "", detail)) from None
-        site = next((t[len(SITE_PREFIX):] for t in _split_options(line)
+        site = next((t[len(SITE_PREFIX):] for t in sshkeys.split_words(line)
                      if t.startswith(SITE_PREFIX)), "")
         if not SITE_RE.fullmatch(site):
             raise ConfigError(ConfigProblem(
                 where, "", "", "no site name (site=NAME at the end); remove the line and add the "
                 "key with `library-syncer server authorize KEY.pub --site NAME`"))
-        entries.append(SiteKey(site, key_type, blob))
+        entries.append(SiteKey(site, key.type, key.blob))
     return entries
 
 
@@ -309,15 +252,15 @@ def authorize(config: Config | ServerConfig, pubkey_text: str, site: str,
     server = _server(config)
     if not SITE_RE.fullmatch(site):
         raise KeyRefused(f'--site: found "{site}", expected {SITE_EXPECTED}')
-    key_type, blob = parse_public_key(pubkey_text, source)
-    entry = SiteKey(site, key_type, blob)
+    key = sshkeys.parse_public_key(pubkey_text, source)
+    entry = SiteKey(site, key.type, key.blob)
     with _keys_lock(server):
         entries = read_authorized(server)
         for other in entries:
             if other.site == site:
                 raise KeyRefused(f'site "{site}" already has a key ({other.fingerprint}); '
                                  f"run `library-syncer server revoke {site}` first to replace it")
-            if other.blob == blob:
+            if other.blob == key.blob:
                 raise KeyRefused(f"{source}: this key ({entry.fingerprint}) is already "
                                  f'authorized for site "{other.site}"; each site needs its own key')
         _write_authorized(server, [*entries, entry])
@@ -339,62 +282,3 @@ def revoke(config: Config | ServerConfig, site: str) -> SiteKey:
 
 def list_keys(config: Config | ServerConfig) -> list[SiteKey]:
     return read_authorized(config)
-
-
-# --- command handlers -----------------------------------------------------------------------
-
-
-def _load(args: argparse.Namespace) -> Config:
-    return config_mod.load(getattr(args, "config", None))
-
-
-def render_command(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    check_account(cfg)
-    if args.output is None:
-        if args.host_keys:
-            ensure_host_keys(cfg)
-        sys.stdout.write(render_sshd_config(cfg))
-        return 0
-    write_config(cfg, args.output, host_keys=args.host_keys, check=args.check)
-    log.info("wrote %s (port %d, library %s)", args.output, cfg.server.port, cfg.server.library)
-    return 0
-
-
-def authorize_command(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    source = "stdin" if str(args.key) == "-" else str(args.key)
-    try:
-        text = sys.stdin.read() if source == "stdin" else args.key.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise KeyRefused(f"{source}: cannot read: {getattr(error, 'strerror', None) or error}",
-                        hint="give the site's .pub file") from None
-    entry = authorize(cfg, text, args.site, source)
-    print(f"authorized site {entry.site}: {entry.key_type} {entry.fingerprint}")
-    return 0
-
-
-def revoke_command(args: argparse.Namespace) -> int:
-    entry = revoke(_load(args), args.site)
-    print(f"revoked site {entry.site}: {entry.key_type} {entry.fingerprint}")
-    return 0
-
-
-def keys_command(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    entries = list_keys(cfg)
-    if not entries:
-        print(f"no site is authorized ({authorized_keys_path(cfg)})")
-        return 0
-    width = max(len(e.site) for e in entries)
-    for entry in entries:
-        print(f"{entry.site:<{width}}  {entry.fingerprint}  {entry.key_type}")
-    return 0
-
-
-__all__ = [
-    "SiteKey", "authorize", "authorize_command", "check_account", "check_config",
-    "ensure_host_keys",
-    "forced_command", "keys_command", "list_keys", "render_command",
-    "render_sshd_config", "revoke", "revoke_command", "write_config",
-]

@@ -1,4 +1,4 @@
-"""`library-syncer trust-host`: record the server's SSH host key in our own known_hosts.
+"""trust-host: record the server's SSH host key in our own known_hosts.
 
 The key is fetched with ssh-keyscan and shown by its SHA256 fingerprint; it is recorded only when
 it matches `--fingerprint` (compare with `library-syncer server keys` on the server), when the
@@ -8,56 +8,23 @@ hard error (HostKeyError): nothing is written, because that is exactly what an a
 
 from __future__ import annotations
 
-import argparse
-import base64
-import binascii
-import hashlib
 import logging
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from ..base import config as config_module
 from ..base import execute, fsutil
 from ..base.config import Config, SyncConfig
 from ..base.errors import ConfigError, ConfigProblem, HostKeyError, NetworkError
+from ..base.sshkeys import PublicKey, parse_line
 from . import ssh
 
 log = logging.getLogger("library-syncer")
-KEY_TYPES = "ed25519,ecdsa,rsa"
+SCAN_TYPES = "ed25519,ecdsa,rsa"  # what ssh-keyscan is asked for
 
 
-@dataclass(frozen=True)
-class HostKey:
-    type: str
-    blob: str  # base64
-
-    @property
-    def fingerprint(self) -> str:
-        try:
-            raw = base64.b64decode(self.blob, validate=True)
-        except (binascii.Error, ValueError):
-            raw = self.blob.encode()
-        return "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode().rstrip("=")
-
-    def line(self, pattern: str) -> str:
-        return f"{pattern} {self.type} {self.blob}"
-
-
-def parse_line(line: str) -> HostKey | None:
-    """`[host]:port type base64 [comment]`, or `type base64` (a .pub file) → HostKey."""
-    fields = line.split()
-    for i, word in enumerate(fields[:2]):
-        if (word.startswith(("ssh-", "ecdsa-", "sk-")) or word == "rsa-sha2-512") \
-                and len(fields) > i + 1:
-            return HostKey(word, fields[i + 1])
-    return None
-
-
-def scan(sync: SyncConfig) -> list[HostKey]:
+def scan(sync: SyncConfig) -> list[PublicKey]:
     """The server's host keys, as it offers them now."""
     timeout = str(max(1, int(sync.connect_timeout)))
-    result = execute.run(["ssh-keyscan", "-p", str(sync.port), "-T", timeout, "-t", KEY_TYPES,
+    result = execute.run(["ssh-keyscan", "-p", str(sync.port), "-T", timeout, "-t", SCAN_TYPES,
                           sync.peer], capture=True, check=False)
     keys = [k for k in (parse_line(line) for line in result.output.splitlines()
                         if line.strip() and not line.startswith("#")) if k]
@@ -68,7 +35,7 @@ def scan(sync: SyncConfig) -> list[HostKey]:
     return keys
 
 
-def recorded(sync: SyncConfig) -> list[HostKey]:
+def recorded(sync: SyncConfig) -> list[PublicKey]:
     """Keys already in our known_hosts for this server (hashed entries included)."""
     if not sync.known_hosts.is_file():
         return []
@@ -78,7 +45,7 @@ def recorded(sync: SyncConfig) -> list[HostKey]:
                         if line.strip() and not line.startswith("#")) if k]
 
 
-def _check_unchanged(sync: SyncConfig, offered: list[HostKey], known: list[HostKey]) -> bool:
+def _check_unchanged(sync: SyncConfig, offered: list[PublicKey], known: list[PublicKey]) -> bool:
     """True when the server's keys are already trusted; HostKeyError when one changed."""
     if not known:
         return False
@@ -96,7 +63,7 @@ def _check_unchanged(sync: SyncConfig, offered: list[HostKey], known: list[HostK
     return True
 
 
-def _record(sync: SyncConfig, keys: list[HostKey]) -> None:
+def _record(sync: SyncConfig, keys: list[PublicKey]) -> None:
     path = sync.known_hosts
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     old = path.read_text() if path.is_file() else ""
@@ -107,7 +74,7 @@ def _record(sync: SyncConfig, keys: list[HostKey]) -> None:
 
 
 def trust(config: Config, *, fingerprint: str | None = None, yes: bool = False,
-          confirm: Callable[[list[HostKey]], bool] | None = None) -> str:
+          confirm: Callable[[list[PublicKey]], bool] | None = None) -> str:
     """Scan, compare, record; returns the line to show. See the module docstring."""
     sync = config.sync
     if not sync.peer:
@@ -143,19 +110,3 @@ def trust_demo(config: Config, host_key: str) -> str:
     if key is None:
         raise HostKeyError(f"not a host key: {host_key[:40]}")
     return trust(config, fingerprint=key.fingerprint)
-
-
-def _ask(keys: list[HostKey]) -> bool:
-    if not sys.stdin.isatty():
-        return False
-    shown = "\n".join(f"  {k.type} {k.fingerprint}" for k in keys)
-    answer = input(f"The server offers:\n{shown}\nCompare with `library-syncer server keys` on "
-                   "the server. Trust it? [y/N] ")
-    return answer.strip().lower() in ("y", "yes")
-
-
-def command(args: argparse.Namespace) -> int:
-    config = config_module.load(args.config)
-    print(trust(config, fingerprint=args.fingerprint, yes=args.yes, confirm=_ask))
-    return 0
-

@@ -10,7 +10,6 @@ A failed or interrupted run leaves the published snapshot exactly as it was; its
 
 from __future__ import annotations
 
-import argparse
 import errno
 import logging
 import os
@@ -22,7 +21,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
-from ..base import config as config_module
 from ..base import execute
 from ..base.config import Config
 from ..base.errors import (
@@ -36,6 +34,7 @@ from ..base.errors import (
 )
 from ..base.units import format_bytes, format_duration
 from ..manifest import vcsp
+from ..web import caddy, page
 from . import last_run, lock, metrics, rsync, snapshot
 from .last_run import RunRecord
 from .progress import Reporter
@@ -48,11 +47,6 @@ OUTCOME_OF_STATUS = {
     ExitStatus.HOST_KEY: "host_key", ExitStatus.CONFIG: "config",
 }
 MAX_ERROR_LINES = 5
-
-
-def list_argv(config: Config) -> list[str]:
-    """List the server's library with the sync's exact ssh options (used by `check`)."""
-    return rsync.list_argv(config.sync)
 
 
 # --- preconditions ----------------------------------------------------------------------------
@@ -203,11 +197,7 @@ def _build_manifests(config: Config, layout: snapshot.Layout, staging: Path,
 
 
 def _write_page(config: Config, staging: Path) -> None:
-    """The human page (index.html) when the web role's module is installed; never fatal."""
-    try:
-        from ..web import caddy, page
-    except ImportError:
-        return
+    """The human page (index.html) of the snapshot; never fatal."""
     try:
         page.write_index(staging, url=caddy.subscription_url(config),
                          synced_at=datetime.now(timezone.utc))
@@ -412,18 +402,3 @@ def run_once(config: Config, *, retry: bool = True) -> str:
     if record.error is not None:
         raise record.error
     return summary(record)
-
-
-def command(args: argparse.Namespace) -> int:
-    config = config_module.env_override_state(config_module.load(args.config))
-    if getattr(args, "skip_unconfigured", False) and not config.sync.peer:
-        # The package installs the commented example and enables the timer: until the operator
-        # names a server, a scheduled run says so and succeeds instead of failing every week.
-        log.warning("not configured yet: sync.peer is empty in %s; nothing to do (set it, then "
-                    "run library-syncer trust-host)", config.file)
-        return int(ExitStatus.OK)
-    record = run(config, retry=not args.no_retry,
-                 allow_empty=getattr(args, "allow_empty", False))
-    if record.error is not None:
-        raise record.error  # main() prints it as one line and exits with its status
-    return int(ExitStatus.OK)

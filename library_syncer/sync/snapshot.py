@@ -182,7 +182,6 @@ def prune(layout: Layout, keep: int) -> list[str]:
 @dataclass
 class OvaResult:
     unpacked: list[str]  # item/name.ova archives unpacked this run
-    reused: list[str]  # unchanged archives whose files were linked from the published snapshot
     problems: list[str]  # one line each: archives refused
 
 
@@ -248,7 +247,7 @@ def prepare_ovas(layout: Layout, staging: Path, published: Path | None) -> OvaRe
     unchanged archive is hard-linked back (no download) and its files are linked from the
     published snapshot (no unpacking); a changed one is delta-transferred against it.
     """
-    result = OvaResult([], [], [])
+    result = OvaResult([], [])
     seen: set[Path] = set()
     for item in sorted(p for p in staging.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for archive in sorted(f for f in item.iterdir()
@@ -259,10 +258,8 @@ def prepare_ovas(layout: Layout, staging: Path, published: Path | None) -> OvaRe
             store_copy = store_dir / archive.name
             record_path = store_dir / f"{archive.name}.files.json"
             seen.update({store_copy, record_path})
-            if _link_previous(_members_record(record_path), archive, store_copy, published,
-                              item.name):
-                result.reused.append(rel)
-            else:
+            if not _link_previous(_members_record(record_path), archive, store_copy, published,
+                                  item.name):
                 files = _unpack(layout, archive, item, rel, result)
                 record = {"files": {f.name: f.stat().st_ino for f in files}}
                 fsutil.atomic_write(record_path, json.dumps(record), sync_dir=False)

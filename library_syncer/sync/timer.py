@@ -9,13 +9,10 @@ and the old drop-in stays), then reloads systemd and restarts the timer if it is
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base import config as config_module
 from ..base import execute, fsutil, render
 from ..base.config import Config
 from ..base.errors import CommandFailed, ConfigError, ConfigProblem, SyncerError
@@ -126,10 +123,3 @@ def apply(config: Config, unit_dir: Path = DEFAULT_UNIT_DIR, reload: bool = True
             raise SyncerError(f"{path} written, but {error}",
                               hint="run systemctl daemon-reload by hand") from None
     return lines
-
-
-def apply_command(args: argparse.Namespace) -> int:
-    config = config_module.load(args.config)
-    for line in apply(config, args.dropin_dir, reload=not args.no_reload):
-        print(line, file=sys.stdout)
-    return 0

@@ -8,7 +8,6 @@ starts is checked here, each problem naming its setting.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import ipaddress
 import logging
@@ -16,10 +15,8 @@ import os
 import re
 import socket
 import ssl
-import sys
 from pathlib import Path
 
-from ..base import config as config_module
 from ..base import execute, fsutil, render
 from ..base.config import Config, is_hostname
 from ..base.errors import CommandFailed, ConfigError, ConfigProblem, SyncerError
@@ -342,20 +339,3 @@ def write_validated(config: Config, text: str, output: Path, *, check_with_caddy
         if candidate.exists():
             candidate.unlink()
     fsutil.fsync_dir(output.parent)
-
-
-def render_command(args: argparse.Namespace) -> int:
-    """`library-syncer web render [--output F] [--validate]`."""
-    config = config_module.load(args.config)
-    text = render_caddyfile(config)
-    if args.output:
-        write_validated(config, text, args.output, check_with_caddy=args.validate)
-        log.info("wrote %s; vCenter subscription URL: %s", args.output, subscription_url(config))
-        return 0
-    if args.validate:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="library-syncer-web.") as tmp:
-            write_validated(config, text, Path(tmp) / "Caddyfile", check_with_caddy=True)
-    sys.stdout.write(text)
-    return 0
