@@ -1,4 +1,4 @@
-"""`library-syncer config validate|show|generate`: the settings file seen from the command line.
+"""The settings as TOML: `config show` (effective values) and `config generate` (commented).
 
 `generate` walks the dataclasses of config.py, so a new setting shows up in the commented example
 by itself; its one-line description lives in DESCRIPTIONS below (a test insists every setting has

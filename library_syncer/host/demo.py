@@ -1,6 +1,6 @@
 """`library-syncer demo [--once] [--workdir DIR]`: the whole main job on one machine, on loopback.
 
-Real components only: the server role's own sshd_config (server.py) on a free 127.0.0.1 port over
+Real components only: the server role's own sshd_config on a free 127.0.0.1 port over
 an example library, a generated client key authorized as a site, the host key trusted, the client
 sync over SSH (rrsync -ro), the manifests, and Caddy serving the published snapshot. The demo then
 walks the library like a subscriber (lib.json → items.json → item.json → every file, checking

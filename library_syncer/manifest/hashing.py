@@ -2,7 +2,7 @@
 
 `hash_files()` serves each HashJob from the HashCache when the file is unchanged, else reads it
 once on a thread pool, feeding every digest it needs and parsing a descriptor or .mf from the
-same bytes. Used by manifest.py.
+same bytes. Used by vcsp.py.
 """
 
 from __future__ import annotations

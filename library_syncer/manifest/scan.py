@@ -2,7 +2,7 @@
 
 `scan()` turns each sub-folder into candidates (an OVF template, an ISO, a folder of ISOs as one
 item per ISO, or anything else as vcsp.other), with one-line warnings for what it leaves out;
-`assign_names()` and `href()` give the names and links the manifests carry. Used by manifest.py.
+`assign_names()` and `href()` give the names and links the manifests carry. Used by vcsp.py.
 """
 
 from __future__ import annotations

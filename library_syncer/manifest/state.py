@@ -1,7 +1,7 @@
 """What the last build published: item ids, versions and names, so rebuilds keep them stable.
 
 Read from our state file when usable, completed (or replaced, when the state is lost or
-malformed) by the published lib.json, items.json and item.json files. Used by manifest.py.
+malformed) by the published lib.json, items.json and item.json files. Used by vcsp.py.
 """
 
 from __future__ import annotations
