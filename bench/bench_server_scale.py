@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from library_syncer import execute  # noqa: E402
-from library_syncer import server as server_role  # noqa: E402
+from library_syncer.base import execute  # noqa: E402
+from library_syncer.server import sshd as server_role  # noqa: E402
 from tests.harness import sshd as harness  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from library_syncer import config as config_module  # noqa: E402
-from library_syncer import ssh  # noqa: E402
+from library_syncer.base import config as config_module  # noqa: E402
+from library_syncer.sync import ssh  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 from tests.test_sync_helpers import write_config  # noqa: E402
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the manual pages from the argparse definitions in library_syncer/cli.py.
+"""Write the manual pages from the argparse definitions in library_syncer/cli/main.py.
 
 One page per command: library-syncer(1), and library-syncer-<command>(1) for each subcommand
 (with its verbs, e.g. `server authorize`, on the same page). Run by debian/rules:
@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library_syncer import __version__
-from library_syncer.cli import PROG, build_parser
+from library_syncer.cli.main import PROG, build_parser
 
 
 def _esc(text: str) -> str:

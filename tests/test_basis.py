@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from library_syncer import basis
-from library_syncer.basis import Candidate, Listed
+from library_syncer.sync import basis
+from library_syncer.sync.basis import Candidate, Listed
 
 MB = 1 << 20
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from library_syncer import config as config_module
-from library_syncer import demo
-from library_syncer.errors import ExitStatus
+from library_syncer.base import config as config_module
+from library_syncer.base.errors import ExitStatus
+from library_syncer.host import demo
 from tests.harness import sshd as sshd_harness
 from tests.harness.net import free_port
 
@@ -211,7 +211,7 @@ def test_unsafe_key_permissions_missing_cert_and_no_room(site):
 @pytest.fixture
 def server_site(work_dir, client_key, server_library) -> Path:
     """A server-role host: the sysusers-made account, a library, one authorized site."""
-    from library_syncer import server
+    from library_syncer.server import sshd as server
 
     account = sshd_harness.ensure_sysusers_user()
     (server_library / "ttylinux").mkdir()

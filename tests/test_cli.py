@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from library_syncer import __version__
-from library_syncer.cli import build_parser, main
+from library_syncer.cli.main import build_parser, main
 
 
 def test_version(capsys):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from library_syncer import config
-from library_syncer.cli import main
-from library_syncer.errors import ConfigError, ExitStatus
+from library_syncer.base import config
+from library_syncer.base.errors import ConfigError, ExitStatus
+from library_syncer.cli.main import main
 
 
 def _write(tmp_path: Path, text: str) -> Path:

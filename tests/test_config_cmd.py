@@ -7,10 +7,11 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from library_syncer import config, config_cmd
-from library_syncer.cli import main
-from library_syncer.config import SECTIONS
-from library_syncer.errors import ExitStatus
+from library_syncer.base import config
+from library_syncer.base import config_toml as config_cmd
+from library_syncer.base.config import SECTIONS
+from library_syncer.base.errors import ExitStatus
+from library_syncer.cli.main import main
 
 TOP = Path(__file__).resolve().parent.parent
 CONFFILE = TOP / "etc" / "library-syncer" / "library-syncer.toml"
@@ -117,7 +118,7 @@ def _all_parsers(parser, words=()):
 
 
 def test_every_command_and_command_group_help_has_an_example():
-    from library_syncer.cli import build_parser
+    from library_syncer.cli.main import build_parser
 
     seen = []
     for words, parser in _all_parsers(build_parser()):

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from library_syncer import demo
-from library_syncer.errors import ExitStatus
+from library_syncer.base.errors import ExitStatus
+from library_syncer.host import demo
 from tests.harness import sshd as sshd_harness
 
 
@@ -64,8 +64,9 @@ def test_demo_once_walks_the_library_and_leaves_nothing_behind():
 
 
 def test_demo_keeps_a_given_workdir_with_a_usable_settings_file(work_dir, capsys):
-    from library_syncer import config, status
-    from library_syncer.cli import main
+    from library_syncer.base import config
+    from library_syncer.cli.main import main
+    from library_syncer.host import status
 
     target = work_dir / "demo"
     assert main(["demo", "--once", "--workdir", str(target)]) == 0

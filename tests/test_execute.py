@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from library_syncer import execute
-from library_syncer.errors import CommandFailed, SyncerError
+from library_syncer.base import execute
+from library_syncer.base.errors import CommandFailed, SyncerError
 
 
 def test_lines_are_streamed_and_split_on_carriage_returns():

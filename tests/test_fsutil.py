@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from library_syncer.fsutil import atomic_symlink, atomic_write, write_if_changed
+from library_syncer.base.fsutil import atomic_symlink, atomic_write, write_if_changed
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):

@@ -13,8 +13,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from library_syncer import manifest
-from library_syncer.errors import ExitStatus
+from library_syncer.base.errors import ExitStatus
+from library_syncer.manifest import vcsp as manifest
 
 TTY = "ttylinux-template"
 DISK = "ttylinux-pc_i486-16.1-disk1.vmdk"
@@ -107,7 +107,7 @@ def test_no_change_rebuild_opens_no_content_file(library: Path) -> None:
     _build(library)
     code = ("import sys; from pathlib import Path; opened = []\n"
             "sys.addaudithook(lambda e, a: opened.append(str(a[0])) if e == 'open' else None)\n"
-            "from library_syncer import manifest\n"
+            "from library_syncer.manifest import vcsp as manifest\n"
             "r = manifest.build(Path(sys.argv[1]), name='Test library')\n"
             "print('\\n'.join(p for p in opened if p.startswith(sys.argv[1])))")
     result = subprocess.run([sys.executable, "-c", code, str(library)], capture_output=True,
@@ -288,7 +288,7 @@ def test_invalid_descriptors_are_problems(library: Path, fixtures_dir: Path,
                                                    ("nostalgia-two-disks.ovf", "false")])
 def test_vapp_detection_with_synthetic_disks(tmp_path: Path, fixtures_dir: Path,
                                              descriptor: str, vapp: str) -> None:
-    from library_syncer import ovf
+    from library_syncer.manifest import ovf
     source = fixtures_dir / "ovf" / "descriptors" / descriptor
     folder = tmp_path / "lib" / "template"
     _write(folder / descriptor, source.read_bytes())
@@ -394,7 +394,7 @@ def test_certs_listed_unless_excluded(library: Path) -> None:
 
 
 def test_ova_beside_its_unpacked_ovf_is_not_listed(library: Path, fixtures_dir: Path) -> None:
-    from library_syncer import ovf
+    from library_syncer.manifest import ovf
     ova = fixtures_dir / "ovf" / "ttylinux-pc_i486-16.1.ova"
     folder = library / "from-ova"
     folder.mkdir()
@@ -438,7 +438,7 @@ def test_unreadable_file_is_a_problem(work_dir: Path) -> None:
     (root / "ok" / "a.txt").chmod(0o644)
     secret.chmod(0o000)
     code = ("import sys, os; os.setgid(65534); os.setuid(65534); "
-            "from pathlib import Path; from library_syncer import manifest; "
+            "from pathlib import Path; from library_syncer.manifest import vcsp as manifest; "
             "r = manifest.build(Path(sys.argv[1]), name='x', state_dir=Path(sys.argv[2])); "
             "print('\\n'.join(str(p) for p in r.problems))")
     state = tmp_path / "state"

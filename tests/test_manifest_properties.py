@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from library_syncer import manifest
+from library_syncer.manifest import vcsp as manifest
 
 FOLDERS = ["alpha", "beta gamma", "x#y", "ünï", "q?%25", "L" * 85 + "1", "L" * 85 + "2"]
 FILES = ["a.bin", "b b.txt", "c#1.bin", "ü.txt", "d%20.bin"]

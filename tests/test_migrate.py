@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from library_syncer import config, migrate, sync
-from library_syncer.cli import main
-from library_syncer.errors import ExitStatus
-from library_syncer.snapshot import Layout
+from library_syncer.base import config
+from library_syncer.base.errors import ExitStatus
+from library_syncer.cli.main import main
+from library_syncer.host import migrate
+from library_syncer.sync import run as sync
+from library_syncer.sync.snapshot import Layout
 from tests.test_check import site  # noqa: F401 - the fixture
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from library_syncer import ovf
-from library_syncer.errors import ExitStatus
+from library_syncer.base.errors import ExitStatus
+from library_syncer.manifest import ovf
 
 
 @pytest.fixture

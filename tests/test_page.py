@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from library_syncer import page
-from library_syncer.errors import VerifyError
+from library_syncer.base.errors import VerifyError
+from library_syncer.web import page
 from tests.harness.caddy import make_config, make_state, start_caddy, write_library
 
 URL = "https://library.test:8443/lib.json"
@@ -117,7 +117,7 @@ def _chromium(work_dir: Path, url: str, *args: str) -> subprocess.CompletedProce
 def test_page_served_and_seen_in_headless_chromium(work_dir: Path, browse: bool):
     state = make_state(work_dir)
     config = make_config(work_dir, browse=browse)
-    from library_syncer.web import subscription_url
+    from library_syncer.web.caddy import subscription_url
 
     page.write_index(state / "published", url=subscription_url(config), synced_at=SYNCED)
     server = start_caddy(config, work_dir)

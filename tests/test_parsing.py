@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from library_syncer.schedule import to_on_calendar
-from library_syncer.units import (
+from library_syncer.base.schedule import to_on_calendar
+from library_syncer.base.units import (
     bwlimit_bytes_per_second,
     format_bytes,
     format_duration,

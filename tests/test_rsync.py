@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from library_syncer import config as config_module
-from library_syncer import hostkeys, lock, metrics, rsync, snapshot, ssh, state
-from library_syncer.errors import (
+from library_syncer.base import config as config_module
+from library_syncer.base.errors import (
     DiskFull,
     ExitStatus,
     HostKeyError,
@@ -22,7 +21,9 @@ from library_syncer.errors import (
     NetworkError,
     PartialTransfer,
 )
-from library_syncer.state import RunRecord
+from library_syncer.sync import hostkeys, lock, metrics, rsync, snapshot, ssh
+from library_syncer.sync import last_run as state
+from library_syncer.sync.last_run import RunRecord
 
 
 def _config(tmp_path: Path, **sync) -> config_module.Config:
@@ -224,7 +225,7 @@ def test_host_key_fingerprints_match_ssh_keygen(tmp_path):
 def test_progress_line_on_a_terminal(monkeypatch):
     import io
 
-    from library_syncer.progress import Reporter
+    from library_syncer.sync.progress import Reporter
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

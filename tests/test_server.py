@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from library_syncer import server
-from library_syncer.cli import main
-from library_syncer.config import ServerConfig
-from library_syncer.errors import ConfigError, SyncerError
+from library_syncer.base.config import ServerConfig
+from library_syncer.base.errors import ConfigError, SyncerError
+from library_syncer.cli.main import main
+from library_syncer.server import sshd as server
 from tests.harness import sshd as harness
 
 OLD_DOCKER_OPTIONS = ('command="/usr/bin/rrsync -ro /syncer/library/",no-agent-forwarding,'

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from library_syncer import server as server_role
+from library_syncer.server import sshd as server_role
 from tests.harness import sshd as harness
 from tests.harness.net import free_port, wait_listening
 
@@ -362,8 +362,9 @@ def test_an_unknown_key_and_a_revoked_key_are_refused(rig, dest):
 
 def test_the_sync_clients_own_pull_and_listing_work_against_it(rig, dest):
     """The argv library_syncer.rsync builds for the sync and `check` (not hand-written here)."""
-    from library_syncer import execute, rsync
-    from library_syncer.config import SyncConfig
+    from library_syncer.base import execute
+    from library_syncer.base.config import SyncConfig
+    from library_syncer.sync import rsync
 
     sync = SyncConfig(peer="127.0.0.1", port=rig.server.port, user=rig.server.user,
                       identity_file=rig.paris.key, known_hosts=rig.paris.known_hosts)
@@ -381,8 +382,8 @@ def test_the_sync_clients_own_pull_and_listing_work_against_it(rig, dest):
 
 def test_a_real_sync_run_publishes_the_library_from_the_server_role(work_dir, fixtures_dir):
     """`library-syncer sync`'s own run (sync.run_once) against a fresh server-role instance."""
-    from library_syncer import sync
-    from library_syncer.config import Config, PathsConfig, SyncConfig
+    from library_syncer.base.config import Config, PathsConfig, SyncConfig
+    from library_syncer.sync import run as sync
 
     library = work_dir / "library"
     shutil.copytree(fixtures_dir / "ovf" / "ttylinux-template", library / "ttylinux")

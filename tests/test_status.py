@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from library_syncer import state, sync
-from library_syncer.errors import ExitStatus
+from library_syncer.base.errors import ExitStatus
+from library_syncer.sync import last_run as state
+from library_syncer.sync import run as sync
 from tests.harness import caddy as caddy_harness
 from tests.harness import sshd as sshd_harness
 from tests.test_check import run_cli, site, site_settings  # noqa: F401

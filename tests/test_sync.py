@@ -191,8 +191,8 @@ def test_journal_fields_progress_notifications_and_metrics(work_dir, sshd, clien
     sd_notify STATUS= messages reach a real notification socket."""
     import socket
 
-    from library_syncer import config as config_module
-    from library_syncer import sync as sync_module
+    from library_syncer.base import config as config_module
+    from library_syncer.sync import run as sync_module
 
     add_iso_item(server_library, "big", 6 << 20, seed=11)
     prom = work_dir / "metrics" / "library_syncer.prom"

@@ -20,8 +20,8 @@ from urllib.parse import unquote
 import pytest
 import trustme
 
-from library_syncer import web
-from library_syncer.errors import ConfigError
+from library_syncer.base.errors import ConfigError
+from library_syncer.web import caddy as web
 from tests.harness import caddy as harness
 from tests.harness.caddy import SENTINEL, fetch, make_config, make_state, start_caddy
 
@@ -197,7 +197,7 @@ def test_cli_render_writes_only_a_config_caddy_accepts(work_dir, password_file):
 
 
 def test_subscription_url():
-    from library_syncer.config import parse
+    from library_syncer.base.config import parse
 
     def url(**settings):
         return web.subscription_url(parse({"web": settings}, Path("/x.toml")))
@@ -435,7 +435,7 @@ class Switcher:
         self.truth = {1: _truth(state / "snapshots" / "1")}
 
     def switch(self) -> None:
-        from library_syncer.fsutil import atomic_symlink
+        from library_syncer.base.fsutil import atomic_symlink
 
         snapshots, new = self.state / "snapshots", self.version + 1
         harness.write_library(snapshots / str(new), new, previous=snapshots / str(self.version),

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from library_syncer import execute
+from library_syncer.base import execute
 
 PREFIX = "lsfleet"
 SUBNET = "198.18.0"  # inside 198.18.0.0/15, the benchmarking range; /24 is plenty for 200 sites
@@ -65,11 +65,12 @@ PROFILES = {
 }
 
 
-def ip(*args: str, check: bool = True) -> execute.Result:
+def ip(*args: str, check: bool = True) -> execute.CommandResult:
     return execute.run(["ip", *args], check=check, capture=True, timeout=30)
 
 
-def in_ns(ns: str, *argv: str, check: bool = True, input: bytes | None = None) -> execute.Result:
+def in_ns(ns: str, *argv: str, check: bool = True,
+          input: bytes | None = None) -> execute.CommandResult:
     return execute.run(["ip", "netns", "exec", ns, *argv], check=check, capture=True,
                        input=input, timeout=60)
 

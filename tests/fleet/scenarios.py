@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from library_syncer.units import bwlimit_bytes_per_second
+from library_syncer.base.units import bwlimit_bytes_per_second
 
 from . import library
 from .checks import TornWatcher, compare_site

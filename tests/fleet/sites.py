@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from library_syncer import execute
-from library_syncer import server as server_role
-from library_syncer.config import ServerConfig
+from library_syncer.base import execute
+from library_syncer.base.config import ServerConfig
+from library_syncer.server import sshd as server_role
 from tests.harness import sshd as sshd_harness
 
 from .netns import SERVER_IP, Fleet, LinkProfile, in_ns

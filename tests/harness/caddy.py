@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from library_syncer import config as config_module
-from library_syncer import web
+from library_syncer.base import config as config_module
+from library_syncer.web import caddy as web
 
 from .net import free_port, wait_listening
 
@@ -182,7 +182,7 @@ def write_library(root: Path, version: int, *, disk_size: int = 6 * 2**20,
     """
     import hashlib
 
-    from library_syncer import manifest
+    from library_syncer.manifest import vcsp as manifest
 
     root.mkdir(parents=True)
     tty = root / "ttylinux"
@@ -210,7 +210,7 @@ def write_library(root: Path, version: int, *, disk_size: int = 6 * 2**20,
 def make_state(work_dir: Path, version: int = 1, **kwargs: Any) -> Path:
     """state/snapshots/<version> published through the `published` symlink, plus the private
     things that live beside it (staging, cache, last-run record) holding a sentinel string."""
-    from library_syncer.fsutil import atomic_symlink
+    from library_syncer.base.fsutil import atomic_symlink
 
     state = work_dir / "state"
     snapshot = state / "snapshots" / str(version)

@@ -189,7 +189,7 @@ def ensure_sysusers_user(name: str = SERVER_TEST_USER) -> pwd.struct_passwd:
 
 def server_role_config(dir: Path, library: Path, *, user: str, port: int, **overrides):
     """A ServerConfig for the test's own paths (keys and rendered config under `dir`)."""
-    from library_syncer.config import ServerConfig
+    from library_syncer.base.config import ServerConfig
 
     with contextlib.suppress(KeyError):  # else: a name for rendering only
         overrides.setdefault("uid", pwd.getpwnam(user).pw_uid)
@@ -204,7 +204,7 @@ def start_server_role(dir: Path, library: Path, *, sites: dict[str, str] | None 
     `sites` maps a site name to its public key line. Returns the same `Sshd` handle as
     `start_sshd`; `Sshd.server_config` is the ServerConfig used (for authorize/revoke).
     """
-    from library_syncer import server as server_role
+    from library_syncer.server import sshd as server_role
 
     user = user or ensure_sysusers_user().pw_name
     dir.mkdir(mode=0o755, parents=True, exist_ok=True)

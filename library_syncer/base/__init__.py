@@ -1,0 +1,1 @@
+"""The base layer: errors, settings, paths, logging, processes, files, templates."""

@@ -1,0 +1,206 @@
+"""The settings as TOML: `config show` (effective values) and `config generate` (commented).
+
+`generate` walks the dataclasses of config.py, so a new setting shows up in the commented example
+by itself; its one-line description lives in DESCRIPTIONS below (a test insists every setting has
+one). The shipped etc/library-syncer/library-syncer.toml is exactly `generate`'s output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import textwrap
+from collections.abc import Iterable
+from dataclasses import fields
+from typing import Any
+
+from . import config as config_module
+from .config import SECTIONS, Config
+from .units import parse_duration, parse_size
+
+log = logging.getLogger(__name__)
+COMMENT_WIDTH = 96
+
+# What each setting is for (the "expected" phrase and the Docker variable come from config.py).
+DESCRIPTIONS: dict[str, str] = {
+    "library": "The library as vCenter shows it (client role).",
+    "library.name": "Library name in lib.json, shown by vCenter.",
+    "library.description": "Optional description in lib.json.",
+    "library.include_certs": "Publish signed OVFs' .cert files with their items.",
+    "library.workers": "Threads hashing files when manifests are rebuilt.",
+    "sync": "Pulling the library from the server (client role).",
+    "sync.peer": "The server to pull from. Required on a client.",
+    "sync.port": "The server's SSH port.",
+    "sync.user": "The account on the server (its key is forced to rrsync -ro).",
+    "sync.remote_path": "Which folder of the server's library to pull.",
+    "sync.identity_file": "This site's private SSH key (create: ssh-keygen -t ed25519).",
+    "sync.known_hosts": "The server's host key (record it: library-syncer trust-host).",
+    "sync.bandwidth_limit": "Cap on transfer speed (rsync --bwlimit).",
+    "sync.schedule": "When the timer runs the sync (apply changes: library-syncer apply).",
+    "sync.random_delay": "Random delay added to each run so sites do not all pull at once.",
+    "sync.fixed_random_delay": (
+        "Keep the same random delay on every run (systemd FixedRandomDelay)."),
+    "sync.timezone": "Time zone of the schedule (empty: the host's).",
+    "sync.exclude": "Patterns never pulled (rsync --exclude).",
+    "sync.compress": "Compress on the wire (zstd).",
+    "sync.share_connection": "One SSH connection (one handshake) for the whole run (OpenSSH "
+                             "connection sharing).",
+    "sync.connect_timeout": "Give up connecting after this long.",
+    "sync.io_timeout": "Give up when no data moves for this long.",
+    "sync.retry_budget": "Keep retrying a failed transfer for up to this long.",
+    "sync.retry_initial_delay": "First wait between retries (it doubles each time).",
+    "sync.retry_max_delay": "Longest wait between retries.",
+    "sync.keep_snapshots": "Published snapshots kept (the current one included).",
+    "sync.min_free_space": "Refuse to start a sync with less free space than this.",
+    "sync.rsync": "The rsync command.",
+    "sync.ssh": "The ssh command.",
+    "web": "Publishing the library over HTTP(S) with Caddy (client role).",
+    "web.listen": "Address to listen on.",
+    "web.http_port": "HTTP port.",
+    "web.https_port": "HTTPS port (when web.tls is not \"off\").",
+    "web.tls": "off: plain HTTP; acme: Let's Encrypt for web.hostname; custom: web.cert_file "
+               "and web.key_file; internal: Caddy's own CA.",
+    "web.hostname": "The host name in the subscription URL and the certificate.",
+    "web.cert_file": "Certificate (PEM, chain included) when web.tls = \"custom\".",
+    "web.key_file": "Its private key (PEM) when web.tls = \"custom\".",
+    "web.acme_email": "Contact address given to the ACME CA.",
+    "web.browse": "Let a browser list the library's folders.",
+    "web.auth_user": "User name for HTTP basic auth (vCenter's subscription password).",
+    "web.auth_password_file": "File holding that password; empty: no authentication.",
+    "web.allow": "Networks allowed to read the library (empty: everyone).",
+    "web.caddy": "The caddy command.",
+    "server": "The read-only rsync endpoint (server role).",
+    "server.library": "The folder of templates the server exports.",
+    "server.listen": "Addresses the dedicated sshd listens on.",
+    "server.port": "The dedicated sshd's port.",
+    "server.user": "The account clients log in as.",
+    "server.uid": "Its numeric user id.",
+    "server.max_startups": "sshd MaxStartups: how many unauthenticated connections to accept.",
+    "server.max_sessions": "sshd MaxSessions per connection.",
+    "server.max_auth_tries": "sshd MaxAuthTries.",
+    "server.login_grace_time": "sshd LoginGraceTime.",
+    "server.client_alive_interval": "sshd ClientAliveInterval (drops dead sessions).",
+    "server.config_dir": "Host keys and authorized_keys of the dedicated sshd.",
+    "server.sshd": "The sshd binary.",
+    "server.rrsync": "The rrsync script forced on every client key.",
+    "metrics": "Prometheus metrics for node_exporter's textfile collector.",
+    "metrics.textfile": "Write metrics here after every sync (a .prom file; empty: off).",
+    "paths": "Where state and runtime files live (systemd's StateDirectory/RuntimeDirectory).",
+    "paths.state_dir": "Snapshots, the published symlink, caches, the last-run record.",
+    "paths.runtime_dir": "Lock and rendered runtime configs.",
+}
+
+HEADER = """\
+# library-syncer settings ({path})
+#
+# Every setting is shown with its default value: delete what you do not change, or keep it.
+# Relative paths are relative to this file's folder. Durations take seconds or systemd spans
+# ("30s", "5min", "6h"); sizes take bytes or "500M", "10G".
+# "Docker:" names the variable of the Docker-based version a setting replaces
+# (`library-syncer config import-env docker-compose.yaml` converts them).
+#
+# Check the file:  library-syncer config validate
+# After editing:   library-syncer apply   (the schedule)   and   library-syncer check
+#
+# Generated by `library-syncer config generate`.
+"""
+
+
+# --- TOML output --------------------------------------------------------------------------
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string (JSON's escapes are a subset TOML accepts)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def format_value(spec: Any, value: Any) -> str:
+    """The TOML for one setting's value, in the form a person would write it."""
+    parse = spec.metadata.get("parse")
+    if value is None:  # an optional path left unset
+        return '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(toml_string(str(v)) for v in value) + "]"
+    if parse is config_module._duration:
+        return toml_string(_span(float(value)))
+    if parse is parse_size:
+        return _size(int(value))
+    if isinstance(value, (int, float)):
+        return str(value)
+    return toml_string(str(value))
+
+
+def _span(seconds: float) -> str:
+    """A systemd span that parses back to exactly `seconds` ("6h", "1h 30min", "0.5")."""
+    if seconds != int(seconds):
+        return f"{seconds:g}"
+    from .units import format_duration
+
+    text = format_duration(seconds)
+    return text if parse_duration(text) == seconds else str(int(seconds))
+
+
+def _size(count: int) -> str:
+    for suffix, power in (("T", 4), ("G", 3), ("M", 2), ("K", 1)):
+        if count and count % 1024**power == 0:
+            return toml_string(f"{count // 1024**power}{suffix}")
+    return str(count)
+
+
+def section_lines(name: str, section: Any, *, comments: bool) -> list[str]:
+    """`[name]` and its `key = value` lines, with a comment block per key when asked."""
+    lines = []
+    if comments:
+        lines += _wrapped(DESCRIPTIONS.get(name, ""))
+    lines.append(f"[{name}]")
+    for spec in fields(section):
+        value = format_value(spec, getattr(section, spec.name))
+        if comments:
+            lines += _comment(name, spec)
+        lines.append(f"{spec.name} = {value}")
+        if comments:
+            lines.append("")
+    return lines
+
+
+def _wrapped(text: str) -> list[str]:
+    return textwrap.wrap(text, width=COMMENT_WIDTH, initial_indent="# ", subsequent_indent="# ",
+                         break_long_words=False, break_on_hyphens=False) or ["#"]
+
+
+def _comment(section: str, spec: Any) -> list[str]:
+    lines = _wrapped(DESCRIPTIONS.get(f"{section}.{spec.name}", ""))
+    lines += _wrapped(f"Expected: {spec.metadata.get('expected', '')}.")
+    docker = spec.metadata.get("doc", "")
+    if docker:
+        lines += _wrapped(f"Docker: {docker}.")
+    return lines
+
+
+def to_toml(config: Config, *, comments: bool, sections: Iterable[str] | None = None) -> str:
+    chosen = list(sections) if sections is not None else list(SECTIONS)
+    blocks = []
+    for name in chosen:
+        lines = section_lines(name, getattr(config, name), comments=comments)
+        while lines and lines[-1] == "":
+            lines.pop()
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def generated_text() -> str:
+    """The commented settings file with every default (also shipped as the conffile)."""
+    from . import paths
+
+    defaults = config_module.defaults(paths.DEFAULT_CONFIG_FILE)
+    return HEADER.format(path=paths.DEFAULT_CONFIG_FILE) + "\n" + to_toml(defaults, comments=True)
+
+
+# --- the commands -------------------------------------------------------------------------
+
+
+def all_keys() -> list[str]:
+    """Every `section.key` the settings file knows."""
+    return [f"{name}.{spec.name}" for name, cls in SECTIONS.items() for spec in fields(cls)]

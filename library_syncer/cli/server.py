@@ -1,0 +1,61 @@
+"""`library-syncer server render|authorize|revoke|keys`: the server role's commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..base import config as config_module
+from ..base.sshkeys import KeyRefused
+from ..server import sshd
+
+log = logging.getLogger(__name__)
+
+
+def render(args: argparse.Namespace) -> int:
+    """`server render`: print the sshd_config, or write it (checked with `sshd -t` on request)."""
+    cfg = config_module.load(args.config)
+    sshd.check_account(cfg)
+    if args.output is None:
+        if args.host_keys:
+            sshd.ensure_host_keys(cfg)
+        sys.stdout.write(sshd.render_sshd_config(cfg))
+        return 0
+    sshd.write_config(cfg, args.output, host_keys=args.host_keys, check=args.check)
+    log.info("wrote %s (port %d, library %s)", args.output, cfg.server.port, cfg.server.library)
+    return 0
+
+
+def authorize(args: argparse.Namespace) -> int:
+    """`server authorize KEY.pub --site NAME` ('-': the key from stdin)."""
+    cfg = config_module.load(args.config)
+    source = "stdin" if str(args.key) == "-" else str(args.key)
+    try:
+        text = sys.stdin.read() if source == "stdin" else args.key.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise KeyRefused(f"{source}: cannot read: {getattr(error, 'strerror', None) or error}",
+                         hint="give the site's .pub file") from None
+    entry = sshd.authorize(cfg, text, args.site, source)
+    print(f"authorized site {entry.site}: {entry.key_type} {entry.fingerprint}")
+    return 0
+
+
+def revoke(args: argparse.Namespace) -> int:
+    """`server revoke SITE`."""
+    entry = sshd.revoke(config_module.load(args.config), args.site)
+    print(f"revoked site {entry.site}: {entry.key_type} {entry.fingerprint}")
+    return 0
+
+
+def keys(args: argparse.Namespace) -> int:
+    """`server keys`: the authorized sites and their fingerprints."""
+    cfg = config_module.load(args.config)
+    entries = sshd.list_keys(cfg)
+    if not entries:
+        print(f"no site is authorized ({sshd.authorized_keys_path(cfg)})")
+        return 0
+    width = max(len(e.site) for e in entries)
+    for entry in entries:
+        print(f"{entry.site:<{width}}  {entry.fingerprint}  {entry.key_type}")
+    return 0

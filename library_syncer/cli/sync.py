@@ -1,0 +1,55 @@
+"""`library-syncer sync`, `trust-host` and `apply`: the client's pull, its server's host key, its
+schedule. Each handler loads the settings, calls the sync package and prints; nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..base import config as config_module
+from ..base.errors import ExitStatus
+from ..base.sshkeys import PublicKey
+from ..sync import hostkeys, run, timer
+
+log = logging.getLogger("library-syncer")
+
+
+def sync(args: argparse.Namespace) -> int:
+    """`sync`: one run; its failure is raised, so main() prints it as one line with its status."""
+    config = config_module.env_override_state(config_module.load(args.config))
+    if getattr(args, "skip_unconfigured", False) and not config.sync.peer:
+        # The package installs the commented example and enables the timer: until the operator
+        # names a server, a scheduled run says so and succeeds instead of failing every week.
+        log.warning("not configured yet: sync.peer is empty in %s; nothing to do (set it, then "
+                    "run library-syncer trust-host)", config.file)
+        return int(ExitStatus.OK)
+    record = run.run(config, retry=not args.no_retry,
+                     allow_empty=getattr(args, "allow_empty", False))
+    if record.error is not None:
+        raise record.error
+    return int(ExitStatus.OK)
+
+
+def _ask(keys: list[PublicKey]) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    shown = "\n".join(f"  {k.type} {k.fingerprint}" for k in keys)
+    answer = input(f"The server offers:\n{shown}\nCompare with `library-syncer server keys` on "
+                   "the server. Trust it? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def trust_host(args: argparse.Namespace) -> int:
+    """`trust-host`: record the server's host key (by fingerprint, prompt or --yes)."""
+    config = config_module.load(args.config)
+    print(hostkeys.trust(config, fingerprint=args.fingerprint, yes=args.yes, confirm=_ask))
+    return 0
+
+
+def apply(args: argparse.Namespace) -> int:
+    """`apply`: the schedule of the settings file onto library-syncer.timer."""
+    config = config_module.load(args.config)
+    for line in timer.apply(config, args.dropin_dir, reload=not args.no_reload):
+        print(line, file=sys.stdout)
+    return 0

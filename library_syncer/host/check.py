@@ -1,0 +1,401 @@
+"""`library-syncer check`: is this site able to sync and publish? One line per check.
+
+A client (sync.peer set) gets the client checks; a host where the server role is set up gets the
+server's (its account, the library folder, the authorized sites, `sshd -t`, the unit); both, when
+a host is both.
+
+Each check prints `ok`, `FAIL` (with the fix on the same line) or `skip` (it cannot be checked
+here, and why). Nothing is transferred: the server check is an SSH handshake and an rrsync
+listing (`rsync --list-only`) with exactly the ssh options the sync uses. The exit status is
+ExitStatus.CHECK when anything failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..base import config as config_module
+from ..base import execute
+from ..base.config import Config
+from ..base.errors import ConfigError, SyncerError
+from ..base.units import format_bytes
+from ..sync import rsync, timer
+from ..web import caddy
+
+SYNC_USER = "library-syncer"  # the service's account (packaging/debian/library-syncer.sysusers)
+OK, FAIL, SKIP = "ok", "FAIL", "skip"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    status: str  # OK, FAIL or SKIP
+    what: str  # a short name: settings, key, host key, server, web, disk, timer
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        fix = f"; fix: {self.fix}" if self.fix else ""
+        return f"{self.status:<5} {self.what}: {self.message}{fix}"
+
+
+# --- the individual checks ----------------------------------------------------------------
+
+
+def _sync_account() -> pwd.struct_passwd | None:
+    """The account the sync service runs as, when this host has it and we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SYNC_USER)
+    except KeyError:
+        return None
+
+
+def _readable_by(st: os.stat_result, account: pwd.struct_passwd) -> bool:
+    if st.st_uid == account.pw_uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    groups = {account.pw_gid} | {g.gr_gid for g in _groups_of(account.pw_name)}
+    if st.st_gid in groups:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
+
+
+def _groups_of(name: str) -> list:
+    import grp
+
+    return [g for g in grp.getgrall() if name in g.gr_mem]
+
+
+def check_key(config: Config) -> list[CheckResult]:
+    key = config.sync.identity_file
+    try:
+        st = key.stat()
+    except FileNotFoundError:
+        return [CheckResult(FAIL, "key", f"{key} does not exist",
+                       f"ssh-keygen -t ed25519 -N '' -f {key}, then authorize {key}.pub on "
+                       "the server (library-syncer server authorize)")]
+    except PermissionError:
+        return [CheckResult(FAIL, "key", f"{key}: permission denied", "run check as root")]
+    if not stat.S_ISREG(st.st_mode):
+        return [CheckResult(FAIL, "key", f"{key} is not a file", "point sync.identity_file at the "
+                       "private key file")]
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP):
+        return [CheckResult(FAIL, "key", f"{key} has mode {mode:04o}: others can read or change it",
+                       f"chmod 640 {key}")]
+    if st.st_uid == os.geteuid() and mode & stat.S_IRWXG and os.geteuid() != 0:
+        return [CheckResult(FAIL, "key", f"{key} has mode {mode:04o} and ssh refuses an own key "
+                       "readable by the group", f"chmod 600 {key}")]
+    account = _sync_account()
+    if account is not None and not _readable_by(st, account):
+        return [CheckResult(FAIL, "key", f"{key}: the sync runs as {SYNC_USER}, who cannot read it",
+                       f"chgrp {SYNC_USER} {key} && chmod 640 {key}")]
+    if account is None and not os.access(key, os.R_OK):
+        return [CheckResult(FAIL, "key", f"{key} is not readable by this user",
+                            "run check as root")]
+    owner = _name(pwd.getpwuid, st.st_uid)
+    return [CheckResult(OK, "key", f"{key} ({mode:04o}, owner {owner})")]
+
+
+def _name(lookup: Callable, number: int) -> str:
+    try:
+        return lookup(number)[0]
+    except KeyError:
+        return str(number)
+
+
+def check_host_key(config: Config) -> list[CheckResult]:
+    from ..sync import ssh
+
+    known = config.sync.known_hosts
+    pattern = ssh.host_pattern(config.sync)
+    fix = "library-syncer trust-host --fingerprint SHA256:… (the server shows it: " \
+          "library-syncer server keys)"
+    try:
+        with open(known, "rb"):
+            pass
+    except PermissionError:
+        return [CheckResult(FAIL, "host key", f"{known}: permission denied", "run check as root")]
+    except OSError:
+        return [CheckResult(FAIL, "host key", f"{known} does not exist: the server's host key is "
+                       "not known", fix)]
+    try:
+        result = execute.run(["ssh-keygen", "-F", pattern, "-f", str(known)], capture=True,
+                             check=False)
+    except SyncerError as error:
+        return [CheckResult(FAIL, "host key", str(error), "install openssh-client")]
+    if result.returncode != 0 or not result.output.strip():
+        return [CheckResult(FAIL, "host key", f"no key for {pattern} in {known}", fix)]
+    return [CheckResult(OK, "host key", f"{pattern} is in {known}")]
+
+
+def check_server(config: Config) -> list[CheckResult]:
+    """SSH handshake + rrsync listing: the server answers and accepts this site's key."""
+    argv = rsync.list_argv(config.sync)
+    target = f"{config.sync.user}@{config.sync.peer}:{config.sync.port}"
+    try:
+        result = execute.run(argv, capture=True, check=False,
+                             timeout=config.sync.connect_timeout + 30)
+    except SyncerError as error:
+        return [CheckResult(FAIL, "server", f"{target}: {error}", "check sync.peer and sync.port")]
+    if result.returncode == 0:
+        entries = [line for line in result.output.splitlines() if line.strip()]
+        return [CheckResult(OK, "server", f"{target} answers and accepts the key "
+                       f"({len(entries)} entries at {config.sync.remote_path})")]
+    return [_server_failure(config, target, result)]
+
+
+def _server_failure(config: Config, target: str, result: execute.CommandResult) -> CheckResult:
+    from ..sync import ssh
+
+    last = result.tail[-1] if result.tail else f"exit status {result.returncode}"
+    key, pattern = config.sync.identity_file, ssh.host_pattern(config.sync)
+    cause = ssh.diagnose(result.tail)
+    if cause == "host_key_changed":
+        return CheckResult(FAIL, "server", f"{target}: the server's host key has CHANGED",
+                      "if the server was reinstalled, remove the old key (ssh-keygen -R "
+                      f"'{pattern}' -f {config.sync.known_hosts}) and run library-syncer "
+                      "trust-host; otherwise investigate")
+    if cause == "host_key_unknown":
+        return CheckResult(FAIL, "server", f"{target}: the server's host key is not known",
+                      "library-syncer trust-host --fingerprint SHA256:…")
+    if cause == "auth":
+        return CheckResult(FAIL, "server", f"{target}: the server refused this site's key ({key})",
+                      f"on the server: library-syncer server authorize {key}.pub --site NAME")
+    if cause == "unreachable":
+        said = next((line for line in result.tail if any(p in line for p in ssh.UNREACHABLE)),
+                    last)
+        return CheckResult(FAIL, "server", f"{target} does not answer ({said})",
+                      "start the server role there (systemctl start library-syncer-sshd) or "
+                      "correct sync.peer / sync.port")
+    return CheckResult(FAIL, "server", f"{target}: listing failed: {last}",
+                  "check that sync.remote_path exists on the server; details: "
+                  "library-syncer --debug check")
+
+
+def check_web(config: Config) -> list[CheckResult]:
+    try:
+        text = caddy.render_caddyfile(config, warn=False)
+    except ConfigError as error:
+        return [CheckResult(FAIL, "web", str(p), "edit the [web] section") for p in error.problems]
+    except SyncerError as error:
+        return [CheckResult(FAIL, "web", str(error), "install caddy or set web.caddy")]
+    with tempfile.TemporaryDirectory(prefix="library-syncer-check.") as tmp:
+        path = Path(tmp) / "Caddyfile"
+        path.write_text(text)
+        env = dict(os.environ, XDG_DATA_HOME=tmp, XDG_CONFIG_HOME=tmp, HOME=tmp)
+        try:
+            caddy.validate(config, path, env=env)
+        except ConfigError as error:
+            return [CheckResult(FAIL, "web", error.problems[0].expected, "edit the [web] section")]
+        except SyncerError as error:
+            return [CheckResult(FAIL, "web", str(error), "install caddy or set web.caddy")]
+    return [CheckResult(OK, "web",
+                        f"Caddyfile validates; vCenter URL {caddy.subscription_url(config)}")]
+
+
+def _library_size(config: Config) -> int:
+    """Bytes of the published snapshot (what a full re-download would need at worst)."""
+    total = 0
+    published = config.published_dir
+    if not published.exists():
+        return 0
+    for root, _dirs, files in os.walk(published, followlinks=False):
+        for name in files:
+            with contextlib.suppress(OSError):  # a file removed while we count
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def check_disk(config: Config) -> list[CheckResult]:
+    state = config.state_dir
+    existing = next((p for p in [state, *state.parents] if p.exists()), Path("/"))
+    usage = shutil.disk_usage(existing)
+    need = config.sync.min_free_space
+    if usage.free < need:
+        return [CheckResult(FAIL, "disk", f"{format_bytes(usage.free)} free on {existing}, "
+                       f"sync.min_free_space is {format_bytes(need)}",
+                       "free space there or move paths.state_dir to a larger disk")]
+    size = _library_size(config)
+    note = f"; the published library is {format_bytes(size)}" if size else ""
+    if size and usage.free < size:
+        # Unchanged files are hard links: only changed ones take room. A full rewrite may not fit.
+        note += " (a sync rewriting every file would not fit)"
+    return [CheckResult(OK, "disk", f"{format_bytes(usage.free)} free on {existing}{note}")]
+
+
+def check_timer(config: Config) -> list[CheckResult]:
+    if not timer.systemd_running():
+        return [CheckResult(SKIP, "timer", "systemd is not running here: cannot see whether "
+                       f"{timer.TIMER} is enabled")]
+    try:
+        state = execute.run([timer.SYSTEMCTL, "is-enabled", timer.TIMER], capture=True,
+                            check=False).output.strip()
+    except SyncerError as error:
+        return [CheckResult(SKIP, "timer", f"cannot ask systemd: {error}")]
+    if state == "enabled":
+        return [CheckResult(OK, "timer", f"{timer.TIMER} is enabled")]
+    return [CheckResult(FAIL, "timer", f"{timer.TIMER} is {state or 'not installed'}",
+                   f"systemctl enable --now {timer.TIMER}")]
+
+
+WEB_UNIT = "library-syncer-web.service"
+DEBIAN_CADDY_UNIT = "caddy.service"  # enabled by Debian's caddy package; serves port 80
+
+
+def _is_active(unit: str) -> str:
+    return execute.run([timer.SYSTEMCTL, "is-active", unit], capture=True,
+                       check=False).output.strip()
+
+
+def check_web_service(config: Config) -> list[CheckResult]:
+    if not timer.systemd_running():
+        return [CheckResult(SKIP, "web service",
+                            f"systemd is not running here: cannot see {WEB_UNIT}")]
+    try:
+        ours, debians = _is_active(WEB_UNIT), _is_active(DEBIAN_CADDY_UNIT)
+    except SyncerError as error:
+        return [CheckResult(SKIP, "web service", f"cannot ask systemd: {error}")]
+    if ours == "active":
+        return [CheckResult(OK, "web service", f"{WEB_UNIT} is active")]
+    message, fix = f"{WEB_UNIT} is {ours or 'not installed'}", f"systemctl enable --now {WEB_UNIT}"
+    if debians == "active":
+        # Installing caddy starts Debian's own instance, which holds port 80 first.
+        message += f"; Debian's {DEBIAN_CADDY_UNIT} is running and holds the HTTP port"
+        fix = f"systemctl disable --now caddy && {fix}"
+    return [CheckResult(FAIL, "web service", message, fix)]
+
+
+CLIENT_CHECKS: list[Callable[[Config], list[CheckResult]]] = [
+    check_key, check_host_key, check_server, check_web, check_web_service, check_disk,
+    check_timer,
+]
+
+# --- the server role ----------------------------------------------------------------------
+
+SERVER_UNIT = "library-syncer-sshd.service"
+
+
+def is_server(config: Config) -> bool:
+    """The server role is set up here (its package creates these; a client has neither)."""
+    return config.server.config_dir.is_dir() or config.server.library.is_dir()
+
+
+def check_server_account(config: Config) -> list[CheckResult]:
+    from ..server import sshd
+
+    try:
+        account = sshd.check_account(config)
+    except SyncerError as error:
+        return [CheckResult(FAIL, "account", error.message, error.hint or "")]
+    return [CheckResult(OK, "account", f"{account.pw_name} (UID {account.pw_uid}, shell "
+                   f"{account.pw_shell})")]
+
+
+def check_library(config: Config) -> list[CheckResult]:
+    library = config.server.library
+    if not library.is_dir():
+        return [CheckResult(FAIL, "library", f"{library} is not a folder",
+                       "create it and put the templates there, or set server.library")]
+    mode = stat.S_IMODE(library.stat().st_mode)
+    if not mode & stat.S_IXOTH and library.stat().st_uid != _uid_of(config.server.user):
+        return [CheckResult(FAIL, "library", f"{library} ({mode:04o}) cannot be entered by "
+                       f"{config.server.user}", f"chmod 755 {library}")]
+    items = [p for p in library.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return [CheckResult(OK, "library", f"{library}: {len(items)} item folder"
+                   f"{'' if len(items) == 1 else 's'}")]
+
+
+def _uid_of(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def check_sites(config: Config) -> list[CheckResult]:
+    from ..server import sshd
+
+    sites = sshd.list_keys(config)
+    if not sites:
+        return [CheckResult(FAIL, "sites", f"no site is authorized in "
+                       f"{sshd.authorized_keys_path(config)}",
+                       "library-syncer server authorize SITE.pub --site NAME")]
+    names = ", ".join(s.site for s in sites[:5]) + (" …" if len(sites) > 5 else "")
+    return [CheckResult(OK, "sites", f"{len(sites)} authorized: {names}")]
+
+
+def check_sshd_config(config: Config) -> list[CheckResult]:
+    from ..server import sshd
+
+    missing = [p for p in sshd.host_key_paths(config) if not p.exists()]
+    if missing:
+        return [CheckResult(FAIL, "sshd", f"host key {missing[0]} is missing",
+                       f"systemctl restart {SERVER_UNIT} (creates missing keys) or "
+                       "library-syncer server render --host-keys")]
+    if os.geteuid() != 0:
+        return [CheckResult(SKIP, "sshd", "sshd -t needs root to read the host keys")]
+    with tempfile.TemporaryDirectory(prefix="library-syncer-check.") as tmp:
+        path = Path(tmp) / "sshd_config"
+        path.write_text(sshd.render_sshd_config(config))
+        try:
+            sshd.check_config(config, path, shown=Path("(rendered sshd_config)"))
+        except SyncerError as error:
+            return [CheckResult(FAIL, "sshd", error.message, error.hint or "")]
+    return [CheckResult(OK, "sshd", f"the rendered sshd_config passes sshd -t (port "
+                   f"{config.server.port})")]
+
+
+def check_server_unit(config: Config) -> list[CheckResult]:
+    if not timer.systemd_running():
+        return [CheckResult(SKIP, "service", f"systemd is not running here: cannot see whether "
+                       f"{SERVER_UNIT} runs")]
+    state = execute.run([timer.SYSTEMCTL, "is-active", SERVER_UNIT], capture=True,
+                        check=False).output.strip()
+    if state == "active":
+        return [CheckResult(OK, "service", f"{SERVER_UNIT} is active")]
+    return [CheckResult(FAIL, "service", f"{SERVER_UNIT} is {state or 'unknown'}",
+                   f"systemctl enable --now {SERVER_UNIT}; journalctl -u {SERVER_UNIT}")]
+
+
+SERVER_CHECKS: list[Callable[[Config], list[CheckResult]]] = [
+    check_server_account, check_library, check_sites, check_sshd_config, check_server_unit,
+]
+
+
+def run_checks(config_file: Path | None) -> list[CheckResult]:
+    try:
+        config = config_module.load(config_file)
+    except ConfigError as error:
+        # A file-level problem (missing, unreadable) already says what to do.
+        return [CheckResult(FAIL, "settings", str(p), "edit the file, then library-syncer config "
+                       "validate" if p.key else "") for p in error.problems]
+    results = [CheckResult(OK, "settings", f"{config.file} is valid")]
+    checks: list[Callable[[Config], list[CheckResult]]] = []
+    if config.sync.peer:
+        checks += CLIENT_CHECKS
+    if is_server(config):
+        checks += SERVER_CHECKS
+    if not checks:
+        results.append(CheckResult(FAIL, "settings", f"{config.file}: sync.peer is not set (and no "
+                              "server role here)", "set it to the server's host name"))
+        return results
+    for check in checks:
+        if check is check_server and any(r.what == "key" and r.status == FAIL for r in results):
+            # ssh would refuse or fail to read the key: its error would only blur the line above
+            results.append(CheckResult(SKIP, "server", "not contacted until the key problem above "
+                                  "is fixed"))
+            continue
+        try:
+            results += check(config)
+        except SyncerError as error:
+            results.append(CheckResult(FAIL, check.__name__.removeprefix("check_"), str(error)))
+    return results

@@ -1,0 +1,202 @@
+"""`library-syncer status [--json]`: is this site healthy, at a glance. Needs no root.
+
+Shows the last sync (from the sync's last-run record), the published library (its lib.json and
+items.json), the snapshot being served, the next run as systemd sees it, and what vCenter needs
+(the subscription URL and the TLS thumbprint). Anything it cannot see (no systemd, no permission,
+nothing synced yet) is said as such instead of guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..base import config as config_module
+from ..base import execute
+from ..base.config import Config
+from ..base.errors import ConfigError, SyncerError
+from ..base.units import format_bytes, format_duration
+from ..sync import timer
+from ..web import caddy
+
+TIMER_PROPERTIES = ("NextElapseUSecRealtime", "LastTriggerUSec", "RandomizedDelayUSec",
+                    "FixedRandomDelay", "TimersCalendar", "ActiveState", "UnitFileState",
+                    "LoadState")
+
+
+def _cannot(reason: str) -> dict[str, Any]:
+    return {"available": False, "reason": reason}
+
+
+def _why(error: OSError) -> str:
+    if isinstance(error, PermissionError):
+        return (f"permission denied reading {error.filename} (run as root or as a member of "
+                "group library-syncer)")
+    if isinstance(error, FileNotFoundError):
+        return f"{error.filename} does not exist"
+    return f"{error.filename}: {error.strerror}"
+
+
+# --- the parts ----------------------------------------------------------------------------
+
+
+def load_settings(file: Path | None) -> tuple[Config, str | None]:
+    """The settings; when the file cannot be read (no root), the defaults and why."""
+    try:
+        return config_module.load(file), None
+    except ConfigError as error:
+        problem = error.problems[0]
+        if len(error.problems) == 1 and problem.expected.startswith("permission denied"):
+            defaults = config_module.defaults(Path(problem.file))
+            return defaults, (f"cannot read {problem.file} (permission denied): showing "
+                              "defaults; run as root for the real settings")
+        raise
+
+
+def last_sync(config: Config) -> dict[str, Any]:
+    from ..sync import last_run
+
+    try:
+        record = last_run.read_last_run(config)
+    except OSError as error:
+        return _cannot(_why(error))
+    except ValueError as error:
+        return _cannot(f"the last-run record is unreadable: {error}")
+    if record is None:
+        return _cannot("no sync has run yet")
+    return {"available": True, **record}
+
+
+def published_library(config: Config) -> dict[str, Any]:
+    published = config.published_dir
+    try:
+        target = os.readlink(published)
+    except FileNotFoundError:
+        return _cannot(f"nothing published yet ({published} does not exist)")
+    except OSError as error:
+        return _cannot(_why(error))
+    snapshot = (published.parent / target).resolve()
+    try:
+        lib = json.loads((published / "lib.json").read_text())
+        items = json.loads((published / lib.get("itemsHref", "items.json")).read_text())
+    except OSError as error:
+        return {**_cannot(_why(error)), "snapshot": str(snapshot)}
+    except ValueError as error:
+        return {**_cannot(f"lib.json/items.json unreadable: {error}"), "snapshot": str(snapshot)}
+    return {"available": True, "name": lib.get("name"), "version": lib.get("version"),
+            "content_version": lib.get("contentVersion"), "items": len(items.get("items", [])),
+            "snapshot": str(snapshot)}
+
+
+def schedule(config: Config) -> dict[str, Any]:
+    configured = timer.schedule_of(config)
+    base = {"on_calendar": configured.on_calendar, "random_delay": configured.random_delay}
+    if not timer.systemd_running():
+        return {**base, **_cannot("systemd is not running here (PID 1 is not systemd)")}
+    argv = [timer.SYSTEMCTL, "show", timer.TIMER]
+    for name in TIMER_PROPERTIES:
+        argv += ["-p", name]
+    try:
+        result = execute.run(argv, capture=True, check=False, timeout=10)
+    except SyncerError as error:
+        return {**base, **_cannot(f"cannot ask systemd: {error}")}
+    if result.returncode != 0:
+        reason = result.tail[-1] if result.tail else f"exit status {result.returncode}"
+        return {**base, **_cannot(f"systemctl show {timer.TIMER}: {reason}")}
+    props = dict(line.split("=", 1) for line in result.output.splitlines() if "=" in line)
+    if props.get("LoadState") != "loaded":
+        return {**base, **_cannot(f"{timer.TIMER} is not installed here")}
+    return {**base, "available": True,
+            "next": props.get("NextElapseUSecRealtime") or None,
+            "last_trigger": props.get("LastTriggerUSec") or None,
+            "systemd_random_delay": props.get("RandomizedDelayUSec") or None,
+            "fixed_random_delay": props.get("FixedRandomDelay") == "yes",
+            "active": props.get("ActiveState"), "enabled": props.get("UnitFileState")}
+
+
+def vcenter(config: Config) -> dict[str, Any]:
+    info: dict[str, Any] = {"url": caddy.subscription_url(config), "tls": config.web.tls}
+    if config.web.tls == "off":
+        info["thumbprint"] = None
+        return info
+    thumbprint = caddy.tls_thumbprint(config)
+    info["thumbprint"] = thumbprint
+    if thumbprint is None:
+        info["thumbprint_reason"] = ("the web server does not answer and no certificate file "
+                                     "is readable here")
+    return info
+
+
+def gather(file: Path | None) -> dict[str, Any]:
+    config, note = load_settings(file)
+    config = config_module.env_override_state(config)
+    report: dict[str, Any] = {"settings": {"file": str(config.file)}}
+    if note:
+        report["settings"]["note"] = note
+    report["last_sync"] = last_sync(config)
+    report["library"] = published_library(config)
+    report["schedule"] = schedule(config)
+    report["vcenter"] = vcenter(config)
+    return report
+
+
+# --- text output --------------------------------------------------------------------------
+
+
+def _last_sync_line(last: dict[str, Any]) -> str:
+    if not last.get("available"):
+        return f"unknown: {last['reason']}"
+    parts = [str(last.get("finished") or last.get("started") or "?"), str(last.get("outcome"))]
+    if last.get("duration") is not None:
+        parts.append(f"took {format_duration(float(last['duration']))}")
+    if last.get("bytes_received") is not None:
+        parts.append(f"{format_bytes(int(last['bytes_received']))} received")
+    if last.get("speedup") is not None:
+        parts.append(f"speedup {float(last['speedup']):.1f}")
+    if last.get("items_changed") is not None:
+        changed = last["items_changed"]
+        count = len(changed) if isinstance(changed, list) else int(changed)
+        parts.append(f"{count} item{'' if count == 1 else 's'} changed")
+    line = ", ".join(parts)
+    if last.get("message") and last.get("outcome") != "ok":
+        line += f": {last['message']}"
+    return line
+
+
+def _schedule_line(sched: dict[str, Any]) -> str:
+    delay = sched["random_delay"]
+    configured = f"settings: {sched['on_calendar']}, " + (
+        f"random delay up to {delay}" if delay != "0" else "no random delay")
+    if not sched.get("available"):
+        return f"unknown: {sched['reason']} ({configured})"
+    if not sched.get("next"):
+        return (f"none: {timer.TIMER} is {sched.get('active')}/{sched.get('enabled')}; "
+                f"start it: systemctl enable --now {timer.TIMER} ({configured})")
+    # systemd's next elapse already includes this run's share of the random delay.
+    delay = sched.get("systemd_random_delay") or "0"
+    window = f"{sched['on_calendar']} + random delay up to {delay}" if delay not in ("0", "0s") \
+        else sched["on_calendar"]
+    return f"{sched['next']} ({window}; {timer.TIMER} {sched.get('enabled')})"
+
+
+def to_text(report: dict[str, Any]) -> str:
+    lib, vc = report["library"], report["vcenter"]
+    lines = [("settings", report["settings"]["file"])]
+    if report["settings"].get("note"):
+        lines.append(("note", report["settings"]["note"]))
+    lines.append(("last sync", _last_sync_line(report["last_sync"])))
+    if lib.get("available"):
+        lines.append(("library", f"\"{lib['name']}\" version {lib['version']}, "
+                                 f"{lib['items']} item{'' if lib['items'] == 1 else 's'}"))
+    else:
+        lines.append(("library", f"unknown: {lib['reason']}"))
+    if lib.get("snapshot"):
+        lines.append(("snapshot", lib["snapshot"]))
+    lines.append(("next run", _schedule_line(report["schedule"])))
+    lines.append(("vCenter URL", vc["url"]))
+    if vc["tls"] != "off":
+        lines.append(("thumbprint", vc["thumbprint"] or f"unknown: {vc['thumbprint_reason']}"))
+    width = max(len(label) for label, _ in lines) + 1
+    return "".join(f"{label + ':':<{width}} {value}\n" for label, value in lines)

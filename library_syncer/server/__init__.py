@@ -1,0 +1,1 @@
+"""The server role: the dedicated, locked-down sshd that exports the library."""

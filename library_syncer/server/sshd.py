@@ -1,0 +1,284 @@
+"""The server role: a dedicated, locked-down sshd whose only account can only run `rrsync -ro`.
+
+Three things live in `server.config_dir` (default /etc/library-syncer/server, root-owned):
+the instance's host keys, and `authorized_keys`, one line per site:
+
+    restrict,command="/usr/bin/rrsync -ro /srv/library-syncer/library/" ssh-ed25519 AAAA… site=paris
+
+The `syncer` account cannot change that file (root owns it; sshd reads it through an absolute
+`AuthorizedKeysFile`). The rendered sshd_config also forces the same command (`ForceCommand`), so
+even a hand-added line without `command=` gets nothing but a read-only rsync. Every time the config
+is rendered the key lines are rewritten from (site, key) so they always carry the current library
+path and rrsync; a line that cannot be understood stops the render instead of being trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import pwd
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..base import execute, fsutil, render, sshkeys
+from ..base.config import Config, ServerConfig
+from ..base.errors import CommandFailed, ConfigError, ConfigProblem, SyncerError
+from ..base.sshkeys import KeyRefused
+
+log = logging.getLogger(__name__)
+
+AUTHORIZED_KEYS = "authorized_keys"
+HOST_KEY_TYPES = ("ed25519", "rsa")  # ed25519 for current clients, RSA for old ones
+SITE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+SITE_EXPECTED = "letters, digits, '.', '_' or '-' (up to 63, starting with a letter or digit)"
+SITE_PREFIX = "site="
+
+
+
+@dataclass(frozen=True)
+class SiteKey:
+    """One authorized site: its name and its public key (type + base64 blob)."""
+
+    site: str
+    key_type: str
+    blob: str
+
+    @property
+    def fingerprint(self) -> str:
+        return sshkeys.fingerprint(self.blob)
+
+    def line(self, server: ServerConfig) -> str:
+        return (f'restrict,command="{forced_command(server)}" '
+                f"{self.key_type} {self.blob} {SITE_PREFIX}{self.site}")
+
+
+def _server(config: Config | ServerConfig) -> ServerConfig:
+    return config.server if isinstance(config, Config) else config
+
+
+_SHELL_SAFE = re.compile(r"[A-Za-z0-9/._+:@,=~-]+")
+
+
+def forced_command(config: Config | ServerConfig) -> str:
+    """The only command a client can run: rrsync, read-only, confined to the library.
+
+    sshd hands it to the login shell, so both paths must be plain words: a space would split
+    them, a `;` or `$` would be shell syntax.
+    """
+    server = _server(config)
+    for key, value in (("server.library", str(server.library)), ("server.rrsync", server.rrsync)):
+        if not _SHELL_SAFE.fullmatch(value) or not value.startswith("/"):
+            raise ConfigError(ConfigProblem(
+                str(config.file) if isinstance(config, Config) else "settings", key,
+                f'"{value}"', "an absolute path of letters, digits and / . _ + : @ , = ~ - "
+                "(sshd runs the forced command through a shell)"))
+    return f"{server.rrsync} -ro {str(server.library).rstrip('/')}/"
+
+
+def authorized_keys_path(config: Config | ServerConfig) -> Path:
+    return _server(config).config_dir / AUTHORIZED_KEYS
+
+
+def host_key_paths(config: Config | ServerConfig) -> list[Path]:
+    return [_server(config).config_dir / f"ssh_host_{kind}_key" for kind in HOST_KEY_TYPES]
+
+
+# --- sshd_config ----------------------------------------------------------------------------
+
+
+def render_sshd_config(config: Config | ServerConfig) -> str:
+    """The instance's sshd_config (pure: reads nothing, writes nothing)."""
+    server = _server(config)
+    return render.render(
+        "sshd_config.j2",
+        server=server,
+        listen=[f"[{a}]" if ":" in a else a for a in server.listen],
+        host_keys=host_key_paths(server),
+        authorized_keys=authorized_keys_path(server),
+        forced_command=forced_command(server),
+        login_grace_time=int(server.login_grace_time),
+        client_alive_interval=int(server.client_alive_interval),
+    )
+
+
+def ensure_host_keys(config: Config | ServerConfig) -> list[Path]:
+    """Create the instance's host keys when missing (never replaces one); return their paths."""
+    server = _server(config)
+    _ensure_config_dir(server)
+    for path, kind in zip(host_key_paths(server), HOST_KEY_TYPES, strict=True):
+        if path.exists():
+            continue
+        log.info("creating %s host key %s", kind, path)
+        # Generated under a temporary name: an interrupted ssh-keygen leaves no half key behind
+        # that the next start would take for a real one. The private key is renamed last.
+        tmp = path.with_name(f".{path.name}.new")
+        for leftover in (tmp, Path(f"{tmp}.pub")):
+            leftover.unlink(missing_ok=True)
+        argv = ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "library-syncer-server",
+                "-f", str(tmp)]
+        if kind == "rsa":
+            argv[4:4] = ["-b", "3072"]
+        execute.run(argv)
+        os.chmod(tmp, 0o600)
+        os.replace(f"{tmp}.pub", f"{path}.pub")
+        os.replace(tmp, path)
+        fsutil.fsync_dir(path.parent)
+    return host_key_paths(server)
+
+
+def _ensure_config_dir(server: ServerConfig) -> None:
+    # sshd's StrictModes wants every directory above the keys owned by root and not writable by
+    # others; 0755 keeps the public parts readable for `server keys` run by an operator.
+    server.config_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+
+def write_config(config: Config | ServerConfig, output: Path, *, host_keys: bool = False,
+                 check: bool = False) -> None:
+    """Render to `output` atomically; with `check`, `sshd -t` must accept it first."""
+    server = _server(config)
+    if host_keys:
+        ensure_host_keys(server)
+    sync_authorized_keys(server)
+    text = render_sshd_config(server)
+    output.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if check:
+        candidate = output.with_name(f".{output.name}.check")
+        candidate.write_text(text)
+        try:
+            check_config(server, candidate, shown=output)
+        finally:
+            candidate.unlink(missing_ok=True)
+    fsutil.write_if_changed(output, text, 0o644)
+
+
+def check_config(config: Config | ServerConfig, path: Path, shown: Path | None = None) -> None:
+    """`sshd -t` on a rendered file; its complaint becomes the error line (naming `shown`)."""
+    server = _server(config)
+    try:
+        execute.run([server.sshd, "-t", "-f", str(path)], capture=True)
+    except CommandFailed as error:
+        detail = error.tail[-1] if error.tail else f"status {error.returncode}"
+        detail = detail.replace(f"{path} ", "").replace(str(path), "")
+        raise SyncerError(f"sshd rejected the rendered config {shown or path}: {detail}",
+                          hint="check the [server] section of the settings file") from None
+
+
+def check_account(config: Config | ServerConfig) -> pwd.struct_passwd:
+    """The account sites log in as must exist and have a shell (sshd runs the forced command
+    through it); a different UID than the settings say is only worth a warning."""
+    server = _server(config)
+    try:
+        account = pwd.getpwnam(server.user)
+    except KeyError:
+        raise SyncerError(f'server.user: the account "{server.user}" does not exist',
+                          hint="the library-syncer-server package creates it with "
+                          "systemd-sysusers; run `systemd-sysusers`") from None
+    shell = account.pw_shell
+    if not shell or Path(shell).name in ("nologin", "false") or not os.access(shell, os.X_OK):
+        raise SyncerError(f'server.user: the account "{server.user}" has shell "{shell}"; sshd '
+                          "runs the forced rrsync through the login shell, so no site could pull",
+                          hint=f"usermod --shell /bin/sh {server.user}")
+    if account.pw_uid != server.uid:
+        log.warning('server.uid is %d but the account "%s" has UID %d (files the library '
+                    "export writes for it should use that UID)", server.uid, server.user,
+                    account.pw_uid)
+    return account
+
+
+# --- authorized keys ------------------------------------------------------------------------
+
+
+def read_authorized(config: Config | ServerConfig) -> list[SiteKey]:
+    """The authorized sites, in file order. A line we cannot understand is an error."""
+    path = authorized_keys_path(config)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (PermissionError, UnicodeDecodeError) as error:
+        raise SyncerError(f"{path}: cannot read: {error}", hint="run as root") from None
+    entries: list[SiteKey] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}: line {number}"
+        try:
+            key = sshkeys.parse_public_key(line, where)
+        except KeyRefused as error:
+            detail = error.message.removeprefix(f"{where}: ")
+            raise ConfigError(ConfigProblem(where, "", "", detail)) from None
+        site = next((t[len(SITE_PREFIX):] for t in sshkeys.split_words(line)
+                     if t.startswith(SITE_PREFIX)), "")
+        if not SITE_RE.fullmatch(site):
+            raise ConfigError(ConfigProblem(
+                where, "", "", "no site name (site=NAME at the end); remove the line and add the "
+                "key with `library-syncer server authorize KEY.pub --site NAME`"))
+        entries.append(SiteKey(site, key.type, key.blob))
+    return entries
+
+
+def _write_authorized(server: ServerConfig, entries: list[SiteKey]) -> None:
+    _ensure_config_dir(server)
+    header = ("# Managed by `library-syncer server authorize/revoke`: every key may only run "
+              "rrsync -ro on the library.\n")
+    body = "".join(entry.line(server) + "\n" for entry in entries)
+    # Root-owned and not writable by anyone else: the syncer account cannot add itself keys.
+    fsutil.write_if_changed(authorized_keys_path(server), header + body, 0o644)
+
+
+def sync_authorized_keys(config: Config | ServerConfig) -> None:
+    """Rewrite every line from (site, key) so it carries the current library path and rrsync."""
+    server = _server(config)
+    if authorized_keys_path(server).exists():
+        with _keys_lock(server):
+            _write_authorized(server, read_authorized(server))
+
+
+@contextlib.contextmanager
+def _keys_lock(server: ServerConfig):
+    """Serialise read-modify-write of authorized_keys (two operators at once lose no key)."""
+    _ensure_config_dir(server)
+    with open(server.config_dir / ".authorized_keys.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def authorize(config: Config | ServerConfig, pubkey_text: str, site: str,
+              source: str = "key") -> SiteKey:
+    """Add one site's public key; refuses invalid keys, private keys and duplicates."""
+    server = _server(config)
+    if not SITE_RE.fullmatch(site):
+        raise KeyRefused(f'--site: found "{site}", expected {SITE_EXPECTED}')
+    key = sshkeys.parse_public_key(pubkey_text, source)
+    entry = SiteKey(site, key.type, key.blob)
+    with _keys_lock(server):
+        entries = read_authorized(server)
+        for other in entries:
+            if other.site == site:
+                raise KeyRefused(f'site "{site}" already has a key ({other.fingerprint}); '
+                                 f"run `library-syncer server revoke {site}` first to replace it")
+            if other.blob == key.blob:
+                raise KeyRefused(f"{source}: this key ({entry.fingerprint}) is already "
+                                 f'authorized for site "{other.site}"; each site needs its own key')
+        _write_authorized(server, [*entries, entry])
+    return entry
+
+
+def revoke(config: Config | ServerConfig, site: str) -> SiteKey:
+    """Remove a site's key (new connections with it are refused at once)."""
+    server = _server(config)
+    with _keys_lock(server):
+        entries = read_authorized(server)
+        kept = [e for e in entries if e.site != site]
+        if len(kept) == len(entries):
+            known = ", ".join(e.site for e in entries) or "none"
+            raise KeyRefused(f'no site named "{site}" (authorized: {known})')
+        _write_authorized(server, kept)
+    return next(e for e in entries if e.site == site)
+
+
+def list_keys(config: Config | ServerConfig) -> list[SiteKey]:
+    return read_authorized(config)

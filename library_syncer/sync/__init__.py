@@ -1,0 +1,1 @@
+"""The client's pull: ssh/rsync argv, snapshots, one run, its record, metrics, lock."""

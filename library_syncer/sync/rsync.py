@@ -1,0 +1,222 @@
+"""rsync command lines for the pull (pure functions of SyncConfig), its statistics, and what its
+exit status means for the run (success, retry, or a specific error).
+
+Options are chosen for `rrsync -ro` on the server: no -s (secluded args) and no -k/-K/-L, which
+rrsync refuses when restricted to a folder. Symbolic links, devices and special files are never
+transferred (no -l/-D): a link in the library could otherwise expose the client's own files
+through the web server.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..base.config import SyncConfig
+from ..base.errors import DiskFull, HostKeyError, NetworkError, PartialTransfer, SyncerError
+from . import ssh
+
+PARTIAL_DIR = ".rsync-partial"
+# The server's own manifests and page are never copied nor trusted: the client writes its own.
+# "hide" rules act on the sender only, so a stale copy on our side is still deleted.
+SERVER_MANIFESTS = ("/lib.json", "/items.json", "/*/item.json", "/index.html")
+# Transient: worth retrying with the partial progress kept.
+RETRY_CODES = {5, 10, 12, 30, 35, 255}
+EXIT_MEANING = {
+    1: "syntax or usage error", 2: "protocol incompatibility", 3: "errors selecting files",
+    4: "action not supported by the server", 5: "error starting the client-server protocol",
+    10: "error in socket I/O", 11: "error in file I/O", 12: "error in the rsync data stream",
+    13: "errors with program diagnostics", 14: "error in IPC code", 20: "interrupted",
+    21: "waitpid error", 22: "out of memory", 23: "partial transfer", 24: "files vanished",
+    25: "--max-delete stopped deletions", 30: "I/O timeout", 35: "connection timeout",
+    255: "ssh failed",
+}
+
+
+def _host(peer: str) -> str:
+    return f"[{peer}]" if ":" in peer else peer
+
+
+def source(sync: SyncConfig) -> str:
+    """`peer:/path/` (the trailing slash: the folder's contents, not the folder)."""
+    path = sync.remote_path if sync.remote_path.endswith("/") else sync.remote_path + "/"
+    return f"{_host(sync.peer)}:{path}"
+
+
+def common_options(sync: SyncConfig, ssh_extra: Sequence[str] = ()) -> list[str]:
+    # --modify-window=-1: compare mtimes to the nanosecond. rsync's default (whole seconds)
+    # never re-sends a same-size file rewritten within the second of the previous sync.
+    argv = ["--recursive", "--times", "--modify-window=-1", "--perms", "--chmod=D0755,F0644",
+            "--no-inc-recursive", f"--timeout={max(1, int(sync.io_timeout))}",
+            "-e", ssh.rsh(sync, ssh_extra)]
+    if sync.bandwidth_limit not in ("0", ""):
+        argv.append(f"--bwlimit={sync.bandwidth_limit}")
+    if sync.compress:
+        argv += ["--compress", "--compress-choice=zstd"]
+    return argv
+
+
+def filter_options(sync: SyncConfig) -> list[str]:
+    argv = [f"--exclude={pattern}" for pattern in sync.exclude]
+    argv += [f"--filter=H {name}" for name in SERVER_MANIFESTS]
+    return argv
+
+
+def pull_argv(sync: SyncConfig, dest: Path, link_dests: list[Path], *,
+              dry_run: bool = False, ssh_extra: Sequence[str] = ()) -> list[str]:
+    """Pull the library into `dest` (staging), hard-linking what is unchanged in `link_dests`
+    and delta-transferring changed files against them; interrupted files resume from the
+    partial dir. `ssh_extra`: options for ssh (the run's shared connection)."""
+    argv = [sync.rsync, *common_options(sync, ssh_extra), "--delete",
+            f"--partial-dir={PARTIAL_DIR}", *filter_options(sync)]
+    argv += [f"--link-dest={Path(d).resolve()}" for d in link_dests]
+    if dry_run:
+        argv += ["--dry-run", "--info=stats2"]
+    else:
+        argv += ["--info=progress2,stats2"]
+    return [*argv, source(sync), f"{dest}/"]
+
+
+def list_argv(sync: SyncConfig) -> list[str]:
+    """List the server's library (`check`): the same connection, nothing transferred."""
+    return [sync.rsync, "--list-only", "--timeout=60", "-e", ssh.rsh(sync), source(sync)]
+
+
+# --- statistics -----------------------------------------------------------------------------
+
+_STAT = re.compile(r"^(Number of files|Number of regular files transferred|Number of deleted "
+                   r"files|Total file size|Total transferred file size|Literal data|Matched data"
+                   r"|Total bytes sent|Total bytes received):\s*([\d,.]+)")
+_PROGRESS = re.compile(r"^\s*([\d,]+)\s+(\d+)%\s+(\S+)\s+(\d+:\d\d:\d\d)")
+_ERROR_PATH = re.compile(r'"([^"]+)"')
+
+
+_STAT_FIELDS = {
+    "Number of files": "files", "Number of regular files transferred": "files_transferred",
+    "Number of deleted files": "files_deleted", "Total file size": "total_size",
+    "Total transferred file size": "transferred_size", "Literal data": "literal",
+    "Matched data": "matched", "Total bytes sent": "bytes_sent",
+    "Total bytes received": "bytes_received",
+}
+
+
+@dataclass
+class Stats:
+    files: int = 0
+    files_transferred: int = 0
+    files_deleted: int = 0
+    total_size: int = 0
+    transferred_size: int = 0
+    literal: int = 0
+    matched: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    errors: list[str] = field(default_factory=list)  # rsync's own error lines
+    skipped: int = 0  # links and special files not transferred
+
+    def feed(self, line: str) -> bool:
+        """Take one output line; True when it was a statistics or error line."""
+        match = _STAT.match(line)
+        if match:
+            number = int(float(match.group(2).replace(",", "")))
+            setattr(self, _STAT_FIELDS[match.group(1)], number)
+            return True
+        if line.startswith("skipping non-regular file"):
+            self.skipped += 1
+            return True
+        if line.startswith(("rsync:", "rsync error:", "rsync warning:", "file has vanished")):
+            self.errors.append(line)
+            return True
+        return False
+
+    @property
+    def failed_files(self) -> list[str]:
+        """Paths named in rsync's error lines (for a partial transfer)."""
+        names = []
+        for line in self.errors:
+            match = _ERROR_PATH.search(line)
+            if match and match.group(1) not in names:
+                names.append(match.group(1))
+        return names
+
+
+@dataclass(frozen=True)
+class Progress:
+    bytes: int
+    percent: int
+    rate: str
+    eta: str
+
+
+def parse_progress(line: str) -> Progress | None:
+    """A `--info=progress2` line: `  1,234,567  12%   10.50MB/s    0:01:23 (xfr#3, to-chk=5/10)`."""
+    match = _PROGRESS.match(line)
+    if not match:
+        return None
+    return Progress(int(match.group(1).replace(",", "")), int(match.group(2)), match.group(3),
+                    match.group(4))
+
+
+# --- what an exit status means --------------------------------------------------------------
+
+
+class TransientError(NetworkError):
+    """A failure worth retrying (the partial progress is kept)."""
+
+
+def _last(tail: list[str]) -> str:
+    """The most telling line: ssh's own complaint, else rsync's last message."""
+    for line in tail:
+        if line.startswith("ssh:") or line.startswith("kex_exchange_identification"):
+            return line
+    for line in reversed(tail):
+        if not line.startswith(("rsync error:", "sent ", "total size")) and "%" not in line:
+            return line
+    return tail[-1] if tail else "no output"
+
+
+def classify(returncode: int, tail: list[str], stats: Stats, sync: SyncConfig,
+             needed: int | None = None) -> SyncerError | None:
+    """None for success (0, or 24: files vanished while listed), else the error to raise."""
+    if returncode in (0, 24):
+        return None
+    lines = [*tail, *stats.errors]
+    text = "\n".join(lines)
+    target = f"{sync.user}@{sync.peer}:{sync.port}"
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        need = f"; about {needed:,} bytes were needed" if needed else ""
+        return DiskFull(f"the staging tree ran out of disk space{need}",
+                        hint="free space on the state directory's filesystem; the next run "
+                             "resumes where this one stopped")
+    kind = ssh.diagnose(lines)
+    if kind == "host_key_changed":
+        return HostKeyError(f"{target}: the server's host key has CHANGED; refusing to connect",
+                            hint="if the server was reinstalled, remove its old key with "
+                                 f"ssh-keygen -R '{ssh.host_pattern(sync)}' -f {sync.known_hosts} "
+                                 "and run library-syncer trust-host; otherwise investigate")
+    if kind == "host_key_unknown":
+        return HostKeyError(f"{target}: the server's host key is not in {sync.known_hosts}",
+                            hint="run library-syncer trust-host --fingerprint SHA256:… with the "
+                                 "fingerprint shown by `library-syncer server keys` on the server")
+    if kind == "auth":
+        return NetworkError(f"{target}: the server refused this site's key "
+                            f"({sync.identity_file})",
+                            hint=f"on the server: library-syncer server authorize "
+                                 f"{sync.identity_file}.pub --site NAME")
+    if "rrsync" in text and ("disabled" in text or "not allowed" in text or "error" in text):
+        return NetworkError(f"{target}: the server refused the transfer: {_last(lines)}")
+    if returncode == 23:
+        files = stats.failed_files
+        shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+        return PartialTransfer(f"some files could not be transferred: {shown or _last(lines)}",
+                               hint="nothing was published; fix them on the server (permissions?)"
+                                    " and the next run completes the transfer")
+    meaning = EXIT_MEANING.get(returncode, f"exit status {returncode}")
+    if kind == "unreachable":
+        return TransientError(f"{target}: {_last(lines)}")
+    message = f"{target}: rsync failed ({meaning}, status {returncode}): {_last(lines)}"
+    if returncode in RETRY_CODES:
+        return TransientError(message)
+    return SyncerError(message)

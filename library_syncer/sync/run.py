@@ -1,0 +1,425 @@
+"""`library-syncer sync`: one run of the client. Decides and logs; the doing is delegated.
+
+    lock ─► rsync over ssh into staging (--link-dest = the published snapshot, resumable)
+         ─► unpack OVAs ─► manifest engine (verify, ids, versions) ─► index page
+         ─► atomic switch of the `published` symlink ─► prune ─► record, metrics, summary
+
+A failed or interrupted run leaves the published snapshot exactly as it was; its staging tree
+(with rsync's partial files) is where the next run resumes. docs/sync.md is the user's account.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import __version__
+from ..base import execute
+from ..base.config import Config
+from ..base.errors import (
+    ConfigError,
+    ConfigProblem,
+    ExitStatus,
+    HostKeyError,
+    NetworkError,
+    SyncerError,
+    VerifyError,
+)
+from ..base.units import format_bytes, format_duration
+from ..manifest import vcsp
+from ..web import caddy, page
+from . import last_run, lock, metrics, rsync, snapshot, sshmux
+from .last_run import RunRecord
+from .progress import Reporter
+
+log = logging.getLogger("library-syncer")
+
+OUTCOME_OF_STATUS = {
+    ExitStatus.OK: "ok", ExitStatus.VERIFY: "verify", ExitStatus.PARTIAL: "partial",
+    ExitStatus.NETWORK: "network", ExitStatus.DISK_FULL: "disk_full",
+    ExitStatus.HOST_KEY: "host_key", ExitStatus.CONFIG: "config",
+}
+MAX_ERROR_LINES = 5
+
+
+# --- preconditions ----------------------------------------------------------------------------
+
+
+def check_settings(config: Config) -> None:
+    """What the settings file must hold before a run can start (one line each)."""
+    sync, file = config.sync, str(config.file)
+    problems = []
+    if not sync.peer:
+        problems.append(ConfigProblem(file, "sync.peer", "nothing",
+                                      "the server's host name or IP address"))
+    if not os.access(sync.identity_file, os.R_OK):
+        why = "does not exist" if not sync.identity_file.exists() else "is not readable"
+        problems.append(ConfigProblem(file, "sync.identity_file", "",
+                                      f"{sync.identity_file} {why}; create the site's key "
+                                      f"(ssh-keygen -t ed25519 -N '' -f {sync.identity_file}) "
+                                      "and authorize its .pub on the server"))
+    if problems:
+        raise ConfigError(problems)
+    if not sync.known_hosts.is_file():
+        raise HostKeyError(f"{sync.known_hosts} does not exist: the server's host key is not "
+                           "known", hint="run library-syncer trust-host --fingerprint SHA256:…")
+
+
+# --- the transfer, with retries ---------------------------------------------------------------
+
+
+@dataclass
+class Transfer:
+    stats: rsync.Stats = field(default_factory=rsync.Stats)
+    attempts: int = 1  # 1 + retries, over the dry run and the pull
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    needed: int | None = None  # bytes the changed files need in staging (from the dry run)
+
+
+def _rsync(argv: list[str], sync, reporter: Reporter | None, needed: int | None
+           ) -> rsync.Stats:
+    stats = rsync.Stats()
+
+    def on_line(line: str) -> None:
+        if stats.feed(line):
+            return
+        progress = rsync.parse_progress(line)
+        if progress is not None:
+            if reporter:
+                reporter.update(progress)
+            return
+        log.debug("rsync: %s", line)
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RSYNC_PROTECT_ARGS", "RSYNC_RSH")}
+    try:
+        result = execute.run(argv, on_line=on_line, check=False, env=env)
+    finally:
+        if reporter:
+            reporter.done()
+    error = rsync.classify(result.returncode, result.tail, stats, sync, needed)
+    if result.returncode == 24:
+        log.warning("some files vanished on the server during the transfer (not an error)")
+    if error is not None:
+        error.stats = stats  # type: ignore[attr-defined]
+        raise error
+    return stats
+
+
+def _with_retries(step, config: Config, transfer: Transfer, retry: bool) -> rsync.Stats:
+    """Run `step` until it succeeds, retrying transient failures with exponential backoff
+    (and jitter, so a fleet of sites does not reconnect in lockstep) within sync.retry_budget."""
+    sync = config.sync
+    started = time.monotonic()
+    delay = sync.retry_initial_delay
+    while True:
+        try:
+            stats = step()
+        except rsync.TransientError as error:
+            partial: rsync.Stats = getattr(error, "stats", rsync.Stats())
+            transfer.bytes_received += partial.bytes_received
+            transfer.bytes_sent += partial.bytes_sent
+            elapsed = time.monotonic() - started
+            wait = min(delay * random.uniform(0.8, 1.2), sync.retry_max_delay)
+            if not retry or elapsed + wait > sync.retry_budget:
+                tried = (f"after {transfer.attempts} attempts in {format_duration(elapsed)}"
+                         if transfer.attempts > 1 else "(not retried)")
+                raise NetworkError(f"{error.message} {tried}",
+                                   hint="check the link and the server; the next run resumes "
+                                        "where this one stopped") from None
+            log.warning("attempt %d failed: %s; retrying in %.0f s", transfer.attempts,
+                        error.message, wait)
+            time.sleep(wait)
+            delay = min(delay * 2, sync.retry_max_delay)
+            transfer.attempts += 1
+            continue
+        transfer.bytes_received += stats.bytes_received
+        transfer.bytes_sent += stats.bytes_sent
+        return stats
+
+
+def transfer(config: Config, layout: snapshot.Layout, staging: Path, published: Path | None,
+             retry: bool, reporter: Reporter | None, result: Transfer | None = None
+             ) -> Transfer:
+    """Dry run (what must be fetched: the space check), then the pull into staging, both over
+    one shared SSH connection. `result` is filled as it goes (attempts and bytes are known even
+    when it fails)."""
+    result = result if result is not None else Transfer()
+    with sshmux.shared(config.sync, config.runtime_dir) as connection:
+        _dry_run_and_pull(config, layout, staging, published, retry, reporter, result,
+                          connection)
+    return _report_transfer(result)
+
+
+def _dry_run_and_pull(config: Config, layout: snapshot.Layout, staging: Path,
+                      published: Path | None, retry: bool, reporter: Reporter | None,
+                      result: Transfer, connection: sshmux.SharedConnection | None) -> None:
+    sync = config.sync
+    link_dests = [p for p in (published,) if p is not None]
+    if any(layout.ova_store.iterdir()):
+        link_dests.append(layout.ova_store)
+    ssh_extra = connection.rsh_options() if connection else []
+
+    def step(argv: list[str], progress: Reporter | None, needed: int | None) -> rsync.Stats:
+        if connection:
+            connection.ensure()
+        return _rsync(argv, sync, progress, needed)
+
+    dry = rsync.pull_argv(sync, staging, link_dests, dry_run=True, ssh_extra=ssh_extra)
+    plan = _with_retries(lambda: step(dry, None, None), config, result, retry)
+    result.needed = plan.transferred_size
+    if plan.transferred_size:  # nothing to fetch costs no space: never refuse a no-op run
+        snapshot.check_space(layout, plan.transferred_size, sync.min_free_space)
+    log.debug("dry run: %d file(s), %d bytes to fetch", plan.files_transferred,
+              plan.transferred_size)
+    if plan.transferred_size:
+        log.info("fetching %d changed file(s), %s (library %s)", plan.files_transferred,
+                 format_bytes(plan.transferred_size), format_bytes(plan.total_size))
+    if reporter:
+        reporter.status(f"transferring {format_bytes(plan.transferred_size)}")
+    pull = rsync.pull_argv(sync, staging, link_dests, ssh_extra=ssh_extra)
+    result.stats = _with_retries(lambda: step(pull, reporter, result.needed), config, result,
+                                 retry)
+
+
+def _report_transfer(result: Transfer) -> Transfer:
+    """rsync's own error lines and skipped links, once, after the transfer."""
+    for line in result.stats.errors[:MAX_ERROR_LINES]:
+        log.warning("%s", line)
+    if len(result.stats.errors) > MAX_ERROR_LINES:
+        log.warning("… and %d more rsync messages", len(result.stats.errors) - MAX_ERROR_LINES)
+    if result.stats.skipped:
+        log.warning("%d link(s) or special file(s) on the server were not transferred (only "
+                    "regular files are)", result.stats.skipped)
+    return result
+
+
+# --- after the transfer -----------------------------------------------------------------------
+
+
+def _build_manifests(config: Config, layout: snapshot.Layout, staging: Path,
+                     published: Path | None) -> vcsp.BuildReport:
+    lib = config.library
+    try:
+        return vcsp.build(staging, name=lib.name, state_dir=layout.cache, previous=published,
+                              include_certs=lib.include_certs, workers=lib.workers,
+                              description=lib.description)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise snapshot.disk_full(error, "writing the manifests") from None
+        raise
+
+
+def _write_page(config: Config, staging: Path) -> None:
+    """The human page (index.html) of the snapshot; never fatal."""
+    try:
+        page.write_index(staging, url=caddy.subscription_url(config),
+                         synced_at=datetime.now(timezone.utc))
+    except (SyncerError, OSError) as error:
+        log.warning("index.html not written: %s", error)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 100 else format_duration(seconds)
+
+
+def summary(record: RunRecord) -> str:
+    """`sync ok: 3 items (1 changed), 21 MB received for 2.6 GB (speedup 124x), library
+    version 7, 42 s`."""
+    head = f"sync failed ({record.outcome})"
+    if record.outcome == "ok":
+        head = "sync ok"
+    elif record.outcome == "verify" and record.snapshot:
+        head = "sync ok except for items left out"
+    parts = []
+    if record.items is not None:
+        parts.append(f"{record.items} item{'' if record.items == 1 else 's'} "
+                     f"({len(record.items_changed)} changed)")
+    wire = f"{format_bytes(record.bytes_received)} received"
+    if record.total_size:
+        wire += f" for {format_bytes(record.total_size)}"
+        if record.speedup:
+            wire += f" (speedup {record.speedup:.0f}x)"
+    parts.append(wire)
+    if record.library_version is not None:
+        parts.append(f"library version {record.library_version}")
+    if record.attempts > 1:
+        parts.append(f"{record.attempts} attempts")
+    parts.append(_duration(record.duration))
+    return f"{head}: " + ", ".join(parts)
+
+
+def _journal_fields(record: RunRecord) -> dict[str, object]:
+    return {"RUN_ID": record.run_id, "OUTCOME": record.outcome,
+            "EXIT_STATUS": record.exit_status, "DURATION": f"{record.duration:.3f}",
+            "BYTES_RECEIVED": record.bytes_received, "TOTAL_SIZE": record.total_size,
+            "SPEEDUP": f"{record.speedup:.1f}" if record.speedup else "",
+            "FILES_CHANGED": record.files_changed,
+            "ITEMS_CHANGED": len(record.items_changed),
+            "LIBRARY_VERSION": record.library_version if record.library_version is not None
+            else "", "SNAPSHOT": record.snapshot or ""}
+
+
+class _Phases:
+    """Time spent in each phase, at DEBUG level (where a slow run spends its time)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        log.debug("phase %s: %.2f s", phase, now - self._last)
+        self._last = now
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def _items_in(root: Path) -> int:
+    return sum(1 for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _refuse_emptied(published: Path | None, staging: Path) -> None:
+    """A server whose library disk is not mounted serves an empty folder; publishing that
+    would make every subscribed vCenter delete every template."""
+    if published is None or not staging.is_dir() or _items_in(staging):
+        return
+    had = _items_in(published)
+    if had:
+        raise VerifyError(f"the server's library is empty; refusing to publish an empty library "
+                          f"over the {had} item folder(s) published now",
+                          hint="check the server's library; if every item was really deleted, "
+                               "run library-syncer sync --allow-empty once")
+
+
+def _run_steps(config: Config, layout: snapshot.Layout, record: RunRecord, retry: bool,
+               reporter: Reporter, allow_empty: bool = False) -> None:
+    published = layout.current()
+    staging = layout.begin()
+    clock = _Phases()
+    done = Transfer()
+    try:
+        transfer(config, layout, staging, published, retry, reporter, done)
+    finally:
+        record.attempts = done.attempts
+        record.bytes_received, record.bytes_sent = done.bytes_received, done.bytes_sent
+    clock.lap("transfer")
+    if not allow_empty:
+        _refuse_emptied(published, staging)
+    stats = done.stats
+    record.total_size = stats.total_size
+    record.files_changed = stats.files_transferred + stats.files_deleted
+    wire = done.bytes_received + done.bytes_sent
+    record.speedup = round(stats.total_size / wire, 2) if wire else None
+
+    reporter.status("unpacking OVAs and building the manifests")
+    ovas = snapshot.prepare_ovas(layout, staging, published)
+    for rel in ovas.unpacked:
+        log.info("unpacked %s (the .ova itself is not published)", rel)
+    clock.lap("OVAs")
+    report = _build_manifests(config, layout, staging, published)
+    clock.lap("manifests")
+    for warning in report.warnings:
+        log.warning("warning: %s", warning)
+    problems = [*ovas.problems, *(str(p) for p in report.problems)]
+    for problem in problems:
+        log.error("%s", problem)
+    _write_page(config, staging)
+    clock.lap("page")
+
+    name = snapshot.new_name(layout)
+    reporter.status("publishing")
+    snapshot.publish(layout, name)
+    removed = snapshot.prune(layout, config.sync.keep_snapshots)
+    clock.lap("publish")
+    log.debug("published snapshot %s; removed %s", name, removed or "nothing")
+    record.snapshot = name
+    record.items, record.items_changed = report.items, list(report.items_changed)
+    record.library_version = report.library_version
+    record.last_success = None  # set by the caller from `finished`
+    record.problems = problems
+    if problems:
+        raise VerifyError(f"{len(problems)} problem(s): {problems[0]}"
+                          + (" (and more above)" if len(problems) > 1 else ""),
+                          hint="the other items were published; fix these on the server")
+
+
+def _finish(config: Config, record: RunRecord, started: float,
+            error: BaseException | None) -> None:
+    record.finished = _now()
+    record.duration = round(time.monotonic() - started, 3)
+    if error is None:
+        record.outcome, record.exit_status = "ok", int(ExitStatus.OK)
+    elif isinstance(error, SyncerError):
+        status = error.exit_status
+        record.outcome = OUTCOME_OF_STATUS.get(status, "failed")
+        record.exit_status, record.message = int(status), str(error)
+    else:
+        record.outcome, record.exit_status, record.message = "interrupted", 130, "interrupted"
+    if record.snapshot:
+        record.last_success = record.finished
+    try:
+        last_run.write_last_run(config, record)
+        if config.metrics.textfile:
+            metrics.write(config.metrics.textfile, record)
+    except OSError as write_error:
+        log.warning("could not record the run: %s", write_error)
+    level = logging.INFO if record.exit_status == 0 else logging.WARNING
+    log.log(level, "%s", summary(record), extra={"fields": _journal_fields(record)})
+
+
+def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
+        allow_empty: bool = False) -> RunRecord:
+    """One sync. Returns the run's record; a failure after the lock is in `record.error` (the
+    published snapshot is then unchanged, except for VerifyError: the good items were
+    published). Raises ConfigError, HostKeyError or LockHeld before anything starts."""
+    check_settings(config)
+    layout = snapshot.Layout.of(config)
+    layout.prepare()
+    with lock.hold(layout.lock):
+        previous = _previous_record(config)
+        run_id = os.environ.get("INVOCATION_ID") or uuid.uuid4().hex
+        record = RunRecord(run_id=run_id, started=_now(), version=__version__,
+                           last_success=previous.last_success if previous else None)
+        started = time.monotonic()
+        reporter = reporter or Reporter()
+        reporter.status("connecting")
+        try:
+            _run_steps(config, layout, record, retry, reporter, allow_empty)
+        except SyncerError as error:
+            record.error = error
+            _finish(config, record, started, error)
+            reporter.status(f"failed: {error}")
+            return record
+        except BaseException as error:  # interrupted (SIGTERM/Ctrl-C) or a bug
+            _finish(config, record, started, error)
+            raise
+        _finish(config, record, started, None)
+        reporter.status(summary(record))
+        return record
+
+
+def _previous_record(config: Config) -> RunRecord | None:
+    try:
+        return last_run.load_last_run(config)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def run_once(config: Config, *, retry: bool = True) -> str:
+    """One sync; its summary line, or the run's error raised (for `demo` and scripts)."""
+    record = run(config, retry=retry)
+    if record.error is not None:
+        raise record.error
+    return summary(record)

@@ -1,0 +1,92 @@
+"""ssh command lines for the sync (pure functions of SyncConfig) and what ssh's errors mean.
+
+The host key is always verified against our own known_hosts (checking is never turned off),
+only our key is offered, and nothing ever prompts: a oneshot under systemd has no one to answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..base.config import SyncConfig
+
+# Phrases ssh prints (OpenSSH 8-9), mapped to what went wrong.
+HOST_KEY_CHANGED = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "Host key for",
+                    "has changed and you have requested strict checking")
+HOST_KEY_UNKNOWN = ("Host key verification failed", "No ED25519 host key is known",
+                    "No ECDSA host key is known", "No RSA host key is known",
+                    "host key is not known")
+AUTH_REFUSED = ("Permission denied (publickey", "Too many authentication failures")
+UNREACHABLE = ("Connection refused", "Connection timed out", "timed out", "No route to host",
+               "Network is unreachable", "Connection reset", "Connection closed",
+               "Broken pipe", "Shared connection to", "Could not resolve hostname",
+               "Temporary failure in name resolution",
+               "kex_exchange_identification", "Timeout, server", "not responding")
+
+
+def host_pattern(sync: SyncConfig) -> str:
+    """The known_hosts name ssh looks up: `peer`, or `[peer]:port` off port 22."""
+    return sync.peer if sync.port == 22 else f"[{sync.peer}]:{sync.port}"
+
+
+def alive_interval(sync: SyncConfig) -> int:
+    """Keepalive probe period: a dead link is noticed within about io_timeout."""
+    return max(1, min(30, int(sync.io_timeout / 3) or 1))
+
+
+def options(sync: SyncConfig) -> list[str]:
+    """Every ssh option the sync, trust checks and `check` use (no user@host)."""
+    return [
+        "-p", str(sync.port),
+        "-i", str(sync.identity_file),
+        "-l", sync.user,
+        "-o", "IdentitiesOnly=yes",
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={sync.known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "UpdateHostKeys=no",
+        "-o", "CheckHostIP=no",
+        "-o", f"ConnectTimeout={max(1, int(sync.connect_timeout))}",
+        "-o", f"ServerAliveInterval={alive_interval(sync)}",
+        "-o", "ServerAliveCountMax=3",
+        "-o", "LogLevel=ERROR",
+    ]
+
+
+def argv(sync: SyncConfig, extra: Iterable[str] = ()) -> list[str]:
+    return [sync.ssh, *options(sync), *extra]
+
+
+def _quote(arg: str) -> str:
+    """Quote one word for rsync's -e parser (spaces and quotes; rsync knows no backslashes)."""
+    if arg and not any(c in arg for c in " '\"\t"):
+        return arg
+    if "'" not in arg:
+        return f"'{arg}'"
+    if '"' not in arg:
+        return f'"{arg}"'
+    raise ValueError(f"{arg!r}: a path cannot hold both kinds of quote")
+
+
+def rsh(sync: SyncConfig, extra: Iterable[str] = ()) -> str:
+    """The `rsync -e` string: rsync splits it on spaces, honouring quotes."""
+    return " ".join(_quote(a) for a in argv(sync, extra))
+
+
+def _any(text: str, phrases: Iterable[str]) -> bool:
+    return any(p in text for p in phrases)
+
+
+def diagnose(lines: Iterable[str]) -> str | None:
+    """"host_key_changed", "host_key_unknown", "auth", "unreachable" or None from ssh's stderr."""
+    text = "\n".join(lines)
+    if _any(text, HOST_KEY_CHANGED):
+        return "host_key_changed"
+    if _any(text, HOST_KEY_UNKNOWN):
+        return "host_key_unknown"
+    if _any(text, AUTH_REFUSED):
+        return "auth"
+    if _any(text, UNREACHABLE):
+        return "unreachable"
+    return None

@@ -1,0 +1,1 @@
+"""Publishing with Caddy, and the human index page of the published library."""
