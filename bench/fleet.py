@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 from tests.fleet import library, scenarios  # noqa: E402
 from tests.fleet.netns import PROFILES, Fleet, LinkProfile  # noqa: E402
 from tests.fleet.sites import FleetRun  # noqa: E402
+from tests.harness import fixtures  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 
 MB = 1 << 20
-FIXTURES = ROOT.parent / "shared" / "fixtures"
 CYCLE = ["dsl", "office", "satellite"]
 
 
@@ -76,8 +76,9 @@ def main() -> int:
     disk = args.library_mb * MB // args.items
     work = sshd_harness.make_work_dir("bench-fleet")
     lib = work / "library"
+    built = fixtures.build(work / "fixtures")  # the descriptor the items are shaped on
     started = time.monotonic()
-    library.make_library(lib, items=args.items, disk_size=disk, fixtures_dir=FIXTURES)
+    library.make_library(lib, items=args.items, disk_size=disk, fixtures_dir=built)
     profiles = [PROFILES[CYCLE[i % len(CYCLE)]] for i in range(args.sites)]
     print(f"fleet: {args.sites} sites, library {library.library_size(lib) / MB:.0f} MB in "
           f"{args.items} items; profiles: " + "; ".join(PROFILES[n].describe() for n in CYCLE))
@@ -89,7 +90,7 @@ def main() -> int:
             run.start_server()
             run.start_http()
             run.trust_server()
-            _run_scenarios(run, args, disk)
+            _run_scenarios(run, args, disk, built)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -97,12 +98,12 @@ def main() -> int:
     return 0
 
 
-def _run_scenarios(run: FleetRun, args: argparse.Namespace, disk: int) -> None:
+def _run_scenarios(run: FleetRun, args: argparse.Namespace, disk: int, built: Path) -> None:
     sites = run.sites
     first = scenarios.first_sync(run, random_delay=args.random_delay)
     print_outcome(first, sites, against=first.library_bytes, against_name="library")
 
-    clean = scenarios.new_version(run, fraction=args.fraction, fixtures_dir=FIXTURES,
+    clean = scenarios.new_version(run, fraction=args.fraction, fixtures_dir=built,
                                   random_delay=args.random_delay, seed=2)
     change: library.Change = clean.extra["change"]
     print(f"\nnew version: {change.changed_bytes / MB:.2f} MB rewritten in {change.changed_item}"
@@ -123,7 +124,7 @@ def _run_scenarios(run: FleetRun, args: argparse.Namespace, disk: int) -> None:
 
     flapping = list(range(0, len(sites), 3))
     flaps = [(i, MB, args.flap_down) for i in flapping]
-    rough = scenarios.flaps_and_restart(run, fraction=args.fraction, fixtures_dir=FIXTURES,
+    rough = scenarios.flaps_and_restart(run, fraction=args.fraction, fixtures_dir=built,
                                         flaps=flaps, kill_after=MB, down_for=4.0, seed=3)
     rough_change: library.Change = rough.extra["change"]
     print(f"\nflaps: sites {flapping} down {args.flap_down:g} s after 1 MB more")
@@ -137,7 +138,7 @@ def _run_scenarios(run: FleetRun, args: argparse.Namespace, disk: int) -> None:
 
     limit = "256K"
     bw = scenarios.bandwidth_limit(run, sites[1], limit=limit, item_bytes=min(disk, 16 * MB),
-                                   fixtures_dir=FIXTURES,
+                                   fixtures_dir=built,
                                    profile=LinkProfile("unshaped", 0, sites[1].profile.rtt_ms))
     measured, wanted = bw.extra["measured_bps"], bw.extra["limit_bps"]
     print(f"\n== bandwidth limit {limit} on site 1: measured {measured / 1024:.0f} KiB/s of TCP "

@@ -8,17 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import nspawn
+from tests.harness import fixtures, nspawn
 from tests.harness import sshd as sshd_harness
-
-# shared/ lies beside the checkout, for sessions and in CI alike.
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    assert FIXTURES.is_dir(), f"shared fixtures not found at {FIXTURES}"
-    return FIXTURES
+def fixtures_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """VMware-shaped material built once per run (layout: tests/harness/fixtures.py)."""
+    return fixtures.build(tmp_path_factory.mktemp("fixtures"))
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ def test_original_sample_files_give_the_same_effective_settings(fixtures_dir, tm
                        original / "server-docker-compose.yaml")
     cfg = _load(tmp_path, out)
     # client: what the original container did with its environment and port mappings
-    assert cfg.sync.peer == "deb01.lab.bowdre.net"
+    assert cfg.sync.peer == "deb01.lab.example.net"
     assert cfg.sync.port == 2222
     assert 'schedule = "0 21 * * 5"' in out  # kept as written; converted when loaded
     assert cfg.sync.schedule == "Fri *-*-* 21:00:00"
@@ -42,7 +42,7 @@ def test_original_sample_files_give_the_same_effective_settings(fixtures_dir, tm
     assert cfg.sync.timezone == "UTC"
     assert cfg.library.name == "Library"
     assert cfg.web.browse is True
-    assert cfg.web.tls == "custom" and cfg.web.hostname == "library.lab.bowdre.net"
+    assert cfg.web.tls == "custom" and cfg.web.hostname == "library.lab.example.net"
     assert cfg.web.cert_file == Path("/etc/library-syncer/tls/cert.pem")
     assert cfg.web.key_file == Path("/etc/library-syncer/tls/key.pem")
     assert (cfg.web.http_port, cfg.web.https_port) == (80, 443)
@@ -61,7 +61,7 @@ def test_original_sample_files_give_the_same_effective_settings(fixtures_dir, tm
 def test_client_file_alone_validates_and_names_nothing(fixtures_dir, tmp_path, capsys):
     out, err = _import(capsys, fixtures_dir / "original" / "client-docker-compose.yaml")
     assert "[server]" not in out
-    assert _load(tmp_path, out).sync.peer == "deb01.lab.bowdre.net"
+    assert _load(tmp_path, out).sync.peer == "deb01.lab.example.net"
     assert err == ""
 
 

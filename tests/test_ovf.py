@@ -25,7 +25,8 @@ def descriptors(fixtures_dir: Path) -> Path:
     ("vApp_with_2vms.ovf", True, 2),  # ovf: prefixed elements
     ("sunVHW-DiskTypes_invalidUTF.ovf", True, 4),  # starts with a UTF-8 BOM
     ("centos.ovf", False, 1),
-    ("deployment-configs.ovf", False, 4),
+    ("deployment-configs.ovf", False, 4),  # 6 disks, 2 of them blank: no File
+    ("nostalgia-two-disks.ovf", False, 2),
 ])
 def test_fixture_descriptors(descriptors: Path, name: str, vapp: bool, refs: int) -> None:
     desc = ovf.parse_descriptor((descriptors / name).read_bytes())
@@ -43,6 +44,7 @@ def test_references_keep_sizes_and_missing_sizes(descriptors: Path) -> None:
 @pytest.mark.parametrize(("name", "fragment"), [
     ("empty.ovf", "found 0"),
     ("invalid.ovf", "no ovf:id"),
+    ("latin1-in-utf8.ovf", "invalid XML"),  # a Latin-1 byte where UTF-8 is declared
 ])
 def test_invalid_fixture_descriptors(descriptors: Path, name: str, fragment: str) -> None:
     with pytest.raises(ovf.OvfError, match=fragment):

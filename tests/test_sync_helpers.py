@@ -60,11 +60,6 @@ def add_ovf_item(library: Path, fixtures: Path, name: str = "ttylinux") -> Path:
     shutil.copytree(fixtures / "ovf" / FIXTURE_TEMPLATE, folder)
     for path in [folder, *folder.iterdir()]:
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    # the fixture has no .ovf beside its .mf: take the descriptor the .mf lists
-    descriptor = fixtures / "ovf" / "descriptors" / "ttylinux.ovf"
-    if not any(folder.glob("*.ovf")):
-        shutil.copy(descriptor, folder / "ttylinux-pc_i486-16.1.ovf")
-        os.chmod(folder / "ttylinux-pc_i486-16.1.ovf", 0o644)
     return folder
 
 

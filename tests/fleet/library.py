@@ -1,7 +1,7 @@
 """A synthetic template library for the fleet, its next version, and digests to compare trees.
 
-Each item is a real OVF template folder shaped like the shared ttylinux fixture (ovftool's own
-descriptor): `<name>.ovf` referencing `<name>-disk1.vmdk`, and a `<name>.mf` with the SHA256
+Each item is a real OVF template folder shaped like the ttylinux fixture (tests/harness/fixtures.py,
+ovftool's layout): `<name>.ovf` referencing `<name>-disk1.vmdk`, and a `<name>.mf` with the SHA256
 digests of both. Disks are random bytes (incompressible, so rsync's compression cannot hide
 what crossed the wire), generated from a seed so runs are reproducible.
 """

@@ -151,7 +151,6 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
 
 # --- a small VCSP library on disk, one snapshot per version -------------------------------
 
-FIXTURE_OVF = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "ovf"
 VAPP = "Web tier #2"  # a folder name that needs percent-encoding in hrefs
 VAPP_DISK = "3VMvApp-disk1.vmdk"
 
@@ -176,22 +175,25 @@ def write_library(root: Path, version: int, *, disk_size: int = 6 * 2**20,
                   previous: Path | None = None, state_dir: Path | None = None) -> None:
     """A complete library in `root`, its manifests built by library_syncer.manifest.build.
 
-    Items: VMware's ttylinux template (ovf + mf + vmdk), a vApp whose multi-MB first disk
-    changes with every version (with a correct .mf), and an ISO in a non-ASCII folder. Only
-    that disk changes between versions; everything else is hard-linked from `previous`.
+    Items: the built ttylinux template (tests/harness/fixtures.py: ovf + mf + vmdk), a vApp
+    whose multi-MB first disk changes with every version (with a correct .mf), and an ISO in a
+    non-ASCII folder. Only that disk changes between versions; everything else is hard-linked
+    from `previous`.
     """
     import hashlib
 
     from library_syncer.manifest import vcsp as manifest
+    from tests.harness import fixtures
 
+    fixture_ovf = fixtures.default_dir() / "ovf"
     root.mkdir(parents=True)
     tty = root / "ttylinux"
     tty.mkdir()
-    for source in sorted((FIXTURE_OVF / "ttylinux-template").iterdir()):
+    for source in sorted((fixture_ovf / "ttylinux-template").iterdir()):
         _link_or_copy(source, tty / source.name, previous)
     app = root / VAPP
     app.mkdir()
-    _link_or_copy(FIXTURE_OVF / "descriptors" / "3VMvApp.ovf", app / "3VMvApp.ovf", previous)
+    _link_or_copy(fixture_ovf / "descriptors" / "3VMvApp.ovf", app / "3VMvApp.ovf", previous)
     (app / VAPP_DISK).write_bytes(_disk_bytes(version, disk_size))
     for n in (2, 3):
         (app / f"3VMvApp-disk{n}.vmdk").write_bytes(bytes([n]) * 68096)
