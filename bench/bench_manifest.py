@@ -12,6 +12,7 @@ The page cache is warm for every reader (the files were just written; RAM is lar
 library), so this measures hashing and bookkeeping, not the disk.
 
     .venv/bin/python bench/bench_manifest.py [--size-gib 4] [--items 20] [--repeats 2]
+Writes bench/results/bench_manifest.<size>gib.json (see bench/results.py).
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import results
 
 from library_syncer.base import execute
 from library_syncer.manifest import vcsp as manifest
@@ -119,15 +125,17 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each; the best counts")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
     args = parser.parse_args()
+    started = datetime.now(timezone.utc)
     base = Path(tempfile.mkdtemp(prefix="bench-manifest-", dir=args.workdir))
     try:
-        run(base, args)
+        figures = run(base, args)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    results.record("bench_manifest", f"{args.size_gib:g}gib", figures, started=started)
     return 0
 
 
-def run(base: Path, args: argparse.Namespace) -> None:
+def run(base: Path, args: argparse.Namespace) -> dict[str, Any]:
     total = int(args.size_gib * 1024**3)
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
           f"{execute.run(['openssl', 'version'], capture=True).output.strip()}")
@@ -154,7 +162,13 @@ def run(base: Path, args: argparse.Namespace) -> None:
         elapsed = best[str(workers)]
         print(f"cold build, {label:10s}          {elapsed:7.2f} s  {mb / elapsed:7.0f} MB/s  "
               f"{t_ssl / elapsed:4.2f}x openssl")
+    figures: dict[str, Any] = {
+        "items": args.items, "files": len(files), "library_bytes": size, "cpus": os.cpu_count(),
+        "repeats": args.repeats, "openssl_seconds": t_ssl,
+        "cold_1_thread_seconds": best["1"], "cold_all_threads_seconds": best["0"]}
     elapsed, read, report = timed_build(library, base / "state-0")
+    figures.update(rebuild_seconds=elapsed, rebuild_content_bytes=report.bytes_hashed,
+                   rebuild_all_read_bytes=read)
     print(f"no-change rebuild:                 {elapsed * 1000:7.1f} ms, content read "
           f"{report.bytes_hashed} bytes, all reads {read / 1e3:.0f} kB (JSON, cache)")
 
@@ -162,18 +176,23 @@ def run(base: Path, args: argparse.Namespace) -> None:
     generate_small(small, args.small_files)
     state = base / "state-small"
     cold, _, report = timed_build(small, state)
+    figures.update(small_files=args.small_files, small_cold_seconds=cold)
     print(f"{args.small_files}-file library, cold build:      {cold * 1000:7.1f} ms "
           f"({report.files_hashed} files hashed)")
     elapsed, read, report = timed_build(small, state)
     assert report.files_hashed == 0
+    figures.update(small_rebuild_seconds=elapsed, small_rebuild_content_bytes=report.bytes_hashed,
+                   small_rebuild_all_read_bytes=read)
     print(f"{args.small_files}-file no-change rebuild:        {elapsed * 1000:7.1f} ms, content "
           f"read {report.bytes_hashed} bytes, all reads {read / 1e3:.0f} kB")
     staging = base / "staging"
     link_tree(small, staging)
     elapsed, read, report = timed_build(staging, state, previous=small)
     assert report.files_hashed == 0 and report.items_changed == ()
+    figures.update(small_sync_seconds=elapsed, small_sync_content_bytes=report.bytes_hashed)
     print(f"{args.small_files}-file no-change sync build:     {elapsed * 1000:7.1f} ms, content "
           f"read {report.bytes_hashed} bytes (hard-linked staging, previous snapshot)")
+    return figures
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ includes every reaped session (sshd monitor, user child, rrsync, rsync).
 
 Needs root (starts sshd, switches users). Example (figures in docs/benchmarks.md):
     sudo .venv/bin/python bench/bench_server_scale.py --clients 50
+Writes bench/results/bench_server_scale.clients<N>.json (see bench/results.py).
 """
 
 from __future__ import annotations
@@ -32,10 +33,15 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results  # noqa: E402
 
 from library_syncer.base import execute  # noqa: E402
 from library_syncer.server import sshd as server_role  # noqa: E402
@@ -78,6 +84,16 @@ class Phase:
     @property
     def retried(self) -> list[Pull]:
         return [p for p in self.pulls if p.attempts > 1]
+
+    def figures(self) -> dict[str, Any]:
+        attempts = [p.attempts for p in self.retried]
+        return {"name": self.name, "clients": self.clients, "completed": self.completed,
+                "seconds": self.seconds, "server_cpu": self.server_cpu,
+                "cpu_per_client": self.cpu_per_client,
+                "median_pull_seconds": statistics.median(p.seconds for p in self.pulls),
+                "retried": len(attempts), "extra_attempts": sum(a - 1 for a in attempts),
+                "max_attempts": max(attempts, default=1),
+                "first_error": self.retried[0].first_error if self.retried else ""}
 
 
 def server_cpu(pid: int) -> float:
@@ -200,15 +216,20 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="leave the work directory")
     args = parser.parse_args()
     harness.require_root()
+    started = datetime.now(timezone.utc)
     work = harness.make_work_dir("bench-server")
     try:
-        return bench(work, args)
+        status, phases = bench(work, args)
+        results.record("bench_server_scale", f"clients{args.clients}",
+                       {"items": args.items, "disk_kb": args.disk_kb,
+                        "phases": [p.figures() for p in phases]}, root=True, started=started)
+        return status
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def bench(work: Path, args: argparse.Namespace) -> int:
+def bench(work: Path, args: argparse.Namespace) -> tuple[int, list[Phase]]:
     library, old = work / "library", work / "old"
     make_library(library, args.items, args.disk_kb)
     execute.run(["cp", "-a", f"{library}/.", f"{old}/"])
@@ -246,7 +267,7 @@ def bench(work: Path, args: argparse.Namespace) -> int:
         server.stop()
     for phase in phases:
         report(phase, phases[0] if phase is not phases[0] else None)
-    return 0 if all(p.completed == p.clients for p in phases) else 1
+    return (0 if all(p.completed == p.clients for p in phases) else 1), phases
 
 
 if __name__ == "__main__":

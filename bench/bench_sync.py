@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Sync benchmark against the loopback server (real sshd + rrsync -ro, real rsync).
 
-1. Full sync of a library holding one template with a >= 1 GiB disk.
+1. Full (first) sync of a library holding one template with a >= 1 GiB disk, against the
+   baseline (plain rsync + `library-syncer manifest build`), both from nothing, in interleaved
+   rounds (order alternating, dirty pages flushed before each contender): wall time and CPU time
+   of both sides (cgroup v1 cpuacct when available), the syncer's phases, and what its second
+   ssh connection (the dry run that sizes the free-space check) costs on its own.
 2. 1% of the disk rewritten at scattered offsets (two rounds, order alternated): bytes on the
    wire (nftables counter on the server's port, IP+TCP+SSH included) relative to the disk size,
    and the wall time of `library-syncer sync` against the baseline measured in the same run:
@@ -10,13 +14,16 @@
 3. Resume after a cut: a new file is being fetched when the connection is killed; the next run's
    bytes on the wire against what was still missing (re-sent = received - missing).
 
-Needs root (sshd, nftables). Example (the figures in docs/benchmarks.md):
+Needs root (sshd, nftables). Example (the figures in docs/benchmarks.md; the library lives under
+$LSYNC_TEST_ROOT, default /var/lib/library-syncer-tests):
     sudo .venv/bin/python bench/bench_sync.py --disk-mib 1024
+Writes bench/results/bench_sync.disk<MiB>.json (see bench/results.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -24,15 +31,23 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results  # noqa: E402
 
 from library_syncer.base import config as config_module  # noqa: E402
+from library_syncer.sync import rsync as rsync_argv  # noqa: E402
 from library_syncer.sync import ssh  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 from tests.test_sync_helpers import write_config  # noqa: E402
@@ -112,18 +127,102 @@ def wire_bytes() -> int:
     return int(match.group(1))
 
 
-def timed(argv: list[str], **kwargs) -> tuple[float, int, subprocess.CompletedProcess]:
-    before, started = wire_bytes(), time.monotonic()
-    result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, **kwargs)
+class CpuGroups:
+    """CPU time of the server side (sshd and every session under it) and of the client side
+    (each command the bench starts), from two cgroup v1 cpuacct groups; None without them."""
+
+    BASE = Path("/sys/fs/cgroup/cpuacct")
+
+    def __init__(self) -> None:
+        self.groups: dict[str, Path] = {}
+        if not (self.BASE / "cpuacct.usage").exists():
+            return
+        for side in ("server", "client"):
+            group = self.BASE / f"lsbench-{os.getpid()}-{side}"
+            try:
+                group.mkdir(exist_ok=True)
+            except OSError:
+                self.groups.clear()
+                return
+            self.groups[side] = group
+
+    def join(self, side: str, pid: int) -> None:
+        if side in self.groups:
+            (self.groups[side] / "tasks").write_text(str(pid))
+
+    def preexec(self) -> Callable[[], None] | None:
+        if "client" not in self.groups:
+            return None
+        return lambda: self.join("client", os.getpid())
+
+    def usage(self) -> dict[str, float] | None:
+        if not self.groups:
+            return None
+        return {side: int((g / "cpuacct.usage").read_text()) / 1e9
+                for side, g in self.groups.items()}
+
+    def remove(self) -> None:
+        for group in self.groups.values():
+            # a process still in it (a killed session being reaped): left behind, harmless
+            with contextlib.suppress(OSError):
+                group.rmdir()
+
+
+@dataclass
+class Measure:
+    seconds: float = 0.0
+    wire: int = 0
+    cpu_client: float | None = None
+    cpu_server: float | None = None
+    parts: dict[str, float] = field(default_factory=dict)
+
+    def add(self, other: Measure, part: str) -> Measure:
+        cpu = None if self.cpu_client is None or other.cpu_client is None else 0.0
+        merged = Measure(self.seconds + other.seconds, self.wire + other.wire,
+                         cpu if cpu is None else self.cpu_client + other.cpu_client,
+                         cpu if cpu is None else self.cpu_server + other.cpu_server,
+                         {**self.parts, **other.parts, part: other.seconds})
+        return merged
+
+    @property
+    def cpu(self) -> float | None:
+        if self.cpu_client is None or self.cpu_server is None:
+            return None
+        return self.cpu_client + self.cpu_server
+
+
+CPU = CpuGroups()
+
+
+def timed(argv: list[str], check: bool = True, **kwargs
+          ) -> tuple[Measure, subprocess.CompletedProcess]:
+    cpu0, before, started = CPU.usage(), wire_bytes(), time.monotonic()
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT,
+                            preexec_fn=CPU.preexec(), **kwargs)
     seconds = time.monotonic() - started
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         raise SystemExit(f"{argv[:3]} failed ({result.returncode}):\n{result.stderr}")
-    return seconds, wire_bytes() - before, result
+    wire = wire_bytes() - before
+    cpu1 = CPU.usage() if cpu0 is not None else None
+    if cpu0 is not None and cpu1 is not None:
+        time.sleep(0.2)  # the server's session processes finish after the client has exited
+        cpu1 = CPU.usage()
+        assert cpu1 is not None
+        return Measure(seconds, wire, cpu1["client"] - cpu0["client"],
+                       cpu1["server"] - cpu0["server"]), result
+    return Measure(seconds, wire), result
+
+
+def phases(stderr: str) -> dict[str, float]:
+    """The sync's own phase timings (`--debug`: `phase transfer: 7.42 s`)."""
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"phase (\w+): ([\d.]+) s", stderr)}
 
 
 class Clients:
     def __init__(self, work: Path, server: sshd_harness.Sshd, key: Path) -> None:
         (work / "client-ssh").mkdir(exist_ok=True)
+        self.work = work
         self.config_path = write_config(work, server, key, compress=True, io_timeout="60s")
         self.config = config_module.load(self.config_path)
         self.state = work / "state"
@@ -131,24 +230,49 @@ class Clients:
         self.plain.mkdir(parents=True)
         self.plain_state = work / "plain" / "state"
 
-    def syncer(self, *extra: str) -> tuple[float, int]:
-        seconds, wire, _ = timed([sys.executable, "-m", "library_syncer", "sync", "--config",
-                                  str(self.config_path), *extra])
-        return seconds, wire
+    def syncer(self, *extra: str) -> Measure:
+        measure, done = timed([sys.executable, "-m", "library_syncer", "--debug", "sync",
+                               "--config", str(self.config_path), *extra])
+        measure.parts = phases(done.stderr)
+        return measure
 
     def last_run(self) -> dict:
         return json.loads((self.state / "last-run.json").read_text())
 
-    def plain_rsync_and_build(self) -> tuple[float, int]:
+    def plain_rsync_and_build(self) -> Measure:
         sync = self.config.sync
         argv = ["rsync", "-a", "--delete", "--partial-dir=.rsync-partial", "--compress",
                 "--compress-choice=zstd", "--exclude=.vSphere-HA", "-e", ssh.rsh(sync),
                 f"{sync.peer}:/", f"{self.plain}/"]
-        rsync_s, wire, _ = timed(argv)
-        build_s, _, _ = timed([sys.executable, "-m", "library_syncer", "manifest", "build",
-                               str(self.plain), "--name", "Test library", "--state",
-                               str(self.plain_state)])
-        return rsync_s + build_s, wire
+        pull, _ = timed(argv)
+        pull.parts = {"rsync": pull.seconds}
+        build, _ = timed([sys.executable, "-m", "library_syncer", "manifest", "build",
+                          str(self.plain), "--name", "Test library", "--state",
+                          str(self.plain_state)])
+        return pull.add(build, "build")
+
+    def dry_run_alone(self) -> Measure:
+        """The syncer's dry run into an empty folder: its second connection, on its own."""
+        empty = self.work / "empty"
+        shutil.rmtree(empty, ignore_errors=True)
+        empty.mkdir()
+        measure, _ = timed(rsync_argv.pull_argv(self.config.sync, empty, [], dry_run=True))
+        return measure
+
+    def handshake_alone(self) -> Measure:
+        """One ssh connection (key exchange, authentication, session) running nothing useful:
+        the forced rrsync refuses the command, so this is the handshake's cost."""
+        measure, _ = timed([*ssh.argv(self.config.sync), self.config.sync.peer, "true"],
+                           check=False)
+        return measure
+
+    def reset(self, who: str) -> None:
+        """One contender back to nothing (a first sync), every dirty page written out."""
+        paths = [self.state] if who == "syncer" else [self.plain, self.plain_state]
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+        self.plain.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["sync"], check=True)
 
 
 def descendants(pid: int) -> list[int]:
@@ -167,36 +291,83 @@ def descendants(pid: int) -> list[int]:
 # --- the scenarios ----------------------------------------------------------------------------
 
 
-def full(clients: Clients, disk_size: int) -> None:
-    s_time, s_wire = clients.syncer()
-    p_time, p_wire = clients.plain_rsync_and_build()
-    print(f"full sync ({disk_size / MIB:.0f} MiB): library-syncer {s_time:.1f} s, "
-          f"{s_wire / MIB:.1f} MiB on the wire; plain rsync + manifest build {p_time:.1f} s, "
-          f"{p_wire / MIB:.1f} MiB; ratio {s_time / p_time:.2f}x")
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
 
 
-def delta_round(clients: Clients, disk: Path, round: int, fraction: float, chunks: int
-                ) -> tuple[float, float, float]:
-    changed = change_scattered(disk, fraction, chunks, seed=100 + round)
+def full_round(clients: Clients, number: int) -> dict:
+    """Both contenders from nothing, order alternating; the second connection on its own."""
+    order = ["syncer", "plain"] if number % 2 == 0 else ["plain", "syncer"]
+    measures: dict[str, Measure] = {}
+    for who in order:
+        clients.reset(who)
+        measures[who] = clients.syncer() if who == "syncer" else clients.plain_rsync_and_build()
+    dry, handshake = clients.dry_run_alone(), clients.handshake_alone()
+    s, p = measures["syncer"], measures["plain"]
+    row = {"round": number, "first": order[0], "syncer": asdict(s), "baseline": asdict(p),
+           "wall_ratio": s.seconds / p.seconds, "cpu_ratio": ratio(s.cpu, p.cpu),
+           "dry_run": asdict(dry), "handshake": asdict(handshake)}
+    cpu = "" if row["cpu_ratio"] is None else (
+        f", CPU {s.cpu:.2f} s vs {p.cpu:.2f} s ({row['cpu_ratio']:.3f}x)")
+    print(f"full sync round {number} ({order[0]} first): library-syncer {s.seconds:.2f} s "
+          f"{s.parts}; plain rsync + manifest build {p.seconds:.2f} s {p.parts}; "
+          f"ratio {row['wall_ratio']:.3f}x{cpu}; dry run alone {dry.seconds:.2f} s, "
+          f"ssh handshake alone {handshake.seconds:.2f} s", flush=True)
+    return row
+
+
+def full(clients: Clients, disk_size: int, rounds: int) -> dict:
+    rows = [full_round(clients, number) for number in range(rounds)]
+    walls = [r["wall_ratio"] for r in rows]
+    cpus = [r["cpu_ratio"] for r in rows if r["cpu_ratio"] is not None]
+    summary = {"disk_bytes": disk_size, "rounds": rows,
+               "wall_ratio_median": statistics.median(walls),
+               "cpu_ratio_median": statistics.median(cpus) if cpus else None,
+               "dry_run_seconds_median": statistics.median(r["dry_run"]["seconds"] for r in rows),
+               "handshake_seconds_median": statistics.median(
+                   r["handshake"]["seconds"] for r in rows)}
+    print(f"full sync: wall ratio median {summary['wall_ratio_median']:.3f}x "
+          f"(rounds {', '.join(f'{w:.3f}' for w in walls)}; target <= 1.1x)")
+    return summary
+
+
+def delta_round(clients: Clients, disk: Path, number: int, fraction: float, chunks: int
+                ) -> dict:
+    changed = change_scattered(disk, fraction, chunks, seed=100 + number)
     write_mf(disk.parent)
     size = disk.stat().st_size
-    order = ["syncer", "plain"] if round % 2 == 0 else ["plain", "syncer"]
-    figures = {}
+    order = ["syncer", "plain"] if number % 2 == 0 else ["plain", "syncer"]
+    figures: dict[str, Measure] = {}
     for who in order:
         figures[who] = clients.syncer() if who == "syncer" else clients.plain_rsync_and_build()
-    (s_time, s_wire), (p_time, p_wire) = figures["syncer"], figures["plain"]
+    s, p = figures["syncer"], figures["plain"]
     record = clients.last_run()
-    print(f"round {round}: {changed / size:.2%} of {size / MIB:.0f} MiB changed in {chunks} "
+    print(f"round {number}: {changed / size:.2%} of {size / MIB:.0f} MiB changed in {chunks} "
           f"pieces ({' first, '.join(order)} second)")
-    print(f"  library-syncer: {s_time:.2f} s, wire {s_wire / MIB:.2f} MiB = {s_wire / size:.3%}"
-          f" of the disk (rsync payload {record['bytes_received'] / MIB:.2f} MiB)")
-    print(f"  plain rsync + manifest build: {p_time:.2f} s, wire {p_wire / MIB:.2f} MiB = "
-          f"{p_wire / size:.3%}")
-    print(f"  time ratio {s_time / p_time:.3f}x, wire ratio {s_wire / p_wire:.3f}x")
-    return s_wire / size, s_time / p_time, p_wire / size
+    print(f"  library-syncer: {s.seconds:.2f} s, wire {s.wire / MIB:.2f} MiB = "
+          f"{s.wire / size:.3%} of the disk (rsync payload "
+          f"{record['bytes_received'] / MIB:.2f} MiB)")
+    print(f"  plain rsync + manifest build: {p.seconds:.2f} s, wire {p.wire / MIB:.2f} MiB = "
+          f"{p.wire / size:.3%}")
+    print(f"  time ratio {s.seconds / p.seconds:.3f}x, wire ratio {s.wire / p.wire:.3f}x")
+    return {"round": number, "first": order[0], "changed_bytes": changed, "disk_bytes": size,
+            "syncer": asdict(s), "baseline": asdict(p),
+            "syncer_wire_fraction": s.wire / size, "baseline_wire_fraction": p.wire / size,
+            "wall_ratio": s.seconds / p.seconds, "wire_ratio": s.wire / p.wire}
 
 
-def resume(clients: Clients, server: sshd_harness.Sshd, library: Path, size: int) -> None:
+def no_change(clients: Clients) -> dict:
+    """A run when nothing changed: both contenders already hold the library."""
+    s, p = clients.syncer(), clients.plain_rsync_and_build()
+    p2, s2 = clients.plain_rsync_and_build(), clients.syncer()
+    seconds_s, seconds_p = min(s.seconds, s2.seconds), min(p.seconds, p2.seconds)
+    print(f"no-change run: library-syncer {seconds_s:.2f} s, plain rsync + manifest build "
+          f"{seconds_p:.2f} s (best of two, interleaved)")
+    return {"syncer_seconds": seconds_s, "baseline_seconds": seconds_p,
+            "syncer_parts": s2.parts, "difference_seconds": seconds_s - seconds_p}
+
+
+def resume(clients: Clients, server: sshd_harness.Sshd, library: Path, size: int) -> dict:
     folder = library / "cut"
     folder.mkdir(mode=0o755)
     write_random(folder / "cut.iso", size, seed=7)
@@ -221,13 +392,15 @@ def resume(clients: Clients, server: sshd_harness.Sshd, library: Path, size: int
     process.communicate(timeout=60)
     config_path.write_text(text)
     arrived = (staging / ".rsync-partial" / "cut.iso").stat().st_size
-    s_time, s_wire = clients.syncer()
+    measure = clients.syncer()
     payload = clients.last_run()["bytes_received"]
     missing = size - arrived
     print(f"resume after a cut: {arrived / MIB:.1f} MiB of {size / MIB:.0f} MiB had arrived; "
-          f"the next run received {payload / MIB:.1f} MiB (wire {s_wire / MIB:.1f} MiB) for "
-          f"{missing / MIB:.1f} MiB missing: re-sent {(payload - missing) / MIB:.2f} MiB = "
-          f"{(payload - missing) / arrived:.2%} of what had arrived ({s_time:.1f} s)")
+          f"the next run received {payload / MIB:.1f} MiB (wire {measure.wire / MIB:.1f} MiB) "
+          f"for {missing / MIB:.1f} MiB missing: re-sent {(payload - missing) / MIB:.2f} MiB = "
+          f"{(payload - missing) / arrived:.2%} of what had arrived ({measure.seconds:.1f} s)")
+    return {"file_bytes": size, "arrived_bytes": arrived, "received_bytes": payload,
+            "resent_bytes": payload - missing, "resent_fraction": (payload - missing) / arrived}
 
 
 def main() -> None:
@@ -236,38 +409,62 @@ def main() -> None:
     parser.add_argument("--disk-mib", type=int, default=1024)
     parser.add_argument("--change", type=float, default=0.01)
     parser.add_argument("--chunks", type=int, default=16)
+    parser.add_argument("--full-rounds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cut-mib", type=int, default=256)
+    parser.add_argument("--only-full", action="store_true",
+                        help="the first-sync rounds only (no delta rounds, no resume)")
     args = parser.parse_args()
     sshd_harness.require_root()
+    started = datetime.now(timezone.utc)
     work = sshd_harness.make_work_dir("bench-sync")
-    server = None
     try:
-        (work / "keys").mkdir(mode=0o700)
-        key, pub = sshd_harness.keygen(work / "keys" / "id_syncer")
-        library = work / "library"
-        library.mkdir(mode=0o755)
-        disk = make_library(library, args.disk_mib * MIB) / DISK
-        server = sshd_harness.start_sshd(
-            work / "sshd", authorized_lines=[sshd_harness.forced_rrsync_line(pub, library)])
-        count_port(server.port)
-        clients = Clients(work, server, key)
-        version = subprocess.run(["rsync", "--version"], capture_output=True,
-                                 text=True).stdout.split()[2]
-        print(f"rsync {version}, {os.cpu_count()} CPUs, disk {args.disk_mib} MiB")
-        full(clients, args.disk_mib * MIB)
-        results = [delta_round(clients, disk, r, args.change, args.chunks)
-                   for r in range(args.rounds)]
-        wire = max(r[0] for r in results)
-        ratio = max(r[1] for r in results)
-        print(f"worst: wire {wire:.3%} of the disk (target <= 1.2%), time {ratio:.3f}x the "
-              "baseline (target <= 1.1x)")
-        resume(clients, server, library, args.cut_mib * MIB)
+        figures = bench(work, args, server_started)
     finally:
         subprocess.run(["nft", "delete", "table", "inet", TABLE], capture_output=True)
-        if server:
-            server.stop()
+        for running in SERVERS:
+            running.stop()
+        CPU.remove()
         shutil.rmtree(work, ignore_errors=True)
+    results.record("bench_sync", f"disk{args.disk_mib}" + ("-full" if args.only_full else ""),
+                   figures, root=True, started=started)
+
+
+SERVERS: list[sshd_harness.Sshd] = []
+
+
+def server_started(server: sshd_harness.Sshd) -> None:
+    SERVERS.append(server)
+    assert server.process is not None
+    CPU.join("server", server.process.pid)
+
+
+def bench(work: Path, args: argparse.Namespace,
+          on_server: Callable[[sshd_harness.Sshd], None]) -> dict:
+    (work / "keys").mkdir(mode=0o700)
+    key, pub = sshd_harness.keygen(work / "keys" / "id_syncer")
+    library = work / "library"
+    library.mkdir(mode=0o755)
+    disk = make_library(library, args.disk_mib * MIB) / DISK
+    server = sshd_harness.start_sshd(
+        work / "sshd", authorized_lines=[sshd_harness.forced_rrsync_line(pub, library)])
+    on_server(server)
+    count_port(server.port)
+    clients = Clients(work, server, key)
+    print(f"rsync {results.machine()['rsync']}, {os.cpu_count()} CPUs, disk {args.disk_mib} MiB, "
+          f"CPU accounting {'on' if CPU.groups else 'off'}")
+    figures: dict = {"disk_mib": args.disk_mib, "cpu_accounting": bool(CPU.groups),
+                     "full": full(clients, args.disk_mib * MIB, args.full_rounds)}
+    if args.only_full:
+        return figures
+    rows = [delta_round(clients, disk, r, args.change, args.chunks) for r in range(args.rounds)]
+    figures["delta"] = {"change": args.change, "chunks": args.chunks, "rounds": rows}
+    print(f"worst: wire {max(r['syncer_wire_fraction'] for r in rows):.3%} of the disk (target "
+          f"<= 1.2%), time {max(r['wall_ratio'] for r in rows):.3f}x the baseline "
+          "(target <= 1.1x)")
+    figures["no_change"] = no_change(clients)
+    figures["resume"] = resume(clients, server, library, args.cut_mib * MIB)
+    return figures
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ torn snapshots like tests/test_fleet.py, then figures:
 
 Needs root (network namespaces). Example (the figures in docs/benchmarks.md):
     sudo .venv/bin/python bench/fleet.py --sites 10 --library-mb 200
+Writes bench/results/fleet.<sites>sites-<MB>mb.json (see bench/results.py).
 """
 
 from __future__ import annotations
@@ -25,10 +26,15 @@ import shutil
 import statistics
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import results  # noqa: E402
 
 from tests.fleet import library, scenarios  # noqa: E402
 from tests.fleet.netns import PROFILES, Fleet, LinkProfile  # noqa: E402
@@ -59,6 +65,18 @@ def print_outcome(outcome: scenarios.Outcome, sites: list, *, against: int,
               f"{mb(result.rx_bytes)} {mb(result.tx_bytes)} {result.rx_bytes / against:12.3f}")
 
 
+def scenario_figures(outcome: scenarios.Outcome, sites: list, label: str, *, against: int,
+                     against_name: str) -> dict[str, Any]:
+    """One scenario for the results file: per site its profile, time and bytes received."""
+    return {"name": outcome.name, "label": label, "seconds": outcome.seconds,
+            "problems": len(outcome.problems), "server_cpu": outcome.server_cpu,
+            "cpu_per_site_sync": outcome.cpu_per_site_sync, "against": against_name,
+            "against_bytes": against,
+            "sites": [{"site": r.site, "profile": sites[r.site].profile.name,
+                       "seconds": r.seconds, "rx_bytes": r.rx_bytes, "tx_bytes": r.tx_bytes,
+                       "ratio": r.rx_bytes / against} for r in outcome.results]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, default=10)
@@ -77,7 +95,10 @@ def main() -> int:
     work = sshd_harness.make_work_dir("bench-fleet")
     lib = work / "library"
     built = fixtures.build(work / "fixtures")  # the descriptor the items are shaped on
-    started = time.monotonic()
+    started, date = time.monotonic(), datetime.now(timezone.utc)
+    figures: dict[str, Any] = {"sites": args.sites, "library_mb": args.library_mb,
+                               "items": args.items, "fraction": args.fraction,
+                               "profiles": CYCLE, "scenarios": [], "notes": []}
     library.make_library(lib, items=args.items, disk_size=disk, fixtures_dir=built)
     profiles = [PROFILES[CYCLE[i % len(CYCLE)]] for i in range(args.sites)]
     print(f"fleet: {args.sites} sites, library {library.library_size(lib) / MB:.0f} MB in "
@@ -90,18 +111,24 @@ def main() -> int:
             run.start_server()
             run.start_http()
             run.trust_server()
-            _run_scenarios(run, args, disk, built)
+            _run_scenarios(run, args, disk, built, figures)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\ntotal wall time {time.monotonic() - started:.0f} s")
+    figures["wall_seconds"] = time.monotonic() - started
+    print(f"\ntotal wall time {figures['wall_seconds']:.0f} s")
+    results.record("fleet", f"{args.sites}sites-{args.library_mb}mb", figures, root=True,
+                   started=date)
     return 0
 
 
-def _run_scenarios(run: FleetRun, args: argparse.Namespace, disk: int, built: Path) -> None:
-    sites = run.sites
+def _run_scenarios(run: FleetRun, args: argparse.Namespace, disk: int, built: Path,
+                   figures: dict[str, Any]) -> None:
+    sites, found = run.sites, figures["scenarios"]
     first = scenarios.first_sync(run, random_delay=args.random_delay)
     print_outcome(first, sites, against=first.library_bytes, against_name="library")
+    found.append(scenario_figures(first, sites, f"first sync, all {len(sites)} sites at once",
+                                  against=first.library_bytes, against_name="library"))
 
     clean = scenarios.new_version(run, fraction=args.fraction, fixtures_dir=built,
                                   random_delay=args.random_delay, seed=2)
@@ -110,6 +137,10 @@ def _run_scenarios(run: FleetRun, args: argparse.Namespace, disk: int, built: Pa
           f" ({args.fraction:.0%} of its disk), {change.added_bytes / MB:.1f} MB item added, "
           f"{change.deleted_item} deleted; changed bytes = {change.new_bytes / MB:.2f} MB")
     print_outcome(clean, sites, against=change.new_bytes, against_name="changed")
+    found.append(scenario_figures(
+        clean, sites, f"new version: {args.fraction:.0%} of a {disk / MB:.0f} MB disk rewritten "
+        f"({change.changed_bytes / MB:.2f} MB), {change.added_bytes / MB:.0f} MB item added, "
+        "1 item deleted", against=change.new_bytes, against_name="changed bytes"))
     http_started = time.monotonic()
     http = scenarios.http_baseline(run, change, sites)
     http_seconds = time.monotonic() - http_started
@@ -117,6 +148,18 @@ def _run_scenarios(run: FleetRun, args: argparse.Namespace, disk: int, built: Pa
           f"{http_seconds:.1f} s for all sites")
     print(f"   {'site':>4} {'profile':<10} {'seconds':>8} {'rx MB':>8} {'rsync/http bytes':>17} "
           f"{'rsync/http time':>16}")
+    found.append({"name": "http", "label": "baseline: the same change as whole files over "
+                  "HTTP (vCenter's own subscription)", "seconds": http_seconds, "problems": 0,
+                  "against": "changed bytes", "against_bytes": change.new_bytes,
+                  "sites": [{"site": w.site, "profile": sites[w.site].profile.name,
+                             "seconds": w.seconds, "rx_bytes": w.rx_bytes,
+                             "ratio": w.rx_bytes / change.new_bytes} for w in http]})
+    byte_ratios = [d.rx_bytes / w.rx_bytes for d, w in zip(clean.results, http, strict=True)]
+    time_ratios = [d.seconds / w.seconds for d, w in zip(clean.results, http, strict=True)]
+    figures["notes"].append(
+        f"Delta against full re-download (same run, same links): library-syncer received "
+        f"{min(byte_ratios):.2f}–{max(byte_ratios):.2f} × the bytes of the HTTP baseline and "
+        f"finished in {min(time_ratios):.2f}–{max(time_ratios):.2f} × its time.")
     for delta, whole in zip(clean.results, http, strict=True):
         print(f"   {delta.site:>4} {sites[delta.site].profile.name:<10} {whole.seconds:8.1f} "
               f"{mb(whole.rx_bytes)} {delta.rx_bytes / whole.rx_bytes:17.3f} "
@@ -131,7 +174,15 @@ def _run_scenarios(run: FleetRun, args: argparse.Namespace, disk: int, built: Pa
     for event in rough.extra["events"]:
         print("   ", event)
     print_outcome(rough, sites, against=rough_change.new_bytes, against_name="changed")
+    found.append(scenario_figures(
+        rough, sites, f"next version while sshd is killed and restarted mid-transfer and "
+        f"{len(flapping)} links go down {args.flap_down:g} s", against=rough_change.new_bytes,
+        against_name="changed bytes"))
     resent = [r.rx_bytes - c.rx_bytes for r, c in zip(rough.results, clean.results, strict=True)]
+    figures["notes"].append(
+        f"Bytes re-sent after the cuts, compared with the clean version of the same size: "
+        f"median {statistics.median(resent) / MB:.2f} MB, max {max(resent) / MB:.2f} MB per site "
+        f"({max(resent) / rough_change.new_bytes:.1%} of the change).")
     print(f"   bytes re-sent against the clean version (same size of change): median "
           f"{statistics.median(resent) / MB:.2f} MB, max {max(resent) / MB:.2f} MB "
           f"({max(resent) / rough_change.new_bytes:.1%} of the change)")
@@ -144,6 +195,10 @@ def _run_scenarios(run: FleetRun, args: argparse.Namespace, disk: int, built: Pa
     print(f"\n== bandwidth limit {limit} on site 1: measured {measured / 1024:.0f} KiB/s of TCP "
           f"payload against {wanted / 1024:.0f} KiB/s ({measured / wanted - 1:+.1%}); "
           f"problems: {len(bw.problems)}")
+    figures["notes"].append(
+        f"Bandwidth limit {limit} on one site, unshaped link: measured "
+        f"{measured / 1024:.0f} KiB/s of TCP payload ({measured / wanted - 1:+.1%}); "
+        f"problems: {len(bw.problems)}.")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Regenerate the figures of docs/benchmarks.md from bench/results/*.json.
+
+The document's prose (methods, what a figure means) is written by hand; every figure sits in a
+generated section between two markers, rendered from one results file:
+
+    <!-- generated: bench_sync.disk1024 -->
+    … (rewritten by this script: a table and the commit, command and machine it came from)
+    <!-- end generated -->
+
+    .venv/bin/python bench/report.py           # rewrite docs/benchmarks.md in place
+    .venv/bin/python bench/report.py --check   # exit 1 when the document is out of date
+
+tests/test_benchmarks_doc.py runs the check in the default suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+RESULTS = ROOT / "bench" / "results"
+SECTION = re.compile(r"(<!-- generated: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)"
+                     r"(<!-- end generated -->)", re.S)
+MIB = 1 << 20
+
+Result = dict[str, Any]
+
+
+# --- small formatting helpers -----------------------------------------------------------------
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def secs(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def x(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}x"
+
+
+def pct(value: float, digits: int = 2) -> str:
+    return f"{value * 100:.{digits}f}%"
+
+
+def span(values: list[float], fmt: Callable[[float], str]) -> str:
+    low, high = min(values), max(values)
+    return fmt(low) if fmt(low) == fmt(high) else f"{fmt(low)}–{fmt(high)}"
+
+
+def provenance(result: Result) -> str:
+    m = result["machine"]
+    dirty = " plus uncommitted changes" if result.get("dirty") else ""
+    rsync = m["rsync"].split("protocol")[0].replace("  ", " ").strip()
+    tools = ", ".join(t for t in (rsync, m["openssh"].split(",")[0], m.get("openssl", ""),
+                                  f"Python {m['python']}") if t)
+    return (f"Measured on commit `{result['commit'][:10]}`{dirty}, {result['date'][:10]}: "
+            f"`{result['command']}`. Machine: {m['cpu_model']}, {m['cpus']} CPUs, "
+            f"{m['memory_gib']:.0f} GiB RAM, kernel {m['kernel']}, Debian "
+            f"{m['debian_version']}, {tools}.")
+
+
+# --- bench_sync -------------------------------------------------------------------------------
+
+
+def _cpu(measure: Result) -> str:
+    if measure.get("cpu_client") is None:
+        return "—"
+    return f"{measure['cpu_client'] + measure['cpu_server']:.2f} s"
+
+
+def sync_full(result: Result) -> str:
+    full = result["figures"]["full"]
+    rows = []
+    for r in full["rounds"]:
+        s, b = r["syncer"], r["baseline"]
+        rows.append([str(r["round"]), "library-syncer" if r["first"] == "syncer" else "baseline",
+                     f"{secs(s['seconds'])} (transfer {secs(s['parts'].get('transfer'))}, "
+                     f"manifests {secs(s['parts'].get('manifests'))})",
+                     f"{secs(b['seconds'])} (rsync {secs(b['parts'].get('rsync'))}, build "
+                     f"{secs(b['parts'].get('build'))})",
+                     x(r["wall_ratio"], 3), f"{_cpu(s)} / {_cpu(b)}", x(r["cpu_ratio"], 3),
+                     secs(r["dry_run"]["seconds"]), secs(r["handshake"]["seconds"])])
+    size = full["disk_bytes"] / MIB
+    head = ["round", "first", "library-syncer", "baseline", "wall ratio",
+            "CPU both sides (syncer / baseline)", "CPU ratio", "dry run alone",
+            "one ssh handshake"]
+    median_wall = statistics.median(r["syncer"]["seconds"] for r in full["rounds"])
+    wall = x(full["wall_ratio_median"], 3)
+    cpu = x(full["cpu_ratio_median"], 3)
+    summary = (f"First sync of {size:.0f} MiB: wall ratio median **{wall}**, CPU ratio median "
+               f"{cpu}. The dry run on its own took "
+               f"{secs(full['dry_run_seconds_median'])} and one ssh handshake "
+               f"{secs(full['handshake_seconds_median'])} (median), i.e. "
+               f"{pct(full['handshake_seconds_median'] / median_wall, 1)} of library-syncer's "
+               "median wall time.")
+    return table(head, rows) + "\n\n" + summary
+
+
+def sync_delta(result: Result) -> str:
+    figures = result["figures"]
+    if "delta" not in figures:
+        return ""
+    delta, size = figures["delta"], figures["disk_mib"]
+    rounds = delta["rounds"]
+    rows = [[f"wire bytes for a {pct(delta['change'], 0)} change of the {size} MiB disk "
+             f"({len(rounds)} rounds, {delta['chunks']} pieces)",
+             span([r["syncer_wire_fraction"] for r in rounds], pct) + " of the disk",
+             span([r["baseline_wire_fraction"] for r in rounds], pct), "<= 1.2%"],
+            ["wire ratio to the baseline", span([r["wire_ratio"] for r in rounds],
+                                                lambda v: f"{v:.3f}x"), "1", ""],
+            ["wall time of the delta sync, ratio to the baseline",
+             ", ".join(x(r["wall_ratio"]) for r in rounds), "1", "<= 1.1x"]]
+    no_change = figures["no_change"]
+    rows.append(["no-change run (best of two, interleaved)", secs(no_change["syncer_seconds"]),
+                 secs(no_change["baseline_seconds"]), ""])
+    resume = figures["resume"]
+    rows.append([f"resume after a cut at {resume['arrived_bytes'] / MIB:.1f} MiB of a new "
+                 f"{resume['file_bytes'] / MIB:.0f} MiB file",
+                 f"re-sent {resume['resent_bytes'] / MIB:.2f} MiB "
+                 f"({pct(resume['resent_fraction'])} of what had arrived)",
+                 "the original kept nothing: 100%", "< 10%"])
+    return table(["figure", "library-syncer", "baseline", "target"], rows)
+
+
+def bench_sync(result: Result) -> str:
+    parts = [sync_full(result), sync_delta(result), provenance(result)]
+    return "\n\n".join(p for p in parts if p)
+
+
+# --- bench_manifest ---------------------------------------------------------------------------
+
+
+def bench_manifest(result: Result) -> str:
+    f = result["figures"]
+    ssl = f["openssl_seconds"]
+    mb = f["library_bytes"] / 1e6
+    rows = [[f"`openssl dgst -sha256` over the same {f['files']} files (1 core)", secs(ssl),
+             f"{mb / ssl:.0f} MB/s", "1.00"]]
+    for label, key in (("cold build, 1 hashing thread", "cold_1_thread_seconds"),
+                       (f"cold build, {f['cpus']} threads (default: one per CPU)",
+                        "cold_all_threads_seconds")):
+        rows.append([label, secs(f[key]), f"{mb / f[key]:.0f} MB/s", x(ssl / f[key])])
+    rows.append([f"no-change rebuild of the {f['library_bytes'] / 1024**3:.0f} GiB library",
+                 secs(f["rebuild_seconds"]), f"{f['rebuild_content_bytes']} bytes of content read",
+                 ""])
+    n = f["small_files"]
+    rows += [[f"{n}-file library, cold build", secs(f["small_cold_seconds"]), "", ""],
+             [f"{n}-file library, no-change rebuild in place", secs(f["small_rebuild_seconds"]),
+              f"{f['small_rebuild_content_bytes']} bytes of content read "
+              f"({f['small_rebuild_all_read_bytes'] / 1e6:.1f} MB of JSON/cache)", ""],
+             [f"{n}-file library, no-change build of a hard-linked staging tree (the sync)",
+              secs(f["small_sync_seconds"]), f"{f['small_sync_content_bytes']} bytes of content "
+              "read", ""]]
+    head = ["what", "time", "throughput", "vs `openssl dgst -sha256`"]
+    return table(head, rows) + "\n\n" + provenance(result)
+
+
+# --- bench_server_scale -----------------------------------------------------------------------
+
+
+def bench_server_scale(result: Result) -> str:
+    phases = result["figures"]["phases"]
+    base = phases[0]["cpu_per_client"]
+    rows = []
+    for p in phases:
+        retried = (f"{p['retried']} ({p['extra_attempts']} extra attempts, max "
+                   f"{p['max_attempts']})" if p["retried"] else "0")
+        rows.append([p["name"], f"{p['completed']}/{p['clients']}", secs(p["seconds"]),
+                     secs(p["cpu_per_client"]), f"{p['cpu_per_client'] / base:.2f}", retried])
+    head = ["phase", "completed", "wall", "server CPU per client", "vs baseline",
+            "clients that retried"]
+    return table(head, rows) + "\n\n" + provenance(result)
+
+
+# --- fleet ------------------------------------------------------------------------------------
+
+
+def _range(values: list[float], fmt: str = "{:.0f} s") -> str:
+    low, high = fmt.format(min(values)), fmt.format(max(values))
+    return low if low == high else f"{low}–{high}"
+
+
+def _per_profile(scenario: Result, profile: str) -> str:
+    times = [s["seconds"] for s in scenario["sites"] if s["profile"] == profile]
+    return _range(times) if times else "—"
+
+
+def fleet(result: Result) -> str:
+    f = result["figures"]
+    profiles = f["profiles"]
+    rows = []
+    for scenario in f["scenarios"]:
+        ratios = [s["ratio"] for s in scenario["sites"]]
+        rows.append([scenario["label"], secs(scenario["seconds"]),
+                     *(_per_profile(scenario, p) for p in profiles),
+                     f"{_range(ratios, '{:.3f}')} × {scenario['against']}",
+                     secs(scenario["cpu_per_site_sync"]) if scenario.get("cpu_per_site_sync")
+                     is not None else "—", str(scenario["problems"])])
+    head = ["scenario", "converged", *(f"per {p} site" for p in profiles),
+            "bytes received / reference", "server CPU per site-sync", "problems"]
+    notes = [f"- {line}" for line in f.get("notes", [])]
+    return "\n".join([table(head, rows), "", *notes, *([""] if notes else []),
+                      provenance(result)])
+
+
+RENDERERS: dict[str, Callable[[Result], str]] = {
+    "bench_sync": bench_sync, "bench_manifest": bench_manifest,
+    "bench_server_scale": bench_server_scale, "fleet": fleet,
+}
+
+
+# --- the document -----------------------------------------------------------------------------
+
+
+def render_section(name: str, results_dir: Path) -> str:
+    path = results_dir / f"{name}.json"
+    if not path.exists():
+        return f"_No results yet: `bench/results/{name}.json` is missing._\n"
+    result = json.loads(path.read_text())
+    return RENDERERS[result["benchmark"]](result).rstrip("\n") + "\n"
+
+
+def render(text: str, results_dir: Path = RESULTS) -> str:
+    """The document with every generated section rewritten from its results file."""
+    def replace(match: re.Match[str]) -> str:
+        body = render_section(match.group("name"), results_dir)
+        return f"{match.group(1)}{body}{match.group(4)}"
+    return SECTION.sub(replace, text)
+
+
+def sections(text: str) -> list[str]:
+    return [m.group("name") for m in SECTION.finditer(text)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="only compare; exit 1 when docs/benchmarks.md is out of date")
+    parser.add_argument("--doc", type=Path, default=DOC)
+    args = parser.parse_args()
+    text = args.doc.read_text()
+    fresh = render(text)
+    if args.check:
+        if fresh != text:
+            print(f"{args.doc}: out of date with bench/results; run bench/report.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if fresh != text:
+        args.doc.write_text(fresh)
+        print(f"{args.doc}: rewrote {len(sections(text))} generated section(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
