@@ -348,6 +348,7 @@ class Container:
         self.stop()
 
     def start(self) -> None:
+        HOST_LOCK.acquire()
         argv = ["timeout", str(NSPAWN_LIFETIME), "systemd-nspawn", "-q", "-D", str(self.root),
                 "-b", "--register=no", "--keep-unit", "--volatile=overlay",
                 "--private-network", f"--machine={self.machine}", "--console=read-only"]
@@ -412,10 +413,47 @@ class Container:
             self.process.wait()
         self.process = None
         self.pid1 = 0
-        _remove_leftover_cgroups()
+        remove_leftover_cgroups()
+        HOST_LOCK.release()
 
 
-def _remove_leftover_cgroups() -> None:
+class _HostLock:
+    """Containers of concurrent test runs on one host must not overlap: nspawn (without systemd
+    as the host's PID 1) names its cgroups payload/ and supervisor/, and one run's tidy-up
+    (remove_leftover_cgroups) would pull them from under another run's starting container.
+    Held while any container of this process lives (re-entrant within the process)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.handle = None
+
+    def acquire(self) -> None:
+        if self.depth == 0:
+            CACHE_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+            self.handle = open(CACHE_ROOT / ".lock-containers", "w")  # noqa: SIM115
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+        self.depth += 1
+
+    def release(self) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.handle is not None:
+            self.handle.close()  # releases the flock
+            self.handle = None
+
+
+HOST_LOCK = _HostLock()
+
+
+@contextlib.contextmanager
+def containers_exclusive() -> Iterator[None]:
+    HOST_LOCK.acquire()
+    try:
+        yield
+    finally:
+        HOST_LOCK.release()
+
+
+def remove_leftover_cgroups() -> None:
     """nspawn leaves empty payload/ and supervisor/ cgroups behind (harmless; tidy them)."""
     for hierarchy in ("unified", "systemd"):
         base = Path("/sys/fs/cgroup") / hierarchy

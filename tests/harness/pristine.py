@@ -41,7 +41,9 @@ def run_in_fresh_root(clone: Path, script: str, log: Path,
             f"--chdir={GUEST_CLONE}", "--setenv=LANG=C.UTF-8",
             f"--setenv=PATH={nspawn.PATH}", "--setenv=DEBIAN_FRONTEND=noninteractive",
             "/bin/sh", "-ec", script]
-    result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=RUN_TIMEOUT + 60)
+    with nspawn.containers_exclusive():
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=RUN_TIMEOUT + 60)
+        nspawn.remove_leftover_cgroups()
     log.write_text(f"$ {' '.join(argv)}\n{result.stdout}\n{result.stderr}")
     return result
