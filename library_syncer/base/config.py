@@ -82,6 +82,14 @@ def _str_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _item_patterns(value: Any) -> tuple[str, ...]:
+    """Item-folder name patterns (rsync wildcards * ? [...]): one path component each."""
+    patterns = _str_list(value)
+    if any("/" in p or p.startswith(".") or "**" in p for p in patterns):
+        raise ValueError
+    return patterns
+
+
 def _path(value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError
@@ -208,6 +216,9 @@ class SyncConfig:
     fixed_random_delay: bool = setting(False, _bool, "true or false")
     timezone: str = setting("", _timezone, "a time zone name such as UTC or Europe/Paris", "TZ")
     exclude: tuple[str, ...] = setting([".vSphere-HA"], _str_list, "a list of patterns")
+    include: tuple[str, ...] = setting(
+        [], _item_patterns, 'a list of item folder names or patterns such as "ubuntu-*" '
+        '(no "/", no leading ".")')
     compress: bool = setting(True, _bool, "true or false")
     share_connection: bool = setting(True, _bool, "true or false")
     connect_timeout: float = setting(30.0, _duration, DURATION_EXPECTED)

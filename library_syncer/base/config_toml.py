@@ -42,6 +42,8 @@ DESCRIPTIONS: dict[str, str] = {
         "Keep the same random delay on every run (systemd FixedRandomDelay)."),
     "sync.timezone": "Time zone of the schedule (empty: the host's).",
     "sync.exclude": "Patterns never pulled (rsync --exclude).",
+    "sync.include": "Only these items are pulled and published (item folder names, wildcards "
+                    "allowed); empty: every item.",
     "sync.compress": "Compress on the wire (zstd).",
     "sync.share_connection": "One SSH connection (one handshake) for the whole run (OpenSSH "
                              "connection sharing).",

@@ -61,8 +61,8 @@ def parse_listing(lines: Iterable[str]) -> list[Listed]:
         if len(flags) != 11 or line[11:12] != " " or flags[1] != "f" or flags[0] not in ">ch.":
             continue
         size, _, path = rest.lstrip().partition(" ")
-        if not size.isdigit() or not path:
-            continue
+        if not size.isdigit() or not path or "\\#" in path:
+            continue  # rsync escapes unprintable bytes as \#ooo: not the name on disk
         files.append(Listed(path, int(size), new=flags[2:] == "+++++++++"))
     return files
 

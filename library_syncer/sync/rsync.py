@@ -19,6 +19,7 @@ from ..base.errors import DiskFull, HostKeyError, NetworkError, PartialTransfer,
 from . import ssh
 
 PARTIAL_DIR = ".rsync-partial"
+LISTING_FORMAT = "%i %l %n"  # itemized changes (11 characters), size, name
 # The server's own manifests and page are never copied nor trusted: the client writes its own.
 # "hide" rules act on the sender only, so a stale copy on our side is still deleted.
 SERVER_MANIFESTS = ("/lib.json", "/items.json", "/*/item.json", "/index.html")
@@ -61,6 +62,9 @@ def common_options(sync: SyncConfig, ssh_extra: Sequence[str] = ()) -> list[str]
 def filter_options(sync: SyncConfig) -> list[str]:
     argv = [f"--exclude={pattern}" for pattern in sync.exclude]
     argv += [f"--filter=H {name}" for name in SERVER_MANIFESTS]
+    if sync.include:  # only the named item folders (and all they hold), nothing else on top
+        argv += [f"--filter=+ /{pattern}/***" for pattern in sync.include]
+        argv += ["--filter=- /*"]
     return argv
 
 
@@ -73,7 +77,9 @@ def pull_argv(sync: SyncConfig, dest: Path, link_dests: list[Path], *,
             f"--partial-dir={PARTIAL_DIR}", *filter_options(sync)]
     argv += [f"--link-dest={Path(d).resolve()}" for d in link_dests]
     if dry_run:
-        argv += ["--dry-run", "--info=stats2"]
+        # Every file with its itemized change and size (name2: unchanged ones too): what is new
+        # gets a basis (sync/basis.py), and the listing says what the server has now.
+        argv += ["--dry-run", "--info=stats2,name2", f"--out-format={LISTING_FORMAT}"]
     else:
         argv += ["--info=progress2,stats2"]
     return [*argv, source(sync), f"{dest}/"]
@@ -115,13 +121,17 @@ class Stats:
     bytes_received: int = 0
     errors: list[str] = field(default_factory=list)  # rsync's own error lines
     skipped: int = 0  # links and special files not transferred
+    listed: list[str] = field(default_factory=list)  # the dry run's LISTING_FORMAT lines
 
     def feed(self, line: str) -> bool:
-        """Take one output line; True when it was a statistics or error line."""
+        """Take one output line; True when it was a statistics, listing or error line."""
         match = _STAT.match(line)
         if match:
             number = int(float(match.group(2).replace(",", "")))
             setattr(self, _STAT_FIELDS[match.group(1)], number)
+            return True
+        if len(line) > 12 and line[11] == " " and line[0] in "<>ch.*":
+            self.listed.append(line)
             return True
         if line.startswith("skipping non-regular file"):
             self.skipped += 1

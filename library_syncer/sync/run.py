@@ -11,9 +11,11 @@ A failed or interrupted run leaves the published snapshot exactly as it was; its
 from __future__ import annotations
 
 import errno
+import fnmatch
 import logging
 import os
 import random
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from ..base.errors import (
 from ..base.units import format_bytes, format_duration
 from ..manifest import vcsp
 from ..web import caddy, page
-from . import last_run, lock, metrics, rsync, snapshot, sshmux
+from . import basis, last_run, lock, metrics, rsync, snapshot, sshmux
 from .last_run import RunRecord
 from .progress import Reporter
 
@@ -166,6 +168,7 @@ def _dry_run_and_pull(config: Config, layout: snapshot.Layout, staging: Path,
     if any(layout.ova_store.iterdir()):
         link_dests.append(layout.ova_store)
     ssh_extra = connection.rsh_options() if connection else []
+    _drop_unincluded(staging, sync.include)
 
     def step(argv: list[str], progress: Reporter | None, needed: int | None) -> rsync.Stats:
         if connection:
@@ -182,11 +185,43 @@ def _dry_run_and_pull(config: Config, layout: snapshot.Layout, staging: Path,
     if plan.transferred_size:
         log.info("fetching %d changed file(s), %s (library %s)", plan.files_transferred,
                  format_bytes(plan.transferred_size), format_bytes(plan.total_size))
+    _seed_bases(layout, staging, published, plan.listed)
     if reporter:
         reporter.status(f"transferring {format_bytes(plan.transferred_size)}")
     pull = rsync.pull_argv(sync, staging, link_dests, ssh_extra=ssh_extra)
     result.stats = _with_retries(lambda: step(pull, reporter, result.needed), config, result,
                                  retry)
+
+
+def _drop_unincluded(staging: Path, include: tuple[str, ...]) -> None:
+    """A staging tree left by a run with other sync.include patterns: rsync protects what its
+    filters exclude from --delete, so items no longer included are removed here."""
+    if not include or not staging.is_dir():
+        return
+    for item in staging.iterdir():
+        if item.is_dir() and not item.is_symlink() and not item.name.startswith(".") and \
+                not any(fnmatch.fnmatchcase(item.name, p) for p in include):
+            log.info("%s is not in sync.include any more: not published", item.name)
+            shutil.rmtree(item)
+
+
+def _seed_bases(layout: snapshot.Layout, staging: Path, published: Path | None,
+                listed: list[str]) -> None:
+    """Give every new file an older copy the site has as its basis (renamed items, new
+    template versions): rsync then fetches only what differs from it (sync/basis.py)."""
+    listing = basis.parse_listing(listed)
+    new = [f for f in listing if f.new and f.size >= basis.MIN_SIZE]
+    if not new:
+        return
+    pool = basis.candidates(published, layout.ova_store, {f.path for f in listing})
+    chosen = basis.choose(new, listing, pool)
+    seeded = basis.seed(staging, chosen)
+    for rel in seeded:
+        log.debug("basis for %s: %s", rel, chosen[rel].rel)
+    if seeded:
+        log.info("%d new file(s) fetched as differences from a copy this site has: %s", len(seeded),
+                 ", ".join(f"{rel} (from {chosen[rel].rel})" for rel in seeded[:3])
+                 + (f" and {len(seeded) - 3} more" if len(seeded) > 3 else ""))
 
 
 def _report_transfer(result: Transfer) -> Transfer:
