@@ -116,6 +116,19 @@ def test_a_wrong_guess_costs_little_more_than_no_guess(work_dir, sshd, client_ke
     assert with_guess <= without + 0.005 * DISK, (with_guess, without)
 
 
+def test_find_basis_off_fetches_a_new_version_whole(work_dir, sshd, client_key, server_library):
+    old = random_bytes(4 * MB, 51)
+    _disk(server_library / "photon-r1", "photon-r1.vmdk", old)
+    config = write_config(work_dir, sshd, client_key[0], find_basis=False)
+    state = work_dir / "state"
+    assert sync(config).returncode == 0
+    _disk(server_library / "photon-r2", "photon-r2.vmdk", _patched(old, 0.05, seed=52))
+    result = sync(config)
+    assert result.returncode == 0, result.stderr
+    assert "fetched as differences" not in result.stderr
+    assert last_run(state)["bytes_received"] > 4 * MB  # today's rsync alone: the whole disk
+
+
 def test_a_cut_transfer_against_a_basis_resumes_and_never_touches_the_published_copy(
         work_dir, sshd, client_key, server_library):
     old = random_bytes(DISK, 41)

@@ -220,6 +220,7 @@ class SyncConfig:
         [], _item_patterns, 'a list of item folder names or patterns such as "ubuntu-*" '
         '(no "/", no leading ".")')
     compress: bool = setting(True, _bool, "true or false")
+    find_basis: bool = setting(True, _bool, "true or false")
     share_connection: bool = setting(True, _bool, "true or false")
     connect_timeout: float = setting(30.0, _duration, DURATION_EXPECTED)
     io_timeout: float = setting(300.0, _duration, DURATION_EXPECTED)

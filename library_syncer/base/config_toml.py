@@ -45,6 +45,8 @@ DESCRIPTIONS: dict[str, str] = {
     "sync.include": "Only these items are pulled and published (item folder names, wildcards "
                     "allowed); empty: every item.",
     "sync.compress": "Compress on the wire (zstd).",
+    "sync.find_basis": "Fetch a new file as its differences from the most similar file this "
+                       "site has (renamed items, new template versions).",
     "sync.share_connection": "One SSH connection (one handshake) for the whole run (OpenSSH "
                              "connection sharing).",
     "sync.connect_timeout": "Give up connecting after this long.",

@@ -185,7 +185,8 @@ def _dry_run_and_pull(config: Config, layout: snapshot.Layout, staging: Path,
     if plan.transferred_size:
         log.info("fetching %d changed file(s), %s (library %s)", plan.files_transferred,
                  format_bytes(plan.transferred_size), format_bytes(plan.total_size))
-    _seed_bases(layout, staging, published, plan.listed)
+    if sync.find_basis:
+        _seed_bases(layout, staging, published, plan.listed)
     if reporter:
         reporter.status(f"transferring {format_bytes(plan.transferred_size)}")
     pull = rsync.pull_argv(sync, staging, link_dests, ssh_extra=ssh_extra)

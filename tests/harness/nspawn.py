@@ -353,7 +353,7 @@ class Container:
                 "-b", "--register=no", "--keep-unit", "--volatile=overlay",
                 "--private-network", f"--machine={self.machine}", "--console=read-only"]
         argv += [f"--bind-ro={host}:{guest}" for host, guest in self.binds_ro]
-        env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
+        env = nspawn_env()
         out = open(self.log_file, "wb") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                         stderr=subprocess.STDOUT, env=env,
@@ -415,6 +415,12 @@ class Container:
         self.pid1 = 0
         remove_leftover_cgroups()
         HOST_LOCK.release()
+
+
+def nspawn_env() -> dict[str, str]:
+    """The environment for systemd-nspawn here: the host's PID 1 is not systemd, so nspawn is
+    told to give the payload the unified cgroup hierarchy (it cannot set up the legacy one)."""
+    return dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
 
 
 class _HostLock:

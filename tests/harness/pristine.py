@@ -43,7 +43,7 @@ def run_in_fresh_root(clone: Path, script: str, log: Path,
             "/bin/sh", "-ec", script]
     with nspawn.containers_exclusive():
         result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                timeout=RUN_TIMEOUT + 60)
+                                timeout=RUN_TIMEOUT + 60, env=nspawn.nspawn_env())
         nspawn.remove_leftover_cgroups()
     log.write_text(f"$ {' '.join(argv)}\n{result.stdout}\n{result.stderr}")
     return result
