@@ -247,8 +247,8 @@ def classify(returncode: int, tail: list[str], stats: Stats, sync: SyncConfig,
 # does not know: rsync before 3.2.0 has no --compress-choice. Without it, --compress alone
 # lets the two rsyncs agree on a method (zstd with 3.2+, zlib with older ones).
 DROPPABLE = {
-    "--compress-choice": "rsync before 3.2.0 lacks it; compression is negotiated instead "
-                         "(zlib with such a server)",
+    "--compress-choice": ("rsync before 3.2.0 lacks it",
+                          "compression is negotiated instead (zlib with such a server)"),
 }
 # rsync's own refusal, any version: `rsync: on remote machine: --compress-choice=zstd: unknown
 # option` (then `rsync error: syntax or usage error (code 1) … [server=3.1.3]`).
@@ -322,8 +322,9 @@ class PeerOptions:
         server = f"{self.sync.user}@{self.sync.peer}:{self.sync.port}"
         if error.server:
             server += f", rsync {error.server}"
-        log.warning("the server (%s) refuses %s (%s); continuing without it", server,
-                    ", ".join(chosen), "; ".join(DROPPABLE[o] for o in chosen))
+        log.warning("the server (%s) refuses %s: %s; this run goes on without it: %s", server,
+                    ", ".join(chosen), "; ".join(DROPPABLE[o][0] for o in chosen),
+                    "; ".join(DROPPABLE[o][1] for o in chosen))
         return True
 
     def run(self, argv: Sequence[str], attempt: Callable[[list[str]], Stats]) -> Stats:
