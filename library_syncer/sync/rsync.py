@@ -9,14 +9,17 @@ through the web server.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..base.config import SyncConfig
 from ..base.errors import DiskFull, HostKeyError, NetworkError, PartialTransfer, SyncerError
 from . import ssh
+
+log = logging.getLogger("library-syncer")
 
 PARTIAL_DIR = ".rsync-partial"
 LISTING_FORMAT = "%i %l %n"  # itemized changes (11 characters), size, name
@@ -215,6 +218,11 @@ def classify(returncode: int, tail: list[str], stats: Stats, sync: SyncConfig,
                             f"({sync.identity_file})",
                             hint=f"on the server: library-syncer server authorize "
                                  f"{sync.identity_file}.pub --site NAME")
+    refused = _refused_option(lines)
+    if refused is not None:
+        option, line = refused
+        return OptionRefused(f"{target}: the server refused the transfer: {line}", option=option,
+                             server=_server_version(lines))
     if "rrsync" in text and ("disabled" in text or "not allowed" in text or "error" in text):
         return NetworkError(f"{target}: the server refused the transfer: {_last(lines)}")
     if returncode == 23:
@@ -230,3 +238,100 @@ def classify(returncode: int, tail: list[str], stats: Stats, sync: SyncConfig,
     if returncode in RETRY_CODES:
         return TransientError(message)
     return SyncerError(message)
+
+
+# --- options an older server lacks ----------------------------------------------------------
+
+# Options the pull can do without, with what the run does instead. The server's rsync (and the
+# Perl rrsync of rsync < 3.2.4, which checks every option against its own list) refuses what it
+# does not know: rsync before 3.2.0 has no --compress-choice. Without it, --compress alone
+# lets the two rsyncs agree on a method (zstd with 3.2+, zlib with older ones).
+DROPPABLE = {
+    "--compress-choice": ("rsync before 3.2.0 lacks it",
+                          "compression is negotiated instead (zlib with such a server)"),
+}
+# rsync's own refusal, any version: `rsync: on remote machine: --compress-choice=zstd: unknown
+# option` (then `rsync error: syntax or usage error (code 1) … [server=3.1.3]`).
+_UNKNOWN_OPTION = re.compile(r"^rsync: (?:on remote machine: )?(--[\w-]+)(?:=\S*)?: "
+                             r"unknown option")
+# A server rsync 3.2+ built without the method: `unknown compress name: zstd` (its side) or
+# `Your --compress-choice value (zstd) was refused by the server.` (ours).
+_UNKNOWN_COMPRESS = re.compile(r"unknown compress name: |Your --compress-choice value .* was "
+                               r"refused by the server")
+# The Perl rrsync of rsync < 3.2.4 stops at the first long option it does not list, naming none
+# (`/usr/bin/rrsync: invalid rsync-command syntax or options`).
+_RRSYNC_UNKNOWN = re.compile(r"rrsync\S*: invalid rsync-command syntax or options")
+_SERVER_VERSION = re.compile(r"\[(?:server|sender)=([\w.+~-]+)\]")
+
+
+class OptionRefused(NetworkError):
+    """The server refused an option of ours (`option`; None when its refusal names none)."""
+
+    def __init__(self, message: str, *, option: str | None, server: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+        self.server = server
+
+
+def _refused_option(lines: Sequence[str]) -> tuple[str | None, str] | None:
+    """(the option, the line saying so) when the server refused an option as unknown."""
+    for line in lines:
+        match = _UNKNOWN_OPTION.match(line)
+        if match:
+            return match.group(1), line
+        if _UNKNOWN_COMPRESS.search(line):
+            return "--compress-choice", line
+        if _RRSYNC_UNKNOWN.search(line):
+            return None, line
+    return None
+
+
+def _server_version(lines: Sequence[str]) -> str | None:
+    for line in lines:
+        match = _SERVER_VERSION.search(line)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _has(argv: Sequence[str], option: str) -> bool:
+    return any(a == option or a.startswith(option + "=") for a in argv)
+
+
+class PeerOptions:
+    """What this run's server accepts: an option it refuses as unknown is dropped (one warning)
+    and the step is run again without it; later steps of the run never send it."""
+
+    def __init__(self, sync: SyncConfig) -> None:
+        self.sync = sync
+        self.dropped: list[str] = []
+
+    def adapt(self, argv: Sequence[str]) -> list[str]:
+        """`argv` without the options dropped so far."""
+        return [a for a in argv if not any(a == d or a.startswith(d + "=") for d in self.dropped)]
+
+    def drop(self, error: OptionRefused, argv: Sequence[str]) -> bool:
+        """Drop what `error` refused from the rest of the run; False when there is nothing we
+        can do without (the refusal is final). A refusal naming no option drops every
+        droppable one `argv` still sends."""
+        sent = [o for o in DROPPABLE if _has(self.adapt(argv), o)]
+        chosen = [error.option] if error.option in sent else [] if error.option else sent
+        if not chosen:
+            return False
+        self.dropped += chosen
+        server = f"{self.sync.user}@{self.sync.peer}:{self.sync.port}"
+        if error.server:
+            server += f", rsync {error.server}"
+        log.warning("the server (%s) refuses %s: %s; this run goes on without it: %s", server,
+                    ", ".join(chosen), "; ".join(DROPPABLE[o][0] for o in chosen),
+                    "; ".join(DROPPABLE[o][1] for o in chosen))
+        return True
+
+    def run(self, argv: Sequence[str], attempt: Callable[[list[str]], Stats]) -> Stats:
+        """`attempt(argv)` without what the server refused; again once per dropped option."""
+        while True:
+            try:
+                return attempt(self.adapt(argv))
+            except OptionRefused as error:
+                if not self.drop(error, argv):
+                    raise

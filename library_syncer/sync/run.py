@@ -170,10 +170,13 @@ def _dry_run_and_pull(config: Config, layout: snapshot.Layout, staging: Path,
     ssh_extra = connection.rsh_options() if connection else []
     _drop_unincluded(staging, sync.include)
 
+    # An option an older server refuses is dropped for the rest of the run (rsync.PeerOptions).
+    peer = rsync.PeerOptions(sync)
+
     def step(argv: list[str], progress: Reporter | None, needed: int | None) -> rsync.Stats:
         if connection:
             connection.ensure()
-        return _rsync(argv, sync, progress, needed)
+        return peer.run(argv, lambda adapted: _rsync(adapted, sync, progress, needed))
 
     dry = rsync.pull_argv(sync, staging, link_dests, dry_run=True, ssh_extra=ssh_extra)
     plan = _with_retries(lambda: step(dry, None, None), config, result, retry)

@@ -214,10 +214,12 @@ def mirror_lines(suite: str, apt_dir: Path = APT_DIR,
     return lines
 
 
-def rootfs(packages: Iterable[str], suite: str = DEFAULT_SUITE) -> Path:
-    """The cached root filesystem of `suite` with BASE_PACKAGES + packages; built once per
-    suite, mirror and package set."""
-    include = sorted(set(BASE_PACKAGES) | set(packages))
+def rootfs(packages: Iterable[str], suite: str = DEFAULT_SUITE,
+           base: Iterable[str] = BASE_PACKAGES) -> Path:
+    """The cached root filesystem of `suite` with `base` (BASE_PACKAGES: a bootable systemd) +
+    packages; built once per suite, mirror and package set. A tree never booted (a daemon run
+    as the container's only process) may pass base=()."""
+    include = sorted(set(base) | set(packages))
     sources = mirror_lines(suite)
     key = hashlib.sha256(f"{suite} {' '.join(include)} {CUSTOMIZE} {sources}".encode()
                          ).hexdigest()[:16]
