@@ -131,14 +131,29 @@ def _probe(box: nspawn.Container, unit: str, script: str) -> str:
     only replaces what it executes) and return what it printed."""
     dropin = f"/run/systemd/system/{unit}.d/zz-probe.conf"
     box.write(dropin, "[Service]\nType=oneshot\nExecStartPre=\nExecReload=\nExecStart=\n"
-              f"ExecStart=/bin/sh -c '{script}'\n")
+              f"ExecStart=/bin/sh -c '{script} echo probe done'\n")
     try:
         box.run("systemctl", "daemon-reload")
+        shown = box.run("journalctl", "-u", unit, "-n", "0", "--show-cursor", "--no-pager",
+                        check=False).stdout
+        cursor = shown.rsplit("-- cursor: ", 1)[-1].strip() if "-- cursor: " in shown else ""
         box.run("systemctl", "restart", unit, check=False, timeout=60)
-        invocation = box.run("systemctl", "show", "--property=InvocationID", "--value",
-                             unit).stdout.strip()
-        return box.run("journalctl", f"_SYSTEMD_INVOCATION_ID={invocation}", "-o", "cat",
-                       "--no-pager").stdout
+        since = [f"--after-cursor={cursor}"] if cursor else []
+        output = ""
+
+        def printed() -> bool:
+            nonlocal output
+            output = box.run("journalctl", "-u", unit, *since, "-o", "cat",
+                             "--no-pager").stdout
+            return "probe done" in output
+
+        nspawn.wait_until(printed, timeout=20)  # journald may not have stored it yet
+        status = box.run("systemctl", "status", "--no-pager", unit, check=False).stdout
+        assert "probe done" in output, status
+        # The probe's lines only (not systemd's, nor an earlier run's).
+        lines = output[:output.index("probe done")].splitlines()
+        start = max(i for i, line in enumerate(lines) if line.startswith("library-syncer"))
+        return "\n".join(lines[start:])
     finally:
         box.run("rm", "-rf", f"/run/systemd/system/{unit}.d")
         box.run("systemctl", "daemon-reload")
