@@ -263,3 +263,46 @@ def test_without_root_unreadable_files_say_so(site):
         f"FAIL  host key: {site.work}/known_hosts: permission denied; fix: run check as root"]
     assert _lines(result, "ok    settings: ")
     assert "Traceback" not in result.stderr
+
+
+def test_basic_auth_without_an_allow_list_is_a_warning(site):
+    password = site.work / "web-password"
+    password.write_text("s3cret\n")
+    site.write(**site_settings(site.work, site.sshd, site.key,
+                               web={"auth_password_file": str(password)}))
+    result = _check(site)
+    assert result.returncode == 0, result.stdout + result.stderr  # a warning fails nothing
+    port = site.config.web.https_port
+    assert _lines(result, "warn") == [
+        f"warn  web: basic authentication without web.allow: anyone who reaches port {port} can "
+        "make Caddy check passwords (a CPU-bound bcrypt per failed try); fix: set web.allow to "
+        'the vCenter addresses, e.g. allow = ["192.0.2.7/32"]']
+    site.write(**site_settings(site.work, site.sshd, site.key,
+                               web={"auth_password_file": str(password),
+                                    "allow": ["192.0.2.7/32"]}))
+    assert _lines(_check(site), "warn") == []
+
+
+def test_server_role_names_each_symlink_in_the_library(server_site, server_library, work_dir):
+    outside = work_dir / "outside.txt"
+    outside.write_text("not for the sites\n")
+    (server_library / "ttylinux" / "escape.ovf").symlink_to(outside)
+    (server_library / "ttylinux" / "same.ovf").symlink_to("escape.ovf")
+    (server_library / "etc-dir").symlink_to("/etc")
+    result = run_cli("check", "-c", str(server_site))
+    assert result.returncode == 0, result.stdout + result.stderr
+    fix = "; fix: replace it with the file or folder itself, or remove it"
+    tail = ": sites do not get its content, and rrsync's error messages name its target"
+    assert _lines(result, "warn") == [
+        f"warn  library: symlink {server_library}/etc-dir -> /etc (outside the library){tail}{fix}",
+        f"warn  library: symlink {server_library}/ttylinux/escape.ovf -> {outside} (outside the "
+        f"library){tail}{fix}",
+        f"warn  library: symlink {server_library}/ttylinux/same.ovf -> escape.ovf (outside the "
+        f"library){tail}{fix}",
+    ]
+    # Capped: one line per link up to the limit, then a count.
+    for n in range(12):
+        (server_library / "ttylinux" / f"link-{n:02d}").symlink_to("escape.ovf")
+    warned = _lines(run_cli("check", "-c", str(server_site)), "warn")
+    assert len(warned) == 11 and warned[-1] == (
+        f"warn  library: 5 more symlinks in {server_library}; fix: find {server_library} -type l")

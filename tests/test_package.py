@@ -290,17 +290,27 @@ def test_remove_keeps_settings_and_stops_units(box: nspawn.Container) -> None:
 
 def test_purge_leaves_the_system_as_before(box: nspawn.Container,
                                            before_install: set[str]) -> None:
+    # What the operator supplied, where the documentation puts it: a certificate, its key and
+    # the web password. Purge removes what the packages created, never these.
+    supplied = {"/etc/library-syncer/tls/cert.pem": "CERT\n", "/etc/library-syncer/tls/key.pem":
+                "KEY\n", "/etc/library-syncer/web-password": "s3cret\n"}
+    for path, text in supplied.items():
+        box.write(path, text, mode="0640")
     box.run("apt-get", "purge", "-y", *nspawn.PACKAGES, timeout=600)
     for name in nspawn.PACKAGES:
         assert box.run("dpkg-query", "-W", name, check=False).returncode != 0, name
     box.run("systemctl", "daemon-reload")
+    for path, text in supplied.items():
+        assert box.run("cat", path, check=False).stdout == text, path
     # Everything the packages created is gone. Kept on purpose: the server's exported library
-    # (the operator's data, filled by the full-loop step) and the system users (Debian
-    # convention: a system user's files may outlive the package).
+    # (the operator's data, filled by the full-loop step), the operator's files above and the
+    # system users (Debian convention: a system user's files may outlive the package).
     library = "/srv/library-syncer/library/"
-    kept = box.sh(f"find {library} -mindepth 1 2>/dev/null || true").split()
+    in_library = box.sh(f"find {library} -mindepth 1 2>/dev/null || true").split()
+    kept = [*in_library, *supplied, "/etc/library-syncer", "/etc/library-syncer/tls"]
     added = sorted(p for p in _files(box) - before_install if p not in kept)
-    if kept:
+    assert box.run("test", "-d", "/etc/library-syncer/tls", check=False).returncode == 0
+    if in_library:
         assert added == ["/srv/library-syncer", "/srv/library-syncer/library"], added
     else:
         assert added == [], added

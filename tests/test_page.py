@@ -14,7 +14,7 @@ import pytest
 
 from library_syncer.base.errors import VerifyError
 from library_syncer.web import page
-from tests.harness.caddy import make_config, make_state, start_caddy, write_library
+from tests.harness.caddy import fetch, make_config, make_state, start_caddy, write_library
 
 URL = "https://library.test:8443/lib.json"
 SYNCED = datetime(2026, 11, 25, 21, 0, 5, tzinfo=timezone.utc)
@@ -123,8 +123,12 @@ def test_page_served_and_seen_in_headless_chromium(work_dir: Path, browse: bool)
     server = start_caddy(config, work_dir)
     try:
         url = f"http://127.0.0.1:{server.port}/"
-        dom = _chromium(work_dir, url, "--dump-dom")
+        # The page is served sandboxed (Content-Security-Policy, see the Caddyfile) and needs
+        # nothing the policy forbids: Chromium reports every refusal on its console.
+        assert fetch(server.port, "/").headers["content-security-policy"].startswith("sandbox;")
+        dom = _chromium(work_dir, url, "--dump-dom", "--enable-logging=stderr", "--v=0")
         assert dom.returncode == 0, dom.stderr[-2000:]
+        assert "Content Security Policy" not in dom.stderr and "Refused to" not in dom.stderr
         doc = _parse(dom.stdout)
         names = [a.get("data-name") for tag, a in doc.tags if tag == "tr" and a.get("class")]
         assert names == ["médias", "ttylinux", "Web tier #2"]
@@ -139,9 +143,25 @@ def test_page_served_and_seen_in_headless_chromium(work_dir: Path, browse: bool)
         assert requests, "Caddy logged no request"
         assert all(r["status"] < 400 for r in requests if r["request"]["uri"] != "/favicon.ico")
         # Browsing, when on, still lists the item folders beside the page.
-        from tests.harness.caddy import fetch
-
         listing = fetch(server.port, "/ttylinux/")
         assert (listing.status == 200) == browse
+    finally:
+        server.stop()
+
+
+def test_a_planted_page_runs_no_script_in_headless_chromium(work_dir: Path):
+    """An .html the server put in the library opens on this site's origin: sandboxed, its
+    script does not run (it would rename the page)."""
+    make_state(work_dir)
+    planted = (work_dir / "state" / "published").resolve() / "ttylinux" / "planted.html"
+    planted.write_text("<!doctype html><html><head><title>planted</title></head><body>"
+                       "<script>document.title = 'script ran'</script></body></html>")
+    server = start_caddy(make_config(work_dir), work_dir)
+    try:
+        dom = _chromium(work_dir, f"http://127.0.0.1:{server.port}/ttylinux/planted.html",
+                        "--dump-dom", "--enable-logging=stderr", "--v=0")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        assert "<title>planted</title>" in dom.stdout, dom.stdout
+        assert "Blocked script execution" in dom.stderr and "sandboxed" in dom.stderr
     finally:
         server.stop()

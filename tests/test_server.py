@@ -263,3 +263,42 @@ def test_a_library_path_the_shell_would_split_or_interpret_is_refused(cfg, work_
             server.render_sshd_config(replace(cfg, library=Path(bad)))
     with pytest.raises(ConfigError, match=r"server\.library"):
         server.authorize(replace(cfg, library=Path("/srv/a b")), _pub(work_dir, "x"), "x")
+
+
+def test_a_source_restriction_survives_rendering_and_other_options_are_reported(
+        cfg, work_dir, capsys):
+    toml = _toml(work_dir, cfg, harness.ensure_sysusers_user().pw_name)
+    pub_file = work_dir / "lyon.pub"
+    pub_file.write_text(_pub(work_dir, "lyon") + "\n")
+    assert main(["server", "authorize", "-c", str(toml), str(pub_file), "--site", "lyon",
+                 "--from", "192.0.2.0/24,2001:db8::/32,198.51.100.7"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        " from 192.0.2.0/24,2001:db8::/32,198.51.100.7")
+    path = server.authorized_keys_path(cfg)
+    prefix = f'restrict,from="192.0.2.0/24,2001:db8::/32,198.51.100.7",command="{cfg.rrsync} -ro '
+    assert path.read_text().splitlines()[-1].startswith(prefix)
+    # An operator's own from= (host patterns, negations) and options we cannot keep.
+    rome = _pub(work_dir, "rome")
+    with path.open("a") as handle:
+        handle.write(f'from="10.1.0.0/16,!10.1.2.3,*.rome.example",no-pty,permitopen="h:22",'
+                     f'environment="A=1" {rome} site=rome\n')
+    moved = replace(cfg, library=work_dir / "elsewhere")
+    server.ensure_host_keys(cfg)
+    capsys.readouterr()
+    server.write_config(moved, work_dir / "run" / "sshd_config")
+    lines = path.read_text().splitlines()
+    assert lines[-2].startswith(prefix.replace(f"{cfg.library}", f"{work_dir}/elsewhere"))
+    assert lines[-1].startswith('restrict,from="10.1.0.0/16,!10.1.2.3,*.rome.example",command=')
+    # One line naming the site (the CLI's logging writes warnings to stderr).
+    assert capsys.readouterr().err.splitlines() == [
+        f'{path}: site rome: dropped option permitopen="h:22", environment="A=1" (only from= is '
+        "kept; every key may only run rrsync -ro)"]
+    server.write_config(cfg, work_dir / "run" / "sshd_config")  # nothing left to drop
+    assert capsys.readouterr().err == ""
+    assert main(["server", "keys", "-c", str(toml)]) == 0
+    assert "from 10.1.0.0/16,!10.1.2.3,*.rome.example" in capsys.readouterr().out
+    # --from takes addresses and networks only.
+    for bad in ("192.0.2.1/24", "lyon.example", "10.0.0.0/8,"):
+        assert main(["server", "authorize", "-c", str(toml), str(pub_file), "--site", "nice",
+                     "--from", bad]) == 2
+        assert "--from: found" in capsys.readouterr().err

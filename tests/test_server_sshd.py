@@ -357,6 +357,30 @@ def test_an_unknown_key_and_a_revoked_key_are_refused(rig, dest):
     assert rig.paris.rsync("-r", "--list-only", rig.paris.remote + "/").returncode == 0
 
 
+def test_a_key_restricted_by_source_is_refused_from_elsewhere(rig, dest):
+    """`authorize --from 127.0.0.2/32`: the same key, from 127.0.0.1 (ssh -b), is refused."""
+    lyon_key, lyon_pub = rig.new_key("id_lyon")
+    server_role.authorize(rig.server.server_config, lyon_pub, "lyon",
+                          sources=server_role.parse_sources("127.0.0.2/32"))
+    # The line as the unit's next start or reload rewrites it (render keeps from=).
+    server_role.sync_authorized_keys(rig.server.server_config)
+    assert 'from="127.0.0.2/32"' in server_role.authorized_keys_path(
+        rig.server.server_config).read_text()
+    lyon = rig.site(lyon_key)
+
+    def listing(source: str) -> subprocess.CompletedProcess:
+        shell = " ".join(["ssh", *lyon.ssh_opts("-b", source)])
+        return subprocess.run(["rsync", "-r", "--list-only", "-e", shell, lyon.remote + "/"],
+                              capture_output=True, text=True, timeout=60)
+
+    refused = listing("127.0.0.1")
+    assert refused.returncode != 0 and "Permission denied (publickey)" in refused.stderr
+    assert "disk-0.vmdk" not in refused.stdout
+    allowed = listing("127.0.0.2")
+    assert allowed.returncode == 0 and "disk-0.vmdk" in allowed.stdout, allowed.stderr
+    server_role.revoke(rig.server.server_config, "lyon")
+
+
 # --- the client's own command lines ---------------------------------------------------------
 
 

@@ -100,3 +100,17 @@ def test_timer_defaults_match_the_original() -> None:
 def test_tools_present() -> None:
     # The tests above rely on these; a missing tool must fail loudly, not skip.
     assert shutil.which("systemd-analyze"), "systemd-analyze missing (apt-get install systemd)"
+
+
+def test_web_service_has_its_own_user_and_a_cpu_bound() -> None:
+    web = _settings(UNITS / "library-syncer-web.service")
+    sync = _settings(UNITS / "library-syncer.service")
+    # Not the sync's account: the sync must not read the TLS key or the password (nor reach
+    # the admin socket), Caddy must not read the site's SSH key. Proven on a booted system in
+    # tests/test_web_system.py; here the contract.
+    assert web["User"] == web["Group"] == ["library-syncer-web"]
+    assert sync["User"] == ["library-syncer"] and web["User"] != sync["User"]
+    sysusers = (TOP / "packaging" / "debian" / "library-syncer.sysusers").read_text()
+    assert re.search(r"^u library-syncer-web - ", sysusers, re.M)
+    # Failed logins and handshakes cost CPU, and Caddy 2.6 cannot rate-limit: at most one core.
+    assert web["CPUQuota"] == ["100%"]

@@ -306,6 +306,91 @@ def test_allow_list_refuses_other_networks(served, work_dir, password_file):
     assert curl.stdout == "403"
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# CPU Caddy may spend on one failed login. `caddy hash-password`'s cost 14 takes ≈0.95 s on the
+# test machine (docs/web.md); the chosen cost ≈4 ms. The bound leaves room for a loaded host.
+FAILED_LOGIN_CPU = 0.05
+
+
+def test_a_failed_login_costs_little_cpu(served, password_file):
+    """Wrong passwords and wrong user names, each one new (Caddy caches pairs it has seen)."""
+    server = served(auth_password_file=str(password_file))
+    assert f"$2b${web.BCRYPT_COST:02d}$" in server.caddyfile.read_text()
+    assert fetch(server.port, "/lib.json", auth=("vcsp", PASSWORD)).status == 200
+    tries = 20
+    for user in ("vcsp", "admin", "vcs", "vcspx", ""):
+        before = _cpu_seconds(server.process.pid)
+        for n in range(tries):
+            refused = fetch(server.port, "/lib.json", auth=(user, f"guess-{user}-{n}"))
+            assert refused.status == 401
+            assert refused.headers["www-authenticate"] == 'Basic realm="restricted"'
+        per_try = (_cpu_seconds(server.process.pid) - before) / tries
+        assert per_try < FAILED_LOGIN_CPU, f"user {user!r}: {per_try * 1000:.0f} ms per try"
+    # Two Authorization headers (basicauth reads the first): refused, and cheaply.
+    import base64
+
+    def basic(user: str, password: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.putrequest("GET", "/lib.json")
+    connection.putheader("Authorization", basic("admin", "x"))
+    connection.putheader("Authorization", basic("vcsp", PASSWORD))
+    connection.endheaders()
+    assert connection.getresponse().status == 401
+    connection.close()
+    lower = fetch(server.port, "/lib.json",
+                  headers={"Authorization": basic("vcsp", PASSWORD).lower()[:6]
+                           + basic("vcsp", PASSWORD)[6:]})
+    assert lower.status == 200  # "basic" in any case, as Go's parser takes it
+
+
+@pytest.mark.parametrize("user", ["vcsp", "a", "ab", "abc", "vé", "x.y-z_w"])
+def test_foreign_user_pattern_matches_exactly_that_users_credentials(user):
+    import base64
+    import random
+    import re
+
+    pattern = re.compile(web.foreign_user_pattern(user))
+    rng = random.Random(user)
+    for _ in range(500):
+        password = bytes(rng.randrange(256) for _ in range(rng.randrange(12))).decode("latin-1")
+        assert pattern.match("Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        other = user.encode()[:rng.randrange(len(user.encode()) + 1)]
+        other += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4)))
+        decoded = other + b":" + password.encode()
+        if not decoded.startswith(f"{user}:".encode()):
+            assert not pattern.match("Basic " + base64.b64encode(decoded).decode()), decoded
+
+
+PLANTED = (b"<!doctype html><html><head><title>planted</title></head><body>"
+           b"<script>document.title = 'script ran'</script></body></html>")
+
+
+def test_every_response_is_sandboxed(served, work_dir):
+    """A file the server planted in the library (.html, .svg) must not run on this origin."""
+    server = served(browse=True)
+    snapshot = (work_dir / "state" / "published").resolve()
+    (snapshot / "ttylinux" / "planted.html").write_bytes(PLANTED)
+    (snapshot / "ttylinux" / "planted.svg").write_bytes(
+        b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>')
+    (snapshot / "index.html").write_text("<!doctype html><title>page</title>")
+    for path in ("/ttylinux/planted.html", "/ttylinux/planted.svg", "/lib.json", "/",
+                 "/index.html", "/ttylinux/", "/ttylinux/ttylinux-pc_i486-16.1.ovf"):
+        response = fetch(server.port, path)
+        assert response.status == 200, path
+        policy = response.headers.get("content-security-policy", "")
+        assert policy.split(";")[0] == "sandbox", (path, policy)
+        assert "default-src 'none'" in policy and "script-src" not in policy
+    assert fetch(server.port, "/nothing-here").headers["content-security-policy"]
+
+
 def test_https_with_a_custom_certificate(served, work_dir, tls_files):
     ca, cert_file, key_file = tls_files
     server = served(tls="custom", hostname="library.test", cert_file=str(cert_file),

@@ -6,6 +6,7 @@ with the reason in `systemctl status`; reload keeps the process; logs reach the 
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,19 +57,19 @@ def _curl(box: nspawn.Container, *args: str) -> str:
                    check=False).stdout
 
 
-def test_serves_on_port_80_as_the_unprivileged_user(box):
+def test_serves_on_port_80_as_its_own_unprivileged_user(box):
     _configure(box, "http_port = 80\nhostname = \"library.box\"")
     box.run("systemctl", "restart", UNIT, timeout=60)
     assert _show(box, "ActiveState") == "active"
     pid = _show(box, "MainPID")
     status = box.run("cat", f"/proc/{pid}/status").stdout
-    uid = box.run("id", "-u", "library-syncer").stdout.strip()
+    uid = box.run("id", "-u", "library-syncer-web").stdout.strip()
     assert f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}" in status
     assert _curl(box, "http://127.0.0.1/lib.json") == "200"
     assert _curl(box, "http://127.0.0.1/tiny/tiny.iso") == "200"
     assert _curl(box, "http://127.0.0.1/../staging/secret", "--path-as-is") == "404"
     rendered = box.run("stat", "-c", "%U:%G %a", "/run/library-syncer-web/Caddyfile").stdout
-    assert rendered.strip() == "library-syncer:library-syncer 640"
+    assert rendered.strip() == "library-syncer-web:library-syncer-web 640"
     # Caddy cannot write the library it serves (ProtectSystem=strict, no ReadWritePaths).
     probe = box.run("nsenter", "-t", pid, "-m", "--", "sh", "-c",
                     f"touch {STATE}/published/x 2>&1", check=False)
@@ -117,3 +118,95 @@ def test_internal_tls_keeps_caddys_data_in_its_own_state_directory(box):
                          "from library_syncer.web import caddy as web; "
                          "print(web.tls_thumbprint(config.load()))").stdout.strip()
     assert len(thumbprint) == 59 and thumbprint.count(":") == 19
+
+
+KEY = "/etc/library-syncer/tls/key.pem"
+PASSWORD = "/etc/library-syncer/web-password"
+SITE_KEY = "/etc/library-syncer/ssh/id_syncer"
+ADMIN = "/run/library-syncer-web/caddy-admin.sock"
+
+
+def _probe(box: nspawn.Container, unit: str, script: str) -> str:
+    """Run `script` as `unit` itself (its user and its whole sandbox, through a drop-in that
+    only replaces what it executes) and return what it printed."""
+    dropin = f"/run/systemd/system/{unit}.d/zz-probe.conf"
+    box.write(dropin, "[Service]\nType=oneshot\nExecStartPre=\nExecReload=\nExecStart=\n"
+              f"ExecStart=/bin/sh -c '{script} echo probe done'\n")
+    try:
+        box.run("systemctl", "daemon-reload")
+        shown = box.run("journalctl", "-u", unit, "-n", "0", "--show-cursor", "--no-pager",
+                        check=False).stdout
+        cursor = shown.rsplit("-- cursor: ", 1)[-1].strip() if "-- cursor: " in shown else ""
+        box.run("systemctl", "restart", unit, check=False, timeout=60)
+        since = [f"--after-cursor={cursor}"] if cursor else []
+        output = ""
+
+        def printed() -> bool:
+            nonlocal output
+            output = box.run("journalctl", "-u", unit, *since, "-o", "cat",
+                             "--no-pager").stdout
+            return "probe done" in output
+
+        nspawn.wait_until(printed, timeout=20)  # journald may not have stored it yet
+        status = box.run("systemctl", "status", "--no-pager", unit, check=False).stdout
+        assert "probe done" in output, status
+        # The probe's lines only (not systemd's, nor an earlier run's).
+        lines = output[:output.index("probe done")].splitlines()
+        start = max(i for i, line in enumerate(lines) if line.startswith("library-syncer"))
+        return "\n".join(lines[start:])
+    finally:
+        box.run("rm", "-rf", f"/run/systemd/system/{unit}.d")
+        box.run("systemctl", "daemon-reload")
+
+
+def _try(name: str, command: str) -> str:
+    return (f'if {command} >/dev/null 2>&1; then echo "{name}: read"; '
+            f'else echo "{name}: denied"; fi; ')
+
+
+def _self_signed(tmp_path: Path) -> tuple[str, str]:
+    """A certificate and key for library.box, made on the host (the box has no openssl)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=library.box",
+                    "-addext", "subjectAltName=DNS:library.box", "-keyout", str(tmp_path / "k"),
+                    "-out", str(tmp_path / "c")], check=True, capture_output=True)
+    return (tmp_path / "c").read_text(), (tmp_path / "k").read_text()
+
+
+def test_the_sync_and_caddy_cannot_reach_each_others_secrets(box, tmp_path):
+    """The sync parses untrusted data; Caddy faces the network. As the sync unit: the TLS key,
+    the password file, Caddy's data and its admin socket are out of reach; as the web unit: the
+    site's SSH key is. Each probe also reads what its own unit needs (so a denial is not a
+    broken probe)."""
+    cert, key = _self_signed(tmp_path)
+    box.sh("install -d -m 0750 -o root -g library-syncer-web /etc/library-syncer/tls")
+    box.write("/etc/library-syncer/tls/cert.pem", cert)
+    box.write(KEY, key, mode="0640")
+    box.write(PASSWORD, "s3cret\n", mode="0640")
+    box.sh(f"chown root:library-syncer-web {KEY} {PASSWORD}\n"
+           f"ssh-keygen -q -t ed25519 -N '' -f {SITE_KEY}\n"
+           f"chown library-syncer: {SITE_KEY}")
+    _configure(box, f'tls = "custom"\ncert_file = "/etc/library-syncer/tls/cert.pem"\n'
+               f'key_file = "{KEY}"\nhostname = "library.box"\n'
+               f'auth_password_file = "{PASSWORD}"')
+    box.run("systemctl", "reset-failed", UNIT, check=False)
+    box.run("systemctl", "restart", UNIT, timeout=60)
+    assert _show(box, "ActiveState") == "active"
+    assert box.run("test", "-S", ADMIN, check=False).returncode == 0
+    sync = _probe(box, "library-syncer.service", "id -un; "
+                  + _try("tls key", f"cat {KEY}") + _try("password", f"cat {PASSWORD}")
+                  + _try("admin socket", f"curl -sf --unix-socket {ADMIN} http://caddy/config/")
+                  + _try("caddy data", "ls /var/lib/library-syncer-web/")
+                  + _try("site key", f"cat {SITE_KEY}"))
+    assert sync.split() == ["library-syncer", "tls", "key:", "denied", "password:", "denied",
+                            "admin", "socket:", "denied", "caddy", "data:", "denied", "site",
+                            "key:", "read"], sync
+    web = _probe(box, UNIT, "id -un; " + _try("site key", f"cat {SITE_KEY}")
+                 + _try("site dir", "ls /etc/library-syncer/ssh/")
+                 + _try("tls key", f"cat {KEY}") + _try("password", f"cat {PASSWORD}"))
+    assert web.split() == ["library-syncer-web", "site", "key:", "denied", "site", "dir:",
+                           "denied", "tls", "key:", "read", "password:", "read"], web
+    # Back to the real unit: it serves with the password and the key it alone can read.
+    _configure(box, "http_port = 80")
+    box.run("systemctl", "restart", UNIT, timeout=60)
+    assert _show(box, "ActiveState") == "active"

@@ -101,6 +101,9 @@ def _add_server_parser(subparsers) -> None:
     _add_config_option(authorize)
     authorize.add_argument("key", type=Path, help="the site's public key file ('-' for stdin)")
     authorize.add_argument("--site", required=True, help="a short name for the site")
+    authorize.add_argument("--from", dest="sources", metavar="CIDR[,CIDR]",
+                           help="accept the key only from these addresses or networks "
+                           "(sshd's from=), e.g. 192.0.2.0/24")
     revoke = _sub(verbs, "revoke", "library_syncer.cli.server:revoke",
                   "remove a site's key", f"{PROG} server revoke paris")
     _add_config_option(revoke)

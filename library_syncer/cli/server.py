@@ -28,16 +28,18 @@ def render(args: argparse.Namespace) -> int:
 
 
 def authorize(args: argparse.Namespace) -> int:
-    """`server authorize KEY.pub --site NAME` ('-': the key from stdin)."""
+    """`server authorize KEY.pub --site NAME [--from CIDR,…]` ('-': the key from stdin)."""
     cfg = config_module.load(args.config)
+    sources = sshd.parse_sources(args.sources) if args.sources else ()
     source = "stdin" if str(args.key) == "-" else str(args.key)
     try:
         text = sys.stdin.read() if source == "stdin" else args.key.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise KeyRefused(f"{source}: cannot read: {getattr(error, 'strerror', None) or error}",
                          hint="give the site's .pub file") from None
-    entry = sshd.authorize(cfg, text, args.site, source)
-    print(f"authorized site {entry.site}: {entry.key_type} {entry.fingerprint}")
+    entry = sshd.authorize(cfg, text, args.site, source, sources)
+    limit = f" from {','.join(entry.sources)}" if entry.sources else ""
+    print(f"authorized site {entry.site}: {entry.key_type} {entry.fingerprint}{limit}")
     return 0
 
 
@@ -57,5 +59,6 @@ def keys(args: argparse.Namespace) -> int:
         return 0
     width = max(len(e.site) for e in entries)
     for entry in entries:
-        print(f"{entry.site:<{width}}  {entry.fingerprint}  {entry.key_type}")
+        limit = f"  from {','.join(entry.sources)}" if entry.sources else ""
+        print(f"{entry.site:<{width}}  {entry.fingerprint}  {entry.key_type}{limit}")
     return 0

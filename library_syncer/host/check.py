@@ -31,12 +31,13 @@ from ..sync import rsync, timer
 from ..web import caddy
 
 SYNC_USER = "library-syncer"  # the service's account (packaging/debian/library-syncer.sysusers)
-OK, FAIL, SKIP = "ok", "FAIL", "skip"
+OK, FAIL, SKIP, WARN = "ok", "FAIL", "skip", "warn"  # WARN: works, but should change
+SYMLINKS_SHOWN = 10  # library symlinks named one per line; the rest are counted
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    status: str  # OK, FAIL or SKIP
+    status: str  # OK, FAIL, SKIP or WARN (not a failure: the exit status stays 0)
     what: str  # a short name: settings, key, host key, server, web, disk, timer
     message: str
     fix: str = ""
@@ -198,8 +199,16 @@ def check_web(config: Config) -> list[CheckResult]:
             return [CheckResult(FAIL, "web", error.problems[0].expected, "edit the [web] section")]
         except SyncerError as error:
             return [CheckResult(FAIL, "web", str(error), "install caddy or set web.caddy")]
-    return [CheckResult(OK, "web",
-                        f"Caddyfile validates; vCenter URL {caddy.subscription_url(config)}")]
+    results = [CheckResult(OK, "web",
+                           f"Caddyfile validates; vCenter URL {caddy.subscription_url(config)}")]
+    web = config.web
+    if web.auth_password_file is not None and not web.allow:
+        port = web.http_port if web.tls == "off" else web.https_port
+        results.append(CheckResult(
+            WARN, "web", f"basic authentication without web.allow: anyone who reaches port "
+            f"{port} can make Caddy check passwords (a CPU-bound bcrypt per failed try)",
+            'set web.allow to the vCenter addresses, e.g. allow = ["192.0.2.7/32"]'))
+    return results
 
 
 def _library_size(config: Config) -> int:
@@ -311,7 +320,34 @@ def check_library(config: Config) -> list[CheckResult]:
                        f"{config.server.user}", f"chmod 755 {library}")]
     items = [p for p in library.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return [CheckResult(OK, "library", f"{library}: {len(items)} item folder"
-                   f"{'' if len(items) == 1 else 's'}")]
+                   f"{'' if len(items) == 1 else 's'}"), *_library_symlinks(library)]
+
+
+def _library_symlinks(library: Path) -> list[CheckResult]:
+    """One warning per symlink in the library (capped). Sites get a symlink as a symlink (or
+    not at all), and rrsync names what a link outside the library points to in its errors."""
+    links: list[Path] = []
+    for root, dirs, files in os.walk(library, followlinks=False):
+        links += [Path(root, name) for name in sorted(dirs + files)
+                  if os.path.islink(os.path.join(root, name))]
+    real = library.resolve()
+    results = []
+    for link in links[:SYMLINKS_SHOWN]:
+        target = os.readlink(link)
+        try:
+            outside = not link.resolve().is_relative_to(real)
+        except (OSError, RuntimeError):  # a loop
+            outside = True
+        where = "outside the library" if outside else "inside the library"
+        results.append(CheckResult(
+            WARN, "library", f"symlink {link} -> {target} ({where}): sites do not get its "
+            "content, and rrsync's error messages name its target",
+            "replace it with the file or folder itself, or remove it"))
+    if len(links) > SYMLINKS_SHOWN:
+        results.append(CheckResult(WARN, "library", f"{len(links) - SYMLINKS_SHOWN} more "
+                                   f"symlink{'' if len(links) == SYMLINKS_SHOWN + 1 else 's'} "
+                                   f"in {library}", "find " + str(library) + " -type l"))
+    return results
 
 
 def _uid_of(user: str) -> int | None:

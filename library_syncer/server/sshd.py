@@ -4,23 +4,27 @@ Three things live in `server.config_dir` (default /etc/library-syncer/server, ro
 the instance's host keys, and `authorized_keys`, one line per site:
 
     restrict,command="/usr/bin/rrsync -ro /srv/library-syncer/library/" ssh-ed25519 AAAA… site=paris
+    restrict,from="192.0.2.0/24",command="…" ssh-ed25519 AAAA… site=lyon     (authorize --from)
 
 The `syncer` account cannot change that file (root owns it; sshd reads it through an absolute
 `AuthorizedKeysFile`). The rendered sshd_config also forces the same command (`ForceCommand`), so
 even a hand-added line without `command=` gets nothing but a read-only rsync. Every time the config
 is rendered the key lines are rewritten from (site, key) so they always carry the current library
 path and rrsync; a line that cannot be understood stops the render instead of being trusted.
+A site's source restriction (`from="…"`) is kept; any other option is dropped with a warning
+naming the site (`restrict` and the forced command already take away what the usual ones do).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import os
 import pwd
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..base import execute, fsutil, render, sshkeys
@@ -38,21 +42,68 @@ SITE_PREFIX = "site="
 
 
 
+# Options a line may carry that `restrict` + the forced command make redundant: dropped
+# silently (the Docker version's lines have them). Any other option but from= is reported.
+_REDUNDANT_OPTIONS = frozenset({"restrict", "command", "no-pty", "no-port-forwarding",
+                                "no-agent-forwarding", "no-x11-forwarding", "no-user-rc"})
+# An sshd from= pattern list as we write it back: addresses, networks, host name patterns,
+# `!` negations; nothing that could end the quoted option or be read as another one.
+_FROM_PATTERN = re.compile(r"[A-Za-z0-9.:/*?!_%-]+")
+_OPTION_RE = re.compile(r'([A-Za-z0-9-]+)(?:=("(?:\\.|[^"\\])*"|[^,]*))?(?:,|$)')
+
+
 @dataclass(frozen=True)
 class SiteKey:
-    """One authorized site: its name and its public key (type + base64 blob)."""
+    """One authorized site: its name, its public key (type + base64 blob) and the source
+    addresses it may connect from (sshd's from=; empty: anywhere)."""
 
     site: str
     key_type: str
     blob: str
+    sources: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = field(default=(), compare=False)  # options read, not kept
 
     @property
     def fingerprint(self) -> str:
         return sshkeys.fingerprint(self.blob)
 
     def line(self, server: ServerConfig) -> str:
-        return (f'restrict,command="{forced_command(server)}" '
+        source = f'from="{",".join(self.sources)}",' if self.sources else ""
+        return (f'restrict,{source}command="{forced_command(server)}" '
                 f"{self.key_type} {self.blob} {SITE_PREFIX}{self.site}")
+
+
+def parse_sources(text: str, where: str = "--from") -> tuple[str, ...]:
+    """`--from 192.0.2.0/24,2001:db8::/32`: addresses or networks (host bits zero)."""
+    sources = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            network = ipaddress.ip_network(part, strict=True)
+        except ValueError:
+            raise KeyRefused(f'{where}: found "{part}", expected an address or network such as '
+                             '192.0.2.0/24 (comma-separated; host bits zero)') from None
+        sources.append(str(network.network_address) if "/" not in part else str(network))
+    return tuple(sources)
+
+
+def _options(line: str, key_type: str) -> list[tuple[str, str | None]]:
+    """The (name, value) options before the key type of an authorized_keys line."""
+    words = sshkeys.split_words(line)
+    index = words.index(key_type) if key_type in words else 0
+    if index == 0:
+        return []
+    text, options, position = words[index - 1], [], 0
+    while position < len(text):
+        match = _OPTION_RE.match(text, position)
+        if not match or match.end() == position:
+            return [(text, None)]  # not understood: reported as dropped
+        value = match.group(2)
+        if value is not None and value.startswith('"'):
+            value = value[1:-1]
+        options.append((match.group(1), value))
+        position = match.end()
+    return options
 
 
 def _server(config: Config | ServerConfig) -> ServerConfig:
@@ -216,7 +267,21 @@ def read_authorized(config: Config | ServerConfig) -> list[SiteKey]:
             raise ConfigError(ConfigProblem(
                 where, "", "", "no site name (site=NAME at the end); remove the line and add the "
                 "key with `library-syncer server authorize KEY.pub --site NAME`"))
-        entries.append(SiteKey(site, key.type, key.blob))
+        sources: tuple[str, ...] = ()
+        dropped = []
+        for name, value in _options(line, key.type):
+            if name.lower() == "from" and value is not None:
+                patterns = tuple(value.split(","))
+                if not all(_FROM_PATTERN.fullmatch(p) for p in patterns):
+                    # Dropping it would let the key in from anywhere: stop instead.
+                    raise ConfigError(ConfigProblem(
+                        where, "", f'from="{value}"', "a from= list of addresses, networks or "
+                        f"host patterns; fix the line, or revoke site {site} and authorize "
+                        "it again with --from"))
+                sources += patterns
+            elif name.lower() not in _REDUNDANT_OPTIONS:
+                dropped.append(name if value is None else f'{name}="{value}"')
+        entries.append(SiteKey(site, key.type, key.blob, sources, tuple(dropped)))
     return entries
 
 
@@ -225,6 +290,11 @@ def _write_authorized(server: ServerConfig, entries: list[SiteKey]) -> None:
     header = ("# Managed by `library-syncer server authorize/revoke`: every key may only run "
               "rrsync -ro on the library.\n")
     body = "".join(entry.line(server) + "\n" for entry in entries)
+    for entry in entries:
+        if entry.dropped:
+            log.warning("%s: site %s: dropped option %s (only from= is kept; every key may only "
+                        "run rrsync -ro)", authorized_keys_path(server), entry.site,
+                        ", ".join(entry.dropped))
     # Root-owned and not writable by anyone else: the syncer account cannot add itself keys.
     fsutil.write_if_changed(authorized_keys_path(server), header + body, 0o644)
 
@@ -247,13 +317,14 @@ def _keys_lock(server: ServerConfig):
 
 
 def authorize(config: Config | ServerConfig, pubkey_text: str, site: str,
-              source: str = "key") -> SiteKey:
-    """Add one site's public key; refuses invalid keys, private keys and duplicates."""
+              source: str = "key", sources: tuple[str, ...] = ()) -> SiteKey:
+    """Add one site's public key, usable only from `sources` when given (see parse_sources);
+    refuses invalid keys, private keys and duplicates."""
     server = _server(config)
     if not SITE_RE.fullmatch(site):
         raise KeyRefused(f'--site: found "{site}", expected {SITE_EXPECTED}')
     key = sshkeys.parse_public_key(pubkey_text, source)
-    entry = SiteKey(site, key.type, key.blob)
+    entry = SiteKey(site, key.type, key.blob, tuple(sources))
     with _keys_lock(server):
         entries = read_authorized(server)
         for other in entries:

@@ -8,6 +8,7 @@ starts is checked here, each problem naming its setting.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import logging
@@ -19,11 +20,15 @@ from pathlib import Path
 
 from ..base import execute, fsutil, render
 from ..base.config import Config, is_hostname
-from ..base.errors import CommandFailed, ConfigError, ConfigProblem, SyncerError
+from ..base.errors import ConfigError, ConfigProblem, SyncerError
 
 log = logging.getLogger(__name__)
 
 ADMIN_SOCKET = "caddy-admin.sock"
+# The web unit's own account (packaging/debian/library-syncer.sysusers), not the sync's: the
+# sync parses what the server sends and must not reach the TLS key, the password or the admin
+# socket; Caddy must not reach the site's SSH key.
+WEB_USER = WEB_GROUP = "library-syncer-web"
 THUMBPRINT_TIMEOUT = 3.0
 _PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
@@ -108,7 +113,7 @@ def _readable(path: Path, key: str, what: str, file: str) -> list[ConfigProblem]
     except PermissionError:
         user = _user()
         return [ConfigProblem(file, key, f'"{path}"', f"{what} (not readable by user {user}: "
-                              "make it readable by group library-syncer)")]
+                              f"make it readable by group {WEB_GROUP})")]
     except IsADirectoryError:
         return [ConfigProblem(file, key, f'"{path}"', f"{what} (it is a directory)")]
     return []
@@ -197,6 +202,10 @@ def check(config: Config) -> tuple[list[ConfigProblem], list[str]]:
     if not config.published_dir.is_dir():
         warnings.append(f"{config.published_dir} does not exist yet (no sync has completed): "
                         "Caddy answers 404 until the first sync publishes the library")
+    if web.auth_password_file is not None and ":" in web.auth_user:
+        problems.append(ConfigProblem(file, "web.auth_user", f'"{web.auth_user}"',
+                                      "a user name without ':' (Basic authentication ends the "
+                                      "name at the first ':')"))
     if web.auth_password_file is not None:
         problems += _readable(web.auth_password_file, "web.auth_password_file",
                               "a readable file holding the password", file)
@@ -214,20 +223,83 @@ def _read_password(config: Config) -> str:
                                         "a UTF-8 text file")) from None
     lines = text.splitlines()
     password = lines[0] if lines else ""
-    if not password or any(line.strip() for line in lines[1:]):
+    if not password or "\0" in password or any(line.strip() for line in lines[1:]):
         raise ConfigError(ConfigProblem(str(config.file), "web.auth_password_file", f'"{path}"',
                                         "a file holding the password on one line"))
     return password
 
 
-def hash_password(config: Config, password: str) -> str:
-    """bcrypt through `caddy hash-password`, the password on stdin (never on a command line)."""
-    result = execute.run([config.web.caddy, "hash-password"], input=password.encode() + b"\n",
-                         capture=True)
-    hashed = result.output.strip()
-    if not hashed.startswith("$2"):
-        raise CommandFailed([config.web.caddy, "hash-password"], 0, ["no bcrypt hash in output"])
-    return hashed
+# bcrypt's cost (log2 of its rounds). Every failed login costs the server one hash: Caddy
+# caches only the pairs it has seen, and an attacker sends new ones. `caddy hash-password`
+# always uses cost 14: ≈0.95 s of CPU per try, measured with Debian's Caddy. Cost 6 costs
+# ≈4 ms. A higher cost only slows guessing from a stolen hash, and the hash is kept only where
+# the password file itself is readable (the web user, root): see docs/web.md.
+BCRYPT_COST = 6
+_BCRYPT_PREFIX = b"$2b$"
+_CRYPT_DATA_SIZE = 32768  # sizeof(struct crypt_data) in libxcrypt
+
+
+def hash_password(password: str, cost: int = BCRYPT_COST) -> str:
+    """bcrypt of `password` at `cost`, by the C library's crypt (libxcrypt, in every Debian).
+
+    `caddy hash-password` cannot choose the cost. The password never appears on a command
+    line; Go's bcrypt, which Caddy uses to compare, accepts `$2b$` hashes of any cost.
+    """
+    import ctypes
+
+    try:
+        libcrypt = ctypes.CDLL("libcrypt.so.1")
+    except OSError as error:
+        raise SyncerError(f"cannot hash the web password: libcrypt.so.1: {error}",
+                          hint="apt-get install libcrypt1") from None
+    libcrypt.crypt_gensalt_rn.restype = ctypes.c_char_p
+    libcrypt.crypt_gensalt_rn.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p,
+                                          ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    libcrypt.crypt_rn.restype = ctypes.c_char_p
+    libcrypt.crypt_rn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p,
+                                  ctypes.c_int]
+    salt_buffer = ctypes.create_string_buffer(128)
+    # No random bytes given: libxcrypt takes them from the kernel (getrandom).
+    salt = libcrypt.crypt_gensalt_rn(_BCRYPT_PREFIX, cost, None, 0, salt_buffer, 128)
+    data = ctypes.create_string_buffer(_CRYPT_DATA_SIZE)
+    hashed = libcrypt.crypt_rn(password.encode(), salt, data, _CRYPT_DATA_SIZE) if salt else None
+    if not hashed or not hashed.startswith(_BCRYPT_PREFIX):
+        raise SyncerError("cannot hash the web password: libcrypt refused bcrypt",
+                          hint="report this with the output of `ldd --version`")
+    return hashed.decode("ascii")
+
+
+_BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def base64_prefix_pattern(prefix: bytes) -> str:
+    """A regular expression matching exactly the base64 texts whose decoding starts with
+    `prefix` (anchored at the start, open at the end; RE2 syntax, no backslashes)."""
+    whole = len(prefix) - len(prefix) % 3
+    pattern = base64.b64encode(prefix[:whole]).decode()
+    rest = prefix[whole:]
+    if rest:
+        bits = int.from_bytes(rest + b"\0" * (3 - len(rest)), "big")  # one 24-bit group
+        fixed = len(rest) * 8 // 6  # characters wholly given by the prefix: 1 or 2
+        for index in range(fixed):
+            pattern += _BASE64[(bits >> (18 - 6 * index)) & 63]
+        known = len(rest) * 8 - 6 * fixed  # leading bits of the next character: 2 or 4
+        mask = ((1 << known) - 1) << (6 - known)
+        top = (bits >> (18 - 6 * fixed)) & mask
+        pattern += "[" + "".join(c for v, c in enumerate(_BASE64) if v & mask == top) + "]"
+    return pattern
+
+
+def foreign_user_pattern(user: str) -> str:
+    """The Authorization header of Basic credentials for `user` (any password), as a regexp.
+
+    Caddy compares credentials for an unknown user against a built-in cost-14 bcrypt hash
+    (≈0.8 s of CPU, so that timing does not reveal user names). The Caddyfile strips every
+    Authorization header that does not match this before basicauth sees it: a wrong user
+    name then costs nothing and gets the same 401 as no credentials.
+    """
+    return ("^[Bb][Aa][Ss][Ii][Cc] " + base64_prefix_pattern(f"{user}:".encode())
+            + "[A-Za-z0-9+/]*=*$")
 
 
 # --- rendering ----------------------------------------------------------------------------
@@ -242,7 +314,7 @@ def render_caddyfile(config: Config, *, warn: bool = True) -> str:
         for warning in warnings:
             log.warning("%s", warning)
     web = config.web
-    auth_hash = hash_password(config, _read_password(config)) if web.auth_password_file else ""
+    auth_hash = hash_password(_read_password(config)) if web.auth_password_file else ""
     return render.render(
         "Caddyfile.j2",
         source=str(config.file),
@@ -261,6 +333,7 @@ def render_caddyfile(config: Config, *, warn: bool = True) -> str:
         auth=bool(auth_hash),
         auth_user=_caddy_quote(web.auth_user),
         auth_hash=auth_hash,
+        foreign_user=_caddy_quote(foreign_user_pattern(web.auth_user)),
         allow=list(web.allow),
     )
 
