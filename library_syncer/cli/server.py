@@ -8,7 +8,7 @@ import sys
 
 from ..base import config as config_module
 from ..base.sshkeys import KeyRefused
-from ..server import sshd
+from ..server import sshd, trace
 
 log = logging.getLogger(__name__)
 
@@ -58,4 +58,12 @@ def keys(args: argparse.Namespace) -> int:
     width = max(len(e.site) for e in entries)
     for entry in entries:
         print(f"{entry.site:<{width}}  {entry.fingerprint}  {entry.key_type}")
+    return 0
+
+
+def trace_command(args: argparse.Namespace) -> int:
+    """`server trace`: scan the library; declare a revision once it has settled."""
+    cfg = config_module.load(args.config)
+    outcome = trace.tick(cfg)
+    log.info("%s", outcome.line())
     return 0
