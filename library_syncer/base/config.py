@@ -228,6 +228,7 @@ class SyncConfig:
         '(no "/", no leading ".")')
     compress: bool = setting(True, _bool, "true or false")
     find_basis: bool = setting(True, _bool, "true or false")
+    accept_origin: str = setting("", _site_name, 'an origin name, or "" for none')
     share_connection: bool = setting(True, _bool, "true or false")
     connect_timeout: float = setting(30.0, _duration, DURATION_EXPECTED)
     io_timeout: float = setting(300.0, _duration, DURATION_EXPECTED)

@@ -47,6 +47,8 @@ DESCRIPTIONS: dict[str, str] = {
     "sync.compress": "Compress on the wire (zstd).",
     "sync.find_basis": "Fetch a new file as its differences from the most similar file this "
                        "site has (renamed items, new template versions).",
+    "sync.accept_origin": "Accept a trace from this origin although the published one came "
+                          "from another (a moved origin; set for one run).",
     "sync.share_connection": "One SSH connection (one handshake) for the whole run (OpenSSH "
                              "connection sharing).",
     "sync.connect_timeout": "Give up connecting after this long.",

@@ -37,7 +37,7 @@ from ..base.errors import (
 from ..base.units import format_bytes, format_duration
 from ..manifest import vcsp
 from ..web import caddy, page
-from . import basis, last_run, lock, metrics, rsync, snapshot, sshmux
+from . import basis, last_run, lock, metrics, rsync, snapshot, sshmux, trace_check
 from .last_run import RunRecord
 from .progress import Reporter
 
@@ -46,7 +46,7 @@ log = logging.getLogger("library-syncer")
 OUTCOME_OF_STATUS = {
     ExitStatus.OK: "ok", ExitStatus.VERIFY: "verify", ExitStatus.PARTIAL: "partial",
     ExitStatus.NETWORK: "network", ExitStatus.DISK_FULL: "disk_full",
-    ExitStatus.HOST_KEY: "host_key", ExitStatus.CONFIG: "config",
+    ExitStatus.HOST_KEY: "host_key", ExitStatus.CONFIG: "config", ExitStatus.STALE: "stale",
 }
 MAX_ERROR_LINES = 5
 
@@ -190,8 +190,30 @@ def _dry_run_and_pull(config: Config, layout: snapshot.Layout, staging: Path,
     if reporter:
         reporter.status(f"transferring {format_bytes(plan.transferred_size)}")
     pull = rsync.pull_argv(sync, staging, link_dests, ssh_extra=ssh_extra)
-    result.stats = _with_retries(lambda: step(pull, reporter, result.needed), config, result,
-                                 retry)
+
+    def pull_revision() -> rsync.Stats:
+        stats = step(pull, reporter, result.needed)
+        _check_revision(staging, published, sync)
+        return stats
+
+    result.stats = _with_retries(pull_revision, config, result, retry)
+
+
+def _check_revision(staging: Path, published: Path | None, sync) -> None:
+    """The pull must be exactly the origin's declared revision (when it declares one), and not
+    an older one than the site publishes (sync/trace_check.py)."""
+    offered = trace_check.read(staging)
+    if offered is None:
+        return  # an upstream without a trace (the Docker-based original): as before
+    problems = trace_check.differences(staging, offered, sync)
+    if problems:
+        raise rsync.TransientError(
+            f"what arrived is not revision {offered.serial} of {offered.origin}: the library "
+            f"changed at the origin during the transfer ({trace_check.describe(problems)}); "
+            "nothing is published")
+    trace_check.refuse_rollback(offered, trace_check.read(published) if published else None,
+                                sync)
+    log.debug("pulled revision %d of %s", offered.serial, offered.origin)
 
 
 def _drop_unincluded(staging: Path, include: tuple[str, ...]) -> None:
