@@ -185,14 +185,14 @@ def _dry_run_and_pull(config: Config, layout: snapshot.Layout, staging: Path,
     if plan.transferred_size:
         log.info("fetching %d changed file(s), %s (library %s)", plan.files_transferred,
                  format_bytes(plan.transferred_size), format_bytes(plan.total_size))
-    if sync.find_basis:
-        _seed_bases(layout, staging, published, plan.listed)
+    seeded = _seed_bases(layout, staging, published, plan.listed) if sync.find_basis else []
     if reporter:
         reporter.status(f"transferring {format_bytes(plan.transferred_size)}")
     pull = rsync.pull_argv(sync, staging, link_dests, ssh_extra=ssh_extra)
 
     def pull_revision() -> rsync.Stats:
         stats = step(pull, reporter, result.needed)
+        _unseed_vanished(staging, seeded, stats.vanished)
         _check_revision(staging, published, sync)
         return stats
 
@@ -209,7 +209,7 @@ def _check_revision(staging: Path, published: Path | None, sync) -> None:
     if problems:
         raise rsync.TransientError(
             f"what arrived is not revision {offered.serial} of {offered.origin}: the library "
-            f"changed at the origin during the transfer ({trace_check.describe(problems)}); "
+            f"changed upstream during the transfer ({trace_check.describe(problems)}); "
             "nothing is published")
     trace_check.refuse_rollback(offered, trace_check.read(published) if published else None,
                                 sync)
@@ -228,14 +228,23 @@ def _drop_unincluded(staging: Path, include: tuple[str, ...]) -> None:
             shutil.rmtree(item)
 
 
+def _unseed_vanished(staging: Path, seeded: list[str], vanished: list[str]) -> None:
+    """A file deleted at the server after the dry run is not sent: its basis, still linked at the
+    new path, must not be published as if it were that file."""
+    for rel in seeded:
+        if any(path == rel or path.endswith("/" + rel) for path in vanished):
+            (staging / rel).unlink(missing_ok=True)
+            log.info("%s vanished on the server during the transfer: not published", rel)
+
+
 def _seed_bases(layout: snapshot.Layout, staging: Path, published: Path | None,
-                listed: list[str]) -> None:
+                listed: list[str]) -> list[str]:
     """Give every new file an older copy the site has as its basis (renamed items, new
     template versions): rsync then fetches only what differs from it (sync/basis.py)."""
     listing = basis.parse_listing(listed)
     new = [f for f in listing if f.new and f.size >= basis.MIN_SIZE]
     if not new:
-        return
+        return []
     pool = basis.candidates(published, layout.ova_store, {f.path for f in listing})
     chosen = basis.choose(new, listing, pool)
     seeded = basis.seed(staging, chosen)
@@ -245,6 +254,7 @@ def _seed_bases(layout: snapshot.Layout, staging: Path, published: Path | None,
         log.info("%d new file(s) fetched as differences from a copy this site has: %s", len(seeded),
                  ", ".join(f"{rel} (from {chosen[rel].rel})" for rel in seeded[:3])
                  + (f" and {len(seeded) - 3} more" if len(seeded) > 3 else ""))
+    return seeded
 
 
 def _report_transfer(result: Transfer) -> Transfer:
