@@ -141,3 +141,22 @@ def test_the_manifests_never_list_the_trace(tmp_path, library):
     assert ".library-syncer" not in listed and "trace" not in listed
     assert [i["name"] for i in json.loads((library / "items.json").read_text())["items"]] == [
         "ubuntu"]
+
+
+def test_a_relay_never_declares_revisions_of_its_own(tmp_path):
+    """A relay's server role exports its published snapshot: the origin's trace there is
+    carried down unchanged, never rewritten under the relay's name."""
+    state = tmp_path / "site-state"
+    snapshot = state / "snapshots" / "000001"
+    _item(snapshot, "ubuntu")
+    (state / "published").symlink_to("snapshots/000001")
+    origin = _config(tmp_path, snapshot, name="hq")
+    trace.tick(origin, now=_later())  # as the origin wrote it (carried by the pull)
+    before = (snapshot / ".library-syncer" / "trace.json").read_bytes()
+    path = tmp_path / "relay.toml"
+    path.write_text(f'[server]\nlibrary = "{state / "published"}"\nname = "relay"\n'
+                    f'state_dir = "{tmp_path / "relay-srv"}"\n[paths]\nstate_dir = "{state}"\n')
+    outcome = trace.tick(config_module.load(path), now=_later())
+    assert outcome.state == "relay" and outcome.serial == 1
+    assert "a relay declares no revisions of its own" in outcome.line()
+    assert (snapshot / ".library-syncer" / "trace.json").read_bytes() == before

@@ -85,7 +85,7 @@ class Trace:
 class Outcome:
     """What one tick found: a new revision declared, still settling, or nothing new."""
 
-    state: str  # "declared", "settling", "unchanged"
+    state: str  # "declared", "settling", "unchanged", "relay"
     serial: int
     files: int
     size: int
@@ -95,6 +95,9 @@ class Outcome:
         what = f"{self.files} files, {self.size:,} bytes"
         if self.state == "declared":
             return f"revision {self.serial} declared ({what})"
+        if self.state == "relay":
+            return (f"relay: exporting the published snapshot (revision {self.serial} of its "
+                    "origin); a relay declares no revisions of its own")
         if self.state == "settling":
             return (f"library changing: revision {self.serial + 1} is declared once nothing "
                     f"changed for the settle time (in {self.settles_in:.0f} s at the earliest)")
@@ -144,6 +147,13 @@ def origin_name(config: Config) -> str:
     return config.server.name or socket.gethostname().split(".")[0] or "origin"
 
 
+def is_relay(config: Config) -> bool:
+    """A relay exports its own published snapshot (server.library inside paths.state_dir): the
+    revisions there are the origin's, carried down unchanged; a relay never declares its own."""
+    library = config.server.library.resolve()
+    return library.is_relative_to(config.paths.state_dir.resolve())
+
+
 def tick(config: Config, now: float | None = None) -> Outcome:
     """Scan the library; declare a new revision when it settled and differs from the last."""
     server = config.server
@@ -151,6 +161,9 @@ def tick(config: Config, now: float | None = None) -> Outcome:
     if not library.is_dir():
         raise SyncerError(f"{library}: the library folder does not exist",
                           hint="create it or set server.library")
+    if is_relay(config):
+        current = read(library)
+        return Outcome("relay", current.serial if current else 0, 0, 0)
     now = time.time() if now is None else now
     found = scan(library)
     size = sum(s for s, _ in found.files.values())
