@@ -188,6 +188,18 @@ def bench_server_scale(result: Result) -> str:
     return table(head, rows) + "\n\n" + provenance(result)
 
 
+# --- bench_trace ------------------------------------------------------------------------------
+
+
+def bench_trace(result: Result) -> str:
+    rows = [[f"{r['files']:,}", f"{r['tick_wall'] * 1000:.0f} ms", f"{r['tick_cpu'] * 1000:.0f} ms",
+             f"{r['find_wall'] * 1000:.0f} ms", x(r["ratio"]), f"{r['trace_bytes'] / 1e3:.0f} kB"]
+            for r in result["figures"]["rows"]]
+    head = ["files", "trace tick (no change)", "its CPU", "`find -printf` same tree",
+            "ratio", "trace.json"]
+    return table(head, rows) + "\n\n" + provenance(result)
+
+
 # --- fleet ------------------------------------------------------------------------------------
 
 
@@ -221,7 +233,7 @@ def fleet(result: Result) -> str:
 
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "bench_sync": bench_sync, "bench_manifest": bench_manifest,
-    "bench_server_scale": bench_server_scale, "fleet": fleet,
+    "bench_server_scale": bench_server_scale, "bench_trace": bench_trace, "fleet": fleet,
 }
 
 

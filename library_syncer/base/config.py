@@ -90,6 +90,13 @@ def _item_patterns(value: Any) -> tuple[str, ...]:
     return patterns
 
 
+def _site_name(value: Any) -> str:
+    if not isinstance(value, str) or (
+            value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", value)):
+        raise ValueError
+    return value
+
+
 def _path(value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError
@@ -221,6 +228,7 @@ class SyncConfig:
         '(no "/", no leading ".")')
     compress: bool = setting(True, _bool, "true or false")
     find_basis: bool = setting(True, _bool, "true or false")
+    accept_origin: str = setting("", _site_name, 'an origin name, or "" for none')
     share_connection: bool = setting(True, _bool, "true or false")
     connect_timeout: float = setting(30.0, _duration, DURATION_EXPECTED)
     io_timeout: float = setting(300.0, _duration, DURATION_EXPECTED)
@@ -269,6 +277,11 @@ class ServerConfig:
     config_dir: Path = setting(paths.DEFAULT_CONFIG_DIR / "server", _path, "a directory path")
     sshd: str = setting("/usr/sbin/sshd", _nonempty, "a command path")
     rrsync: str = setting("/usr/bin/rrsync", _nonempty, "a command path")
+    name: str = setting("", _site_name,
+                        "a name for this origin (letters, digits, '.', '_', '-'); "
+                        '"" = the host name')
+    settle: float = setting(120.0, _duration, DURATION_EXPECTED)
+    state_dir: Path = setting(Path("/var/lib/library-syncer-server"), _path, "a directory path")
 
 
 @dataclass(frozen=True)

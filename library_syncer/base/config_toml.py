@@ -47,6 +47,8 @@ DESCRIPTIONS: dict[str, str] = {
     "sync.compress": "Compress on the wire (zstd).",
     "sync.find_basis": "Fetch a new file as its differences from the most similar file this "
                        "site has (renamed items, new template versions).",
+    "sync.accept_origin": "Accept a trace from this origin although the published one came "
+                          "from another (a moved origin; set for one run).",
     "sync.share_connection": "One SSH connection (one handshake) for the whole run (OpenSSH "
                              "connection sharing).",
     "sync.connect_timeout": "Give up connecting after this long.",
@@ -87,6 +89,9 @@ DESCRIPTIONS: dict[str, str] = {
     "server.config_dir": "Host keys and authorized_keys of the dedicated sshd.",
     "server.sshd": "The sshd binary.",
     "server.rrsync": "The rrsync script forced on every client key.",
+    "server.name": "This origin's name in the trace the sites verify (empty: the host name).",
+    "server.settle": "A revision is declared once no file changed for this long.",
+    "server.state_dir": "The server role's own state (the last trace serial).",
     "metrics": "Prometheus metrics for node_exporter's textfile collector.",
     "metrics.textfile": "Write metrics here after every sync (a .prom file; empty: off).",
     "paths": "Where state and runtime files live (systemd's StateDirectory/RuntimeDirectory).",

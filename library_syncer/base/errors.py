@@ -22,6 +22,7 @@ class ExitStatus(IntEnum):
     HOST_KEY = 8  # the server's host key is unknown or changed
     CHECK = 9  # `check` found at least one problem
     PARTIAL = 10  # the transfer finished but some files could not be transferred
+    STALE = 11  # the upstream offers an older revision (or another origin): nothing published
 
 
 class SyncerError(Exception):
@@ -74,6 +75,10 @@ class NetworkError(SyncerError):
 
 class VerifyError(SyncerError):
     exit_status = ExitStatus.VERIFY
+
+
+class StaleUpstream(SyncerError):
+    exit_status = ExitStatus.STALE
 
 
 class DiskFull(SyncerError):

@@ -111,6 +111,10 @@ def _add_server_parser(subparsers) -> None:
     keys = _sub(verbs, "keys", "library_syncer.cli.server:keys",
                 "list authorized sites with their key fingerprints", f"{PROG} server keys")
     _add_config_option(keys)
+    trace = _sub(verbs, "trace", "library_syncer.cli.server:trace_command",
+                 "declare a library revision once it has settled (a timer runs it every minute)",
+                 f"{PROG} server trace")
+    _add_config_option(trace)
 
 
 def _add_web_parser(subparsers) -> None:

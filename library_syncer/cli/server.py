@@ -8,7 +8,7 @@ import sys
 
 from ..base import config as config_module
 from ..base.sshkeys import KeyRefused
-from ..server import sshd
+from ..server import sshd, trace
 
 log = logging.getLogger(__name__)
 
@@ -61,4 +61,12 @@ def keys(args: argparse.Namespace) -> int:
     for entry in entries:
         limit = f"  from {','.join(entry.sources)}" if entry.sources else ""
         print(f"{entry.site:<{width}}  {entry.fingerprint}  {entry.key_type}{limit}")
+    return 0
+
+
+def trace_command(args: argparse.Namespace) -> int:
+    """`server trace`: scan the library; declare a revision once it has settled."""
+    cfg = config_module.load(args.config)
+    outcome = trace.tick(cfg)
+    log.info("%s", outcome.line())
     return 0

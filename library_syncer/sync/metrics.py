@@ -13,7 +13,7 @@ from ..base import fsutil
 from .last_run import RunRecord
 
 OUTCOMES = ("ok", "verify", "partial", "network", "disk_full", "host_key", "failed",
-            "interrupted")
+            "interrupted", "stale")
 
 
 def _timestamp(iso: str | None) -> float | None:

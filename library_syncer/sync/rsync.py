@@ -145,6 +145,12 @@ class Stats:
         return False
 
     @property
+    def vanished(self) -> list[str]:
+        """Sender paths rsync reported as vanished (deleted at the server while listed)."""
+        return [m.group(1) for line in self.errors if line.startswith("file has vanished")
+                for m in [_ERROR_PATH.search(line)] if m]
+
+    @property
     def failed_files(self) -> list[str]:
         """Paths named in rsync's error lines (for a partial transfer)."""
         names = []

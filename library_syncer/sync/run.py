@@ -37,7 +37,7 @@ from ..base.errors import (
 from ..base.units import format_bytes, format_duration
 from ..manifest import vcsp
 from ..web import caddy, page
-from . import basis, last_run, lock, metrics, rsync, snapshot, sshmux
+from . import basis, last_run, lock, metrics, rsync, snapshot, sshmux, trace_check
 from .last_run import RunRecord
 from .progress import Reporter
 
@@ -46,7 +46,7 @@ log = logging.getLogger("library-syncer")
 OUTCOME_OF_STATUS = {
     ExitStatus.OK: "ok", ExitStatus.VERIFY: "verify", ExitStatus.PARTIAL: "partial",
     ExitStatus.NETWORK: "network", ExitStatus.DISK_FULL: "disk_full",
-    ExitStatus.HOST_KEY: "host_key", ExitStatus.CONFIG: "config",
+    ExitStatus.HOST_KEY: "host_key", ExitStatus.CONFIG: "config", ExitStatus.STALE: "stale",
 }
 MAX_ERROR_LINES = 5
 
@@ -188,13 +188,35 @@ def _dry_run_and_pull(config: Config, layout: snapshot.Layout, staging: Path,
     if plan.transferred_size:
         log.info("fetching %d changed file(s), %s (library %s)", plan.files_transferred,
                  format_bytes(plan.transferred_size), format_bytes(plan.total_size))
-    if sync.find_basis:
-        _seed_bases(layout, staging, published, plan.listed)
+    seeded = _seed_bases(layout, staging, published, plan.listed) if sync.find_basis else []
     if reporter:
         reporter.status(f"transferring {format_bytes(plan.transferred_size)}")
     pull = rsync.pull_argv(sync, staging, link_dests, ssh_extra=ssh_extra)
-    result.stats = _with_retries(lambda: step(pull, reporter, result.needed), config, result,
-                                 retry)
+
+    def pull_revision() -> rsync.Stats:
+        stats = step(pull, reporter, result.needed)
+        _unseed_vanished(staging, seeded, stats.vanished)
+        _check_revision(staging, published, sync)
+        return stats
+
+    result.stats = _with_retries(pull_revision, config, result, retry)
+
+
+def _check_revision(staging: Path, published: Path | None, sync) -> None:
+    """The pull must be exactly the origin's declared revision (when it declares one), and not
+    an older one than the site publishes (sync/trace_check.py)."""
+    offered = trace_check.read(staging)
+    if offered is None:
+        return  # an upstream without a trace (the Docker-based original): as before
+    problems = trace_check.differences(staging, offered, sync)
+    if problems:
+        raise rsync.TransientError(
+            f"what arrived is not revision {offered.serial} of {offered.origin}: the library "
+            f"changed upstream during the transfer ({trace_check.describe(problems)}); "
+            "nothing is published")
+    trace_check.refuse_rollback(offered, trace_check.read(published) if published else None,
+                                sync)
+    log.debug("pulled revision %d of %s", offered.serial, offered.origin)
 
 
 def _drop_unincluded(staging: Path, include: tuple[str, ...]) -> None:
@@ -209,14 +231,23 @@ def _drop_unincluded(staging: Path, include: tuple[str, ...]) -> None:
             shutil.rmtree(item)
 
 
+def _unseed_vanished(staging: Path, seeded: list[str], vanished: list[str]) -> None:
+    """A file deleted at the server after the dry run is not sent: its basis, still linked at the
+    new path, must not be published as if it were that file."""
+    for rel in seeded:
+        if any(path == rel or path.endswith("/" + rel) for path in vanished):
+            (staging / rel).unlink(missing_ok=True)
+            log.info("%s vanished on the server during the transfer: not published", rel)
+
+
 def _seed_bases(layout: snapshot.Layout, staging: Path, published: Path | None,
-                listed: list[str]) -> None:
+                listed: list[str]) -> list[str]:
     """Give every new file an older copy the site has as its basis (renamed items, new
     template versions): rsync then fetches only what differs from it (sync/basis.py)."""
     listing = basis.parse_listing(listed)
     new = [f for f in listing if f.new and f.size >= basis.MIN_SIZE]
     if not new:
-        return
+        return []
     pool = basis.candidates(published, layout.ova_store, {f.path for f in listing})
     chosen = basis.choose(new, listing, pool)
     seeded = basis.seed(staging, chosen)
@@ -226,6 +257,7 @@ def _seed_bases(layout: snapshot.Layout, staging: Path, published: Path | None,
         log.info("%d new file(s) fetched as differences from a copy this site has: %s", len(seeded),
                  ", ".join(f"{rel} (from {chosen[rel].rel})" for rel in seeded[:3])
                  + (f" and {len(seeded) - 3} more" if len(seeded) > 3 else ""))
+    return seeded
 
 
 def _report_transfer(result: Transfer) -> Transfer:

@@ -1,0 +1,114 @@
+"""What a site checks against the origin's trace before it publishes (server/trace.py writes it).
+
+- **Consistent pull.** After the transfer, the staging tree must hold exactly the trace's files
+  (those the site's filters let through) with the trace's sizes and mtimes. A difference means
+  the origin changed during the pull (or a file is missing): nothing is published, and the pull
+  is retried, which fetches only what changed. A half-copied template is never declared by the
+  origin (it waits until the library settles), so it can never reach a vCenter.
+- **No rollback.** A site never publishes a revision older than the one it publishes now (a stale
+  relay, a restored backup), and never a trace from another origin unless the operator named it
+  in `sync.accept_origin`.
+- **No trace** (the Docker-based original, or a server before traces): today's behaviour.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..base.config import SyncConfig
+from ..base.errors import StaleUpstream
+from ..server.trace import TRACE_DIR, TRACE_FILE, Trace
+from .rsync import PARTIAL_DIR, SERVER_MANIFESTS
+
+MAX_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class Revision:
+    origin: str
+    serial: int
+
+    def __str__(self) -> str:
+        return f"revision {self.serial} of {self.origin}"
+
+
+def read(root: Path) -> Trace | None:
+    """The trace a tree holds (staging after a pull, or the published snapshot)."""
+    try:
+        return Trace.from_json((root / TRACE_DIR / TRACE_FILE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _excluded(path: str, sync: SyncConfig) -> bool:
+    """The client's filters, as rsync applies them to what it receives."""
+    parts = PurePosixPath(path).parts
+    if sync.include and (len(parts) < 2 or not any(
+            fnmatch.fnmatchcase(parts[0], p) for p in sync.include)):
+        return True
+    for pattern in sync.exclude:
+        anchored = pattern.startswith("/")
+        target = pattern.lstrip("/").rstrip("/")
+        if anchored and fnmatch.fnmatchcase("/".join(parts[:target.count("/") + 1]), target):
+            return True
+        if not anchored and any(fnmatch.fnmatchcase(part, target) for part in parts):
+            return True
+    return any(fnmatch.fnmatchcase("/" + path, hidden) for hidden in SERVER_MANIFESTS)
+
+
+def _received(staging: Path) -> dict[str, tuple[int, int]]:
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(staging):
+        rel_dir = Path(dirpath).relative_to(staging).as_posix()
+        dirnames[:] = [d for d in dirnames if d != PARTIAL_DIR
+                       and not (rel_dir == "." and d == TRACE_DIR)]
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            found[rel] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def differences(staging: Path, trace: Trace, sync: SyncConfig) -> list[str]:
+    """Every way the staging tree differs from the trace (empty: it is that revision)."""
+    expected = {p: v for p, v in trace.files.items() if not _excluded(p, sync)}
+    received = _received(staging)
+    problems = []
+    for path, (size, mtime) in sorted(expected.items()):
+        got = received.get(path)
+        if got is None:
+            problems.append(f"{path} is missing")
+        elif got[0] != size:
+            problems.append(f"{path} has {got[0]:,} bytes, the revision {size:,}")
+        elif got[1] != mtime:
+            problems.append(f"{path} is not the revision's (another modification time)")
+    problems += [f"{path} is not in the revision" for path in sorted(set(received) - set(expected))
+                 if path not in ("lib.json", "items.json", "index.html")
+                 and not path.endswith("/item.json")]
+    return problems
+
+
+def describe(problems: list[str]) -> str:
+    shown = "; ".join(problems[:MAX_SHOWN])
+    more = f" and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
+    return shown + more
+
+
+def refuse_rollback(offered: Trace, published: Trace | None, sync: SyncConfig) -> None:
+    """Raise StaleUpstream for an older revision or another origin than the published one."""
+    if published is None:
+        return
+    new, now = Revision(offered.origin, offered.serial), Revision(published.origin,
+                                                                  published.serial)
+    if new.origin != now.origin and new.origin != sync.accept_origin:
+        raise StaleUpstream(
+            f"the server offers {new}, but this site publishes {now}: refusing another origin",
+            hint=f'if {new.origin} really is the new origin, set sync.accept_origin = '
+                 f'"{new.origin}" for one run')
+    if new.origin == now.origin and new.serial < now.serial:
+        raise StaleUpstream(f"the server offers {new}, older than {now} published here: "
+                            "keeping it (a stale upstream or a restored backup?)",
+                            hint="nothing to do here; the next run pulls again")
