@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from library_syncer.base.errors import ExitStatus
 from library_syncer.manifest import scan
 from library_syncer.manifest import vcsp as manifest
+from tests.harness import fixtures
+from tests.test_sync_helpers import add_ovf_item, items, published, sync, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTROL = "\x1b\r\n\x07\x9b\u202e"
@@ -131,3 +134,22 @@ def test_names_from_the_server_are_printed_escaped(library: Path) -> None:
         assert not any(c in line for c in CONTROL), repr(line)
     assert any("link\\x1b\\x0d\\x0a\\x07\\x9b\\u202e" in w for w in report.warnings)
     assert evil in _items(library)  # the name itself is kept: JSON escapes it
+
+
+@pytest.mark.parametrize("kind", ["mtime-nan", "sparse-map"])
+def test_a_malformed_ova_on_the_server_costs_its_item_not_the_run(work_dir, sshd, client_key,
+                                                                  server_library, fixtures_dir,
+                                                                  kind):
+    """End to end over a real sshd: the other items are published, the run says which item was
+    left out and why (exit VERIFY, no traceback), and no temp file is left anywhere."""
+    add_ovf_item(server_library, fixtures_dir, "good")
+    (server_library / "evil").mkdir(mode=0o755)
+    fixtures.hostile_ova(server_library / "evil" / "evil.ova", kind, first=False).chmod(0o644)
+    config = write_config(work_dir, sshd, client_key[0])
+    done = sync(config)
+    assert done.returncode == ExitStatus.VERIFY, done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+    assert "item 'evil' left out" in done.stderr and "evil.ova" in done.stderr
+    snapshot = published(work_dir / "state")
+    assert set(items(snapshot)) == {"good"}
+    assert not [p for p in (work_dir / "state").rglob("*.unpack.tmp")]
