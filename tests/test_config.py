@@ -123,3 +123,21 @@ def test_cli_reports_config_error_in_one_line_without_traceback(tmp_path, capsys
     assert status == ExitStatus.CONFIG
     assert "Traceback" not in err
     assert f'library-syncer: {path}: sync.port: found "22x", expected an integer 1-65535' in err
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    ("sync", "identity_file"), ("sync", "known_hosts"), ("sync", "ssh"), ("sync", "rsync"),
+    ("paths", "runtime_dir"),
+])
+def test_paths_for_rsyncs_ssh_command_refuse_both_quote_kinds(tmp_path, capsys, section, key):
+    """They go into rsync's -e string: refused when read, not a crash when the run starts."""
+    path = _write(tmp_path, f"[{section}]\n{key} = '/opt/it\"s/x'\n")
+    assert config.load(path)  # one kind of quote is fine
+    path = _write(tmp_path, f"[{section}]\n{key} = '''/opt/it's \"q\"/x'''\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert str(caught.value) == (
+        f"{path}: {section}.{key}: found \"/opt/it's \"q\"/x\", expected a path with ' or \" "
+        "but not both (it goes into rsync's -e command)")
+    assert main(["config", "validate", "--config", str(path)]) == ExitStatus.CONFIG
+    assert "Traceback" not in capsys.readouterr().err

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from library_syncer.base.errors import ExitStatus
+from library_syncer.base.errors import ExitStatus, SyncerError
 from library_syncer.manifest import ovf
+from tests.harness import fixtures
 
 
 @pytest.fixture
@@ -240,3 +244,83 @@ def test_unpack_refuses_a_sparse_member(tmp_path: Path) -> None:
         ovf.unpack_ova(ova, dest)
     assert list(dest.iterdir()) == []
 
+
+
+# --- hostile or broken archives: one item lost, never the run --------------------------------
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["in-open", "in-getmembers"])
+@pytest.mark.parametrize("kind", sorted(fixtures.HOSTILE_PAX))
+def test_unpack_malformed_headers_are_a_bad_archive(tmp_path: Path, kind: str,
+                                                    first: bool) -> None:
+    """tarfile raises ValueError/TypeError on these, not TarError: still one item's problem."""
+    ova = fixtures.hostile_ova(tmp_path / "evil.ova", kind, first=first)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(SyncerError) as caught:
+        ovf.unpack_ova(ova, dest)
+    assert caught.value.exit_status == ExitStatus.VERIFY
+    assert "evil.ova" in str(caught.value) and "\n" not in str(caught.value)
+    assert list(dest.iterdir()) == []  # no .unpack.tmp, no half item
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (unmounted afterwards): a real ENOSPC."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_unpack_disk_full_stays_an_oserror_with_its_errno(tmp_path: Path, tiny_fs: Path) -> None:
+    """Callers tell a full disk (stop the run) from a bad archive (lose the item) by errno."""
+    ova = _tar(tmp_path / "big.ova", [(_info("big.ovf"), b"<Envelope/>"),
+                                      (_info("big-disk1.vmdk"), os.urandom(3 << 20))])
+    with pytest.raises(OSError) as caught:
+        ovf.unpack_ova(ova, tiny_fs)
+    assert not isinstance(caught.value, SyncerError)
+    assert caught.value.errno == errno.ENOSPC
+    assert list(tiny_fs.iterdir()) == []  # neither the temp file nor the .ovf before it
+
+
+def test_unpack_never_writes_through_planted_links(tmp_path: Path) -> None:
+    """rsync runs without -l today, but the unpacker must not depend on it."""
+    ova = _tar(tmp_path / "t.ova", [(_info("a.ovf"), b"<Envelope/>"), (_info("a.mf"), b"")])
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / ".a.ovf.unpack.tmp").symlink_to(victim)  # at the temp name
+    (dest / "a.mf").symlink_to(victim)  # at the final name
+    files = ovf.unpack_ova(ova, dest)
+    assert victim.read_text() == "precious"
+    assert [f.name for f in files] == ["a.ovf", "a.mf"]
+    assert not (dest / "a.mf").is_symlink() and (dest / "a.ovf").read_bytes() == b"<Envelope/>"
+    assert sorted(p.name for p in dest.iterdir()) == ["a.mf", "a.ovf"]
+
+
+def test_unpack_refuses_a_symlinked_folder(tmp_path: Path) -> None:
+    ova = _tar(tmp_path / "t.ova", [(_info("a.ovf"), b"<Envelope/>")])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "item").symlink_to(elsewhere)
+    with pytest.raises(ovf.OvaError, match="symbolic link"):
+        ovf.unpack_ova(ova, tmp_path / "item")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_unpack_messages_escape_control_characters(tmp_path: Path) -> None:
+    folder = tmp_path / "evil\x1b[2J\rfake line"
+    folder.mkdir()
+    garbage = folder / "t.ova"
+    garbage.write_bytes(b"not a tar" * 100)
+    named = _tar(tmp_path / "n.ova", [(_info("a\x1b]0;owned\x07.vmdk", tarfile.SYMTYPE), None)])
+    messages = []
+    for ova in (garbage, named):
+        with pytest.raises(ovf.OvaError) as caught:
+            ovf.unpack_ova(ova, tmp_path)
+        messages.append(str(caught.value))
+        assert not any(c in messages[-1] for c in "\x1b\r\x07"), messages[-1]
+    assert "evil\\x1b[2J\\x0dfake line/t.ova" in messages[0]

@@ -241,3 +241,23 @@ def test_progress_line_on_a_terminal(monkeypatch):
     quiet = io.StringIO()  # not a terminal (a log file, the journal): nothing
     Reporter(quiet).update(rsync.Progress(1000, 42, "10.50MB/s", "0:01:23"))
     assert quiet.getvalue() == ""
+
+
+def test_rsh_quotes_any_path_as_rsync_splits_it(tmp_path):
+    """The settings refuse paths with both kinds of quote; ssh.rsh copes all the same (no
+    ValueError mid-run). Real rsync parses the -e string and runs a recording `ssh`."""
+    odd = tmp_path / "it's \"odd\" dir"
+    odd.mkdir()
+    record = tmp_path / "argv"
+    fake_ssh = odd / "ssh'\"x"
+    fake_ssh.write_text(f"#!/bin/sh\nfor a in \"$0\" \"$@\"; do printf '%s\\n' \"$a\"; done "
+                        f"> '{record}'\nexit 255\n")
+    fake_ssh.chmod(0o755)
+    identity = odd / "id 'a' \"b\""
+    config = _config(tmp_path, ssh=str(fake_ssh), identity_file=identity,
+                     known_hosts=odd / "known_hosts")
+    subprocess.run(rsync.list_argv(config.sync), capture_output=True, timeout=30)
+    args = record.read_text().splitlines()
+    assert args[0] == str(fake_ssh)
+    assert args[args.index("-i") + 1] == str(identity)
+    assert f"UserKnownHostsFile={odd / 'known_hosts'}" in args

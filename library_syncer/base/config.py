@@ -103,6 +103,25 @@ def _path(value: Any) -> Path:
     return Path(value)
 
 
+# Paths and commands that end up in rsync's `-e` string (and the runtime directory, which holds
+# the SSH socket named there). A name holding both quote characters is refused outright.
+RSH_EXPECTED = "a path with ' or \" but not both (it goes into rsync's -e command)"
+
+
+def _one_quote_kind(value: Any) -> Any:
+    if isinstance(value, str) and "'" in value and '"' in value:
+        raise ValueError(RSH_EXPECTED)  # "a …": shown instead of the field's general phrase
+    return value
+
+
+def _rsh_path(value: Any) -> Path:
+    return _path(_one_quote_kind(value))
+
+
+def _rsh_command(value: Any) -> str:
+    return _nonempty(_one_quote_kind(value))
+
+
 def _optional_path(value: Any) -> Path | None:
     if value == "":
         return None
@@ -210,10 +229,10 @@ class SyncConfig:
     user: str = setting("syncer", _user, "a user name")
     remote_path: str = setting("/", _nonempty, "a path inside the server's library")
     identity_file: Path = setting(
-        paths.DEFAULT_CONFIG_DIR / "ssh" / "id_syncer", _path, "a file path"
+        paths.DEFAULT_CONFIG_DIR / "ssh" / "id_syncer", _rsh_path, "a file path"
     )
     known_hosts: Path = setting(
-        paths.DEFAULT_CONFIG_DIR / "ssh" / "known_hosts", _path, "a file path"
+        paths.DEFAULT_CONFIG_DIR / "ssh" / "known_hosts", _rsh_path, "a file path"
     )
     bandwidth_limit: str = setting("0", parse_bwlimit, BWLIMIT_EXPECTED, "SYNC_MAX_BW")
     schedule: str = setting(DEFAULT_SCHEDULE, _schedule, SCHEDULE_EXPECTED, "SYNC_SCHEDULE")
@@ -237,8 +256,8 @@ class SyncConfig:
     retry_max_delay: float = setting(300.0, _duration, DURATION_EXPECTED)
     keep_snapshots: int = setting(2, _int_range(1, 100), "an integer 1-100")
     min_free_space: int = setting(2**30, parse_size, SIZE_EXPECTED)
-    rsync: str = setting("rsync", _nonempty, "a command name or path")
-    ssh: str = setting("ssh", _nonempty, "a command name or path")
+    rsync: str = setting("rsync", _rsh_command, "a command name or path")
+    ssh: str = setting("ssh", _rsh_command, "a command name or path")
 
 
 @dataclass(frozen=True)
@@ -292,7 +311,8 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class PathsConfig:
     state_dir: Path = setting(paths.DEFAULT_STATE_DIR, _path, "a directory path")
-    runtime_dir: Path = setting(paths.DEFAULT_RUNTIME_DIR, _path, "a directory path")
+    # The per-run SSH socket lives below it: its path goes into rsync's -e (ControlPath).
+    runtime_dir: Path = setting(paths.DEFAULT_RUNTIME_DIR, _rsh_path, "a directory path")
 
 
 SECTIONS: dict[str, type] = {

@@ -6,6 +6,7 @@ termination of the child when we are interrupted.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import selectors
@@ -83,12 +84,13 @@ def run(
     captured = bytearray()
     emit = on_line or (lambda line: log.debug("%s: %s", os.path.basename(argv[0]), line))
     try:
-        if input is not None:
-            assert process.stdin is not None
-            process.stdin.write(input)
-            process.stdin.close()
-        _pump(process, emit, tail, captured if capture else None, started, timeout, argv)
-        returncode = process.wait()
+        _pump(process, emit, tail, captured if capture else None, started, timeout, argv, input)
+        # The streams can close long before the process ends (a daemonising child): the
+        # timeout still holds.
+        try:
+            returncode = process.wait(timeout=_remaining(started, timeout))
+        except subprocess.TimeoutExpired:
+            raise _timed_out(argv, timeout) from None
     except BaseException:
         _terminate(process)
         raise
@@ -99,40 +101,80 @@ def run(
     return result
 
 
+def _remaining(started: float, timeout: float | None) -> float | None:
+    return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+
+
+def _timed_out(argv: list[str], timeout: float | None) -> CommandTimeout:
+    return CommandTimeout(f"{os.path.basename(argv[0])} did not finish within {timeout:.0f} s")
+
+
 def _pump(process: subprocess.Popen, emit: Callable[[str], None], tail: collections.deque,
           captured: bytearray | None, started: float, timeout: float | None,
-          argv: list[str]) -> None:
+          argv: list[str], input: bytes | None = None) -> None:
+    """Read stdout and stderr line by line and feed `input` to stdin, all in one loop: a child
+    that writes while it reads never blocks against us, whatever the sizes."""
     selector = selectors.DefaultSelector()
     assert process.stdout is not None and process.stderr is not None
     selector.register(process.stdout, selectors.EVENT_READ, "out")
     selector.register(process.stderr, selectors.EVENT_READ, "err")
+    pending = memoryview(input or b"")
+    if process.stdin is not None:
+        os.set_blocking(process.stdin.fileno(), False)  # write what fits, never wait in write
+        if pending:
+            selector.register(process.stdin, selectors.EVENT_WRITE, "in")
+        else:
+            process.stdin.close()
     partial = {"out": b"", "err": b""}
     open_streams = 2
-    while open_streams:
-        remaining = None if timeout is None else timeout - (time.monotonic() - started)
-        if remaining is not None and remaining <= 0:
-            _terminate(process)
-            raise CommandTimeout(f"{os.path.basename(argv[0])} did not finish within "
-                                 f"{timeout:.0f} s")
-        events = selector.select(timeout=remaining if remaining is not None else None)
-        for key, _ in events:
-            chunk = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
-            if not chunk:
-                selector.unregister(key.fileobj)
-                open_streams -= 1
-                rest = partial[key.data]
-                if rest:
-                    _line(rest, emit, tail)
-                continue
-            if key.data == "out" and captured is not None:
-                captured.extend(chunk)
-                continue
-            buffer = partial[key.data] + chunk
-            *lines, partial[key.data] = buffer.replace(b"\r", b"\n").split(b"\n")
-            for line in lines:
-                if line:
-                    _line(line, emit, tail)
-    selector.close()
+    try:
+        while open_streams:
+            remaining = _remaining(started, timeout)
+            if remaining is not None and remaining <= 0:
+                _terminate(process)
+                raise _timed_out(argv, timeout)
+            for key, _ in selector.select(timeout=remaining):
+                if key.data == "in":
+                    pending = _feed(process, selector, pending)
+                    continue
+                chunk = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    open_streams -= 1
+                    rest = partial[key.data]
+                    if rest:
+                        _line(rest, emit, tail)
+                    continue
+                if key.data == "out" and captured is not None:
+                    captured.extend(chunk)
+                    continue
+                buffer = partial[key.data] + chunk
+                *lines, partial[key.data] = buffer.replace(b"\r", b"\n").split(b"\n")
+                for line in lines:
+                    if line:
+                        _line(line, emit, tail)
+    finally:
+        selector.close()
+        if process.stdin is not None and not process.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.close()
+
+
+def _feed(process: subprocess.Popen, selector: selectors.BaseSelector,
+          pending: memoryview) -> memoryview:
+    """Write what the pipe takes now; close stdin when all is written or the child closed it."""
+    assert process.stdin is not None
+    try:
+        pending = pending[os.write(process.stdin.fileno(), pending[:65536]):]
+    except BlockingIOError:
+        return pending
+    except BrokenPipeError:  # the child stopped reading: its output says why
+        pending = pending[:0]
+    if not pending:
+        selector.unregister(process.stdin)
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
+    return pending
 
 
 def _line(raw: bytes, emit: Callable[[str], None], tail: collections.deque) -> None:

@@ -8,6 +8,7 @@ with xml.etree (expat: no external entities, no network), namespaced or not, by 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tarfile
@@ -17,6 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..base.errors import VerifyError
+from ..base.text import printable
 
 # Real descriptors are KiB: refuse to parse a disk by mistake.
 MAX_DESCRIPTOR_BYTES = 64 * 1024 * 1024
@@ -133,7 +135,31 @@ def parse_mf(data: bytes) -> dict[str, MfEntry]:
     return entries
 
 
-def _check_member(ova: Path, member: tarfile.TarInfo, seen: set[str]) -> str:
+_CHUNK = 4 * 1024 * 1024
+# A new file, never through a symbolic link planted at its name, never an existing file.
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# The disk, not the archive: callers tell a full disk by errno, so these stay OSError.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _why(error: BaseException) -> str:
+    """An exception from tarfile as a short phrase (its text, else its type)."""
+    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return printable(text) or type(error).__name__
+
+
+def _mtime_ns(member: tarfile.TarInfo) -> int:
+    """The member's time in ns; ValueError for nan, infinities and times beyond time_t."""
+    try:
+        ns = int(member.mtime) * 10**9  # int(nan) is a ValueError, int(inf) an OverflowError
+    except (TypeError, OverflowError):
+        raise ValueError from None
+    if not -(2**63) <= ns < 2**63:
+        raise ValueError
+    return ns
+
+
+def _check_member(ova: str, member: tarfile.TarInfo, seen: set[str]) -> str:
     name = member.name[2:] if member.name.startswith("./") else member.name
     where = f"{ova}: member {member.name!r}"
     if not member.isreg():
@@ -149,6 +175,11 @@ def _check_member(ova: Path, member: tarfile.TarInfo, seen: set[str]) -> str:
         # A few bytes of archive can declare terabytes of zeros; ovftool never writes these.
         raise OvaError(f"{where} is a sparse file; an OVA from VMware tools has none",
                        hint="re-export the template with ovftool")
+    try:
+        _mtime_ns(member)
+    except ValueError:
+        raise OvaError(f"{where} has an invalid time ({member.mtime!r}); a corrupt or "
+                       "hand-made archive", hint="re-export the template with ovftool") from None
     if name in seen:
         raise OvaError(f"{where} appears twice")
     seen.add(name)
@@ -159,49 +190,91 @@ def unpack_ova(ova: Path, dest: Path) -> list[Path]:
     """Unpack the OVA (a tar of plain files) into the existing folder `dest`; return the files.
 
     Every member is checked before anything is written: links, devices, sub-folders, absolute or
-    `..` paths, hidden and duplicate names are refused (OvaError). Files are written to a temp
-    name and renamed, so a crash leaves no half file under a real name; on failure the files
-    already written are removed.
+    `..` paths, hidden and duplicate names, impossible times are refused (OvaError). So is any
+    archive tarfile cannot parse, whatever it raises: the bytes come from the server. Files are
+    written to a temp name (created new, never through a symbolic link) and renamed, inside
+    `dest` opened once without following links, so a crash leaves no half file under a real
+    name; on any failure the temp file and the files already written are removed. A full disk
+    stays an OSError with its errno (ENOSPC, EDQUOT): that is the disk's fault, not the item's.
     """
+    shown = printable(str(ova))
     try:
         archive = tarfile.open(ova, mode="r:")  # noqa: SIM115 (closed by `with` below)
-    except (OSError, tarfile.TarError) as error:
-        raise OvaError(f"{ova}: not a readable OVA (tar) archive: {error}") from None
-    written: list[Path] = []
+    # Not only TarError: malformed PAX/GNU headers raise ValueError, TypeError and more.
+    except Exception as error:
+        raise OvaError(f"{shown}: not a readable OVA (tar) archive: {_why(error)}",
+                       hint="the server holds a damaged or hand-made .ova; re-export it with "
+                            "ovftool") from None
     with archive:
         try:
             members = archive.getmembers()
-        except tarfile.TarError as error:
-            raise OvaError(f"{ova}: corrupt archive: {error}") from None
+        except Exception as error:
+            raise OvaError(f"{shown}: corrupt archive: {_why(error)}",
+                           hint="the server holds a damaged or hand-made .ova; re-export it "
+                                "with ovftool") from None
         seen: set[str] = set()
-        names = [_check_member(ova, m, seen) for m in members]
+        names = [_check_member(shown, m, seen) for m in members]
         if not names:
-            raise OvaError(f"{ova}: the archive is empty")
+            raise OvaError(f"{shown}: the archive is empty")
+        try:
+            dir_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as error:
+            raise OvaError(f"{printable(str(dest))}: cannot unpack {shown} here "
+                           f"({error.strerror}; a symbolic link is never followed)") from None
+        written: list[str] = []
         try:
             for member, name in zip(members, names, strict=True):
-                written.append(_extract(archive, member, dest / name, ova))
+                _extract(archive, member, name, dir_fd, shown)
+                written.append(name)
         except BaseException:
             # No half item: the members already written would otherwise stay in the folder.
-            for path in written:
+            for name in written:
                 with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                    os.unlink(name, dir_fd=dir_fd)
             raise
-    return written
+        finally:
+            os.close(dir_fd)
+    return [dest / name for name in written]
 
 
-def _extract(archive: tarfile.TarFile, member: tarfile.TarInfo, target: Path, ova: Path) -> Path:
-    tmp = target.with_name(f".{target.name}.unpack.tmp")
-    source = archive.extractfile(member)
-    assert source is not None  # a regular member always has data
+def _create(tmp: str, dir_fd: int) -> int:
     try:
-        with source, open(tmp, "wb") as out:
-            while chunk := source.read(4 * 1024 * 1024):
-                out.write(chunk)
-        os.utime(tmp, ns=(member.mtime * 10**9, member.mtime * 10**9))
-        os.replace(tmp, target)
-    # OverflowError: a member time beyond time_t (GNU tar encodes huge values in base-256).
-    except (OSError, tarfile.TarError, OverflowError) as error:
+        return os.open(tmp, _CREATE, 0o644, dir_fd=dir_fd)
+    except FileExistsError:
+        # Left by a crash (or planted): remove the name itself, a link is not followed.
+        os.unlink(tmp, dir_fd=dir_fd)
+        return os.open(tmp, _CREATE, 0o644, dir_fd=dir_fd)
+
+
+def _extract(archive: tarfile.TarFile, member: tarfile.TarInfo, name: str, dir_fd: int,
+             shown: str) -> None:
+    tmp = f".{name}.unpack.tmp"
+    where = f"{shown}: member {member.name!r}"
+    try:
+        fd = _create(tmp, dir_fd)
+    except OSError as error:
+        if error.errno in DISK_FULL_ERRNOS:
+            raise
+        raise OvaError(f"{where}: cannot create {printable(tmp)} ({error.strerror})") from None
+    try:
+        with open(fd, "wb", closefd=True) as out:
+            try:
+                source = archive.extractfile(member)
+                assert source is not None  # a regular member always has data
+                with source:
+                    while chunk := source.read(_CHUNK):
+                        out.write(chunk)
+            except OSError:
+                raise  # our write (or the disk's read): sorted out below
+            except Exception as error:  # tarfile on a malformed member
+                raise OvaError(f"{where}: corrupt archive: {_why(error)}",
+                               hint="re-export the template with ovftool") from None
+            ns = _mtime_ns(member)
+            os.utime(out.fileno(), ns=(ns, ns))
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise OvaError(f"{ova}: member {member.name!r}: {error}") from None
-    return target
+            os.unlink(tmp, dir_fd=dir_fd)
+        if isinstance(error, OSError) and error.errno not in DISK_FULL_ERRNOS:
+            raise OvaError(f"{where}: {error.strerror or error}") from None
+        raise

@@ -7,16 +7,21 @@ item per ISO, or anything else as vcsp.other), with one-line warnings for what i
 
 from __future__ import annotations
 
+import codecs
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from ..base.text import printable
+
 LIB_FILE, ITEMS_FILE, ITEM_FILE = "lib.json", "items.json", "item.json"
 DESCRIPTION_FILE = "item-description.txt"  # the sidecar: plain UTF-8 text, never listed
 MAX_NAME = 80
 MAX_DESCRIPTION = 4000
+# Enough bytes for MAX_DESCRIPTION characters (4 bytes at most each) and some blank lines around.
+_DESCRIPTION_READ = MAX_DESCRIPTION * 4 + 4096
 TYPE_OVF, TYPE_ISO, TYPE_OTHER = "vcsp.ovf", "vcsp.iso", "vcsp.other"
 _TEMP_SUFFIXES = (".part", ".tmp", ".partial", ".swp", ".crdownload", "~")
 
@@ -32,7 +37,8 @@ class ItemProblem:
     def __str__(self) -> str:
         folder = self.item.rsplit("/", 1)[0]  # an ISO of a folder of ISOs: its file is there
         where = f"{folder}/{self.file}" if self.file else self.item
-        return f"item {self.item!r} left out: {where}: {self.message}"
+        # Names come from the server: no raw control characters reach a terminal or the journal.
+        return printable(f"item {self.item!r} left out: {where}: {self.message}")
 
 
 # ----------------------------------------------------------------------------- scanning
@@ -59,11 +65,6 @@ class Candidate:
     problems: list[ItemProblem] = field(default_factory=list)
 
 
-def _printable(name: str) -> str:
-    """A name for messages, with undecodable bytes shown as \\xNN."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def _utf8(name: str, where: str, warnings: list[str]) -> bool:
     """JSON (and vCenter) need UTF-8 names; os.scandir hands undecodable bytes as surrogates."""
     try:
@@ -81,18 +82,27 @@ def _ignored(name: str) -> bool:
 
 
 def _read_description(path: Path, key: str, warnings: list[str]) -> str:
+    """The sidecar's text, reading no more than the MAX_DESCRIPTION characters need."""
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise OSError(0, "not a regular file")
+            data = handle.read(_DESCRIPTION_READ + 1)
     except OSError as error:
         warnings.append(f"{path}: cannot read the description ({error.strerror}); left empty")
         return ""
+    longer = len(data) > _DESCRIPTION_READ
+    data = data[:_DESCRIPTION_READ]
+    # A cut may split the last character: an incremental decoder keeps it back, no error.
+    decoder = codecs.getincrementaldecoder("utf-8")()
     try:
-        text = data.decode("utf-8")
+        text = decoder.decode(data, final=not longer)
     except UnicodeDecodeError:
         warnings.append(f"{path}: not UTF-8; invalid bytes replaced")
-        text = data.decode("utf-8", errors="replace")
+        text = codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=not longer)
     text = text.strip()
-    if len(text) > MAX_DESCRIPTION:
+    if longer or len(text) > MAX_DESCRIPTION:
         warnings.append(f"{path}: description cut to {MAX_DESCRIPTION} characters")
         text = text[:MAX_DESCRIPTION]
     return text
@@ -129,7 +139,7 @@ def _scan_item(root: Path, folder: str, include_certs: bool,
             description = _read_description(Path(entry.path), folder, warnings)
         if _ignored(name) or name in own_dirs:
             continue
-        if not _utf8(name, f"{folder}/{_printable(name)}", warnings):
+        if not _utf8(name, f"{folder}/{printable(name)}", warnings):
             continue
         st = entry.stat(follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):
@@ -189,7 +199,7 @@ def scan(root: Path, include_certs: bool, warnings: list[str],
             continue
         if exclude is not None and Path(entry.path).resolve() == exclude:
             continue  # the state directory, when someone put it inside the library
-        if not _utf8(entry.name, _printable(entry.name), warnings):
+        if not _utf8(entry.name, printable(entry.name), warnings):
             continue
         if entry.is_symlink():
             warnings.append(f"{entry.name}: a symbolic link at the library root, not followed")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import uuid
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from ..base import fsutil
 from ..base.errors import ExitStatus, SyncerError
+from ..base.text import printable
 from . import ovf
 from .hashing import FileDigest, HashCache, HashJob, hash_files
 from .scan import (
@@ -267,22 +269,68 @@ def _check_root(root: Path) -> None:
                                "per item)")
 
 
-def _write_items(root: Path, items: list[tuple[str, dict]]) -> None:
+# --- hostile trees: what a server may hold where our own files go ---------------------------
+# The sender's filter hides lib.json/items.json/item.json, but a hostile server ignores it; and
+# rsync runs without -l today, but this code must not depend on that.
+
+
+def _clear_for_manifest(root: Path, rel: str, warnings: list[str]) -> None:
+    """Anything but a regular file at a manifest's name (a folder, a link, a FIFO) is removed,
+    with one warning, so the manifest can be written there and nothing is read through it."""
+    path = root / rel
+    try:
+        st = path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISREG(st.st_mode):
+        return
+    kind = ("a folder" if stat.S_ISDIR(st.st_mode) else
+            "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a special file")
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)  # never follows a link inside
+    else:
+        path.unlink()
+    warnings.append(f"{rel}: {kind} where the manifest {path.name} goes (not from this tool); "
+                    "removed")
+
+
+def _item_folder(root: Path, key: str, warnings: list[str]) -> Path:
+    """The folder an item.json goes into, never through a link (a folder of several ISOs has
+    one sub-folder per ISO; the server may have put a link there)."""
+    folder = root / key
+    try:
+        st = folder.lstat()
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        folder.unlink()  # a link or file in the way of our own sub-folder (scan never lists it)
+        warnings.append(f"{key}: {'a symbolic link' if stat.S_ISLNK(st.st_mode) else 'a file'} "
+                        "where the item's folder goes; removed")
+        st = None
+    if st is None:
+        folder.mkdir()
+    return folder
+
+
+def _write_items(root: Path, items: list[tuple[str, dict]], warnings: list[str]) -> None:
     for key, item in items:
-        folder = root / key
-        folder.mkdir(exist_ok=True)  # a folder of several ISOs: one sub-folder per ISO item
+        folder = _item_folder(root, key, warnings)
+        _clear_for_manifest(root, f"{key}/{ITEM_FILE}", warnings)
         fsutil.write_if_changed(folder / ITEM_FILE, _dumps(item))
 
 
 def _remove_stale(root: Path, stale: Iterable[str]) -> None:
-    """item.json of items no longer published (left out or removed), so no reader finds them."""
+    """item.json of items no longer published (left out or removed), so no reader finds them.
+    Only our own regular file goes; nothing is followed through a link."""
     for key in stale:
-        path = root / key / ITEM_FILE
+        folder = root / key
+        path = folder / ITEM_FILE
         try:
+            if not stat.S_ISDIR(folder.lstat().st_mode) or not stat.S_ISREG(path.lstat().st_mode):
+                continue
             path.unlink()
         except (FileNotFoundError, NotADirectoryError):
             continue
-        folder = path.parent
         if "/" in key and not any(folder.iterdir()):
             folder.rmdir()
 
@@ -301,6 +349,8 @@ def build(root: Path, *, name: str, state_dir: Path | None = None, previous: Pat
     previous = Path(previous) if previous is not None else root
     state_dir.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
+    for own in (LIB_FILE, ITEMS_FILE):  # before anything reads them
+        _clear_for_manifest(root, own, warnings)
     prev = load_previous(state_dir / STATE_FILE, previous, warnings)
 
     cands = scan(root, include_certs, warnings, exclude=state_dir.resolve())
@@ -344,7 +394,7 @@ def build(root: Path, *, name: str, state_dir: Path | None = None, previous: Pat
         lib["description"] = description
 
     items = sorted((b.key, _item_json(b, records[b.key], lib_id)) for b in built)
-    _write_items(root, items)
+    _write_items(root, items, warnings)
     fsutil.write_if_changed(root / ITEMS_FILE, _dumps({"items": [i for _, i in items]}))
     fsutil.write_if_changed(root / LIB_FILE, _dumps(lib))  # last: it announces the new set
     broken_keys = {c.key for c in cands if c.problems}
@@ -359,7 +409,8 @@ def build(root: Path, *, name: str, state_dir: Path | None = None, previous: Pat
     cache.save()
     return BuildReport(
         library_version=lib_version, items=len(records), items_changed=tuple(sorted(changed)),
-        problems=tuple(problems), warnings=tuple(warnings), files_hashed=stats.files,
+        problems=tuple(problems), warnings=tuple(printable(w) for w in warnings),
+        files_hashed=stats.files,
         bytes_hashed=stats.bytes, content_bytes=sum(size for r in records.values()
                                                     for _, size, _ in r.files))
 

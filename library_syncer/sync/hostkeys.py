@@ -84,11 +84,22 @@ def trust(config: Config, *, fingerprint: str | None = None, yes: bool = False,
     target = ssh.host_pattern(sync)
     for key in offered:
         log.info("%s offers %s %s", target, key.type, key.fingerprint)
-    if _check_unchanged(sync, offered, recorded(sync)):
-        return f"{target}: already trusted ({sync.known_hosts})"
+    wanted = None
     if fingerprint:
         wanted = fingerprint if fingerprint.startswith("SHA256:") else f"SHA256:{fingerprint}"
-        accepted = [k for k in offered if k.fingerprint == wanted.rstrip("=")]
+        wanted = wanted.rstrip("=")
+    known = recorded(sync)
+    if _check_unchanged(sync, offered, known):
+        # Already trusted, but the operator named a key: it must be the server's, or someone
+        # (the operator's source, the network, or the recorded key) is wrong.
+        if wanted and wanted not in {k.fingerprint for k in (*offered, *known)}:
+            raise HostKeyError(f"{target}: already trusted as "
+                               f"{', '.join(k.fingerprint for k in known)}, which the server "
+                               f"offers, but --fingerprint says {wanted}; nothing was written",
+                               hint="compare with `library-syncer server keys` on the server")
+        return f"{target}: already trusted ({sync.known_hosts})"
+    if wanted:
+        accepted = [k for k in offered if k.fingerprint == wanted]
         if not accepted:
             raise HostKeyError(f"{target} offers {', '.join(k.fingerprint for k in offered)}, "
                                f"none is {wanted}; nothing was written",

@@ -59,14 +59,16 @@ def argv(sync: SyncConfig, extra: Iterable[str] = ()) -> list[str]:
 
 
 def _quote(arg: str) -> str:
-    """Quote one word for rsync's -e parser (spaces and quotes; rsync knows no backslashes)."""
+    """Quote one word for rsync's -e parser: it splits on spaces, honours single and double
+    quotes, and reads a doubled quote inside quotes as one (it knows no backslashes). Any word
+    can be quoted; the settings refuse paths holding both kinds of quote all the same."""
     if arg and not any(c in arg for c in " '\"\t"):
         return arg
     if "'" not in arg:
         return f"'{arg}'"
     if '"' not in arg:
         return f'"{arg}"'
-    raise ValueError(f"{arg!r}: a path cannot hold both kinds of quote")
+    return "'" + arg.replace("'", "''") + "'"
 
 
 def rsh(sync: SyncConfig, extra: Iterable[str] = ()) -> str:

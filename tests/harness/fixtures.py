@@ -20,6 +20,7 @@ descriptor states no sizes, one starts with a UTF-8 BOM.
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 import tarfile
 from dataclasses import dataclass
@@ -280,6 +281,33 @@ def ova(path: Path, members: list[Path]) -> Path:
             info.uname = info.gname = "someone"
             with open(member, "rb") as data:
                 archive.addfile(info, data)
+    return path
+
+
+# Archives a hostile or broken server can hold: each header is one tarfile trips on with
+# something other than TarError (ValueError, TypeError), in the first member (raised inside
+# tarfile.open) or a later one (raised by getmembers).
+HOSTILE_PAX = {
+    "mtime-nan": {"mtime": "nan"},
+    "mtime-inf": {"mtime": "inf"},
+    "sparse-map": {"GNU.sparse.map": "0,x", "GNU.sparse.size": "1"},  # GNU sparse 0.1
+    "sparse-1.0": {"GNU.sparse.major": "1", "GNU.sparse.minor": "0"},  # map in the data: "x"
+}
+
+
+def hostile_ova(path: Path, kind: str, *, first: bool = True) -> Path:
+    """A small OVA whose `.vmdk` member carries the malformed PAX header HOSTILE_PAX[kind]; with
+    `first=False` a sound `.ovf` member comes before it."""
+    members: list[tuple[str, bytes, dict[str, str]]] = []
+    if not first:
+        members.append((f"{path.stem}.ovf", b"<Envelope/>", {}))
+    data = b"x\n" if kind == "sparse-1.0" else b"disk"
+    members.append((f"{path.stem}-disk1.vmdk", data, HOSTILE_PAX[kind]))
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content, pax in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.pax_headers = len(content), OVA_MTIME, 0o644, pax
+            archive.addfile(info, io.BytesIO(content))
     return path
 
 
