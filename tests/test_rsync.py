@@ -202,9 +202,10 @@ def test_last_run_record_round_trips_and_metrics_are_prometheus_text(tmp_path):
     assert loaded is not None and loaded.items_changed == ["a"] and loaded.error is None
     assert state.read_last_run(cfg)["outcome"] == "ok"
 
-    text = metrics.render(record)
+    text = metrics.render(record, metrics.Library(version=7, items=3, size=2_000))
     assert "library_syncer_last_success_timestamp_seconds 1767225642.0" in text
     assert "library_syncer_library_version 7" in text
+    assert "library_syncer_library_size_bytes 2000" in text
     assert 'library_syncer_last_run_outcome{outcome="ok"} 1' in text
     assert 'library_syncer_last_run_outcome{outcome="network"} 0' in text
     for line in text.splitlines():  # every sample line: name{labels} number

@@ -6,7 +6,7 @@ read, keeps ids and versions stable across rebuilds and snapshots, and writes th
 item.json files, then items.json, then lib.json last. docs/manifest.md is the user-facing account.
 
 The parts live beside it: scan.py (items on disk, names, hrefs), hashing.py (digests and the hash
-cache), manifest_state.py (ids and versions of the last build); this module builds and writes.
+cache), state.py (ids and versions of the last build); this module builds and writes.
 """
 
 from __future__ import annotations
@@ -337,26 +337,42 @@ def _remove_stale(root: Path, stale: Iterable[str]) -> None:
 
 def build(root: Path, *, name: str, state_dir: Path | None = None, previous: Path | None = None,
           include_certs: bool = True, workers: int = 0, description: str = "",
-          cache: HashCache | None = None) -> BuildReport:
+          cache: HashCache | None = None, cache_dir: Path | None = None,
+          previous_state: Path | None = None) -> BuildReport:
     """Write lib.json, items.json and every item.json for the library folder `root`.
 
     Broken items are left out and reported in `problems`; the rest is published. Raises
     LibraryPathError when `root` is not a folder. See docs/manifest.md.
+
+    Where the state (ids, versions, what was published) lives: with `state_dir`, it is read and
+    written there. Without, it travels with the library: written to `root/.library-syncer/`
+    and read from `previous/.library-syncer/` (or `previous_state`, a file), so a snapshot
+    holds the state it was built with and the state advances only when the snapshot is
+    published. The hash cache goes to `cache_dir` (default: beside the state).
     """
     root = Path(root)
     _check_root(root)
-    state_dir = Path(state_dir) if state_dir is not None else root / STATE_DIR_NAME
     previous = Path(previous) if previous is not None else root
+    if state_dir is not None:
+        state_dir = Path(state_dir)
+        state_in = state_dir / STATE_FILE
+    else:
+        state_dir = root / STATE_DIR_NAME
+        state_in = previous / STATE_DIR_NAME / STATE_FILE
+    if previous_state is not None:
+        state_in = Path(previous_state)
+    cache_dir = Path(cache_dir) if cache_dir is not None else state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
     for own in (LIB_FILE, ITEMS_FILE):  # before anything reads them
         _clear_for_manifest(root, own, warnings)
-    prev = load_previous(state_dir / STATE_FILE, previous, warnings)
+    prev = load_previous(state_in, previous, warnings)
 
     cands = scan(root, include_certs, warnings, exclude=state_dir.resolve())
     if cache is None:
         linked = previous.resolve() if previous.resolve() != root.resolve() else None
-        cache = HashCache.load(state_dir / CACHE_FILE, warnings, link_source=linked, root=root)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache = HashCache.load(cache_dir / CACHE_FILE, warnings, link_source=linked, root=root)
     ok = [c for c in cands if not c.problems]
     results, stats = hash_files(_mf_jobs(ok), cache, workers)
     mfs = {c.key: _mf_entries(c, results[(c.key, c.mf)]) for c in ok if c.mf}

@@ -1,19 +1,46 @@
 """Prometheus node_exporter textfile metrics, rewritten atomically after every run.
 
+Two things, kept apart: the published library (`library_syncer_library_*`, always read from the
+published snapshot itself, so a failed run leaves them as they are: the library did not change)
+and the last run (`library_syncer_last_run_*`).
+
 Point metrics.textfile at a `.prom` file in node_exporter's --collector.textfile.directory.
 """
 
 from __future__ import annotations
 
 import calendar
+import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..base import fsutil
 from .last_run import RunRecord
 
 OUTCOMES = ("ok", "verify", "partial", "network", "disk_full", "host_key", "failed",
-            "interrupted", "stale")
+            "interrupted", "error", "stale")
+
+
+@dataclass(frozen=True)
+class Library:
+    """The published library as its manifests say (None: nothing published, or unreadable)."""
+
+    version: int | None = None
+    items: int | None = None
+    size: int | None = None  # bytes of the files its manifests list
+
+
+def read_library(snapshot: Path | None) -> Library:
+    if snapshot is None:
+        return Library()
+    try:
+        lib = json.loads((snapshot / "lib.json").read_text())
+        entries = json.loads((snapshot / "items.json").read_text())["items"]
+        return Library(version=int(lib["version"]), items=len(entries),
+                       size=sum(int(f["size"]) for item in entries for f in item["files"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        return Library()
 
 
 def _timestamp(iso: str | None) -> float | None:
@@ -33,7 +60,7 @@ def _metric(lines: list[str], name: str, help: str, value: float | int | None,
               f"library_syncer_{name} {value}"]
 
 
-def render(record: RunRecord) -> str:
+def render(record: RunRecord, library: Library) -> str:
     lines: list[str] = []
     _metric(lines, "last_run_timestamp_seconds", "When the last sync finished.",
             _timestamp(record.finished))
@@ -47,13 +74,16 @@ def render(record: RunRecord) -> str:
             record.bytes_received)
     _metric(lines, "last_run_files_changed", "Files transferred or deleted by the last sync.",
             record.files_changed)
-    _metric(lines, "library_items", "Items in the published library.", record.items)
     _metric(lines, "last_run_items_changed", "Items added, changed or removed by the last sync.",
             len(record.items_changed))
+    _metric(lines, "last_run_total_size_bytes",
+            "Size of the library on the server, as the last sync's transfer saw it.",
+            record.total_size or None)
+    _metric(lines, "library_items", "Items in the published library.", library.items)
     _metric(lines, "library_version", "The published library's version (lib.json).",
-            record.library_version)
-    _metric(lines, "library_size_bytes", "Size of the library on the server.",
-            record.total_size)
+            library.version)
+    _metric(lines, "library_size_bytes",
+            "Size of the published library (the files its manifests list).", library.size)
     lines += ["# HELP library_syncer_last_run_outcome The last sync's outcome (1 = this one).",
               "# TYPE library_syncer_last_run_outcome gauge"]
     outcomes = OUTCOMES if record.outcome in OUTCOMES else (*OUTCOMES, record.outcome)
@@ -62,5 +92,5 @@ def render(record: RunRecord) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(textfile: Path, record: RunRecord) -> None:
-    fsutil.atomic_write(Path(textfile), render(record))
+def write(textfile: Path, record: RunRecord, library: Library) -> None:
+    fsutil.atomic_write(Path(textfile), render(record, library))

@@ -10,6 +10,7 @@ A failed or interrupted run leaves the published snapshot exactly as it was; its
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import logging
@@ -90,11 +91,15 @@ def _rsync(argv: list[str], sync, reporter: Reporter | None, needed: int | None
            ) -> rsync.Stats:
     stats = rsync.Stats()
 
+    dry_run = "--dry-run" in argv
+
     def on_line(line: str) -> None:
         if stats.feed(line):
             return
         progress = rsync.parse_progress(line)
         if progress is not None:
+            if 0 < progress.percent < 100:  # mid-transfer
+                snapshot.crash_point("transfer")
             if reporter:
                 reporter.update(progress)
             return
@@ -107,6 +112,8 @@ def _rsync(argv: list[str], sync, reporter: Reporter | None, needed: int | None
         if reporter:
             reporter.done()
     error = rsync.classify(result.returncode, result.tail, stats, sync, needed)
+    if dry_run and error is None:
+        snapshot.crash_point("dry-run")
     if result.returncode == 24:
         log.warning("some files vanished on the server during the transfer (not an error)")
     if error is not None:
@@ -275,13 +282,27 @@ def _report_transfer(result: Transfer) -> Transfer:
 # --- after the transfer -----------------------------------------------------------------------
 
 
+def _previous_state(layout: snapshot.Layout, published: Path | None) -> Path | None:
+    """The manifest state the build continues from: the published snapshot's own (it advances
+    only with the switch). A site upgraded from a version that kept it in cache/ uses that copy
+    once, until its first publication."""
+    if published is not None and (published / vcsp.STATE_DIR_NAME / vcsp.STATE_FILE).is_file():
+        return None  # the build's default: previous/.library-syncer/
+    legacy = layout.cache / vcsp.STATE_FILE
+    return legacy if published is not None and legacy.is_file() else None
+
+
 def _build_manifests(config: Config, layout: snapshot.Layout, staging: Path,
                      published: Path | None) -> vcsp.BuildReport:
+    """The manifests of staging. The state (ids, versions, what is published) is written into
+    staging's .library-syncer/, read from the published snapshot's: it advances only with the
+    switch. The hash cache stays in cache/ (a cache is truthful whatever happened)."""
     lib = config.library
     try:
-        return vcsp.build(staging, name=lib.name, state_dir=layout.cache, previous=published,
-                              include_certs=lib.include_certs, workers=lib.workers,
-                              description=lib.description)
+        return vcsp.build(staging, name=lib.name, previous=published, cache_dir=layout.cache,
+                          previous_state=_previous_state(layout, published),
+                          include_certs=lib.include_certs, workers=lib.workers,
+                          description=lib.description)
     except OSError as error:
         if error.errno == errno.ENOSPC:
             raise snapshot.disk_full(error, "writing the manifests") from None
@@ -386,6 +407,7 @@ def _run_steps(config: Config, layout: snapshot.Layout, record: RunRecord, retry
         record.attempts = done.attempts
         record.bytes_received, record.bytes_sent = done.bytes_received, done.bytes_sent
     clock.lap("transfer")
+    snapshot.crash_point("transferred")
     if not allow_empty:
         _refuse_emptied(published, staging)
     stats = done.stats
@@ -399,6 +421,7 @@ def _run_steps(config: Config, layout: snapshot.Layout, record: RunRecord, retry
     for rel in ovas.unpacked:
         log.info("unpacked %s (the .ova itself is not published)", rel)
     clock.lap("OVAs")
+    snapshot.crash_point("ovas")
     report = _build_manifests(config, layout, staging, published)
     clock.lap("manifests")
     for warning in report.warnings:
@@ -408,10 +431,13 @@ def _run_steps(config: Config, layout: snapshot.Layout, record: RunRecord, retry
         log.error("%s", problem)
     _write_page(config, staging)
     clock.lap("page")
+    snapshot.crash_point("manifests")
 
     name = snapshot.new_name(layout)
     reporter.status("publishing")
     snapshot.publish(layout, name)
+    with contextlib.suppress(FileNotFoundError):  # the state now travels in the snapshots
+        (layout.cache / vcsp.STATE_FILE).unlink()
     removed = snapshot.prune(layout, config.sync.keep_snapshots)
     clock.lap("publish")
     log.debug("published snapshot %s; removed %s", name, removed or "nothing")
@@ -436,16 +462,23 @@ def _finish(config: Config, record: RunRecord, started: float,
         status = error.exit_status
         record.outcome = OUTCOME_OF_STATUS.get(status, "failed")
         record.exit_status, record.message = int(status), str(error)
-    else:
+    elif isinstance(error, KeyboardInterrupt):  # SIGTERM (cli/main.py) or Ctrl-C
         record.outcome, record.exit_status, record.message = "interrupted", 130, "interrupted"
+    else:  # a bug, or a system error the code does not expect: what main() exits with
+        record.outcome, record.exit_status = "error", int(ExitStatus.FAILURE)
+        record.message = f"internal error: {type(error).__name__}: {error}"
     if record.snapshot:
         record.last_success = record.finished
     try:
         last_run.write_last_run(config, record)
-        if config.metrics.textfile:
-            metrics.write(config.metrics.textfile, record)
     except OSError as write_error:
         log.warning("could not record the run: %s", write_error)
+    if config.metrics.textfile:
+        library = metrics.read_library(snapshot.Layout.of(config).current())
+        try:
+            metrics.write(config.metrics.textfile, record, library)
+        except OSError as write_error:
+            log.warning("could not write the metrics: %s", write_error)
     level = logging.INFO if record.exit_status == 0 else logging.WARNING
     log.log(level, "%s", summary(record), extra={"fields": _journal_fields(record)})
 
@@ -459,7 +492,7 @@ def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
     layout = snapshot.Layout.of(config)
     layout.prepare()
     with lock.hold(layout.lock):
-        previous = _previous_record(config)
+        previous = _previous_record(config, layout)
         run_id = os.environ.get("INVOCATION_ID") or uuid.uuid4().hex
         record = RunRecord(run_id=run_id, started=_now(), version=__version__,
                            last_success=previous.last_success if previous else None)
@@ -473,7 +506,7 @@ def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
             _finish(config, record, started, error)
             reporter.status(f"failed: {error}")
             return record
-        except BaseException as error:  # interrupted (SIGTERM/Ctrl-C) or a bug
+        except BaseException as error:  # interrupted (SIGTERM/Ctrl-C), a bug, a system error
             _finish(config, record, started, error)
             raise
         _finish(config, record, started, None)
@@ -481,11 +514,25 @@ def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
         return record
 
 
-def _previous_record(config: Config) -> RunRecord | None:
+def _previous_record(config: Config, layout: snapshot.Layout) -> RunRecord | None:
+    """The last run's record. An unreadable one is said (one line). last_success is never older
+    than the published snapshot (its name holds the time it was made): a run that died after
+    the switch published without recording it."""
+    published = layout.current()
+    made = snapshot.made_at(published.name) if published is not None else None
     try:
-        return last_run.load_last_run(config)
-    except (OSError, ValueError, TypeError):
-        return None
+        record = last_run.load_last_run(config)
+    except (OSError, ValueError, TypeError) as error:
+        log.warning("%s is unreadable (%s); last success %s", last_run.path(config),
+                    getattr(error, "strerror", None) or error,
+                    f"recovered from the published snapshot: {made}" if made
+                    else "unknown (nothing published)")
+        return RunRecord(run_id="", started="", last_success=made)
+    if record is not None and made and (record.last_success or "") < made:
+        record.last_success = made
+    if record is None and made:
+        return RunRecord(run_id="", started="", last_success=made)
+    return record
 
 
 def run_once(config: Config, *, retry: bool = True) -> str:

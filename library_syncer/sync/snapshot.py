@@ -9,12 +9,19 @@
       ova/<item>/<name>.ova           OVA archives as the server has them (unpacked in snapshots,
                                       never published); a second rsync basis so they are not
                                       downloaded again
-      cache/                          the manifest engine's state and hash cache
+      cache/                          the manifest engine's hash cache (a cache: truthful
+                                      whatever happens to the snapshots)
       last-run.json                   the last run's record (state.py)
       sync.lock                       the run lock (lock.py)
 
 Snapshots are hard-link farms: rsync's --link-dest links every unchanged file to the published
 copy, so a snapshot costs only the changed files. Nothing here ever modifies a file in place.
+
+State advances only with the switch: what the next run builds on (the manifest state: ids,
+versions, what was published; the names of the snapshots published before) lives inside each
+snapshot, in `.library-syncer/` (a dot folder: the web server never serves it, the manifests and
+the page never list it). The published snapshot's copy is, by construction, the state of what is
+published, whatever instant a run died at. docs/sync.md says what a crash leaves at each step.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import tarfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +47,25 @@ from ..manifest import ovf
 log = logging.getLogger("library-syncer.snapshot")
 
 PARTIAL_DIR = ".rsync-partial"
+HIDDEN_DIR = ".library-syncer"  # in a snapshot: its state (vcsp.STATE_DIR_NAME), never served
+HISTORY_FILE = "published-before.json"  # the snapshots published before this one, newest first
+HISTORY_LENGTH = 20
+REMOVING = ".removing-"  # a snapshot being pruned: renamed first, so a crash leaves no doubt
+CRASH_ENV = "LIBRARY_SYNCER_CRASH_AT"
+
+
+def crash_point(point: str) -> None:
+    """A test hook: with LIBRARY_SYNCER_CRASH_AT=<point> in the environment, the run kills
+    itself with SIGKILL when it reaches that point (with its process group when it leads one,
+    as systemd kills a unit's control group), so the tests can prove what a crash at each step
+    leaves. Does nothing otherwise. Points: dry-run, transfer, transferred, ovas, manifests,
+    renamed, switched, prune."""
+    if os.environ.get(CRASH_ENV) != point:
+        return
+    log.warning("crash point %s reached (%s): killing the run", point, CRASH_ENV)
+    if os.getpgrp() == os.getpid():
+        os.killpg(0, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -95,17 +123,53 @@ class Layout:
         path = (self.published.parent / target).resolve()
         return path if path.is_dir() else None
 
+    def snapshot_names(self) -> list[str]:
+        """The snapshots, newest first (by sequence); snapshots being removed are not."""
+        try:
+            names = [p.name for p in self.snapshots.iterdir()
+                     if not p.name.startswith(".") and p.is_dir()]
+        except FileNotFoundError:
+            return []
+        return sorted(names, key=lambda n: (_sequence(n), n), reverse=True)
+
+    def unpublished(self) -> list[str]:
+        """Snapshots newer than the published one: renamed from staging by a run that died
+        before it switched the symlink. Complete, but never published."""
+        current = self.current()
+        floor = _sequence(current.name) if current is not None else -1
+        return [n for n in self.snapshot_names()
+                if _sequence(n) > floor and (current is None or n != current.name)]
+
     def begin(self) -> Path:
-        """The staging tree: the one a failed run left (to resume), or none yet (rsync creates
-        it once the server answered, so a refused connection touches nothing)."""
+        """The staging tree: the one a failed run left (to resume), or a snapshot a run renamed
+        but did not publish (taken back: complete, nothing is fetched again), or none yet (rsync
+        creates it once the server answered, so a refused connection touches nothing)."""
+        for leftover in self.root.glob(".published.*.tmp"):  # a switch cut short
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
         if self.staging.is_dir():
             log.info("resuming from the staging tree a previous run left")
+            return self.staging
+        orphans = self.unpublished()
+        if orphans:
+            os.replace(self.snapshots / orphans[0], self.staging)
+            log.info("taking back snapshot %s as the staging tree (an interrupted run built it "
+                     "but never published it)", orphans[0])
         return self.staging
 
 
 def _sequence(name: str) -> int:
     head = name.split("-", 1)[0]
     return int(head) if head.isdigit() else 0
+
+
+def made_at(name: str) -> str | None:
+    """When a snapshot was made, from its name (`000042-20261127T210312Z`), ISO 8601 UTC."""
+    try:
+        when = datetime.strptime(name.split("-", 1)[1], "%Y%m%dT%H%M%SZ")
+    except (IndexError, ValueError):
+        return None
+    return when.replace(tzinfo=timezone.utc).isoformat(timespec="seconds")
 
 
 def new_name(layout: Layout) -> str:
@@ -145,34 +209,72 @@ def remove_partials(tree: Path) -> None:
             dirnames.remove(PARTIAL_DIR)
 
 
+def published_before(layout: Layout, snapshot: Path) -> list[str]:
+    """The snapshots published before `snapshot`, newest first: its own record, written into it
+    before it was published. A snapshot from a version without that record: the older ones by
+    sequence (the best guess there is)."""
+    try:
+        names = json.loads((snapshot / HIDDEN_DIR / HISTORY_FILE).read_text())
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            return names
+        log.warning("%s: not a list of snapshot names; guessing from the sequence numbers",
+                    snapshot / HIDDEN_DIR / HISTORY_FILE)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as error:
+        log.warning("%s: unreadable (%s); guessing from the sequence numbers",
+                    snapshot / HIDDEN_DIR / HISTORY_FILE, error)
+    return [n for n in layout.snapshot_names() if _sequence(n) < _sequence(snapshot.name)]
+
+
 def publish(layout: Layout, name: str) -> Path:
-    """Turn staging into snapshots/<name> and switch `published` to it, atomically."""
+    """Turn staging into snapshots/<name> and switch `published` to it, atomically. The
+    snapshot carries the names of those published before it (what prune keeps)."""
     target = layout.snapshots / name
     remove_partials(layout.staging)
+    current = layout.current()
+    history = [current.name, *published_before(layout, current)] if current is not None else []
     try:
+        hidden = layout.staging / HIDDEN_DIR
+        hidden.mkdir(mode=0o755, exist_ok=True)
+        fsutil.atomic_write(hidden / HISTORY_FILE, json.dumps(history[:HISTORY_LENGTH]) + "\n")
         os.replace(layout.staging, target)
         fsutil.fsync_dir(layout.snapshots)
+        crash_point("renamed")
         fsutil.atomic_symlink(os.path.join(layout.snapshots.name, name), layout.published)
     except OSError as error:
         if error.errno == errno.ENOSPC:
             raise disk_full(error, f"switching {layout.published}") from None
         raise
+    crash_point("switched")
     return target
 
 
 def prune(layout: Layout, keep: int) -> list[str]:
-    """Remove old snapshots, keeping the `keep` newest and always the published one."""
+    """Remove old snapshots: keep the published one and the `keep - 1` published before it
+    (from its own record). Snapshots that were never published (a run died between the rename
+    and the switch) and snapshots a crash left half removed go too. Each is renamed to a dot
+    name first, so what a crash leaves is recognisably garbage. Returns the names removed; one
+    that cannot be removed is a warning, not a name in the list."""
     current = layout.current()
-    names = sorted((p.name for p in layout.snapshots.iterdir() if p.is_dir()),
-                   key=lambda n: (_sequence(n), n), reverse=True)
-    keep_names = set(names[:max(1, keep)])
-    if current is not None:
-        keep_names.add(current.name)
+    if current is None:
+        return []
+    keep_names = {current.name, *published_before(layout, current)[:max(1, keep) - 1]}
+    doomed = [n for n in layout.snapshot_names() if n not in keep_names]
+    doomed += sorted(p.name for p in layout.snapshots.glob(REMOVING + "*"))
     removed = []
-    for name in names:
-        if name not in keep_names:
-            shutil.rmtree(layout.snapshots / name, ignore_errors=True)
-            removed.append(name)
+    for name in doomed:
+        path = layout.snapshots / name
+        try:
+            if not name.startswith(REMOVING):
+                path = path.rename(layout.snapshots / (REMOVING + name))
+            crash_point("prune")
+            shutil.rmtree(path)
+        except OSError as error:
+            log.warning("could not remove old snapshot %s: %s", name,
+                        error.strerror or error)
+            continue
+        removed.append(name.removeprefix(REMOVING))
     return removed
 
 
@@ -228,16 +330,35 @@ def _unpack(layout: Layout, archive: Path, item: Path, rel: str, result: OvaResu
                        hint="free some space; the published library is untouched")
     try:
         return ovf.unpack_ova(archive, item)
-    except SyncerError as error:
-        if "No space left on device" in str(error):
-            raise DiskFull(f"unpacking {rel}: no space left on device",
-                           hint="free some space; the published library is untouched") from None
+    except DiskFull as error:
+        raise DiskFull(f"unpacking {rel}: {error.message}",
+                       hint="free some space; the published library is untouched") from None
+    except (SyncerError, OSError) as error:
+        if _out_of_space(error):
+            raise disk_full(error if isinstance(error, OSError) else OSError(errno.ENOSPC, ""),
+                            f"unpacking {rel}") from None
+        if isinstance(error, OSError):
+            raise  # the state directory's fault, not the archive's: the run's error
         result.problems.append(f"item {item.name!r} left out: {error}")
         return []
-    except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise disk_full(error, f"unpacking {rel}") from None
-        raise
+    except (TypeError, ValueError, tarfile.TarError, EOFError) as error:
+        # tarfile's own failures on malformed headers: the archive's fault, one item's cost
+        result.problems.append(f"item {item.name!r} left out: {rel}: not a valid OVA (tar) "
+                               f"archive: {error}")
+        return []
+
+
+def _out_of_space(error: BaseException) -> bool:
+    """ENOSPC anywhere in the chain (ovf wraps its OSErrors `from None`: __context__ keeps
+    them)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def prepare_ovas(layout: Layout, staging: Path, published: Path | None) -> OvaResult:
