@@ -188,6 +188,64 @@ def bench_server_scale(result: Result) -> str:
     return table(head, rows) + "\n\n" + provenance(result)
 
 
+# --- bench_basis ------------------------------------------------------------------------------
+
+
+def _basis_chosen(case: Result) -> str:
+    chosen = case["runs"]["basis"]["bases"]
+    return "; ".join(f"`{old}`" for old in chosen.values()) or "none"
+
+
+def _wire_of(case: Result, who: str) -> float:
+    return case["runs"][who]["wire"] / case["item_bytes"]
+
+
+def basis_cases(result: Result) -> str:
+    rows = []
+    for case in result["figures"]["cases"]:
+        on, off = case["runs"]["basis"], case["runs"]["plain"]
+        rows.append([case["label"], f"{case['item_bytes'] / MIB:.0f} MiB",
+                     f"{on['wire'] / MIB:.2f} MiB = **{pct(_wire_of(case, 'basis'))}**",
+                     f"{off['wire'] / MIB:.2f} MiB = {pct(_wire_of(case, 'plain'))}",
+                     x(on["wire"] / off["wire"], 3), f"{secs(on['seconds'])} / "
+                     f"{secs(off['seconds'])}", _basis_chosen(case)])
+    head = ["case", "new item", "wire, `find_basis = true`", "wire, `false` (today)",
+            "ratio", "wall true / false", "basis chosen"]
+    return table(head, rows)
+
+
+def _target(label: str, value: float, limit: float, shown: str) -> list[str]:
+    return [label, shown, f"<= {pct(limit, 1)}", "**yes**" if value <= limit else "**no**"]
+
+
+def basis_targets(result: Result) -> str:
+    cases = {c["name"]: c for c in result["figures"]["cases"]}
+    rows = []
+    if "rename" in cases:
+        value = _wire_of(cases["rename"], "basis")
+        rows.append(_target("renamed item: wire / its size", value, 0.01, pct(value)))
+    if "version5" in cases:
+        value = _wire_of(cases["version5"], "basis")
+        rows.append(_target("new version, 5% changed: wire / its size", value, 0.07, pct(value)))
+    if "wrong-guess" in cases:
+        case = cases["wrong-guess"]
+        extra = (case["runs"]["basis"]["wire"] - case["runs"]["fresh"]["wire"]) \
+            / case["item_bytes"]
+        rows.append(_target("wrong guess: wire beyond a site with no candidate, / the size",
+                            extra, 0.005, f"{extra * 100:+.3f}% (no candidate: "
+                            f"{pct(_wire_of(case, 'fresh'))}, `find_basis = false`: "
+                            f"{pct(_wire_of(case, 'plain'))})"))
+    return table(["target (the issue's)", "measured", "target", "holds"], rows)
+
+
+def bench_basis(result: Result) -> str:
+    f = result["figures"]
+    summary = (f"Template disk {f['disk_mib']} MiB, changes in aligned runs of {f['run_kib']} "
+               f"KiB; all cases in {secs(f['wall_seconds'])}.")
+    return "\n\n".join([basis_cases(result), basis_targets(result), summary,
+                         provenance(result)])
+
+
 # --- fleet ------------------------------------------------------------------------------------
 
 
@@ -221,7 +279,7 @@ def fleet(result: Result) -> str:
 
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "bench_sync": bench_sync, "bench_manifest": bench_manifest,
-    "bench_server_scale": bench_server_scale, "fleet": fleet,
+    "bench_server_scale": bench_server_scale, "fleet": fleet, "bench_basis": bench_basis,
 }
 
 
