@@ -246,6 +246,69 @@ def bench_basis(result: Result) -> str:
                          provenance(result)])
 
 
+# --- bench_connection -------------------------------------------------------------------------
+
+KINDS = ("small change", "no change")
+
+
+def _connection_runs(result: Result, share: bool, kind: str) -> list[Result]:
+    return [r for r in result["figures"]["runs"]
+            if r["share_connection"] is share and r["kind"] == kind]
+
+
+def _handshakes(runs: list[Result]) -> str:
+    return span([float(r["handshakes"]) for r in runs], lambda v: f"{v:.0f}")
+
+
+def bench_connection(result: Result) -> str:
+    f = result["figures"]
+    medians: dict[tuple[bool, str], float] = {}
+    rows = []
+    for share in (False, True):
+        cells = []
+        for kind in KINDS:
+            runs = _connection_runs(result, share, kind)
+            medians[share, kind] = statistics.median(r["seconds"] for r in runs)
+            cells += [_handshakes(runs), secs(medians[share, kind])]
+        label = "before: `share_connection = false`" if not share else \
+            "after: `share_connection = true`"
+        failed = sum(not r["ok"] for r in f["runs"] if r["share_connection"] is share)
+        rows.append([label, *cells, str(failed)])
+    rows.append(["after / before", "", x(medians[True, KINDS[0]] / medians[False, KINDS[0]]),
+                 "", x(medians[True, KINDS[1]] / medians[False, KINDS[1]]), ""])
+    head = ["setting", "handshakes per run, small change", "median wall, small change",
+            "handshakes per run, no change", "median wall, no change", "failed runs"]
+    summary = (f"One site, {f['profile']}; library {f['library_bytes'] / MIB:.1f} MiB in "
+               f"{f['items']} items; {f['rounds']} rounds, each running both settings in "
+               f"alternating order; a small change rewrites {pct(f['fraction'], 0)} of one disk.")
+    return "\n\n".join([table(head, rows), summary, provenance(result)])
+
+
+# --- fleet_monthly ----------------------------------------------------------------------------
+
+
+def fleet_monthly(result: Result) -> str:
+    f = result["figures"]
+    rows, groups = [], {True: [], False: []}
+    for site in f["sites"]:
+        groups[site["find_basis"]].append(site)
+        rows.append([str(site["site"]), "true" if site["find_basis"] else "false (today)",
+                     secs(site["seconds"]), f"{site['rx_bytes'] / MIB:.2f} MiB",
+                     f"{site['rx_bytes'] / f['item_bytes']:.3f}",
+                     f"{site['rx_bytes'] / f['changed_bytes']:.2f}"])
+    head = ["site", "`find_basis`", "time", "received", "/ new item", "/ changed bytes"]
+    median = {k: (statistics.median(s["seconds"] for s in v),
+                  statistics.median(s["rx_bytes"] for s in v)) for k, v in groups.items()}
+    time_ratio, byte_ratio = (median[True][k] / median[False][k] for k in (0, 1))
+    summary = (f"{f['profile']}; {f['sites_per_setting']} sites per setting, all at once; new "
+               f"item {f['item_bytes'] / MIB:.1f} MiB with {f['changed_bytes'] / MIB:.2f} MiB "
+               f"({pct(f['fraction'], 0)} of its disk) rewritten. Median per site, "
+               f"`find_basis = true` against `false`: time **{x(time_ratio)}**, bytes received "
+               f"**{x(byte_ratio, 3)}**. Problems "
+               f"(convergence, torn snapshots, failed runs): {f['problems']}.")
+    return "\n\n".join([table(head, rows), summary, provenance(result)])
+
+
 # --- fleet ------------------------------------------------------------------------------------
 
 
@@ -280,6 +343,7 @@ def fleet(result: Result) -> str:
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "bench_sync": bench_sync, "bench_manifest": bench_manifest,
     "bench_server_scale": bench_server_scale, "fleet": fleet, "bench_basis": bench_basis,
+    "bench_connection": bench_connection, "fleet_monthly": fleet_monthly,
 }
 
 
