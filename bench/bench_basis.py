@@ -163,6 +163,27 @@ def ova_disk(path: Path, scratch: Path) -> Path:
     return target
 
 
+def rsync_block(size: int) -> int:
+    """The block size rsync (protocol >= 30) uses for a file of `size` bytes: about its square
+    root, rounded down to a multiple of 8 (generator.c, sum_sizes_sqroot). A run of changed
+    bytes costs every block it touches: runs that are multiples of the block size and aligned
+    to it (a 1 GiB disk: 32768) cost exactly their size, others up to one block more per run."""
+    if size < 700 * 700:
+        return 700
+    c, rest = 1, size
+    while rest := rest >> 2:
+        c <<= 1
+    if c >= 1 << 17:
+        return 1 << 17
+    block = 0
+    while c >= 8:
+        block |= c
+        if size < block * block:
+            block &= ~c
+        c >>= 1
+    return max(block, 700)
+
+
 def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
@@ -239,7 +260,9 @@ class Bench:
         started = time.monotonic()
         runs = measure(self.sites + (extra or []), len(self.cases))
         size = folder_size(item)
+        largest = max(p.stat().st_size for p in item.iterdir())
         row = {"name": name, "label": label, "item": item.name, "item_bytes": size,
+               "rsync_block": rsync_block(largest),
                "changed_bytes": changed, "seconds": time.monotonic() - started,
                "runs": {who: asdict(r) for who, r in runs.items()}}
         self.cases.append(row)

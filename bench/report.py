@@ -208,9 +208,10 @@ def basis_cases(result: Result) -> str:
                      f"{on['wire'] / MIB:.2f} MiB = **{pct(_wire_of(case, 'basis'))}**",
                      f"{off['wire'] / MIB:.2f} MiB = {pct(_wire_of(case, 'plain'))}",
                      x(on["wire"] / off["wire"], 3), f"{secs(on['seconds'])} / "
-                     f"{secs(off['seconds'])}", _basis_chosen(case)])
+                     f"{secs(off['seconds'])}", _basis_chosen(case),
+                     f"{case['rsync_block']} B" if "rsync_block" in case else "—"])
     head = ["case", "new item", "wire, `find_basis = true`", "wire, `false` (today)",
-            "ratio", "wall true / false", "basis chosen"]
+            "ratio", "wall true / false", "basis chosen", "rsync block"]
     return table(head, rows)
 
 
