@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import results  # noqa: E402
+from benchdata import write_random  # noqa: E402
 
 from library_syncer.base import config as config_module  # noqa: E402
 from library_syncer.sync import rsync as rsync_argv  # noqa: E402
@@ -54,22 +55,12 @@ from tests.test_sync_helpers import write_config  # noqa: E402
 
 MIB = 1 << 20
 TABLE = "lsbench"
-DEMO = ROOT / "library_syncer" / "demo_data" / "ttylinux"
+DEMO = ROOT / "library_syncer" / "host" / "demo_data" / "ttylinux"
 DISK = "ttylinux-pc_i486-16.1-disk1.vmdk"
 DESCRIPTOR = "ttylinux-pc_i486-16.1.ovf"
 
 
 # --- the server's library -------------------------------------------------------------------
-
-
-def write_random(path: Path, size: int, seed: int) -> None:
-    rng = random.Random(seed)
-    with open(path, "wb") as out:
-        left = size
-        while left:
-            block = min(left, 64 * MIB)
-            out.write(rng.randbytes(block))
-            left -= block
 
 
 def write_mf(folder: Path) -> None:

@@ -14,6 +14,15 @@ torn snapshots like tests/test_fleet.py, then figures:
      bytes re-sent compared with the clean version of scenario 2;
   4. one site with `sync.bandwidth_limit`: measured rate against the limit.
 
+`--scenario monthly` runs instead the monthly template (issue 16): every site on the dsl
+profile, `--sites` of them with `sync.find_basis = true` and as many with `false` (today's plain
+--link-dest rsync), interleaved, all at once; the library is one template of `--library-mb`;
+after the first sync, next month's version is published as a new item (a copy with its files
+renamed and `--fraction` of its disk rewritten) and every site pulls it:
+    sudo .venv/bin/python bench/fleet.py --scenario monthly --sites 3 --library-mb 16 \
+        --fraction 0.05
+Writes bench/results/fleet_monthly.<sites>sites-<MB>mb.json.
+
 Needs root (network namespaces). Example (the figures in docs/benchmarks.md):
     sudo .venv/bin/python bench/fleet.py --sites 10 --library-mb 200
 Writes bench/results/fleet.<sites>sites-<MB>mb.json (see bench/results.py).
@@ -89,7 +98,11 @@ def main() -> int:
     parser.add_argument("--flap-down", type=float, default=8.0, help="seconds a flapping link "
                         "stays down (longer than the 5 s I/O timeout: the transfer breaks)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--scenario", choices=("all", "monthly"), default="all",
+                        help="monthly: the monthly template with find_basis on and off")
     args = parser.parse_args()
+    if args.scenario == "monthly":
+        return monthly(args)
 
     disk = args.library_mb * MB // args.items
     work = sshd_harness.make_work_dir("bench-fleet")
@@ -199,6 +212,53 @@ def _run_scenarios(run: FleetRun, args: argparse.Namespace, disk: int, built: Pa
         f"Bandwidth limit {limit} on one site, unshaped link: measured "
         f"{measured / 1024:.0f} KiB/s of TCP payload ({measured / wanted - 1:+.1%}); "
         f"problems: {len(bw.problems)}.")
+
+
+def monthly(args: argparse.Namespace) -> int:
+    """The monthly template, find_basis on (even sites) and off (odd sites), dsl links."""
+    work = sshd_harness.make_work_dir("bench-fleet-monthly")
+    lib = work / "library"
+    built = fixtures.build(work / "fixtures")
+    date = datetime.now(timezone.utc)
+    library.make_library(lib, items=1, disk_size=args.library_mb * MB, fixtures_dir=built)
+    old = sorted(p.name for p in lib.iterdir())[0]
+    profile = PROFILES["dsl"]
+    print(f"monthly template: {2 * args.sites} sites ({profile.describe()}), find_basis on "
+          f"even sites, off odd sites; one template of {library.library_size(lib) / MB:.1f} MB")
+    try:
+        with Fleet(2 * args.sites, tag="m") as fleet:
+            run = FleetRun(fleet, work, lib)
+            for i in range(2 * args.sites):
+                site = run.add_site(profile, io_timeout=5, retry_budget=3600)
+                run.set_sync_settings(site, find_basis=i % 2 == 0)
+            run.start_server()
+            run.trust_server()
+            first = scenarios.first_sync(run, random_delay=args.random_delay)
+            print_outcome(first, run.sites, against=first.library_bytes, against_name="library")
+            month = scenarios.monthly_template(run, old=old, new=f"{old}-next",
+                                               fraction=args.fraction, fixtures_dir=built,
+                                               random_delay=args.random_delay)
+            print_outcome(month, run.sites, against=month.extra["item_bytes"],
+                          against_name="item")
+            figures = monthly_figures(run, first, month, args)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    results.record("fleet_monthly", f"{args.sites}sites-{args.library_mb}mb", figures,
+                   root=True, started=date)
+    return 0
+
+
+def monthly_figures(run: FleetRun, first: scenarios.Outcome, month: scenarios.Outcome,
+                    args: argparse.Namespace) -> dict[str, Any]:
+    sites = [{"site": r.site, "find_basis": run.sites[r.site].settings["find_basis"],
+              "seconds": r.seconds, "rx_bytes": r.rx_bytes, "tx_bytes": r.tx_bytes}
+             for r in month.results]
+    return {"profile": PROFILES["dsl"].describe(), "sites_per_setting": args.sites,
+            "fraction": args.fraction, "library_mb": args.library_mb,
+            "item_bytes": month.extra["item_bytes"], "changed_bytes": month.changed_bytes,
+            "seconds": month.seconds, "problems": len(month.problems) + len(first.problems),
+            "first_sync_seconds": first.seconds, "sites": sites}
 
 
 if __name__ == "__main__":

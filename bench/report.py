@@ -200,6 +200,128 @@ def bench_trace(result: Result) -> str:
     return table(head, rows) + "\n\n" + provenance(result)
 
 
+# --- bench_basis ------------------------------------------------------------------------------
+
+
+def _basis_chosen(case: Result) -> str:
+    chosen = case["runs"]["basis"]["bases"]
+    return "; ".join(f"`{old}`" for old in chosen.values()) or "none"
+
+
+def _wire_of(case: Result, who: str) -> float:
+    return case["runs"][who]["wire"] / case["item_bytes"]
+
+
+def basis_cases(result: Result) -> str:
+    rows = []
+    for case in result["figures"]["cases"]:
+        on, off = case["runs"]["basis"], case["runs"]["plain"]
+        rows.append([case["label"], f"{case['item_bytes'] / MIB:.0f} MiB",
+                     f"{on['wire'] / MIB:.2f} MiB = **{pct(_wire_of(case, 'basis'))}**",
+                     f"{off['wire'] / MIB:.2f} MiB = {pct(_wire_of(case, 'plain'))}",
+                     x(on["wire"] / off["wire"], 3), f"{secs(on['seconds'])} / "
+                     f"{secs(off['seconds'])}", _basis_chosen(case),
+                     f"{case['rsync_block']} B" if "rsync_block" in case else "—"])
+    head = ["case", "new item", "wire, `find_basis = true`", "wire, `false` (today)",
+            "ratio", "wall true / false", "basis chosen", "rsync block"]
+    return table(head, rows)
+
+
+def _target(label: str, value: float, limit: float, shown: str) -> list[str]:
+    return [label, shown, f"<= {pct(limit, 1)}", "**yes**" if value <= limit else "**no**"]
+
+
+def basis_targets(result: Result) -> str:
+    cases = {c["name"]: c for c in result["figures"]["cases"]}
+    rows = []
+    if "rename" in cases:
+        value = _wire_of(cases["rename"], "basis")
+        rows.append(_target("renamed item: wire / its size", value, 0.01, pct(value)))
+    if "version5" in cases:
+        value = _wire_of(cases["version5"], "basis")
+        rows.append(_target("new version, 5% changed: wire / its size", value, 0.07, pct(value)))
+    if "wrong-guess" in cases:
+        case = cases["wrong-guess"]
+        extra = (case["runs"]["basis"]["wire"] - case["runs"]["fresh"]["wire"]) \
+            / case["item_bytes"]
+        rows.append(_target("wrong guess: wire beyond a site with no candidate, / the size",
+                            extra, 0.005, f"{extra * 100:+.3f}% (no candidate: "
+                            f"{pct(_wire_of(case, 'fresh'))}, `find_basis = false`: "
+                            f"{pct(_wire_of(case, 'plain'))})"))
+    return table(["target (the issue's)", "measured", "target", "holds"], rows)
+
+
+def bench_basis(result: Result) -> str:
+    f = result["figures"]
+    summary = (f"Template disk {f['disk_mib']} MiB, changes in aligned runs of {f['run_kib']} "
+               f"KiB; all cases in {secs(f['wall_seconds'])}.")
+    return "\n\n".join([basis_cases(result), basis_targets(result), summary,
+                         provenance(result)])
+
+
+# --- bench_connection -------------------------------------------------------------------------
+
+KINDS = ("small change", "no change")
+
+
+def _connection_runs(result: Result, share: bool, kind: str) -> list[Result]:
+    return [r for r in result["figures"]["runs"]
+            if r["share_connection"] is share and r["kind"] == kind]
+
+
+def _handshakes(runs: list[Result]) -> str:
+    return span([float(r["handshakes"]) for r in runs], lambda v: f"{v:.0f}")
+
+
+def bench_connection(result: Result) -> str:
+    f = result["figures"]
+    medians: dict[tuple[bool, str], float] = {}
+    rows = []
+    for share in (False, True):
+        cells = []
+        for kind in KINDS:
+            runs = _connection_runs(result, share, kind)
+            medians[share, kind] = statistics.median(r["seconds"] for r in runs)
+            cells += [_handshakes(runs), secs(medians[share, kind])]
+        label = "before: `share_connection = false`" if not share else \
+            "after: `share_connection = true`"
+        failed = sum(not r["ok"] for r in f["runs"] if r["share_connection"] is share)
+        rows.append([label, *cells, str(failed)])
+    rows.append(["after / before", "", x(medians[True, KINDS[0]] / medians[False, KINDS[0]]),
+                 "", x(medians[True, KINDS[1]] / medians[False, KINDS[1]]), ""])
+    head = ["setting", "handshakes per run, small change", "median wall, small change",
+            "handshakes per run, no change", "median wall, no change", "failed runs"]
+    summary = (f"One site, {f['profile']}; library {f['library_bytes'] / MIB:.1f} MiB in "
+               f"{f['items']} items; {f['rounds']} rounds, each running both settings in "
+               f"alternating order; a small change rewrites {pct(f['fraction'], 0)} of one disk.")
+    return "\n\n".join([table(head, rows), summary, provenance(result)])
+
+
+# --- fleet_monthly ----------------------------------------------------------------------------
+
+
+def fleet_monthly(result: Result) -> str:
+    f = result["figures"]
+    rows, groups = [], {True: [], False: []}
+    for site in f["sites"]:
+        groups[site["find_basis"]].append(site)
+        rows.append([str(site["site"]), "true" if site["find_basis"] else "false (today)",
+                     secs(site["seconds"]), f"{site['rx_bytes'] / MIB:.2f} MiB",
+                     f"{site['rx_bytes'] / f['item_bytes']:.3f}",
+                     f"{site['rx_bytes'] / f['changed_bytes']:.2f}"])
+    head = ["site", "`find_basis`", "time", "received", "/ new item", "/ changed bytes"]
+    median = {k: (statistics.median(s["seconds"] for s in v),
+                  statistics.median(s["rx_bytes"] for s in v)) for k, v in groups.items()}
+    time_ratio, byte_ratio = (median[True][k] / median[False][k] for k in (0, 1))
+    summary = (f"{f['profile']}; {f['sites_per_setting']} sites per setting, all at once; new "
+               f"item {f['item_bytes'] / MIB:.1f} MiB with {f['changed_bytes'] / MIB:.2f} MiB "
+               f"({pct(f['fraction'], 0)} of its disk) rewritten. Median per site, "
+               f"`find_basis = true` against `false`: time **{x(time_ratio)}**, bytes received "
+               f"**{x(byte_ratio, 3)}**. Problems "
+               f"(convergence, torn snapshots, failed runs): {f['problems']}.")
+    return "\n\n".join([table(head, rows), summary, provenance(result)])
+
+
 # --- fleet ------------------------------------------------------------------------------------
 
 
@@ -234,6 +356,8 @@ def fleet(result: Result) -> str:
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "bench_sync": bench_sync, "bench_manifest": bench_manifest,
     "bench_server_scale": bench_server_scale, "bench_trace": bench_trace, "fleet": fleet,
+    "bench_basis": bench_basis, "bench_connection": bench_connection,
+    "fleet_monthly": fleet_monthly,
 }
 
 

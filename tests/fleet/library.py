@@ -48,11 +48,15 @@ def write_item(library: Path, name: str, disk_size: int, rng: random.Random,
     folder.mkdir(mode=0o755)
     disk = folder / f"{name}-disk1.vmdk"
     _random_file(disk, disk_size, rng)
+    _write_descriptor(folder, name, disk_size, fixtures_dir)
+    write_mf(folder)
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def _write_descriptor(folder: Path, name: str, disk_size: int, fixtures_dir: Path) -> None:
     descriptor = _descriptor_template(fixtures_dir).replace(FIXTURE_NAME, name)
     descriptor = re.sub(r'ovf:size="\d+"', f'ovf:size="{disk_size}"', descriptor, count=1)
     (folder / f"{name}.ovf").write_text(descriptor)
-    write_mf(folder)
-    return sum(p.stat().st_size for p in folder.iterdir())
 
 
 def write_mf(folder: Path) -> None:
@@ -96,18 +100,50 @@ def new_version(library: Path, *, fraction: float, fixtures_dir: Path, seed: int
     first, last = items[0], items[-1]
     disk = first / f"{first.name}-disk1.vmdk"
     size = disk.stat().st_size
-    block = 64 * 1024
-    blocks = max(1, int(size * fraction) // block)
-    offsets = sorted(rng.sample(range(size // block), blocks))
-    with open(disk, "r+b") as out:
-        for index in offsets:
-            out.seek(index * block)
-            out.write(rng.randbytes(block))
+    changed = patch(disk, fraction, rng)
     write_mf(first)
     added = f"tmpl-{seed:02d}-{len(items):02d}"  # unique per (seed, version)
     added_bytes = write_item(library, added, added_size or size, rng, fixtures_dir)
     shutil.rmtree(last)
-    return Change(first.name, blocks * block, added, added_bytes, last.name)
+    return Change(first.name, changed, added, added_bytes, last.name)
+
+
+def patch(disk: Path, fraction: float, rng: random.Random) -> int:
+    """Rewrite `fraction` of `disk` at scattered offsets in 64 KiB blocks (at least one);
+    returns the bytes rewritten."""
+    block = 64 * 1024
+    blocks = max(1, int(disk.stat().st_size * fraction) // block)
+    offsets = sorted(rng.sample(range(disk.stat().st_size // block), blocks))
+    with open(disk, "r+b") as out:
+        for index in offsets:
+            out.seek(index * block)
+            out.write(rng.randbytes(block))
+    return blocks * block
+
+
+def change_item(library: Path, item: str, *, fraction: float, seed: int) -> int:
+    """A small change inside an existing item: `fraction` of its disk rewritten, its `.mf`
+    updated; returns the bytes rewritten."""
+    folder = library / item
+    changed = patch(folder / f"{item}-disk1.vmdk", fraction, random.Random(seed))
+    write_mf(folder)
+    return changed
+
+
+def new_version_as_new_item(library: Path, old: str, new: str, *, fraction: float,
+                            fixtures_dir: Path, seed: int = 5) -> int:
+    """The monthly template: `old` copied as the new item `new`, its files renamed after it
+    (as an export names them), `fraction` of its disk rewritten; `old` stays. Returns the bytes
+    rewritten."""
+    folder = library / new
+    folder.mkdir(mode=0o755)
+    disk = folder / f"{new}-disk1.vmdk"
+    shutil.copyfile(library / old / f"{old}-disk1.vmdk", disk)
+    os.chmod(disk, 0o644)
+    changed = patch(disk, fraction, random.Random(seed))
+    _write_descriptor(folder, new, disk.stat().st_size, fixtures_dir)
+    write_mf(folder)
+    return changed
 
 
 def add_item(library: Path, name: str, *, disk_size: int, fixtures_dir: Path,

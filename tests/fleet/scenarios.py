@@ -198,3 +198,15 @@ def http_baseline(run: FleetRun, change: library.Change, sites: list[Site]) -> l
     for thread in threads:
         thread.join()
     return [r for r in results if r is not None]
+
+
+def monthly_template(run: FleetRun, *, old: str, new: str, fraction: float, fixtures_dir: Path,
+                     random_delay: float) -> Outcome:
+    """This month's template published as a new item beside last month's: a copy of `old`
+    with its files renamed after `new` and `fraction` of its disk rewritten."""
+    changed = library.new_version_as_new_item(run.library, old, new, fraction=fraction,
+                                              fixtures_dir=fixtures_dir)
+    outcome = observe(run, "monthly template", lambda: run.sync_all(random_delay=random_delay),
+                      changed_bytes=changed)
+    outcome.extra["item_bytes"] = sum(p.stat().st_size for p in (run.library / new).iterdir())
+    return outcome

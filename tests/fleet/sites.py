@@ -13,6 +13,7 @@ shaped, lossy link), its own key, known_hosts, settings file and state directory
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -66,6 +67,7 @@ class Site:
     bandwidth_limit: str = "0"
     io_timeout: float = 20.0
     retry_budget: float = 600.0
+    settings: dict[str, str | bool] = field(default_factory=dict)  # more [sync] settings
 
     @property
     def published(self) -> Path:
@@ -179,6 +181,11 @@ class FleetRun:
         site.bandwidth_limit = limit
         self.write_config(site)
 
+    def set_sync_settings(self, site: Site, **settings: str | bool) -> None:
+        """More `[sync]` settings for one site (e.g. find_basis=False), kept across rewrites."""
+        site.settings.update(settings)
+        self.write_config(site)
+
     def write_config(self, site: Site) -> None:
         site.config.write_text(self._site_config(site))
 
@@ -201,7 +208,7 @@ retry_budget = "{site.retry_budget:g}s"
 retry_initial_delay = "1s"
 retry_max_delay = "5s"
 min_free_space = "1M"
-
+{_toml_lines(site.settings)}
 [paths]
 state_dir = "{site.state}"
 runtime_dir = "{site.dir / 'run'}"
@@ -283,6 +290,12 @@ runtime_dir = "{site.dir / 'run'}"
         shutil.rmtree(target, ignore_errors=True)
         return SyncResult(site.index, result.returncode, time.monotonic() - started,
                           rx1 - rx0, tx1 - tx0, result.tail)
+
+
+def _toml_lines(settings: dict[str, str | bool]) -> str:
+    def value(v: str | bool) -> str:
+        return str(v).lower() if isinstance(v, bool) else json.dumps(v)
+    return "".join(f"{key} = {value(v)}\n" for key, v in settings.items())
 
 
 class CpuMeter:
