@@ -115,6 +115,24 @@ def test_a_server_without_a_trace_works_as_before(work_dir, sshd, client_key, se
     assert sync(config).returncode == 0
     _disk(server_library, "photon", random_bytes(1 * MB, 6))
     assert sync(config).returncode == 0
-    assert not (published(state) / ".library-syncer").exists()
+    assert not (published(state) / ".library-syncer" / "trace.json").exists()
     assert sorted(p.name for p in published(state).iterdir() if p.is_dir()) == [
         "photon", "ubuntu"]
+
+
+def test_only_the_origins_trace_comes_down_never_an_upstreams_own_state(
+        work_dir, sshd, client_key, server_library):
+    _disk(server_library, "ubuntu", random_bytes(1 * MB, 7))
+    _declare(work_dir, server_library)
+    hidden = server_library / ".library-syncer"
+    for name in ("manifest-state.json", "published-before.json", "hash-cache.json"):
+        (hidden / name).write_text('{"planted": "by the upstream"}')
+    config = write_config(work_dir, sshd, client_key[0])
+    state = work_dir / "state"
+    assert sync(config).returncode == 0
+    assert sync(config).returncode == 0  # a second run: its own state kept through --delete
+    ours = published(state) / ".library-syncer"
+    assert (ours / "trace.json").read_text() == (hidden / "trace.json").read_text()
+    assert "planted" not in "".join(p.read_text() for p in ours.iterdir() if p.is_file())
+    assert not (ours / "hash-cache.json").exists()
+    assert json.loads((ours / "manifest-state.json").read_text())  # this site's own
