@@ -110,3 +110,28 @@ def test_seed_links_into_staging_and_skips_unsafe_names(tmp_path):
     assert oct((staging / "b").stat().st_mode & 0o777) == "0o755"
     assert not (tmp_path / "c.vmdk").exists() and not (tmp_path / "x.vmdk").exists()
     assert sorted(os.listdir(staging)) == ["b", "evil"]
+
+
+def test_two_renamed_items_with_same_named_disks_each_get_their_own(tmp_path):
+    """Found by the benchmark: both new disks took whichever old one os.walk met first."""
+    pub = tmp_path / "pub"
+    for name, fill in (("beta", b"b"), ("alpha", b"a")):
+        _file(pub, f"{name}/disk1.vmdk", 2 * MB, fill)
+    new = [Listed("alpha-2027/disk1.vmdk", 2 * MB, True),
+           Listed("beta-2027/disk1.vmdk", 2 * MB, True)]
+    pool = basis.candidates(pub, None, {f.path for f in new})
+    for order in (pool, list(reversed(pool))):
+        chosen = basis.choose(new, new, order)
+        assert {k: v.rel for k, v in chosen.items()} == {
+            "alpha-2027/disk1.vmdk": "alpha/disk1.vmdk",
+            "beta-2027/disk1.vmdk": "beta/disk1.vmdk"}
+
+
+def test_a_file_with_only_taken_candidates_still_shares_one(tmp_path):
+    pub = tmp_path / "pub"
+    _file(pub, "base/base.vmdk", 2 * MB)
+    new = [Listed("a/a.vmdk", 2 * MB, True), Listed("b/b.vmdk", 2 * MB, True)]
+    pool = basis.candidates(pub, None, {f.path for f in new})
+    chosen = basis.choose(new, new, pool)
+    assert sorted(chosen) == ["a/a.vmdk", "b/b.vmdk"]
+    assert {v.rel for v in chosen.values()} == {"base/base.vmdk"}

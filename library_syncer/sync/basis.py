@@ -124,10 +124,11 @@ def score(new: Listed, candidate: Candidate, same_position: bool) -> float | Non
     if ratio < MIN_SIZE_RATIO:
         return None
     new_name, old_name = PurePosixPath(new.path).name, PurePosixPath(candidate.rel).name
+    folders = _similarity(_item(new.path), _item(candidate.rel))
     if candidate.gone and new_name == old_name and new.size == candidate.size:
-        return 100.0  # the same file under a new folder: a rename or a move
+        return 100.0 + folders  # the same file under a new folder: a rename or a move
     value = (3 * _similarity(PurePosixPath(new_name).stem, PurePosixPath(old_name).stem)
-             + 2 * _similarity(_item(new.path), _item(candidate.rel)) + 2 * ratio)
+             + 2 * folders + 2 * ratio)
     if same_position:
         value += 1
     if candidate.gone:
@@ -137,21 +138,31 @@ def score(new: Listed, candidate: Candidate, same_position: bool) -> float | Non
 
 def choose(new_files: list[Listed], listing: list[Listed], pool: list[Candidate]
            ) -> dict[str, Candidate]:
-    """The best candidate for every new file of at least MIN_SIZE (none when nothing fits)."""
+    """The best candidate for every new file of at least MIN_SIZE (none when nothing fits).
+
+    Best pairs first, each candidate given once while an untaken one fits (two renamed items
+    whose disks share a name and size each get their own); a file whose fitting candidates are
+    all taken shares one (still better than nothing). Ties go to the earlier path: the choice
+    never depends on the order a folder was read in."""
     new_positions = _positions(f.path for f in listing)
     old_positions = _positions(c.rel for c in pool)
-    chosen: dict[str, Candidate] = {}
+    pairs = []
     for new in new_files:
         if not new.new or new.size < MIN_SIZE:
             continue
-        best, best_score = None, 0.0
         for candidate in pool:
             same = new_positions.get(new.path) == old_positions.get(candidate.rel)
             value = score(new, candidate, same)
-            if value is not None and value > best_score:
-                best, best_score = candidate, value
-        if best is not None:
-            chosen[new.path] = best
+            if value is not None and value > 0:
+                pairs.append((-value, new.path, candidate.rel, candidate))
+    pairs.sort(key=lambda pair: pair[:3])
+    chosen: dict[str, Candidate] = {}
+    taken: set[str] = set()
+    for share in (False, True):
+        for _, path, rel, candidate in pairs:
+            if path not in chosen and (share or rel not in taken):
+                chosen[path] = candidate
+                taken.add(rel)
     return chosen
 
 
