@@ -45,6 +45,11 @@ def _digests(root: Path) -> dict[str, tuple[int, str]]:
     return found
 
 
+def _folders(snapshot: Path) -> list[str]:
+    """The item folders of a snapshot (not its hidden state folder)."""
+    return sorted(p.name for p in snapshot.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def _wire(state: Path) -> int:
     record = last_run(state)
     return record["bytes_received"] + record["bytes_sent"]
@@ -90,7 +95,7 @@ def test_a_renamed_item_costs_almost_nothing(work_dir, sshd, client_key, server_
     assert result.returncode == 0, result.stderr
     assert _wire(state) < 0.01 * DISK, last_run(state)
     snap = published(state)
-    assert sorted(p.name for p in snap.iterdir() if p.is_dir()) == ["centos-7.9"]
+    assert _folders(snap) == ["centos-7.9"]
     assert (snap / "centos-7.9" / "centos-disk1.vmdk").read_bytes() == data
     assert all(digest in kept.values() for rel, digest in _digests(
         published(state)).items() if rel.endswith(".vmdk"))
@@ -177,7 +182,7 @@ def test_include_pulls_and_publishes_only_the_named_items(work_dir, sshd, client
 
     assert result.returncode == 0, result.stderr
     snap = published(state)
-    assert sorted(p.name for p in snap.iterdir() if p.is_dir()) == ["ubuntu-22.04", "ubuntu-24.04"]
+    assert _folders(snap) == ["ubuntu-22.04", "ubuntu-24.04"]
     assert _items_listed(snap) == ["ubuntu-22.04", "ubuntu-24.04"]
     assert last_run(state)["bytes_received"] < 4.2 * MB  # the Windows image never crossed
 
@@ -189,7 +194,7 @@ def test_include_pulls_and_publishes_only_the_named_items(work_dir, sshd, client
 
     assert result.returncode == 0, result.stderr
     snap = published(state)
-    assert sorted(p.name for p in snap.iterdir() if p.is_dir()) == ["windows-2022"]
+    assert _folders(snap) == ["windows-2022"]
     assert _items_listed(snap) == ["windows-2022"]
     assert snapshot_problems(snap) == []
 

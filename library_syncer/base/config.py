@@ -82,6 +82,13 @@ def _str_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _block_size(value: Any) -> int:
+    size = parse_size(value)
+    if size != 0 and not 1024 <= size <= 131072:  # rsync's MAX_BLOCK_SIZE (protocol >= 30)
+        raise ValueError
+    return size
+
+
 def _item_patterns(value: Any) -> tuple[str, ...]:
     """Item-folder name patterns (rsync wildcards * ? [...]): one path component each."""
     patterns = _str_list(value)
@@ -256,6 +263,7 @@ class SyncConfig:
     retry_max_delay: float = setting(300.0, _duration, DURATION_EXPECTED)
     keep_snapshots: int = setting(2, _int_range(1, 100), "an integer 1-100")
     min_free_space: int = setting(2**30, parse_size, SIZE_EXPECTED)
+    block_size: int = setting(8192, _block_size, '0 (rsync\'s own) or a size from "1K" to "128K"')
     rsync: str = setting("rsync", _rsh_command, "a command name or path")
     ssh: str = setting("ssh", _rsh_command, "a command name or path")
 

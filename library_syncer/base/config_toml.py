@@ -58,6 +58,8 @@ DESCRIPTIONS: dict[str, str] = {
     "sync.retry_max_delay": "Longest wait between retries.",
     "sync.keep_snapshots": "Published snapshots kept (the current one included).",
     "sync.min_free_space": "Refuse to start a sync with less free space than this.",
+    "sync.block_size": "rsync's delta block size (0: rsync's own, the square root of the file "
+                       "size); small blocks send less of a scattered change.",
     "sync.rsync": "The rsync command.",
     "sync.ssh": "The ssh command.",
     "web": "Publishing the library over HTTP(S) with Caddy (client role).",

@@ -86,6 +86,8 @@ def pull_argv(sync: SyncConfig, dest: Path, link_dests: list[Path], *,
     argv = [sync.rsync, *common_options(sync, ssh_extra), "--delete",
             f"--partial-dir={PARTIAL_DIR}", *filter_options(sync)]
     argv += [f"--link-dest={Path(d).resolve()}" for d in link_dests]
+    if sync.block_size and not dry_run:
+        argv.append(f"--block-size={sync.block_size}")
     if dry_run:
         # Every file with its itemized change and size (name2: unchanged ones too): what is new
         # gets a basis (sync/basis.py), and the listing says what the server has now.
