@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import grp
 import ipaddress
 import logging
 import os
 import pwd
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,20 +115,42 @@ def _server(config: Config | ServerConfig) -> ServerConfig:
 _SHELL_SAFE = re.compile(r"[A-Za-z0-9/._+:@,=~-]+")
 
 
-def forced_command(config: Config | ServerConfig) -> str:
-    """The only command a client can run: rrsync, read-only, confined to the library.
+def dispatcher_path(config: Config | ServerConfig) -> str:
+    """server.dispatcher, or the library-syncer command beside the running Python
+    (/usr/bin/library-syncer on Debian, .venv/bin/library-syncer in a checkout)."""
+    server = _server(config)
+    if server.dispatcher:
+        return server.dispatcher
+    beside = Path(sys.executable).parent / "library-syncer"
+    return str(beside) if beside.is_file() else "/usr/bin/library-syncer"
 
-    sshd hands it to the login shell, so both paths must be plain words: a space would split
-    them, a `;` or `$` would be shell syntax.
+
+def forced_command(config: Config | ServerConfig) -> str:
+    """The only command a client can run: the dispatcher (server/dispatch.py), which execs
+    `rrsync -ro <library>/` for a pull and stores a report for the key's site.
+
+    sshd hands it to the login shell, so every path must be a plain word: a space would split
+    it, a `;` or `$` would be shell syntax.
     """
     server = _server(config)
-    for key, value in (("server.library", str(server.library)), ("server.rrsync", server.rrsync)):
+    values = [("server.dispatcher", dispatcher_path(server)), ("server.rrsync", server.rrsync),
+              ("server.library", str(server.library)), ("server.state_dir", str(server.state_dir)),
+              ("server.config_dir", str(server.config_dir))]
+    if server.metrics_textfile is not None:
+        values.append(("server.metrics_textfile", str(server.metrics_textfile)))
+    for key, value in values:
         if not _SHELL_SAFE.fullmatch(value) or not value.startswith("/"):
             raise ConfigError(ConfigProblem(
                 str(config.file) if isinstance(config, Config) else "settings", key,
                 f'"{value}"', "an absolute path of letters, digits and / . _ + : @ , = ~ - "
                 "(sshd runs the forced command through a shell)"))
-    return f"{server.rrsync} -ro {str(server.library).rstrip('/')}/"
+    words = [dispatcher_path(server), "server", "dispatch", "--rrsync", server.rrsync,
+             "--library", f"{str(server.library).rstrip('/')}/", "--state-dir",
+             str(server.state_dir), "--keys", str(authorized_keys_path(server)),
+             "--grace", f"{server.report_grace:.0f}"]
+    if server.metrics_textfile is not None:
+        words += ["--metrics-textfile", str(server.metrics_textfile)]
+    return " ".join(words)
 
 
 def authorized_keys_path(config: Config | ServerConfig) -> Path:
@@ -193,6 +217,7 @@ def write_config(config: Config | ServerConfig, output: Path, *, host_keys: bool
     if host_keys:
         ensure_host_keys(server)
     sync_authorized_keys(server)
+    ensure_report_dirs(server)
     text = render_sshd_config(server)
     output.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     if check:
@@ -203,6 +228,41 @@ def write_config(config: Config | ServerConfig, output: Path, *, host_keys: bool
         finally:
             candidate.unlink(missing_ok=True)
     fsutil.write_if_changed(output, text, 0o644)
+
+
+REPORTS_GROUP = "library-syncer"  # a relay's sync reads its sites' reports to forward them
+
+
+def ensure_report_dirs(config: Config | ServerConfig) -> None:
+    """`<state_dir>/reports`: the one place the account may write (setgid 2750, owned by the
+    account; group library-syncer where that account exists, so a relay's sync can forward
+    the reports, else root). The metrics textfile's folder, when missing, is made the
+    account's too. Ownership is only set when running as root (the unit's render)."""
+    from .reports import reports_dir
+
+    server = _server(config)
+    server.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    folder = reports_dir(server.state_dir)
+    folder.mkdir(mode=0o750, exist_ok=True)
+    textfile_dir = server.metrics_textfile.parent if server.metrics_textfile else None
+    made_textfile_dir = False
+    if textfile_dir is not None and not textfile_dir.exists():
+        textfile_dir.mkdir(mode=0o755, parents=True)
+        made_textfile_dir = True
+    if os.geteuid() != 0:
+        return
+    try:
+        uid = pwd.getpwnam(server.user).pw_uid
+    except KeyError:
+        return  # check_account says so where it matters
+    try:
+        gid = grp.getgrnam(REPORTS_GROUP).gr_gid
+    except KeyError:
+        gid = 0
+    os.chown(folder, uid, gid)
+    os.chmod(folder, 0o2750)
+    if made_textfile_dir:
+        os.chown(textfile_dir, uid, 0)
 
 
 def check_config(config: Config | ServerConfig, path: Path, shown: Path | None = None) -> None:
@@ -287,8 +347,8 @@ def read_authorized(config: Config | ServerConfig) -> list[SiteKey]:
 
 def _write_authorized(server: ServerConfig, entries: list[SiteKey]) -> None:
     _ensure_config_dir(server)
-    header = ("# Managed by `library-syncer server authorize/revoke`: every key may only run "
-              "rrsync -ro on the library.\n")
+    header = ("# Managed by `library-syncer server authorize/revoke`: every key may only pull "
+              "the library (rrsync -ro) and report for its own site.\n")
     body = "".join(entry.line(server) + "\n" for entry in entries)
     for entry in entries:
         if entry.dropped:
