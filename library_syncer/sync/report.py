@@ -110,8 +110,11 @@ def build(config: Config, record: RunRecord) -> dict[str, Any]:
 
 
 def encode(report: dict[str, Any]) -> bytes:
-    """The report as sent: forwarded reports are dropped (deepest first) until it fits."""
+    """The report as sent: at most reports.MAX_DOWNSTREAM forwarded reports, then the last
+    (deepest) dropped until it fits in reports.MAX_BYTES."""
     report = dict(report)
+    if "downstream" in report:
+        report["downstream"] = report["downstream"][:reports.MAX_DOWNSTREAM]
     while True:
         payload = json.dumps(report, separators=(",", ":")).encode()
         if len(payload) <= reports.MAX_BYTES or not report.get("downstream"):
