@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from ..base import config as config_module
+from ..base.errors import SyncerError
 from ..base.sshkeys import KeyRefused
 from ..server import reports, sshd, trace
 
@@ -67,8 +69,7 @@ def sites(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         print(f"no report received yet ({folder} does not exist)")
         return 0
-    if not os_access(folder):
-        from ..base.errors import SyncerError
+    if not os.access(folder, os.R_OK | os.X_OK):
         raise SyncerError(f"{folder}: cannot read the reports", hint="run as root")
     origin, current, rows = reports.fleet(cfg.server)
     try:
@@ -86,12 +87,6 @@ def sites(args: argparse.Namespace) -> int:
     for row in rows:
         print(reports.line(row, origin))
     return 0
-
-
-def os_access(folder) -> bool:
-    import os
-
-    return os.access(folder, os.R_OK | os.X_OK)
 
 
 def keys(args: argparse.Namespace) -> int:
