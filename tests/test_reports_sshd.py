@@ -133,9 +133,9 @@ def test_a_report_is_stored_under_the_site_of_the_key_and_shown_in_the_fleet_vie
     path = rig.stored / "paris.json"
     info = path.stat()
     account = harness.ensure_sysusers_user()
-    assert info.st_uid == account.pw_uid and stat.S_IMODE(info.st_mode) == 0o640
+    assert info.st_uid == account.pw_uid and stat.S_IMODE(info.st_mode) == 0o644
     folder = rig.stored.stat()
-    assert folder.st_uid == account.pw_uid and stat.S_IMODE(folder.st_mode) == 0o2750
+    assert folder.st_uid == account.pw_uid and stat.S_IMODE(folder.st_mode) == 0o755
     record = json.loads(path.read_text())
     assert record["site"] == "paris" and record["report"]["serial"] == 1
     # The state directory above stays root's: the account can write only its reports folder.

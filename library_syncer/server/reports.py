@@ -43,7 +43,7 @@ OUTCOME_RE = re.compile(r"[a-z_]{1,20}")
 VERSION_RE = re.compile(r"[0-9A-Za-z.+~-]{1,40}")
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 DEFAULT_INTERVAL = 7 * 86400.0  # a site that cannot say its schedule's period: weekly
-FILE_MODE = 0o640
+FILE_MODE = 0o644  # not secret; a relay's sync reads them to forward them
 
 
 class ReportRefused(ValueError):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import grp
 import ipaddress
 import logging
 import os
@@ -230,39 +229,34 @@ def write_config(config: Config | ServerConfig, output: Path, *, host_keys: bool
     fsutil.write_if_changed(output, text, 0o644)
 
 
-REPORTS_GROUP = "library-syncer"  # a relay's sync reads its sites' reports to forward them
-
-
 def ensure_report_dirs(config: Config | ServerConfig) -> None:
-    """`<state_dir>/reports`: the one place the account may write (setgid 2750, owned by the
-    account; group library-syncer where that account exists, so a relay's sync can forward
-    the reports, else root). The metrics textfile's folder, when missing, is made the
-    account's too. Ownership is only set when running as root (the unit's render)."""
+    """`<state_dir>/reports`: the one place the account may write (0755, owned by it; the
+    package's tmpfiles.d line creates the default one so). Reports hold no secrets and a
+    relay's sync reads them to forward them, hence readable. The metrics textfile's folder,
+    when missing, is made the account's too. Ownership is given only when this process may
+    (root with CAP_CHOWN); otherwise a wrong owner is a warning: pulls work, reports cannot be
+    stored until an operator runs the command it names."""
     from .reports import reports_dir
 
     server = _server(config)
     server.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    folder = reports_dir(server.state_dir)
-    folder.mkdir(mode=0o750, exist_ok=True)
-    textfile_dir = server.metrics_textfile.parent if server.metrics_textfile else None
-    made_textfile_dir = False
-    if textfile_dir is not None and not textfile_dir.exists():
-        textfile_dir.mkdir(mode=0o755, parents=True)
-        made_textfile_dir = True
-    if os.geteuid() != 0:
-        return
+    folders = [reports_dir(server.state_dir)]
+    if server.metrics_textfile is not None and not server.metrics_textfile.parent.exists():
+        folders.append(server.metrics_textfile.parent)
     try:
         uid = pwd.getpwnam(server.user).pw_uid
     except KeyError:
-        return  # check_account says so where it matters
-    try:
-        gid = grp.getgrnam(REPORTS_GROUP).gr_gid
-    except KeyError:
-        gid = 0
-    os.chown(folder, uid, gid)
-    os.chmod(folder, 0o2750)
-    if made_textfile_dir:
-        os.chown(textfile_dir, uid, 0)
+        uid = None  # check_account says so where it matters
+    for folder in folders:
+        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if uid is None or os.geteuid() != 0 or folder.stat().st_uid == uid:
+            continue
+        try:
+            os.chown(folder, uid, 0)
+        except PermissionError:
+            log.warning("%s: cannot give it to %s, so sites cannot report there; run "
+                        "`install -d -o %s -m 0755 %s`", folder, server.user, server.user,
+                        folder)
 
 
 def check_config(config: Config | ServerConfig, path: Path, shown: Path | None = None) -> None:
