@@ -297,6 +297,10 @@ def test_a_site_reports_its_real_run(work_dir, fixtures_dir, caplog):
         assert record.outcome == "ok", record.message
         caplog.set_level(logging.DEBUG, logger="library-syncer")
         assert site_report.send(config, record) is True
+        sent = (rig.stored / "paris.json").read_bytes()
+        for outcome in site_report.NOT_SENT_FOR:  # e.g. systemd stopping the run
+            assert site_report.send(config, replace(record, outcome=outcome)) is False
+        assert (rig.stored / "paris.json").read_bytes() == sent
     finally:
         rig.server.stop()
     stored = json.loads((rig.stored / "paris.json").read_text())["report"]

@@ -38,6 +38,9 @@ from .last_run import RunRecord
 log = logging.getLogger("library-syncer")
 
 SEND_TIMEOUT = 60.0  # the whole exchange, connection included
+# Interrupted: systemd is stopping us. host_key: this server is not the one we trust.
+# config: the settings cannot be relied on to reach it.
+NOT_SENT_FOR = ("interrupted", "host_key", "config")
 GENERATED = ("lib.json", "items.json", "index.html")  # written by the site, not received
 SYSTEMD_ANALYZE = "systemd-analyze"
 _ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+):\s+\w+\s+(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
@@ -127,10 +130,11 @@ def send(config: Config, record: RunRecord) -> bool:
 
     Never raises (a report is worth less than the run it reports on). Call it once per run,
     after the run's record is final (`_finish` in sync/run.py: outcome, finish time, duration,
-    bytes, library version, last success set and last-run.json written), for every outcome but
-    "interrupted"; it does nothing when `sync.report` is false or `sync.peer` is not set.
+    bytes, library version, last success set and last-run.json written), whatever the outcome.
+    It does nothing when `sync.report` is false, `sync.peer` is not set, or the run was
+    interrupted or could not trust or reach its settings (NOT_SENT_FOR outcomes).
     """
-    if not config.sync.report or not config.sync.peer:
+    if not config.sync.report or not config.sync.peer or record.outcome in NOT_SENT_FOR:
         return False
     try:
         payload = encode(build(config, record))
