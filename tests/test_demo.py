@@ -45,7 +45,8 @@ def test_demo_once_walks_the_library_and_leaves_nothing_behind():
     assert result.returncode == 0, result.stdout + result.stderr
     workdir = Path(re.search(r"^demo: working in (\S+)$", out, re.MULTILINE).group(1))
     assert "server: example library with 3 items: ttylinux, ttylinux-ova, vapp-two-vms" in out
-    assert "forced command: /usr/bin/rrsync -ro " in out
+    assert re.search(r"forced command: /\S+/library-syncer server dispatch --rrsync /\S+/rrsync ",
+                     out)
     assert re.search(r"^client: \[127\.0\.0\.1\]:\d+: recorded SHA256:\S+ in ", out, re.MULTILINE)
     assert "sync ok: 3 items (3 changed)" in result.stderr  # the sync's own summary
     url = re.search(r"^vCenter subscription URL: (http://127\.0\.0\.1:\d+/lib\.json)$", out,

@@ -64,7 +64,11 @@ def test_rendered_config_passes_sshd_and_denies_everything_but_rrsync(cfg, work_
                 "x11forwarding", "permittunnel", "permittty", "permituserrc",
                 "permituserenvironment"):
         assert eff[key] == "no", key
-    assert eff["forcecommand"] == f"{cfg.rrsync} -ro {cfg.library}/"
+    assert eff["forcecommand"] == server.forced_command(cfg)
+    assert eff["forcecommand"].split()[1:6] == ["server", "dispatch", "--rrsync", cfg.rrsync,
+                                                "--library"]
+    assert f" --library {cfg.library}/ " in eff["forcecommand"]
+    assert eff["exposeauthinfo"] == "yes"  # the dispatcher learns the key, not a claimed name
     assert eff["authorizedkeysfile"] == str(cfg.config_dir / "authorized_keys")
     assert eff["maxstartups"] == "64:30:256"
     assert eff["usepam"] == "yes"
@@ -116,7 +120,7 @@ def test_authorize_writes_a_restricted_root_owned_line_per_site(cfg, work_dir):
     assert info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o644
     lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("#")]
     key_type, blob = pub.split()[:2]
-    assert lines == [f'restrict,command="{cfg.rrsync} -ro {cfg.library}/" '
+    assert lines == [f'restrict,command="{server.forced_command(cfg)}" '
                      f"{key_type} {blob} site=paris"]
     # The fingerprint we show is the one ssh-keygen computes from the very file sshd reads.
     listed = subprocess.run(["ssh-keygen", "-lf", str(path)], capture_output=True, text=True,
@@ -153,7 +157,7 @@ def test_a_line_from_the_docker_servers_authorized_keys_is_accepted(cfg, work_di
     pub = _pub(work_dir, "legacy")
     server.authorize(cfg, f"{OLD_DOCKER_OPTIONS} {pub}", "legacy")
     line = server.authorized_keys_path(cfg).read_text().splitlines()[-1]
-    assert line.startswith(f'restrict,command="{cfg.rrsync} -ro {cfg.library}/" ssh-ed25519 ')
+    assert line.startswith(f'restrict,command="{server.forced_command(cfg)}" ssh-ed25519 ')
     assert "/syncer/library" not in line
 
 
@@ -170,8 +174,9 @@ def test_render_rewrites_lines_for_a_moved_library_and_refuses_foreign_lines(cfg
     server.authorize(cfg, _pub(work_dir, "paris"), "paris")
     moved = replace(cfg, library=work_dir / "elsewhere")
     server.write_config(moved, work_dir / "run" / "sshd_config", host_keys=True)
-    assert f"-ro {work_dir}/elsewhere/\" ssh-ed25519" in \
+    assert f'command="{server.forced_command(moved)}" ssh-ed25519' in \
         server.authorized_keys_path(cfg).read_text()
+    assert f"--library {work_dir}/elsewhere/ " in server.forced_command(moved)
     # A hand-added line without a site name is not trusted: the render stops and says where.
     with server.authorized_keys_path(cfg).open("a") as handle:
         handle.write(_pub(work_dir, "hand") + "\n")
@@ -182,7 +187,8 @@ def test_render_rewrites_lines_for_a_moved_library_and_refuses_foreign_lines(cfg
 def _toml(work_dir: Path, cfg: ServerConfig, user: str) -> Path:
     path = work_dir / "library-syncer.toml"
     path.write_text(f'[server]\nlibrary = "{cfg.library}"\nconfig_dir = "{cfg.config_dir}"\n'
-                    f'user = "{user}"\nport = {cfg.port}\nsshd = "{cfg.sshd}"\n')
+                    f'user = "{user}"\nport = {cfg.port}\nsshd = "{cfg.sshd}"\n'
+                    f'state_dir = "{cfg.state_dir}"\n')
     return path
 
 
@@ -275,7 +281,8 @@ def test_a_source_restriction_survives_rendering_and_other_options_are_reported(
     assert capsys.readouterr().out.rstrip().endswith(
         " from 192.0.2.0/24,2001:db8::/32,198.51.100.7")
     path = server.authorized_keys_path(cfg)
-    prefix = f'restrict,from="192.0.2.0/24,2001:db8::/32,198.51.100.7",command="{cfg.rrsync} -ro '
+    prefix = (f'restrict,from="192.0.2.0/24,2001:db8::/32,198.51.100.7",'
+              f'command="{server.forced_command(cfg)}"')
     assert path.read_text().splitlines()[-1].startswith(prefix)
     # An operator's own from= (host patterns, negations) and options we cannot keep.
     rome = _pub(work_dir, "rome")

@@ -98,6 +98,20 @@ def test_first_start_creates_host_keys_and_serves_the_library(box):
     assert box.sh("cat /root/pulled/item/item.ovf").strip() == "<Envelope/>"
     shell = box.run("sh", "-c", f"{SSH} syncer@127.0.0.1 id", check=False)
     assert "does not run rsync" in shell.stderr and "uid=" not in shell.stdout
+    # A report through the hardened unit: stored in the state directory, under the key's site.
+    report = ('{"format": 1, "outcome": "ok", "finished": "2026-11-27T21:00:00+00:00", '
+              '"serial": 1, "origin": "hq"}')
+    stored = box.run("sh", "-c", f"{SSH} syncer@127.0.0.1 library-syncer-report 1",
+                     input=report, check=False)
+    assert stored.stdout.strip() == "report stored for site paris", stored.stderr
+    assert box.sh("stat -c '%a %U' /var/lib/library-syncer-server/reports "
+                  "/var/lib/library-syncer-server/reports/paris.json").split("\n")[:2] == \
+        ["755 syncer", "644 syncer"]
+    assert '"site":"paris"' in box.sh("cat /var/lib/library-syncer-server/reports/paris.json")
+    refused = box.run("sh", "-c", f"{SSH} syncer@127.0.0.1 library-syncer-report 1",
+                      input='{"format": 1, "site": "rome"}', check=False)
+    assert refused.returncode == 1 and "report refused" in refused.stderr
+    assert "paris" in box.run("library-syncer", "server", "sites").stdout
     # The host's own sshd keeps running beside ours, with its own config and keys.
     assert box.run("systemctl", "is-active", "ssh.service", check=False).stdout.strip() == \
         "active"

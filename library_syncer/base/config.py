@@ -264,6 +264,7 @@ class SyncConfig:
     keep_snapshots: int = setting(2, _int_range(1, 100), "an integer 1-100")
     min_free_space: int = setting(2**30, parse_size, SIZE_EXPECTED)
     block_size: int = setting(8192, _block_size, '0 (rsync\'s own) or a size from "1K" to "128K"')
+    report: bool = setting(True, _bool, "true or false")
     rsync: str = setting("rsync", _rsh_command, "a command name or path")
     ssh: str = setting("ssh", _rsh_command, "a command name or path")
 
@@ -309,6 +310,10 @@ class ServerConfig:
                         '"" = the host name')
     settle: float = setting(120.0, _duration, DURATION_EXPECTED)
     state_dir: Path = setting(Path("/var/lib/library-syncer-server"), _path, "a directory path")
+    dispatcher: str = setting("", _str, 'a command path, or "" for the library-syncer beside '
+                              "the running Python")
+    metrics_textfile: Path | None = setting(None, _optional_path, 'a file path or "" (off)')
+    report_grace: float = setting(6 * 3600.0, _duration, DURATION_EXPECTED)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,8 @@ DESCRIPTIONS: dict[str, str] = {
     "sync.min_free_space": "Refuse to start a sync with less free space than this.",
     "sync.block_size": "rsync's delta block size (0: rsync's own, the square root of the file "
                        "size); small blocks send less of a scattered change.",
+    "sync.report": "After each run, report its outcome and the revision held to the server "
+                   "(ignored by servers that do not take reports).",
     "sync.rsync": "The rsync command.",
     "sync.ssh": "The ssh command.",
     "web": "Publishing the library over HTTP(S) with Caddy (client role).",
@@ -93,7 +95,14 @@ DESCRIPTIONS: dict[str, str] = {
     "server.rrsync": "The rrsync script forced on every client key.",
     "server.name": "This origin's name in the trace the sites verify (empty: the host name).",
     "server.settle": "A revision is declared once no file changed for this long.",
-    "server.state_dir": "The server role's own state (the last trace serial).",
+    "server.state_dir": "The server role's own state (the last trace serial, the sites' "
+                        "reports).",
+    "server.dispatcher": "The library-syncer command sshd forces on every site key (it runs "
+                         "rrsync -ro for a pull, stores a report).",
+    "server.metrics_textfile": "Per-site metrics (serial lag, last success, outcome) for "
+                               "node_exporter, rewritten after each report (empty: off).",
+    "server.report_grace": "A site is overdue once it has not reported for its schedule's "
+                           "period plus its random delay plus this.",
     "metrics": "Prometheus metrics for node_exporter's textfile collector.",
     "metrics.textfile": "Write metrics here after every sync (a .prom file; empty: off).",
     "paths": "Where state and runtime files live (systemd's StateDirectory/RuntimeDirectory).",

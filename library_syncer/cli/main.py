@@ -111,6 +111,22 @@ def _add_server_parser(subparsers) -> None:
     keys = _sub(verbs, "keys", "library_syncer.cli.server:keys",
                 "list authorized sites with their key fingerprints", f"{PROG} server keys")
     _add_config_option(keys)
+    sites = _sub(verbs, "sites", "library_syncer.cli.server:sites",
+                 "the fleet at a glance: every site's last report, revision held and lag",
+                 f"{PROG} server sites --json")
+    _add_config_option(sites)
+    sites.add_argument("--json", action="store_true", help="machine-readable output")
+    dispatch = _sub(verbs, "dispatch", "library_syncer.server.dispatch:command",
+                    "the forced command of every site key (sshd runs it; not for operators): "
+                    "a pull goes to rrsync -ro, a report is stored for the key's site",
+                    f"{PROG} server dispatch --rrsync /usr/bin/rrsync --library /srv/lib/ "
+                    "--state-dir /var/lib/library-syncer-server --keys /etc/…/authorized_keys")
+    dispatch.add_argument("--rrsync", required=True, help="the rrsync script")
+    dispatch.add_argument("--library", required=True, help="the exported library folder")
+    dispatch.add_argument("--state-dir", required=True, type=Path, help="server.state_dir")
+    dispatch.add_argument("--keys", required=True, type=Path, help="the authorized_keys file")
+    dispatch.add_argument("--grace", type=float, default=6 * 3600.0, help="server.report_grace")
+    dispatch.add_argument("--metrics-textfile", type=Path, help="server.metrics_textfile")
     trace = _sub(verbs, "trace", "library_syncer.cli.server:trace_command",
                  "declare a library revision once it has settled (a timer runs it every minute)",
                  f"{PROG} server trace")

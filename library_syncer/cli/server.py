@@ -1,14 +1,20 @@
-"""`library-syncer server render|authorize|revoke|keys`: the server role's commands."""
+"""`library-syncer server render|authorize|revoke|keys|sites|trace`: the server role's commands.
+
+(`server dispatch`, the forced command sshd runs, is server/dispatch.py itself: it must start
+fast and import nothing it does not need before it execs rrsync.)"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 
 from ..base import config as config_module
+from ..base.errors import SyncerError
 from ..base.sshkeys import KeyRefused
-from ..server import sshd, trace
+from ..server import reports, sshd, trace
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +51,41 @@ def authorize(args: argparse.Namespace) -> int:
 
 def revoke(args: argparse.Namespace) -> int:
     """`server revoke SITE`."""
-    entry = sshd.revoke(config_module.load(args.config), args.site)
+    cfg = config_module.load(args.config)
+    entry = sshd.revoke(cfg, args.site)
     print(f"revoked site {entry.site}: {entry.key_type} {entry.fingerprint}")
+    try:
+        if reports.forget(cfg.server.state_dir, entry.site):
+            reports.refresh_metrics(cfg.server)
+    except OSError as error:
+        log.warning("its last report stays: %s", error)
+    return 0
+
+
+def sites(args: argparse.Namespace) -> int:
+    """`server sites [--json]`: one line per site of the tree, from the stored reports."""
+    cfg = config_module.load(args.config)
+    folder = reports.reports_dir(cfg.server.state_dir)
+    if not folder.is_dir():
+        print(f"no report received yet ({folder} does not exist)")
+        return 0
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise SyncerError(f"{folder}: cannot read the reports", hint="run as root")
+    origin, current, rows = reports.fleet(cfg.server)
+    try:
+        reports.refresh_metrics(cfg.server)
+    except OSError as error:
+        log.warning("%s: not written: %s", cfg.server.metrics_textfile, error.strerror or error)
+    if args.json:
+        print(json.dumps({"origin": origin, "serial": current[1] if current else None,
+                          "sites": [reports.describe(r, origin) for r in rows]}, indent=2))
+        return 0
+    if current is not None:
+        print(f"origin {current[0]}, revision {current[1]}; {len(rows)} site(s) reported")
+    else:
+        print(f"{origin}: no trace in {cfg.server.library}; {len(rows)} site(s) reported")
+    for row in rows:
+        print(reports.line(row, origin))
     return 0
 
 

@@ -222,6 +222,7 @@ uid = {pwd.getpwnam(DEMO_USER).pw_uid}
 config_dir = {toml_string(str(workdir / "server" / "etc"))}
 sshd = {toml_string(_tool("sshd"))}
 rrsync = {toml_string(_tool("rrsync"))}
+state_dir = {toml_string(str(workdir / "server" / "state"))}
 
 [metrics]
 textfile = {toml_string(str(client / "metrics" / "library-syncer.prom"))}

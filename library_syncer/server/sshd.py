@@ -24,6 +24,7 @@ import logging
 import os
 import pwd
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,20 +114,42 @@ def _server(config: Config | ServerConfig) -> ServerConfig:
 _SHELL_SAFE = re.compile(r"[A-Za-z0-9/._+:@,=~-]+")
 
 
-def forced_command(config: Config | ServerConfig) -> str:
-    """The only command a client can run: rrsync, read-only, confined to the library.
+def dispatcher_path(config: Config | ServerConfig) -> str:
+    """server.dispatcher, or the library-syncer command beside the running Python
+    (/usr/bin/library-syncer on Debian, .venv/bin/library-syncer in a checkout)."""
+    server = _server(config)
+    if server.dispatcher:
+        return server.dispatcher
+    beside = Path(sys.executable).parent / "library-syncer"
+    return str(beside) if beside.is_file() else "/usr/bin/library-syncer"
 
-    sshd hands it to the login shell, so both paths must be plain words: a space would split
-    them, a `;` or `$` would be shell syntax.
+
+def forced_command(config: Config | ServerConfig) -> str:
+    """The only command a client can run: the dispatcher (server/dispatch.py), which execs
+    `rrsync -ro <library>/` for a pull and stores a report for the key's site.
+
+    sshd hands it to the login shell, so every path must be a plain word: a space would split
+    it, a `;` or `$` would be shell syntax.
     """
     server = _server(config)
-    for key, value in (("server.library", str(server.library)), ("server.rrsync", server.rrsync)):
+    values = [("server.dispatcher", dispatcher_path(server)), ("server.rrsync", server.rrsync),
+              ("server.library", str(server.library)), ("server.state_dir", str(server.state_dir)),
+              ("server.config_dir", str(server.config_dir))]
+    if server.metrics_textfile is not None:
+        values.append(("server.metrics_textfile", str(server.metrics_textfile)))
+    for key, value in values:
         if not _SHELL_SAFE.fullmatch(value) or not value.startswith("/"):
             raise ConfigError(ConfigProblem(
                 str(config.file) if isinstance(config, Config) else "settings", key,
                 f'"{value}"', "an absolute path of letters, digits and / . _ + : @ , = ~ - "
                 "(sshd runs the forced command through a shell)"))
-    return f"{server.rrsync} -ro {str(server.library).rstrip('/')}/"
+    words = [dispatcher_path(server), "server", "dispatch", "--rrsync", server.rrsync,
+             "--library", f"{str(server.library).rstrip('/')}/", "--state-dir",
+             str(server.state_dir), "--keys", str(authorized_keys_path(server)),
+             "--grace", f"{server.report_grace:.0f}"]
+    if server.metrics_textfile is not None:
+        words += ["--metrics-textfile", str(server.metrics_textfile)]
+    return " ".join(words)
 
 
 def authorized_keys_path(config: Config | ServerConfig) -> Path:
@@ -193,6 +216,7 @@ def write_config(config: Config | ServerConfig, output: Path, *, host_keys: bool
     if host_keys:
         ensure_host_keys(server)
     sync_authorized_keys(server)
+    ensure_report_dirs(server)
     text = render_sshd_config(server)
     output.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     if check:
@@ -203,6 +227,36 @@ def write_config(config: Config | ServerConfig, output: Path, *, host_keys: bool
         finally:
             candidate.unlink(missing_ok=True)
     fsutil.write_if_changed(output, text, 0o644)
+
+
+def ensure_report_dirs(config: Config | ServerConfig) -> None:
+    """`<state_dir>/reports`: the one place the account may write (0755, owned by it; the
+    package's tmpfiles.d line creates the default one so). Reports hold no secrets and a
+    relay's sync reads them to forward them, hence readable. The metrics textfile's folder,
+    when missing, is made the account's too. Ownership is given only when this process may
+    (root with CAP_CHOWN); otherwise a wrong owner is a warning: pulls work, reports cannot be
+    stored until an operator runs the command it names."""
+    from .reports import reports_dir
+
+    server = _server(config)
+    server.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    folders = [reports_dir(server.state_dir)]
+    if server.metrics_textfile is not None and not server.metrics_textfile.parent.exists():
+        folders.append(server.metrics_textfile.parent)
+    try:
+        uid = pwd.getpwnam(server.user).pw_uid
+    except KeyError:
+        uid = None  # check_account says so where it matters
+    for folder in folders:
+        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if uid is None or os.geteuid() != 0 or folder.stat().st_uid == uid:
+            continue
+        try:
+            os.chown(folder, uid, 0)
+        except PermissionError:
+            log.warning("%s: cannot give it to %s, so sites cannot report there; run "
+                        "`install -d -o %s -m 0755 %s`", folder, server.user, server.user,
+                        folder)
 
 
 def check_config(config: Config | ServerConfig, path: Path, shown: Path | None = None) -> None:
@@ -287,8 +341,8 @@ def read_authorized(config: Config | ServerConfig) -> list[SiteKey]:
 
 def _write_authorized(server: ServerConfig, entries: list[SiteKey]) -> None:
     _ensure_config_dir(server)
-    header = ("# Managed by `library-syncer server authorize/revoke`: every key may only run "
-              "rrsync -ro on the library.\n")
+    header = ("# Managed by `library-syncer server authorize/revoke`: every key may only pull "
+              "the library (rrsync -ro) and report for its own site.\n")
     body = "".join(entry.line(server) + "\n" for entry in entries)
     for entry in entries:
         if entry.dropped:

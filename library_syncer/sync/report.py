@@ -1,0 +1,157 @@
+"""After a run: this site's report to its upstream, over the same key and account it pulls with.
+
+    ssh … syncer@peer library-syncer-report 1  < {"format": 1, "outcome": "ok", …}
+
+The upstream's forced command (server/dispatch.py) stores it under the site name bound to this
+site's key. A relay adds what its own sites reported to it (`downstream`), so the origin sees
+the whole tree. The report says: the outcome, the library version, the revision held (origin +
+serial from the published trace; without a trace, a digest of the published listing), bytes
+received, duration, finish time, the software version, the schedule (period and random delay,
+so the origin can tell a site that went silent) and `via` (the upstream this site pulls from).
+
+Sending never fails a run: an upstream that takes no reports (the Docker-based original, whose
+rrsync refuses the command) or any other problem costs one debug line, or a warning when our
+own server refused the report (a bug to look at).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..base import execute
+from ..base.config import Config
+from ..base.errors import SyncerError
+from ..server import reports
+from ..server.dispatch import REPORT_COMMAND
+from ..server.trace import TRACE_DIR
+from . import ssh, trace_check
+from .last_run import RunRecord
+
+log = logging.getLogger("library-syncer")
+
+SEND_TIMEOUT = 60.0  # the whole exchange, connection included
+# Interrupted: systemd is stopping us. host_key: this server is not the one we trust.
+# config: the settings cannot be relied on to reach it.
+NOT_SENT_FOR = ("interrupted", "host_key", "config")
+GENERATED = ("lib.json", "items.json", "index.html")  # written by the site, not received
+SYSTEMD_ANALYZE = "systemd-analyze"
+_ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+):\s+\w+\s+(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
+
+
+def listing_digest(root: Path) -> str | None:
+    """sha256 over the sorted (path, size, mtime) of the files received in a snapshot (the
+    manifests and page the site writes itself left out): equal at two sites that hold the
+    same library from a server without a trace."""
+    if not root.is_dir():
+        return None
+    rows = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root).as_posix()
+        dirnames[:] = sorted(d for d in dirnames if not (rel_dir == "." and d == TRACE_DIR))
+        for name in filenames:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if rel in GENERATED or name == "item.json":
+                continue
+            st = os.lstat(os.path.join(dirpath, name))
+            rows.append(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n")
+    return "sha256:" + hashlib.sha256("".join(sorted(rows)).encode()).hexdigest()
+
+
+def schedule_period(schedule: str, timezone: str = "") -> float | None:
+    """Seconds between the schedule's next two runs (`systemd-analyze calendar`), else None."""
+    expression = f"{schedule} {timezone}" if timezone else schedule
+    try:
+        out = execute.capture([SYSTEMD_ANALYZE, "calendar", "--iterations=2", expression],
+                              timeout=10, env={**os.environ, "TZ": "UTC"})
+    except SyncerError:
+        return None
+    times = [datetime.fromisoformat(m) for m in _ELAPSE.findall(out)]
+    if len(times) < 2:
+        return None
+    return max(0.0, (times[1] - times[0]).total_seconds())
+
+
+def build(config: Config, record: RunRecord) -> dict[str, Any]:
+    """This run's report as the server validates it (server/reports.py), forwarded reports
+    included when this host is also a server that received some (a relay)."""
+    published = config.published_dir
+    held = trace_check.read(published) if published.exists() else None
+    sync = config.sync
+    report: dict[str, Any] = {
+        "format": reports.FORMAT,
+        "outcome": record.outcome if reports.OUTCOME_RE.fullmatch(record.outcome) else "failed",
+        "exit_status": min(max(record.exit_status, 0), 255),
+        "finished": record.finished,
+        "last_success": record.last_success,
+        "duration": round(max(record.duration, 0.0), 3),
+        "bytes_received": max(record.bytes_received, 0),
+        "library_version": record.library_version,
+        "origin": held.origin if held else None,
+        "serial": held.serial if held else None,
+        "listing_digest": None if held else listing_digest(published),
+        "version": __version__,
+        "schedule": sync.schedule[:reports.MAX_TEXT],
+        "interval": schedule_period(sync.schedule, sync.timezone),
+        "random_delay": sync.random_delay,
+        "via": f"{sync.peer}:{sync.port}"[:reports.MAX_TEXT],
+    }
+    try:
+        downstream = reports.forwardable(config.server.state_dir)
+    except OSError:
+        downstream = []
+    if downstream:
+        report["downstream"] = downstream
+    return {k: v for k, v in report.items() if v is not None}
+
+
+def encode(report: dict[str, Any]) -> bytes:
+    """The report as sent: at most reports.MAX_DOWNSTREAM forwarded reports, then the last
+    (deepest) dropped until it fits in reports.MAX_BYTES."""
+    report = dict(report)
+    if "downstream" in report:
+        report["downstream"] = report["downstream"][:reports.MAX_DOWNSTREAM]
+    while True:
+        payload = json.dumps(report, separators=(",", ":")).encode()
+        if len(payload) <= reports.MAX_BYTES or not report.get("downstream"):
+            return payload
+        report["downstream"] = report["downstream"][:-1]
+
+
+def send(config: Config, record: RunRecord) -> bool:
+    """Build this run's report and send it upstream; True when the upstream stored it.
+
+    Never raises (a report is worth less than the run it reports on). Call it once per run,
+    after the run's record is final (`_finish` in sync/run.py: outcome, finish time, duration,
+    bytes, library version, last success set and last-run.json written), whatever the outcome.
+    It does nothing when `sync.report` is false, `sync.peer` is not set, or the run was
+    interrupted or could not trust or reach its settings (NOT_SENT_FOR outcomes).
+    """
+    if not config.sync.report or not config.sync.peer or record.outcome in NOT_SENT_FOR:
+        return False
+    try:
+        payload = encode(build(config, record))
+        argv = ssh.argv(config.sync, ["-T", "-o", "ControlPath=none", config.sync.peer,
+                                      f"{REPORT_COMMAND} {reports.FORMAT}"])
+        result = execute.run(argv, capture=True, check=False, timeout=SEND_TIMEOUT,
+                             input=payload)
+    except (SyncerError, OSError, ValueError) as error:
+        log.debug("report not sent: %s", error)
+        return False
+    if result.returncode == 0:
+        log.debug("report sent to %s (%d bytes)", config.sync.peer, len(payload))
+        return True
+    said = next((line for line in reversed(result.tail) if line.strip()), "")
+    if said.startswith("library-syncer: report refused"):
+        log.warning("the server refused this site's report: %s", said.split(": ", 2)[-1])
+    else:
+        log.debug("report not sent (the server may not take reports): %s",
+                  said or f"ssh exit status {result.returncode}")
+    return False

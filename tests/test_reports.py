@@ -1,0 +1,75 @@
+"""Site reports as data: the overdue rule, forwarding through a relay, the size bound, and the
+metrics text (parsed by prometheus_client's own parser). The real sshd is in
+tests/test_reports_sshd.py."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from library_syncer.server import reports
+from library_syncer.sync import report as site_report
+
+RECEIVED = "2026-11-27T21:00:00+00:00"
+T0 = datetime.fromisoformat(RECEIVED).timestamp()
+
+
+def _report(**changes: object) -> bytes:
+    body = {"format": 1, "outcome": "ok", "finished": "2026-11-27T20:59:00+00:00",
+            "last_success": "2026-11-27T20:59:00+00:00", "origin": "hq", "serial": 5,
+            "interval": 86400, "random_delay": 3600}
+    body.update(changes)
+    return json.dumps(body).encode()
+
+
+def test_a_site_is_overdue_only_after_its_period_its_delay_and_the_grace(tmp_path):
+    reports_dir = reports.reports_dir(tmp_path)
+    reports_dir.mkdir()
+    reports.store(tmp_path, "paris", _report(), now=T0)
+    allowed = 86400 + 3600 + 600
+    (on_time,) = reports.rows(tmp_path, ("hq", 7), 600, now=T0 + allowed - 1)
+    (late,) = reports.rows(tmp_path, ("hq", 7), 600, now=T0 + allowed + 1)
+    assert (on_time.overdue, late.overdue) == (False, True)
+    assert on_time.lag == 2
+    assert "OVERDUE" in reports.line(late, "hq") and "hq 5 (2 behind)" in reports.line(late, "hq")
+    (other,) = reports.rows(tmp_path, ("elsewhere", 9), 600, now=T0)
+    assert other.lag is None  # another origin's serial is not comparable
+
+
+def test_a_relay_forwards_its_sites_and_their_sites_with_paths(tmp_path):
+    reports.reports_dir(tmp_path).mkdir()
+    below = [{"path": ["b12"], "received": RECEIVED, "outcome": "network",
+              "finished": RECEIVED}]
+    reports.store(tmp_path, "lyon-2", _report(downstream=below), now=T0)
+    reports.store(tmp_path, "paris", _report(), now=T0)
+    rows = reports.forwardable(tmp_path)
+    assert [r["path"] for r in rows] == [["lyon-2"], ["paris"], ["lyon-2", "b12"]]
+    # What a relay forwards is exactly what its upstream accepts.
+    payload = site_report.encode({**json.loads(_report()), "downstream": rows})
+    _, downstream = reports.parse(payload)
+    assert [d["path"] for d in downstream] == [["lyon-2"], ["paris"], ["lyon-2", "b12"]]
+    assert downstream[2]["outcome"] == "network"
+
+
+def test_a_relay_report_is_cut_to_the_size_the_origin_accepts():
+    row = {"path": ["s"], "received": RECEIVED, "outcome": "ok", "finished": RECEIVED,
+           "schedule": "x" * 200, "via": "y" * 200}
+    payload = site_report.encode({**json.loads(_report()), "downstream": [row] * 400})
+    assert len(payload) <= reports.MAX_BYTES
+    _, downstream = reports.parse(payload)
+    assert 0 < len(downstream) <= reports.MAX_DOWNSTREAM
+
+
+def test_the_metrics_text_is_valid_prometheus(tmp_path):
+    reports.reports_dir(tmp_path).mkdir()
+    reports.store(tmp_path, "paris", _report(outcome="stale"), now=T0)
+    rows = reports.rows(tmp_path, ("hq", 6), 600, now=T0 + 10)
+    text = reports.render_metrics(rows, "hq", ("hq", 6), now=T0 + 10)
+    samples = {(s.name, s.labels.get("outcome")): (s.value, s.labels.get("path"))
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("library_syncer_site_serial_lag", None)] == (1, "hq/paris")
+    assert samples[("library_syncer_site_last_outcome", "stale")] == (1, "hq/paris")
+    assert samples[("library_syncer_site_seconds_since_success", None)][0] == 70
+    assert samples[("library_syncer_origin_serial", None)][0] == 6
