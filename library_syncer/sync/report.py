@@ -32,7 +32,7 @@ from ..base.errors import SyncerError
 from ..server import reports
 from ..server.dispatch import REPORT_COMMAND
 from ..server.trace import TRACE_DIR
-from . import ssh, trace_check
+from . import ssh, sshmux, trace_check
 from .last_run import RunRecord
 
 log = logging.getLogger("library-syncer")
@@ -125,7 +125,8 @@ def encode(report: dict[str, Any]) -> bytes:
         report["downstream"] = report["downstream"][:-1]
 
 
-def send(config: Config, record: RunRecord) -> bool:
+def send(config: Config, record: RunRecord,
+         connection: sshmux.SharedConnection | None = None) -> bool:
     """Build this run's report and send it upstream; True when the upstream stored it.
 
     Never raises (a report is worth less than the run it reports on). Call it once per run,
@@ -138,7 +139,10 @@ def send(config: Config, record: RunRecord) -> bool:
         return False
     try:
         payload = encode(build(config, record))
-        argv = ssh.argv(config.sync, ["-T", "-o", "ControlPath=none", config.sync.peer,
+        # Over the run's connection when it is up (no second handshake); else on its own.
+        shared = connection.rsh_options() if connection and connection.alive() else \
+            ["-o", "ControlPath=none"]
+        argv = ssh.argv(config.sync, [*shared, "-T", config.sync.peer,
                                       f"{REPORT_COMMAND} {reports.FORMAT}"])
         result = execute.run(argv, capture=True, check=False, timeout=SEND_TIMEOUT,
                              input=payload)

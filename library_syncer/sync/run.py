@@ -38,7 +38,7 @@ from ..base.errors import (
 from ..base.units import format_bytes, format_duration
 from ..manifest import vcsp
 from ..web import caddy, page
-from . import basis, last_run, lock, metrics, rsync, snapshot, sshmux, trace_check
+from . import basis, last_run, lock, metrics, report, rsync, snapshot, sshmux, trace_check
 from .last_run import RunRecord
 from .progress import Reporter
 
@@ -155,15 +155,12 @@ def _with_retries(step, config: Config, transfer: Transfer, retry: bool) -> rsyn
 
 
 def transfer(config: Config, layout: snapshot.Layout, staging: Path, published: Path | None,
-             retry: bool, reporter: Reporter | None, result: Transfer | None = None
-             ) -> Transfer:
+             retry: bool, reporter: Reporter | None, result: Transfer,
+             connection: sshmux.SharedConnection | None) -> Transfer:
     """Dry run (what must be fetched: the space check), then the pull into staging, both over
-    one shared SSH connection. `result` is filled as it goes (attempts and bytes are known even
-    when it fails)."""
-    result = result if result is not None else Transfer()
-    with sshmux.shared(config.sync, config.runtime_dir) as connection:
-        _dry_run_and_pull(config, layout, staging, published, retry, reporter, result,
-                          connection)
+    the run's one SSH connection. `result` is filled as it goes (attempts and bytes are known
+    even when it fails)."""
+    _dry_run_and_pull(config, layout, staging, published, retry, reporter, result, connection)
     return _report_transfer(result)
 
 
@@ -396,13 +393,14 @@ def _refuse_emptied(published: Path | None, staging: Path) -> None:
 
 
 def _run_steps(config: Config, layout: snapshot.Layout, record: RunRecord, retry: bool,
-               reporter: Reporter, allow_empty: bool = False) -> None:
+               reporter: Reporter, allow_empty: bool = False,
+               connection: sshmux.SharedConnection | None = None) -> None:
     published = layout.current()
     staging = layout.begin()
     clock = _Phases()
     done = Transfer()
     try:
-        transfer(config, layout, staging, published, retry, reporter, done)
+        transfer(config, layout, staging, published, retry, reporter, done, connection)
     finally:
         record.attempts = done.attempts
         record.bytes_received, record.bytes_sent = done.bytes_received, done.bytes_sent
@@ -499,17 +497,21 @@ def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
         started = time.monotonic()
         reporter = reporter or Reporter()
         reporter.status("connecting")
-        try:
-            _run_steps(config, layout, record, retry, reporter, allow_empty)
-        except SyncerError as error:
-            record.error = error
-            _finish(config, record, started, error)
-            reporter.status(f"failed: {error}")
-            return record
-        except BaseException as error:  # interrupted (SIGTERM/Ctrl-C), a bug, a system error
-            _finish(config, record, started, error)
-            raise
-        _finish(config, record, started, None)
+        # One SSH connection for the whole run: the dry run, the transfer and the report.
+        with sshmux.shared(config.sync, config.runtime_dir) as connection:
+            try:
+                _run_steps(config, layout, record, retry, reporter, allow_empty, connection)
+            except SyncerError as error:
+                record.error = error
+                _finish(config, record, started, error)
+                report.send(config, record, connection)
+                reporter.status(f"failed: {error}")
+                return record
+            except BaseException as error:  # interrupted (SIGTERM/Ctrl-C), a bug, a system error
+                _finish(config, record, started, error)
+                raise
+            _finish(config, record, started, None)
+            report.send(config, record, connection)
         reporter.status(summary(record))
         return record
 
