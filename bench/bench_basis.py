@@ -12,9 +12,10 @@ order, each starting from what the previous one left:
      renamed the way exports name them (`ubuntu-22.04-2026-12-disk1.vmdk`) and 2%, 5% and 10%
      of the disk rewritten in scattered aligned runs (`--run-kib`); removed again after each;
   a. the item folder renamed;
-  c. a wrong guess: the only item replaced by an unrelated one (random disk, 95% of the size,
-     same extension): the site guesses the old disk; against `find_basis = false` and a third,
-     fresh site that has no candidate at all;
+  c. a wrong guess: the only item replaced by a rebuild under a related name (random disk, 95%
+     of the size, same extension): the site guesses the old disk; against `find_basis = false`
+     and a third, fresh site that has no candidate at all; then an unrelated template (another
+     name), which gets no guess;
   d. a new OVA version as a new item: an .ova holding a disk with 5% rewritten, beside the
      previous .ova.
 
@@ -294,11 +295,18 @@ def rename(bench: Bench, old: Path) -> Path:
 
 
 def wrong_guess(bench: Bench, old: Path, fresh: Site) -> None:
+    """A template rebuilt from scratch under a related name: the old disk is taken as its basis
+    although no block matches (then an unrelated name, which gets no guess at all)."""
     shutil.rmtree(old)
-    item = template(bench.library, "appliance-b", "appliance-b", int(bench.disk * 0.95), seed=7)
+    item = template(bench.library, "ubuntu-22.04-2027-01", "ubuntu-22.04-2027-01",
+                    int(bench.disk * 0.95), seed=7)
     fresh.reset()
-    bench.case("wrong-guess", "an unrelated new disk (95% of the size, same extension) "
-               "replaces the only candidate", item, extra=[fresh])
+    bench.case("wrong-guess", "a template rebuilt from scratch under a related name (95% of the "
+               "size, no block in common) replaces the only candidate", item, extra=[fresh])
+    shutil.rmtree(item)
+    other = template(bench.library, "appliance-b", "appliance-b", int(bench.disk * 0.95), seed=8)
+    bench.case("unrelated", "an unrelated template (another name, 95% of the size): no guess",
+               other)
 
 
 def ova_version(bench: Bench, fraction: float) -> None:

@@ -129,9 +129,19 @@ def test_two_renamed_items_with_same_named_disks_each_get_their_own(tmp_path):
 
 def test_a_file_with_only_taken_candidates_still_shares_one(tmp_path):
     pub = tmp_path / "pub"
-    _file(pub, "base/base.vmdk", 2 * MB)
-    new = [Listed("a/a.vmdk", 2 * MB, True), Listed("b/b.vmdk", 2 * MB, True)]
+    _file(pub, "tmpl-r1/tmpl-r1.vmdk", 2 * MB)
+    new = [Listed("tmpl-r2/tmpl-r2.vmdk", 2 * MB, True),
+           Listed("tmpl-r3/tmpl-r3.vmdk", 2 * MB, True)]
     pool = basis.candidates(pub, None, {f.path for f in new})
     chosen = basis.choose(new, new, pool)
-    assert sorted(chosen) == ["a/a.vmdk", "b/b.vmdk"]
-    assert {v.rel for v in chosen.values()} == {"base/base.vmdk"}
+    assert sorted(chosen) == ["tmpl-r2/tmpl-r2.vmdk", "tmpl-r3/tmpl-r3.vmdk"]
+    assert {v.rel for v in chosen.values()} == {"tmpl-r1/tmpl-r1.vmdk"}
+
+
+def test_no_guess_for_an_unrelated_template(tmp_path):
+    """Same kind and size but another product: a guess would cost the server a futile scan."""
+    pub = tmp_path / "pub"
+    _file(pub, "ubuntu-22.04-2026-11/ubuntu-22.04-2026-11-disk1.vmdk", 4 * MB)
+    new = [Listed("windows-2022-2026-11/windows-2022-2026-11-disk1.vmdk", 4 * MB, True)]
+    pool = basis.candidates(pub, None, {f.path for f in new})
+    assert basis.choose(new, new, pool) == {}

@@ -103,17 +103,20 @@ def test_a_renamed_item_costs_almost_nothing(work_dir, sshd, client_key, server_
 
 def test_a_wrong_guess_costs_little_more_than_no_guess(work_dir, sshd, client_key,
                                                        server_library):
-    """Two sites fetch the same unrelated new disk: one has an unrelated older disk that the
-    heuristics take as a basis (same kind, similar size), the other has nothing to guess from."""
-    _disk(server_library / "appliance-a", "appliance-a-disk1.vmdk", random_bytes(DISK, 31))
+    """Two sites fetch the same new disk, a template rebuilt from scratch under a related name:
+    one has last month's disk, which the heuristics take as a basis although no block matches,
+    the other has nothing to guess from."""
+    _disk(server_library / "appliance-2026-11", "appliance-2026-11-disk1.vmdk",
+          random_bytes(DISK, 31))
     guessing = write_config(work_dir, sshd, client_key[0], state=work_dir / "guessing")
     assert sync(guessing).returncode == 0
-    shutil.rmtree(server_library / "appliance-a")
-    _disk(server_library / "appliance-b", "appliance-b-disk1.vmdk", random_bytes(DISK, 32))
+    shutil.rmtree(server_library / "appliance-2026-11")
+    _disk(server_library / "appliance-2026-12", "appliance-2026-12-disk1.vmdk",
+          random_bytes(DISK, 32))
 
     result = sync(guessing)
     assert result.returncode == 0, result.stderr
-    assert "from appliance-a/appliance-a-disk1.vmdk" in result.stderr  # it did guess, wrongly
+    assert "from appliance-2026-11/appliance-2026-11-disk1.vmdk" in result.stderr  # wrongly
     fresh = write_config(work_dir, sshd, client_key[0], state=work_dir / "fresh")
     assert sync(fresh).returncode == 0
 

@@ -13,7 +13,8 @@ inode is never modified. A wrong guess costs the block checksums of the basis (s
 site to the server) and the server's rolling checksum over the new file, never data.
 
 Candidates: every regular file of the published snapshot and every archive of the OVA store.
-Score (higher is better), among files of the same kind (extension) and comparable size:
+Score (higher is better), among files of the same kind (extension) and comparable size whose
+file or item-folder name is related (similarity at least RELATED):
 file-name similarity, item-folder similarity, size ratio, the same position among the item's
 files of that kind (disk 1 for disk 1), and a bonus for a file the server no longer has (a
 rename or a move). A candidate identical in name and size to a vanished file wins outright.
@@ -23,12 +24,18 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 MIN_SIZE = 1 << 20  # smaller files cost little either way
 MIN_SIZE_RATIO = 0.25  # a basis a quarter the size (or 4x) still shares blocks
+# Names (of the file or of its item folder) at least this similar, or no guess: a basis with no
+# block in common costs few bytes but makes the server's rsync look for matches at every byte
+# of the new file (bench_basis: several times the CPU of sending it whole).
+RELATED = 0.65
+_NOT_LETTERS = re.compile(r"[^a-z]+")
 # Never candidates: our own manifests and page (rewritten every run), hidden state.
 SKIP_NAMES = frozenset({"lib.json", "items.json", "item.json", "index.html"})
 
@@ -116,6 +123,13 @@ def _similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio()
 
 
+def _related(a: str, b: str) -> float:
+    """Similarity of the names' letters alone (no dates, versions, build numbers, separators):
+    the same product in another month scores high, another product of the same month not."""
+    return _similarity(_NOT_LETTERS.sub("", PurePosixPath(a).stem.lower()),
+                       _NOT_LETTERS.sub("", PurePosixPath(b).stem.lower()))
+
+
 def score(new: Listed, candidate: Candidate, same_position: bool) -> float | None:
     """How likely `candidate` shares blocks with `new`; None when it is not worth a guess."""
     if _kind(new.path) != _kind(candidate.rel):
@@ -127,8 +141,11 @@ def score(new: Listed, candidate: Candidate, same_position: bool) -> float | Non
     folders = _similarity(_item(new.path), _item(candidate.rel))
     if candidate.gone and new_name == old_name and new.size == candidate.size:
         return 100.0 + folders  # the same file under a new folder: a rename or a move
-    value = (3 * _similarity(PurePosixPath(new_name).stem, PurePosixPath(old_name).stem)
-             + 2 * folders + 2 * ratio)
+    names = _similarity(PurePosixPath(new_name).stem, PurePosixPath(old_name).stem)
+    if max(_related(new_name, old_name), _related(_item(new.path), _item(candidate.rel))) \
+            < RELATED:
+        return None  # an unrelated template: a guess would cost the server a futile scan
+    value = 3 * names + 2 * folders + 2 * ratio
     if same_position:
         value += 1
     if candidate.gone:
