@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import results  # noqa: E402
 from benchdata import write_random  # noqa: E402
 
+from library_syncer.base.config import SyncConfig  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 from tests.test_sync_helpers import write_config  # noqa: E402
 
@@ -263,7 +264,8 @@ class Bench:
         size = folder_size(item)
         largest = max(p.stat().st_size for p in item.iterdir())
         row = {"name": name, "label": label, "item": item.name, "item_bytes": size,
-               "rsync_block": rsync_block(largest),
+               # the block the pull used: sync.block_size, or rsync's own when that is 0
+               "rsync_block": SyncConfig().block_size or rsync_block(largest),
                "changed_bytes": changed, "seconds": time.monotonic() - started,
                "runs": {who: asdict(r) for who, r in runs.items()}}
         self.cases.append(row)
