@@ -200,6 +200,21 @@ def bench_trace(result: Result) -> str:
     return table(head, rows) + "\n\n" + provenance(result)
 
 
+# --- bench_poll -------------------------------------------------------------------------------
+
+
+def bench_poll(result: Result) -> str:
+    f = result["figures"]
+    rows = [[r["name"], f"{r['server_cpu_per_check'] * 1000:.0f} ms",
+             f"{r['bytes_up_per_check'] / 1e3:.1f} kB + {r['bytes_down_per_check'] / 1e3:.1f} kB",
+             f"{r['wall_per_check'] * 1000:.0f} ms", f"{r['fleet_cpu_seconds_per_hour']:.0f} s",
+             f"{r['fleet_bytes_per_hour'] / 1e6:.1f} MB"] for r in f["rows"]]
+    fleet = f"{f['sites']} sites every {f['interval'] / 60:g} min"
+    head = ["check", "origin CPU per check", "wire per check (up + down)", "wall per check",
+            f"origin CPU per hour, {fleet}", f"wire per hour, {fleet}"]
+    return table(head, rows) + "\n\n" + provenance(result)
+
+
 # --- bench_basis ------------------------------------------------------------------------------
 
 
@@ -355,7 +370,8 @@ def fleet(result: Result) -> str:
 
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "bench_sync": bench_sync, "bench_manifest": bench_manifest,
-    "bench_server_scale": bench_server_scale, "bench_trace": bench_trace, "fleet": fleet,
+    "bench_server_scale": bench_server_scale, "bench_trace": bench_trace,
+    "bench_poll": bench_poll, "fleet": fleet,
     "bench_basis": bench_basis, "bench_connection": bench_connection,
     "fleet_monthly": fleet_monthly,
 }

@@ -25,6 +25,8 @@ TOP = Path(__file__).resolve().parent.parent
 CONF = "/etc/library-syncer/library-syncer.toml"
 TIMER = "library-syncer.timer"
 SERVICE = "library-syncer.service"
+POLL_TIMER = "library-syncer-poll.timer"
+POLL_SERVICE = "library-syncer-poll.service"
 # Paths whose content changes with any package operation: left out of the before/after compare.
 VOLATILE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/cache", "/var/log",
             "/var/lib/dpkg", "/var/lib/apt", "/srv/in", "/srv/in-next", "/srv/fixtures",
@@ -187,6 +189,33 @@ def test_invalid_schedule_is_refused_and_timer_kept(box: nspawn.Container) -> No
     result = box.run("library-syncer", "apply", check=False)
     assert result.returncode == 3
     assert "sync.schedule" in result.stderr and "Traceback" not in result.stderr
+    assert "OnCalendar=Mon *-*-* 03:00:00" in _show(box, TIMER, "TimersCalendar")
+
+
+def test_poll_timer_runs_only_while_poll_interval_is_applied(box: nspawn.Container) -> None:
+    """Enabled by the package, inactive (its condition) until `apply` writes the interval;
+    off again when the setting goes. Starting it runs no check."""
+    def active() -> str:
+        return box.run("systemctl", "is-active", POLL_TIMER, check=False).stdout.strip()
+
+    assert box.run("systemctl", "is-enabled", POLL_TIMER, check=False).stdout.strip() == "enabled"
+    assert active() == "inactive"
+    schedule = 'schedule = "Mon *-*-* 03:00:00"\n'  # the previous test's, kept
+    box.write(CONF, f'[sync]\npeer = "127.0.0.1"\n{schedule}poll_interval = "15min"\n')
+    out = box.run("library-syncer", "apply").stdout
+    assert f"{POLL_TIMER} started" in out, out
+    assert active() == "active"
+    listed = box.run("systemctl", "list-timers", "--no-pager", POLL_TIMER).stdout
+    assert re.search(r"library-syncer-poll\.timer +library-syncer-poll\.service", listed), listed
+    assert "OnUnitActiveUSec=15min" in _show(box, POLL_TIMER, "TimersMonotonic")
+    assert _show(box, POLL_TIMER, "RandomizedDelayUSec") == "1min 30s"
+    assert _show(box, POLL_SERVICE, "ExecMainStartTimestampMonotonic") == "0"
+
+    box.write(CONF, f'[sync]\npeer = "127.0.0.1"\n{schedule}')
+    out = box.run("library-syncer", "apply").stdout
+    assert f"{POLL_TIMER} stopped" in out, out
+    assert active() == "inactive"
+    assert POLL_TIMER not in box.run("systemctl", "list-timers", "--no-pager").stdout
     assert "OnCalendar=Mon *-*-* 03:00:00" in _show(box, TIMER, "TimersCalendar")
 
 

@@ -100,3 +100,38 @@ def test_unwritable_unit_dir_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot write" in lines[0] and "internal error" not in lines[0]
+
+
+POLL_DROPIN = Path("library-syncer-poll.timer.d") / "50-interval.conf"
+
+
+def test_poll_interval_writes_the_poll_timer_dropin_systemd_accepts(tmp_path: Path) -> None:
+    result = _apply(tmp_path, '[sync]\npoll_interval = "15min"\n', "--no-reload")
+    assert result.returncode == 0, result.stderr
+    assert "a change check every 15min" in result.stdout
+    units = tmp_path / "units"
+    lines = [line for line in (units / POLL_DROPIN).read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert lines == ["[Timer]", "OnActiveSec=", "OnActiveSec=15min", "OnUnitActiveSec=15min",
+                     "RandomizedDelaySec=1min 30s"]
+    entry = Path(sys.executable).parent / "library-syncer"
+    for name in ("library-syncer-poll.timer", "library-syncer-poll.service"):
+        text = (TOP / "systemd" / name).read_text()
+        (units / name).write_text(text.replace("/usr/bin/library-syncer", str(entry)))
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                             str(units / "library-syncer-poll.timer")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+    # off again: the drop-in goes, so the timer's condition keeps it from starting
+    result = _apply(tmp_path, '[sync]\npoll_interval = "0"\n', "--no-reload")
+    assert result.returncode == 0 and "removed" in result.stdout, result.stdout
+    assert not (units / POLL_DROPIN).exists()
+    assert "removed" not in _apply(tmp_path, "", "--no-reload").stdout
+
+
+def test_a_poll_interval_under_a_minute_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = _apply(tmp_path, '[sync]\npoll_interval = "10s"\n', "--no-reload")
+    assert result.returncode == 3, result.stderr
+    assert "sync.poll_interval" in result.stderr and "at least" in result.stderr
+    assert not (tmp_path / "units" / POLL_DROPIN).exists()

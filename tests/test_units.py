@@ -14,7 +14,7 @@ TOP = Path(__file__).resolve().parent.parent
 UNITS = TOP / "systemd"
 # systemd-analyze security's "exposure" (0 = locked down, 10 = unprotected). The sync runs
 # unprivileged: at most 2.0. Daemons that must switch users (sshd) get the "OK" band, < 3.0.
-MAX_EXPOSURE = {"library-syncer.service": 2.0}
+MAX_EXPOSURE = {"library-syncer.service": 2.0, "library-syncer-poll.service": 2.0}
 DAEMON_MAX_EXPOSURE = 3.0
 
 
@@ -87,6 +87,36 @@ def test_sync_service_contract() -> None:
     assert s["CapabilityBoundingSet"] == [""]
     # Not enabled on its own: only the timer (or the operator) starts it.
     assert "[Install]" not in unit.read_text()
+
+
+def _exposure(unit: Path) -> float:
+    result = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)],
+                            capture_output=True, text=True)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout[-500:] + result.stderr
+    return float(match.group(1))
+
+
+def test_poll_service_is_the_sync_service_with_a_check_first() -> None:
+    """Same account, limits and hardening as the sync; only the command, the description and
+    its own runtime directory differ (systemd removes that when the unit stops)."""
+    sync, poll = _settings(UNITS / "library-syncer.service"), \
+        _settings(UNITS / "library-syncer-poll.service")
+    assert poll["ExecStart"] == ["/usr/bin/library-syncer sync --if-changed --skip-unconfigured"]
+    assert poll["RuntimeDirectory"] == ["library-syncer-poll"]
+    differ = {k for k in sync.keys() | poll.keys() if sync.get(k) != poll.get(k)}
+    assert differ == {"ExecStart", "Description", "RuntimeDirectory"}, differ
+    assert _exposure(UNITS / "library-syncer-poll.service") <= \
+        _exposure(UNITS / "library-syncer.service")
+
+
+def test_poll_timer_is_off_until_apply_writes_its_interval() -> None:
+    s = _settings(UNITS / "library-syncer-poll.timer")
+    assert s["ConditionPathExists"] == [
+        "/etc/systemd/system/library-syncer-poll.timer.d/50-interval.conf"]
+    assert s["OnUnitActiveSec"] and s["OnActiveSec"]  # never-run service: OnActiveSec starts it
+    assert s["WantedBy"] == ["timers.target"]
+    assert "Persistent" not in s  # monotonic: a missed check needs no catching up
 
 
 def test_timer_defaults_match_the_original() -> None:

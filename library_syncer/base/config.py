@@ -188,6 +188,14 @@ def _duration(value: Any) -> float:
     return parse_duration(value)
 
 
+def _poll_interval(value: Any) -> float:
+    """0 (off) or at least a minute: a check costs the origin an SSH handshake."""
+    seconds = parse_duration(value)
+    if 0 < seconds < 60:
+        raise ValueError
+    return seconds
+
+
 def _schedule(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError
@@ -247,6 +255,8 @@ class SyncConfig:
         6 * 3600.0, _duration, DURATION_EXPECTED, "SYNC_DELAY, SYNC_DELAY_MAX_SECONDS"
     )
     fixed_random_delay: bool = setting(False, _bool, "true or false")
+    poll_interval: float = setting(0.0, _poll_interval,
+                                   '0 (off) or a duration of at least "1min", e.g. "15min"')
     timezone: str = setting("", _timezone, "a time zone name such as UTC or Europe/Paris", "TZ")
     exclude: tuple[str, ...] = setting([".vSphere-HA"], _str_list, "a list of patterns")
     include: tuple[str, ...] = setting(

@@ -40,6 +40,9 @@ DESCRIPTIONS: dict[str, str] = {
     "sync.random_delay": "Random delay added to each run so sites do not all pull at once.",
     "sync.fixed_random_delay": (
         "Keep the same random delay on every run (systemd FixedRandomDelay)."),
+    "sync.poll_interval": "Check this often whether the origin moved (one SSH session reading "
+                          "its serial) and sync at once when it did; the schedule stays the "
+                          "full verification run (apply changes: library-syncer apply).",
     "sync.timezone": "Time zone of the schedule (empty: the host's).",
     "sync.exclude": "Patterns never pulled (rsync --exclude).",
     "sync.include": "Only these items are pulled and published (item folder names, wildcards "
@@ -143,7 +146,7 @@ def format_value(spec: Any, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(toml_string(str(v)) for v in value) + "]"
-    if parse is config_module._duration:
+    if parse in (config_module._duration, config_module._poll_interval):
         return toml_string(_span(float(value)))
     if parse is parse_size:
         return _size(int(value))

@@ -70,6 +70,9 @@ def _add_sync_parser(subparsers) -> None:
                              "(what the timer's runs use)")
     parser.add_argument("--allow-empty", action="store_true",
                         help="publish even if the server's library is now empty")
+    parser.add_argument("--if-changed", action="store_true",
+                        help="first check whether the origin moved (one SSH session reading its "
+                             "serial); sync only if it did (what library-syncer-poll.timer runs)")
 
 
 def _add_trust_host_parser(subparsers) -> None:
@@ -161,7 +164,7 @@ def _add_check_parser(subparsers) -> None:
 
 def _add_apply_parser(subparsers) -> None:
     parser = _sub(subparsers, "apply", "library_syncer.cli.sync:apply",
-                  "apply the schedule from the settings file to library-syncer.timer",
+                  "apply the schedule and poll interval from the settings file to the timers",
                   f"{PROG} apply")
     _add_config_option(parser)
     parser.add_argument("--dropin-dir", type=Path, default=Path("/etc/systemd/system"),

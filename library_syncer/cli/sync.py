@@ -24,9 +24,14 @@ def sync(args: argparse.Namespace) -> int:
         log.warning("not configured yet: sync.peer is empty in %s; nothing to do (set it, then "
                     "run library-syncer trust-host)", config.file)
         return int(ExitStatus.OK)
-    record = run.run(config, retry=not args.no_retry,
-                     allow_empty=getattr(args, "allow_empty", False))
-    if record.error is not None:
+    allow_empty = getattr(args, "allow_empty", False)
+    if getattr(args, "if_changed", False):  # library-syncer-poll.service
+        from ..sync import poll
+
+        record = poll.run_if_changed(config, retry=not args.no_retry, allow_empty=allow_empty)
+    else:
+        record = run.run(config, retry=not args.no_retry, allow_empty=allow_empty)
+    if record is not None and record.error is not None:
         raise record.error
     return int(ExitStatus.OK)
 
@@ -48,7 +53,8 @@ def trust_host(args: argparse.Namespace) -> int:
 
 
 def apply(args: argparse.Namespace) -> int:
-    """`apply`: the schedule of the settings file onto library-syncer.timer."""
+    """`apply`: the schedule of the settings file onto library-syncer.timer (and the poll
+    interval onto library-syncer-poll.timer)."""
     config = config_module.load(args.config)
     for line in timer.apply(config, args.dropin_dir, reload=not args.no_reload):
         print(line, file=sys.stdout)

@@ -116,6 +116,23 @@ def schedule(config: Config) -> dict[str, Any]:
             "active": props.get("ActiveState"), "enabled": props.get("UnitFileState")}
 
 
+def last_check(config: Config) -> dict[str, Any]:
+    """The last change check of `sync --if-changed` (sync/poll.py), when polling is on."""
+    from ..sync import poll
+
+    record = poll.read_record(config)
+    if record is None:
+        return _cannot(f"no check yet ({poll.state_path(config)})")
+    return {"available": True, **record}
+
+
+def _last_check_line(check: dict[str, Any]) -> str:
+    if not check.get("available"):
+        return f"unknown: {check['reason']}"
+    return f"{check.get('checked')}, {'moved' if check.get('moved') else 'unchanged'} " \
+           f"({check.get('seen')})"
+
+
 def vcenter(config: Config) -> dict[str, Any]:
     info: dict[str, Any] = {"url": caddy.subscription_url(config), "tls": config.web.tls}
     if config.web.tls == "off":
@@ -136,6 +153,8 @@ def gather(file: Path | None) -> dict[str, Any]:
     if note:
         report["settings"]["note"] = note
     report["last_sync"] = last_sync(config)
+    if config.sync.poll_interval:
+        report["last_check"] = last_check(config)
     report["library"] = published_library(config)
     report["schedule"] = schedule(config)
     report["vcenter"] = vcenter(config)
@@ -187,6 +206,8 @@ def to_text(report: dict[str, Any]) -> str:
     if report["settings"].get("note"):
         lines.append(("note", report["settings"]["note"]))
     lines.append(("last sync", _last_sync_line(report["last_sync"])))
+    if "last_check" in report:
+        lines.append(("last checked", _last_check_line(report["last_check"])))
     if lib.get("available"):
         lines.append(("library", f"\"{lib['name']}\" version {lib['version']}, "
                                  f"{lib['items']} item{'' if lib['items'] == 1 else 's'}"))

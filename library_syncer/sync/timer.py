@@ -5,6 +5,11 @@ The operator edits only the TOML file; this writes
 checks the calendar expression with `systemd-analyze calendar` first (an invalid one is refused
 and the old drop-in stays), then reloads systemd and restarts the timer if it is active, so
 `systemctl list-timers` shows the new schedule at once.
+
+`sync.poll_interval` goes the same way to library-syncer-poll.timer.d/50-interval.conf. That
+timer is enabled by the package but starts only while the drop-in exists (its
+ConditionPathExists=): set, apply writes it and (re)starts the timer; "0", apply removes it and
+stops the timer.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from ..base.units import format_duration
 
 TIMER = "library-syncer.timer"
 DROPIN_NAME = "50-schedule.conf"
+POLL_TIMER = "library-syncer-poll.timer"
+POLL_DROPIN_NAME = "50-interval.conf"
+POLL_SPREAD = 10  # checks are spread over a tenth of the interval (a fleet never polls in step)
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
 SYSTEMD_ANALYZE = "systemd-analyze"
 SYSTEMCTL = "systemctl"
@@ -41,6 +49,17 @@ def schedule_of(config: Config) -> Schedule:
 
 def dropin_path(unit_dir: Path = DEFAULT_UNIT_DIR) -> Path:
     return unit_dir / f"{TIMER}.d" / DROPIN_NAME
+
+
+def poll_dropin_path(unit_dir: Path = DEFAULT_UNIT_DIR) -> Path:
+    return unit_dir / f"{POLL_TIMER}.d" / POLL_DROPIN_NAME
+
+
+def poll_dropin_text(config: Config) -> str:
+    interval = config.sync.poll_interval
+    return render.render("timer-poll.conf.j2", source=str(config.file),
+                         interval=format_duration(interval),
+                         random_delay=format_duration(interval / POLL_SPREAD))
 
 
 def dropin_text(config: Config) -> str:
@@ -95,23 +114,54 @@ def reload_timer() -> str:
     return f"{TIMER} restarted; see: systemctl list-timers {TIMER}"
 
 
+def reload_poll_timer(polling: bool) -> str:
+    """After daemon-reload: (re)start the poll timer when polling, stop it when not."""
+    if _systemctl("show", "--property=LoadState", "--value", POLL_TIMER) != "loaded":
+        return f"{POLL_TIMER} is not installed here: nothing to start"
+    if not polling:
+        if _systemctl("show", "--property=ActiveState", "--value", POLL_TIMER) == "inactive":
+            return f"{POLL_TIMER} stays inactive (sync.poll_interval is off)"
+        _systemctl("stop", POLL_TIMER)
+        return f"{POLL_TIMER} stopped (sync.poll_interval is off)"
+    _systemctl("restart", POLL_TIMER)
+    return f"{POLL_TIMER} started; see: systemctl list-timers {POLL_TIMER}"
+
+
+def _write(path: Path, text: str | None) -> bool:
+    """Write (or, for None, remove) a drop-in; True when that changed something."""
+    try:
+        if text is None:
+            if not path.exists():
+                return False
+            path.unlink()
+            return True
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        return fsutil.write_if_changed(path, text, mode=0o644)
+    except OSError as error:
+        hint = "run it as root: sudo library-syncer apply" \
+            if isinstance(error, PermissionError) else None
+        raise SyncerError(f"cannot write {path}: {error.strerror}", hint=hint) from None
+
+
 def apply(config: Config, unit_dir: Path = DEFAULT_UNIT_DIR, reload: bool = True) -> list[str]:
     """Check, write the drop-in if it changed, reload. Returns lines to show the operator."""
     schedule = schedule_of(config)
     next_elapse = check_calendar(config, schedule.on_calendar)
     path = dropin_path(unit_dir)
-    try:
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        changed = fsutil.write_if_changed(path, dropin_text(config), mode=0o644)
-    except OSError as error:
-        hint = "run it as root: sudo library-syncer apply" \
-            if isinstance(error, PermissionError) else None
-        raise SyncerError(f"cannot write {path}: {error.strerror}", hint=hint) from None
+    changed = _write(path, dropin_text(config))
     lines = [f"{'wrote' if changed else 'unchanged'} {path}",
              f"OnCalendar={schedule.on_calendar} RandomizedDelaySec={schedule.random_delay}"
              f"{' FixedRandomDelay=true' if schedule.fixed_random_delay else ''}"]
     if next_elapse:
         lines.append(f"next elapse before the random delay: {next_elapse}")
+    polling = config.sync.poll_interval > 0
+    poll_path = poll_dropin_path(unit_dir)
+    poll_changed = _write(poll_path, poll_dropin_text(config) if polling else None)
+    if polling:
+        lines.append(f"{'wrote' if poll_changed else 'unchanged'} {poll_path}: a change check "
+                     f"every {format_duration(config.sync.poll_interval)}")
+    elif poll_changed:
+        lines.append(f"removed {poll_path}: no change polling")
     if not reload:
         lines.append("not reloaded (--no-reload): run systemctl daemon-reload")
     elif not systemd_running():
@@ -119,6 +169,7 @@ def apply(config: Config, unit_dir: Path = DEFAULT_UNIT_DIR, reload: bool = True
     else:
         try:
             lines.append(reload_timer())
+            lines.append(reload_poll_timer(polling))
         except CommandFailed as error:
             raise SyncerError(f"{path} written, but {error}",
                               hint="run systemctl daemon-reload by hand") from None

@@ -1,0 +1,226 @@
+"""`library-syncer sync --if-changed`: a cheap check of the origin; the full sync only if it moved.
+
+library-syncer-poll.timer runs it every `sync.poll_interval`; the weekly library-syncer.timer stays
+the full verification run. The check costs the origin one SSH session over the site's own
+restricted account (rrsync -ro allows nothing but rsync):
+
+- **with a trace** (the published snapshot holds the origin's trace.json): rsync fetches the
+  origin's `.library-syncer/serial` ("<origin> <serial>", a few bytes) into a temporary folder and
+  compares it with the published revision;
+- **without one** (the Docker-based original, a server before traces): `rsync --list-only` of
+  the library, with the pull's own filters, compared by a digest of (path, size, mtime) with what
+  is published (the snapshot's files, its OVAs as the archives they came as).
+
+Same → one line, "origin unchanged (revision 42 of hq); nothing to do", nothing touched but
+<state>/last-check.json (`status` shows it). Moved, or unknown (nothing published, no serial at
+the origin) → the full sync, in this same process. The check holds the run lock, and the sync
+takes it again: a check never overlaps a run, and finding the lock held it just skips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..base import execute, fsutil
+from ..base.config import Config
+from ..base.errors import LockHeld
+from ..server.trace import SERIAL_FILE, TRACE_DIR
+from . import last_run, lock, rsync, snapshot, ssh, trace_check
+from . import run as sync_run
+from .trace_check import Revision
+
+log = logging.getLogger("library-syncer")
+
+STATE_FILE = "last-check.json"
+MANIFESTS = {"lib.json", "items.json", "index.html"}
+MEMBERS_SUFFIX = ".files.json"  # snapshot.prepare_ovas' record of an archive's unpacked files
+
+
+@dataclass(frozen=True)
+class Verdict:
+    moved: bool
+    seen: str  # what the origin showed: "revision 42 of hq", "listing 1a2b3c4d (12 files)"
+    why: str = ""  # why a sync is needed
+
+
+# --- what the origin shows ----------------------------------------------------------------------
+
+
+def _rsync(argv: list[str], sync) -> execute.CommandResult:
+    env = {k: v for k, v in os.environ.items() if k not in ("RSYNC_PROTECT_ARGS", "RSYNC_RSH")}
+    env["TZ"] = "UTC"  # --list-only prints times in the client's zone
+    return execute.run(argv, check=False, capture=True, env=env,
+                       timeout=sync.connect_timeout + sync.io_timeout + 30)
+
+
+def _fail(result: execute.CommandResult, sync) -> None:
+    error = rsync.classify(result.returncode, result.tail, rsync.Stats(), sync)
+    if error is not None:
+        error.message = f"change check: {error.message}"
+        raise error
+
+
+def serial_argv(sync, dest: Path) -> list[str]:
+    path = f"{sync.remote_path.rstrip('/')}/{TRACE_DIR}/{SERIAL_FILE}"
+    return [sync.rsync, f"--timeout={max(1, int(sync.io_timeout))}", "-e", ssh.rsh(sync),
+            f"{rsync.source(sync).rsplit(':', 1)[0]}:{path}", str(dest)]
+
+
+def origin_serial(sync) -> Revision | None:
+    """The origin's declared revision, read from its serial file (None: it declares none)."""
+    with tempfile.TemporaryDirectory(prefix="library-syncer-check-") as tmp:
+        dest = Path(tmp) / SERIAL_FILE
+        result = _rsync(serial_argv(sync, dest), sync)
+        if result.returncode == 23 and any("No such file" in line for line in result.tail):
+            return None
+        _fail(result, sync)
+        try:
+            origin, serial = dest.read_text().split()
+            return Revision(origin, int(serial))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None  # unreadable: unknown, so the full sync decides
+
+
+def list_argv(sync) -> list[str]:
+    return [sync.rsync, "--list-only", "--recursive", "--no-human-readable",
+            f"--timeout={max(1, int(sync.io_timeout))}", "-e", ssh.rsh(sync),
+            *rsync.filter_options(sync), rsync.source(sync)]
+
+
+def parse_listing(lines: list[str]) -> set[tuple[str, int, int]]:
+    """(path, size, mtime s) of the regular files of `rsync --list-only` (TZ=UTC) lines."""
+    rows = set()
+    for line in lines:
+        fields = line.split(None, 4)
+        if len(fields) < 5 or not fields[0].startswith("-"):
+            continue  # folders, links, specials (never pulled), rsync's own messages
+        try:
+            when = datetime.strptime(f"{fields[2]} {fields[3]}", "%Y/%m/%d %H:%M:%S")
+            rows.add((fields[4], int(fields[1]), int(when.replace(tzinfo=timezone.utc)
+                                                     .timestamp())))
+        except ValueError:
+            continue
+    return rows
+
+
+def origin_listing(sync) -> set[tuple[str, int, int]]:
+    result = _rsync(list_argv(sync), sync)
+    _fail(result, sync)
+    return parse_listing(result.output.splitlines() if result.output else [])
+
+
+def published_listing(published: Path, ova_store: Path) -> set[tuple[str, int, int]]:
+    """What the site publishes, as the origin's listing would show it: the files the pull
+    brought (not this site's manifests, page or state), an unpacked OVA as its archive."""
+    members: set[str] = set()
+    rows = set()
+    for record in ova_store.glob(f"*/*{MEMBERS_SUFFIX}"):
+        item = record.parent.name
+        archive = record.parent / record.name[: -len(MEMBERS_SUFFIX)]
+        try:
+            members.update(f"{item}/{name}" for name in json.loads(record.read_text())["files"])
+            st = archive.stat()
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        rows.add((f"{item}/{archive.name}", st.st_size, int(st.st_mtime)))
+    for dirpath, dirnames, filenames in os.walk(published):
+        rel_dir = Path(dirpath).relative_to(published).as_posix()
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d != TRACE_DIR]
+        for name in filenames:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            ours = name in MANIFESTS if rel_dir == "." else \
+                rel.count("/") == 1 and name == "item.json"
+            if ours or rel in members:
+                continue
+            st = os.lstat(os.path.join(dirpath, name))
+            rows.add((rel, st.st_size, int(st.st_mtime)))
+    return rows
+
+
+def digest(rows: set[tuple[str, int, int]]) -> str:
+    text = "".join(f"{path}\0{size}\0{mtime}\n" for path, size, mtime in sorted(rows))
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def check(config: Config, layout: snapshot.Layout) -> Verdict:
+    """Has the origin moved from what this site publishes? One SSH session."""
+    sync = config.sync
+    published = layout.current()
+    held = trace_check.read(published) if published is not None else None
+    if held is not None:
+        now = Revision(held.origin, held.serial)
+        offered = origin_serial(sync)
+        if offered is None:
+            return Verdict(True, "no serial", f"the server declares no revision (published: "
+                                              f"{now})")
+        if offered == now:
+            return Verdict(False, str(offered))
+        return Verdict(True, str(offered), f"the origin moved to {offered} (published: {now})")
+    rows = origin_listing(sync)
+    seen = f"listing {digest(rows)[:12]}, {len(rows)} files"
+    if published is None:
+        return Verdict(True, seen, "nothing is published yet")
+    if digest(published_listing(published, layout.ova_store)) == digest(rows):
+        return Verdict(False, seen)
+    return Verdict(True, seen, f"the origin's library differs from what is published ({seen})")
+
+
+# --- the record `status` reads -----------------------------------------------------------------
+
+
+def state_path(config: Config) -> Path:
+    return Path(config.state_dir) / STATE_FILE
+
+
+def _record(config: Config, verdict: Verdict) -> None:
+    data = {"checked": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "moved": verdict.moved, "seen": verdict.seen}
+    try:
+        fsutil.atomic_write(state_path(config), json.dumps(data) + "\n")
+    except OSError as error:
+        log.warning("could not record the check: %s", error.strerror)
+
+
+def read_record(config: Config) -> dict | None:
+    try:
+        data = json.loads(state_path(config).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def run_if_changed(config: Config, *, retry: bool = True, allow_empty: bool = False
+                   ) -> last_run.RunRecord | None:
+    """The check, then the full sync when the origin moved. None: no sync was needed (or a run
+    holds the lock); else the sync's record."""
+    sync_run.check_settings(config)
+    layout = snapshot.Layout.of(config)
+    layout.prepare()
+    try:
+        with lock.hold(layout.lock):
+            verdict = check(config, layout)
+            _record(config, verdict)
+    except LockHeld as held:
+        log.info("a sync is running; this check is skipped (%s)", held.message)
+        return None
+    if not verdict.moved:
+        log.info("origin unchanged (%s); nothing to do", verdict.seen)
+        return None
+    log.info("%s: syncing", verdict.why)
+    try:
+        return sync_run.run(config, retry=retry, allow_empty=allow_empty)
+    except LockHeld as held:  # a scheduled or manual run started since the check
+        log.info("a sync started meanwhile; it does this one's work (%s)", held.message)
+        return None
+
