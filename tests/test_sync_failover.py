@@ -109,7 +109,7 @@ def test_a_relay_that_is_down_is_skipped_and_the_origin_serves(work_dir, client_
     assert result.returncode == 0, result.stderr
     assert f"upstream {relay.where}: " in result.stderr and f"trying {origin.where}" in \
         result.stderr
-    assert f"from {origin.where}, revision 1 of hq, 1 upstream skipped" in result.stderr
+    assert f"; from {origin.where}, revision 1 of hq (1 upstream skipped)" in result.stderr
     assert _serial(state) == ("hq", 1)
     record = last_run(state)
     assert (record["upstream"], record["upstream_index"]) == (origin.where, 1)
@@ -133,7 +133,7 @@ def test_a_relay_that_is_down_is_skipped_and_the_origin_serves(work_dir, client_
     relay.server.start()
     result = sync(config)
     assert result.returncode == 0, result.stderr
-    assert f"from {relay.where}, revision 1 of hq" in result.stderr
+    assert f"; from {relay.where}, revision 1 of hq\n" in result.stderr
     assert last_run(state)["upstream_index"] == 0 and last_run(state)["skipped"] == []
     assert json.loads((relay.stored_reports / "paris.json").read_text())["report"]["via"] == \
         relay.where

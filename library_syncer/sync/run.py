@@ -345,19 +345,24 @@ def summary(record: RunRecord) -> str:
     parts.append(wire)
     if record.library_version is not None:
         parts.append(f"library version {record.library_version}")
-    if record.snapshot and record.upstream:
-        revision = f", revision {record.serial} of {record.origin}" if record.serial is not None \
-            else ""
-        parts.append(f"from {record.upstream}{revision}")
-    elif record.serial is not None:
-        parts.append(f"keeps revision {record.serial} of {record.origin}")
-    if record.skipped:
-        parts.append(f"{len(record.skipped)} upstream{'' if len(record.skipped) == 1 else 's'} "
-                     "skipped")
     if record.attempts > 1:
         parts.append(f"{record.attempts} attempts")
     parts.append(_duration(record.duration))
-    return f"{head}: " + ", ".join(parts)
+    return f"{head}: " + ", ".join(parts) + _provenance(record)
+
+
+def _provenance(record: RunRecord) -> str:
+    """`; from relay-lyon:2222, revision 42 of hq (1 upstream skipped)`, or the revision kept."""
+    revision = f"revision {record.serial} of {record.origin}" if record.serial is not None else ""
+    if record.snapshot and record.upstream:
+        said = f"; from {record.upstream}" + (f", {revision}" if revision else "")
+    elif revision:
+        said = f"; keeps {revision}"
+    else:
+        return ""
+    skipped = len(record.skipped)
+    return said + (f" ({skipped} upstream{'' if skipped == 1 else 's'} skipped)" if skipped
+                   else "")
 
 
 def _journal_fields(record: RunRecord) -> dict[str, object]:
@@ -567,7 +572,8 @@ def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
         for index, upstream in enumerate(upstreams):
             upstream = _budget_share(upstream, index, len(upstreams), started)
             last = index == len(upstreams) - 1
-            reporter.status(f"connecting to {_where(upstream.sync)}")
+            reporter.status(f"connecting to {_where(upstream.sync)}" if len(upstreams) > 1
+                            else "connecting")
             # One SSH connection per upstream, for the dry run, the transfer and the report.
             with sshmux.shared(upstream.sync, upstream.runtime_dir) as connection:
                 try:
