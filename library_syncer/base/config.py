@@ -226,6 +226,76 @@ def _user(value: Any) -> str:
     return value
 
 
+class EntryError(ValueError):
+    """A bad part of a structured value: reported as `section.key[N].part: found …, expected …`."""
+
+    def __init__(self, where: str, found: str, expected: str) -> None:
+        super().__init__(expected)
+        self.where, self.found, self.expected = where, found, expected
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One server a site may pull from; port and user left out take sync.port and sync.user."""
+
+    peer: str
+    port: int | None = None
+    user: str | None = None
+
+    def to_toml(self) -> str:
+        parts = [f"peer = {_json_string(self.peer)}"]
+        if self.port is not None:
+            parts.append(f"port = {self.port}")
+        if self.user is not None:
+            parts.append(f"user = {_json_string(self.user)}")
+        return "{" + ", ".join(parts) + "}"
+
+
+def _json_string(text: str) -> str:
+    import json
+
+    return json.dumps(text)
+
+
+UPSTREAM_PARTS: dict[str, tuple[Parser, str]] = {
+    "peer": (_host, "a host name or IP address"),
+    "port": (_int_range(1, 65535), "an integer 1-65535"),
+    "user": (_user, "a user name"),
+}
+
+
+def _upstreams(value: Any) -> tuple[Upstream, ...]:
+    """`[{peer = "relay-lyon", port = 2222}, {peer = "hq.example.net", user = "syncer"}]`: the
+    servers to pull from, in order of preference."""
+    if not isinstance(value, list):
+        raise ValueError
+    result, seen = [], set()
+    for number, entry in enumerate(value, 1):
+        where = f"[{number}]"
+        if not isinstance(entry, dict):
+            raise EntryError(where, _describe(entry),
+                             'a table such as {peer = "relay-lyon", port = 2222}')
+        unknown = sorted(set(entry) - set(UPSTREAM_PARTS))
+        if unknown:
+            raise EntryError(f"{where}.{unknown[0]}", "", "unknown key; known: peer, port, user")
+        parts: dict[str, Any] = {}
+        for name, (parse, expected) in UPSTREAM_PARTS.items():
+            if name not in entry:
+                continue
+            try:
+                parts[name] = parse(entry[name])
+            except ValueError:
+                raise EntryError(f"{where}.{name}", _describe(entry[name]), expected) from None
+        if not parts.get("peer"):
+            raise EntryError(f"{where}.peer", "nothing", "the server's host name or IP address")
+        upstream = Upstream(**parts)
+        if (upstream.peer, upstream.port) in seen:
+            raise EntryError(where, _describe(entry), "each upstream once")
+        seen.add((upstream.peer, upstream.port))
+        result.append(upstream)
+    return tuple(result)
+
+
 # --- the sections -------------------------------------------------------------------------
 
 
@@ -242,6 +312,9 @@ class SyncConfig:
     peer: str = setting("", _host, "a host name or IP address", "SYNC_PEER")
     port: int = setting(2222, _int_range(1, 65535), "an integer 1-65535", "SYNC_PORT")
     user: str = setting("syncer", _user, "a user name")
+    upstreams: tuple[Upstream, ...] = setting(
+        [], _upstreams, 'a list of tables such as [{peer = "relay-lyon", port = 2222}, '
+        '{peer = "hq.example.net"}] (port and user default to sync.port and sync.user)')
     remote_path: str = setting("/", _nonempty, "a path inside the server's library")
     identity_file: Path = setting(
         paths.DEFAULT_CONFIG_DIR / "ssh" / "id_syncer", _rsh_path, "a file path"
@@ -277,6 +350,20 @@ class SyncConfig:
     report: bool = setting(True, _bool, "true or false")
     rsync: str = setting("rsync", _rsh_command, "a command name or path")
     ssh: str = setting("ssh", _rsh_command, "a command name or path")
+
+    def upstream_list(self) -> tuple[Upstream, ...]:
+        """The servers to pull from, in order, port and user filled in: sync.upstreams, or the
+        one sync.peer (empty: not configured)."""
+        listed = self.upstreams or ((Upstream(self.peer),) if self.peer else ())
+        return tuple(Upstream(u.peer, self.port if u.port is None else u.port,
+                              self.user if u.user is None else u.user) for u in listed)
+
+    def for_upstream(self, upstream: Upstream) -> SyncConfig:
+        """These settings aimed at one upstream (what ssh, rsync and the report use)."""
+        from dataclasses import replace
+
+        return replace(self, peer=upstream.peer, port=upstream.port or self.port,
+                       user=upstream.user or self.user, upstreams=())
 
 
 @dataclass(frozen=True)
@@ -413,6 +500,9 @@ def _build_section(cls: type, table: dict[str, Any], name: str, file: str, base:
             continue
         try:
             values[key] = _resolve(spec.metadata["parse"](raw), base)
+        except EntryError as error:  # a part of a list of tables: named exactly
+            problems.append(ConfigProblem(file, f"{name}.{key}{error.where}", error.found,
+                                          error.expected))
         except ValueError as error:
             # A parser may give a more precise phrase than the field's generic one.
             detail = str(error)
@@ -431,6 +521,10 @@ def _cross_checks(config: Config) -> list[ConfigProblem]:
     if web.tls != "off" and web.http_port == web.https_port:
         problems.append(ConfigProblem(file, "web.https_port", str(web.https_port),
                                       "a port different from web.http_port"))
+    if config.sync.peer and config.sync.upstreams:
+        problems.append(ConfigProblem(file, "sync.peer", _describe(config.sync.peer),
+                                      'nothing when sync.upstreams is set (list it there: '
+                                      f'{{peer = "{config.sync.peer}"}})'))
     if config.sync.retry_initial_delay > config.sync.retry_max_delay:
         problems.append(ConfigProblem(file, "sync.retry_initial_delay",
                                       str(config.sync.retry_initial_delay),

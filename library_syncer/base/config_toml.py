@@ -32,6 +32,10 @@ DESCRIPTIONS: dict[str, str] = {
     "sync.peer": "The server to pull from. Required on a client.",
     "sync.port": "The server's SSH port.",
     "sync.user": "The account on the server (its key is forced to rrsync -ro).",
+    "sync.upstreams": "Several servers to pull from, in order of preference, instead of "
+                      "sync.peer: a run moves on to the next when one is unreachable, refuses "
+                      "this site's key or offers an older revision (each host's key: "
+                      "library-syncer trust-host --peer HOST --port N).",
     "sync.remote_path": "Which folder of the server's library to pull.",
     "sync.identity_file": "This site's private SSH key (create: ssh-keygen -t ed25519).",
     "sync.known_hosts": "The server's host key (record it: library-syncer trust-host).",
@@ -145,7 +149,8 @@ def format_value(spec: Any, value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(toml_string(str(v)) for v in value) + "]"
+        return "[" + ", ".join(v.to_toml() if hasattr(v, "to_toml") else toml_string(str(v))
+                               for v in value) + "]"
     if parse in (config_module._duration, config_module._poll_interval):
         return toml_string(_span(float(value)))
     if parse is parse_size:

@@ -84,6 +84,11 @@ def _add_trust_host_parser(subparsers) -> None:
                         help="accept the key only if it has this fingerprint (no prompt)")
     parser.add_argument("--yes", action="store_true",
                         help="accept the key shown without asking (first contact on a trusted LAN)")
+    parser.add_argument("--peer", metavar="HOST",
+                        help="the upstream whose key to record (one of sync.upstreams; needed "
+                             "when several are listed)")
+    parser.add_argument("--port", type=int, metavar="N",
+                        help="its SSH port (default: the port listed for it, else sync.port)")
 
 
 def _add_server_parser(subparsers) -> None:

@@ -18,7 +18,7 @@ log = logging.getLogger("library-syncer")
 def sync(args: argparse.Namespace) -> int:
     """`sync`: one run; its failure is raised, so main() prints it as one line with its status."""
     config = config_module.env_override_state(config_module.load(args.config))
-    if getattr(args, "skip_unconfigured", False) and not config.sync.peer:
+    if getattr(args, "skip_unconfigured", False) and not config.sync.upstream_list():
         # The package installs the commented example and enables the timer: until the operator
         # names a server, a scheduled run says so and succeeds instead of failing every week.
         log.warning("not configured yet: sync.peer is empty in %s; nothing to do (set it, then "
@@ -46,9 +46,11 @@ def _ask(keys: list[PublicKey]) -> bool:
 
 
 def trust_host(args: argparse.Namespace) -> int:
-    """`trust-host`: record the server's host key (by fingerprint, prompt or --yes)."""
+    """`trust-host`: record the server's host key (by fingerprint, prompt or --yes); with several
+    upstreams, `--peer HOST [--port N]` names the one."""
     config = config_module.load(args.config)
-    print(hostkeys.trust(config, fingerprint=args.fingerprint, yes=args.yes, confirm=_ask))
+    print(hostkeys.trust(config, fingerprint=args.fingerprint, yes=args.yes, confirm=_ask,
+                         peer=getattr(args, "peer", None), port=getattr(args, "port", None)))
     return 0
 
 

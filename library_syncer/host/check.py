@@ -113,12 +113,35 @@ def _name(lookup: Callable, number: int) -> str:
         return str(number)
 
 
+def _each_upstream(check: Callable[[Config], list[CheckResult]]
+                   ) -> Callable[[Config], list[CheckResult]]:
+    """A client check run once per upstream (sync.upstreams, or the one sync.peer)."""
+    from dataclasses import replace
+
+    def every(config: Config) -> list[CheckResult]:
+        return [result for upstream in config.sync.upstream_list() for result in
+                check(replace(config, sync=config.sync.for_upstream(upstream)))]
+
+    every.__name__ = check.__name__
+    return every
+
+
 def check_host_key(config: Config) -> list[CheckResult]:
+    several = len(config.sync.upstream_list()) > 1
+    return _each_upstream(lambda one: _check_host_key(one, several))(config)
+
+
+def check_server(config: Config) -> list[CheckResult]:
+    return _each_upstream(_check_server)(config)
+
+
+def _check_host_key(config: Config, several: bool = False) -> list[CheckResult]:
     from ..sync import ssh
 
     known = config.sync.known_hosts
     pattern = ssh.host_pattern(config.sync)
-    fix = "library-syncer trust-host --fingerprint SHA256:… (the server shows it: " \
+    pick = f" --peer {config.sync.peer} --port {config.sync.port}" if several else ""
+    fix = f"library-syncer trust-host{pick} --fingerprint SHA256:… (the server shows it: " \
           "library-syncer server keys)"
     try:
         with open(known, "rb"):
@@ -138,7 +161,7 @@ def check_host_key(config: Config) -> list[CheckResult]:
     return [CheckResult(OK, "host key", f"{pattern} is in {known}")]
 
 
-def check_server(config: Config) -> list[CheckResult]:
+def _check_server(config: Config) -> list[CheckResult]:
     """SSH handshake + rrsync listing: the server answers and accepts this site's key."""
     argv = rsync.list_argv(config.sync)
     target = f"{config.sync.user}@{config.sync.peer}:{config.sync.port}"
@@ -416,7 +439,7 @@ def run_checks(config_file: Path | None) -> list[CheckResult]:
                        "validate" if p.key else "") for p in error.problems]
     results = [CheckResult(OK, "settings", f"{config.file} is valid")]
     checks: list[Callable[[Config], list[CheckResult]]] = []
-    if config.sync.peer:
+    if config.sync.upstream_list():
         checks += CLIENT_CHECKS
     if is_server(config):
         checks += SERVER_CHECKS

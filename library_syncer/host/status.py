@@ -85,9 +85,13 @@ def published_library(config: Config) -> dict[str, Any]:
         return {**_cannot(_why(error)), "snapshot": str(snapshot)}
     except ValueError as error:
         return {**_cannot(f"lib.json/items.json unreadable: {error}"), "snapshot": str(snapshot)}
+    from ..sync import trace_check
+
+    held = trace_check.read(published)
     return {"available": True, "name": lib.get("name"), "version": lib.get("version"),
             "content_version": lib.get("contentVersion"), "items": len(items.get("items", [])),
-            "snapshot": str(snapshot)}
+            "snapshot": str(snapshot), "origin": held.origin if held else None,
+            "serial": held.serial if held else None}
 
 
 def schedule(config: Config) -> dict[str, Any]:
@@ -178,6 +182,13 @@ def _last_sync_line(last: dict[str, Any]) -> str:
         changed = last["items_changed"]
         count = len(changed) if isinstance(changed, list) else int(changed)
         parts.append(f"{count} item{'' if count == 1 else 's'} changed")
+    if last.get("upstream"):
+        revision = (f", revision {last['serial']} of {last.get('origin')}"
+                    if last.get("serial") is not None else "")
+        parts.append(("from " if last.get("snapshot") else "last tried ")
+                     + f"{last['upstream']}{revision}")
+    if last.get("skipped"):
+        parts.append(f"{len(last['skipped'])} upstream(s) skipped")
     line = ", ".join(parts)
     if last.get("message") and last.get("outcome") != "ok":
         line += f": {last['message']}"
@@ -209,8 +220,11 @@ def to_text(report: dict[str, Any]) -> str:
     if "last_check" in report:
         lines.append(("last checked", _last_check_line(report["last_check"])))
     if lib.get("available"):
+        revision = f", revision {lib['serial']} of {lib['origin']}" \
+            if lib.get("serial") is not None else ""
         lines.append(("library", f"\"{lib['name']}\" version {lib['version']}, "
-                                 f"{lib['items']} item{'' if lib['items'] == 1 else 's'}"))
+                                 f"{lib['items']} item{'' if lib['items'] == 1 else 's'}"
+                                 f"{revision}"))
     else:
         lines.append(("library", f"unknown: {lib['reason']}"))
     if lib.get("snapshot"):

@@ -73,13 +73,35 @@ def _record(sync: SyncConfig, keys: list[PublicKey]) -> None:
     fsutil.atomic_write(path, old + new, 0o644)
 
 
-def trust(config: Config, *, fingerprint: str | None = None, yes: bool = False,
-          confirm: Callable[[list[PublicKey]], bool] | None = None) -> str:
-    """Scan, compare, record; returns the line to show. See the module docstring."""
-    sync = config.sync
-    if not sync.peer:
-        raise ConfigError(ConfigProblem(str(config.file), "sync.peer", "nothing",
+def choose(config: Config, peer: str | None = None, port: int | None = None) -> SyncConfig:
+    """The settings aimed at the upstream whose key is wanted: `peer` (and `port`; default the
+    port listed for it, else sync.port), or the only upstream. With several listed, one must be
+    named: each has its own key."""
+    sync, listed = config.sync, config.sync.upstream_list()
+    file = str(config.file)
+    if peer:
+        same = [u for u in listed if u.peer == peer and (port is None or u.port == port)]
+        if same:
+            return sync.for_upstream(same[0])
+        from ..base.config import Upstream
+
+        log.warning("%s is not listed in %s; recording its key all the same", peer, file)
+        return sync.for_upstream(Upstream(peer, port or sync.port, sync.user))
+    if not listed:
+        raise ConfigError(ConfigProblem(file, "sync.peer", "nothing",
                                         "the server's host name or IP address"))
+    if len(listed) > 1:
+        names = ", ".join(f"{u.peer} --port {u.port}" for u in listed)
+        raise ConfigError(ConfigProblem(file, "sync.upstreams", f"{len(listed)} upstreams",
+                                        f"one named with --peer HOST [--port N] ({names})"))
+    return sync.for_upstream(listed[0])
+
+
+def trust(config: Config, *, fingerprint: str | None = None, yes: bool = False,
+          confirm: Callable[[list[PublicKey]], bool] | None = None,
+          peer: str | None = None, port: int | None = None) -> str:
+    """Scan, compare, record; returns the line to show. See the module docstring."""
+    sync = choose(config, peer, port)
     offered = scan(sync)
     target = ssh.host_pattern(sync)
     for key in offered:

@@ -38,6 +38,14 @@ class RunRecord:
     problems: list[str] = field(default_factory=list)
     last_success: str | None = None  # the finish time of the last run that published
     version: str = ""  # library-syncer's version
+    # The upstream that served the run ("relay-lyon:2222"; when none did, the last one tried),
+    # its place in sync.upstreams (0 = the first), and the revision this site holds after the
+    # run (origin and serial of the published trace; None without a trace).
+    upstream: str | None = None
+    upstream_index: int | None = None
+    origin: str | None = None
+    serial: int | None = None
+    skipped: list[str] = field(default_factory=list)  # "host:port: why", each upstream passed over
     format: int = FORMAT
     # The run's error (not stored): `sync.command` re-raises it for the one-line message.
     error: Exception | None = field(default=None, repr=False, compare=False)

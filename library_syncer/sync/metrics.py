@@ -29,18 +29,29 @@ class Library:
     version: int | None = None
     items: int | None = None
     size: int | None = None  # bytes of the files its manifests list
+    origin: str | None = None  # the revision held (the published trace), when there is one
+    serial: int | None = None
 
 
 def read_library(snapshot: Path | None) -> Library:
     if snapshot is None:
         return Library()
+    from . import trace_check
+
+    held = trace_check.read(snapshot)
+    revision = {"origin": held.origin, "serial": held.serial} if held else {}
     try:
         lib = json.loads((snapshot / "lib.json").read_text())
         entries = json.loads((snapshot / "items.json").read_text())["items"]
         return Library(version=int(lib["version"]), items=len(entries),
-                       size=sum(int(f["size"]) for item in entries for f in item["files"]))
+                       size=sum(int(f["size"]) for item in entries for f in item["files"]),
+                       **revision)
     except (OSError, ValueError, TypeError, KeyError):
-        return Library()
+        return Library(**revision)
+
+
+def _label(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _timestamp(iso: str | None) -> float | None:
@@ -84,6 +95,22 @@ def render(record: RunRecord, library: Library) -> str:
             library.version)
     _metric(lines, "library_size_bytes",
             "Size of the published library (the files its manifests list).", library.size)
+    if library.serial is not None:
+        lines += ["# HELP library_syncer_library_serial The origin's revision serial this site "
+                  "publishes (its trace).", "# TYPE library_syncer_library_serial gauge",
+                  f'library_syncer_library_serial{{origin="{_label(library.origin or "")}"}} '
+                  f"{library.serial}"]
+    if record.upstream_index is not None:
+        _metric(lines, "last_run_upstream_index",
+                "Which upstream served the last sync (0 = the first of sync.upstreams; when none "
+                "did, the last one tried).", record.upstream_index)
+        lines += ["# HELP library_syncer_last_run_upstream_info The upstream of the last sync.",
+                  "# TYPE library_syncer_last_run_upstream_info gauge",
+                  f'library_syncer_last_run_upstream_info{{upstream="'
+                  f'{_label(record.upstream or "")}"}} 1']
+        _metric(lines, "last_run_upstreams_skipped",
+                "Upstreams the last sync passed over (down, refused, stale).",
+                len(record.skipped))
     lines += ["# HELP library_syncer_last_run_outcome The last sync's outcome (1 = this one).",
               "# TYPE library_syncer_last_run_outcome gauge"]
     outcomes = OUTCOMES if record.outcome in OUTCOMES else (*OUTCOMES, record.outcome)

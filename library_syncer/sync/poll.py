@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..base import execute, fsutil
 from ..base.config import Config
-from ..base.errors import LockHeld
+from ..base.errors import LockHeld, NetworkError
 from ..server.trace import SERIAL_FILE, TRACE_DIR
 from . import last_run, lock, rsync, snapshot, ssh, trace_check
 from . import run as sync_run
@@ -151,8 +151,20 @@ def digest(rows: set[tuple[str, int, int]]) -> str:
 
 
 def check(config: Config, layout: snapshot.Layout) -> Verdict:
-    """Has the origin moved from what this site publishes? One SSH session."""
-    sync = config.sync
+    """Has the origin moved from what this site publishes? One SSH session, to the first
+    upstream that answers (sync.upstreams in order; a failover costs one session more)."""
+    upstreams = config.sync.upstream_list()
+    for index, upstream in enumerate(upstreams):
+        try:
+            return _check(config.sync.for_upstream(upstream), layout)
+        except NetworkError as error:
+            if index == len(upstreams) - 1:
+                raise
+            log.info("%s; asking the next upstream", error)
+    raise NetworkError("change check: no upstream is configured")
+
+
+def _check(sync, layout: snapshot.Layout) -> Verdict:
     published = layout.current()
     held = trace_check.read(published) if published is not None else None
     if held is not None:

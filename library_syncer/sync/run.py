@@ -19,7 +19,7 @@ import random
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from ..base.errors import (
     ExitStatus,
     HostKeyError,
     NetworkError,
+    StaleUpstream,
     SyncerError,
     VerifyError,
 )
@@ -59,9 +60,10 @@ def check_settings(config: Config) -> None:
     """What the settings file must hold before a run can start (one line each)."""
     sync, file = config.sync, str(config.file)
     problems = []
-    if not sync.peer:
+    if not sync.upstream_list():
         problems.append(ConfigProblem(file, "sync.peer", "nothing",
-                                      "the server's host name or IP address"))
+                                      "the server's host name or IP address (or "
+                                      "sync.upstreams)"))
     if not os.access(sync.identity_file, os.R_OK):
         why = "does not exist" if not sync.identity_file.exists() else "is not readable"
         problems.append(ConfigProblem(file, "sync.identity_file", "",
@@ -346,7 +348,21 @@ def summary(record: RunRecord) -> str:
     if record.attempts > 1:
         parts.append(f"{record.attempts} attempts")
     parts.append(_duration(record.duration))
-    return f"{head}: " + ", ".join(parts)
+    return f"{head}: " + ", ".join(parts) + _provenance(record)
+
+
+def _provenance(record: RunRecord) -> str:
+    """`; from relay-lyon:2222, revision 42 of hq (1 upstream skipped)`, or the revision kept."""
+    revision = f"revision {record.serial} of {record.origin}" if record.serial is not None else ""
+    if record.snapshot and record.upstream:
+        said = f"; from {record.upstream}" + (f", {revision}" if revision else "")
+    elif revision:
+        said = f"; keeps {revision}"
+    else:
+        return ""
+    skipped = len(record.skipped)
+    return said + (f" ({skipped} upstream{'' if skipped == 1 else 's'} skipped)" if skipped
+                   else "")
 
 
 def _journal_fields(record: RunRecord) -> dict[str, object]:
@@ -357,7 +373,11 @@ def _journal_fields(record: RunRecord) -> dict[str, object]:
             "FILES_CHANGED": record.files_changed,
             "ITEMS_CHANGED": len(record.items_changed),
             "LIBRARY_VERSION": record.library_version if record.library_version is not None
-            else "", "SNAPSHOT": record.snapshot or ""}
+            else "", "SNAPSHOT": record.snapshot or "",
+            "UPSTREAM": record.upstream or "", "UPSTREAM_INDEX": record.upstream_index
+            if record.upstream_index is not None else "",
+            "ORIGIN": record.origin or "",
+            "SERIAL": record.serial if record.serial is not None else ""}
 
 
 class _Phases:
@@ -402,8 +422,9 @@ def _run_steps(config: Config, layout: snapshot.Layout, record: RunRecord, retry
     try:
         transfer(config, layout, staging, published, retry, reporter, done, connection)
     finally:
-        record.attempts = done.attempts
-        record.bytes_received, record.bytes_sent = done.bytes_received, done.bytes_sent
+        record.attempts += done.attempts  # over every upstream tried
+        record.bytes_received += done.bytes_received
+        record.bytes_sent += done.bytes_sent
     clock.lap("transfer")
     snapshot.crash_point("transferred")
     if not allow_empty:
@@ -481,14 +502,65 @@ def _finish(config: Config, record: RunRecord, started: float,
     log.log(level, "%s", summary(record), extra={"fields": _journal_fields(record)})
 
 
+def _where(sync) -> str:
+    return f"{sync.peer}:{sync.port}"
+
+
+def _upstream_configs(config: Config) -> list[Config]:
+    """The run's settings aimed at each upstream in turn (sync.upstreams, or sync.peer)."""
+    return [replace(config, sync=config.sync.for_upstream(u))
+            for u in config.sync.upstream_list()]
+
+
+def _budget_share(config: Config, index: int, count: int, started: float) -> Config:
+    """Upstream `index` gets an equal share of what is left of sync.retry_budget: the run as a
+    whole never retries longer than the budget, however many upstreams are listed, and an
+    upstream that fails at once leaves its share to the next ones."""
+    left = max(0.0, config.sync.retry_budget - (time.monotonic() - started))
+    return replace(config, sync=replace(config.sync, retry_budget=left / (count - index)))
+
+
+def _fails_over(error: SyncerError) -> bool:
+    """What makes a run try the next upstream: it could not be reached or refused this site's key
+    (NetworkError, after its share of retries), or it offers an older revision or another origin
+    (StaleUpstream). A host key that is unknown or CHANGED stops the run (HostKeyError): moving on
+    would hide exactly what an attack looks like. Problems of the site itself (disk full, the
+    settings) or of the content (verify) are the same whichever upstream serves."""
+    return isinstance(error, (NetworkError, StaleUpstream)) and \
+        not isinstance(error, HostKeyError)
+
+
+def _all_failed(tried: list[tuple[Config, SyncerError]]) -> SyncerError:
+    """One line for a run no upstream served. Every upstream stale: StaleUpstream (exit 11, the
+    site keeps what it publishes); else NetworkError (exit 5: at least one could not serve)."""
+    said = "; ".join(f"{_where(c.sync)}: {e.message}" for c, e in tried)
+    if all(isinstance(e, StaleUpstream) for _, e in tried):
+        return StaleUpstream(f"every upstream is stale; keeping the published library ({said})",
+                             hint="nothing to do here; the next run pulls again")
+    first = next(e for _, e in tried if not isinstance(e, StaleUpstream))
+    return NetworkError(f"no upstream served ({said})", hint=first.hint)
+
+
+def _record_upstream(record: RunRecord, config: Config, index: int, layout: snapshot.Layout
+                     ) -> None:
+    record.upstream, record.upstream_index = _where(config.sync), index
+    published = layout.current()
+    held = trace_check.read(published) if published is not None else None
+    record.origin, record.serial = (held.origin, held.serial) if held else (None, None)
+
+
 def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
         allow_empty: bool = False) -> RunRecord:
     """One sync. Returns the run's record; a failure after the lock is in `record.error` (the
     published snapshot is then unchanged, except for VerifyError: the good items were
-    published). Raises ConfigError, HostKeyError or LockHeld before anything starts."""
+    published). Raises ConfigError, HostKeyError or LockHeld before anything starts.
+
+    The upstreams are tried in order (sync.upstreams, or the one sync.peer); see _fails_over.
+    Each has its own SSH connection: a failover closes one and opens the next."""
     check_settings(config)
     layout = snapshot.Layout.of(config)
     layout.prepare()
+    upstreams = _upstream_configs(config)
     with lock.hold(layout.lock):
         previous = _previous_record(config, layout)
         run_id = os.environ.get("INVOCATION_ID") or uuid.uuid4().hex
@@ -496,24 +568,42 @@ def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
                            last_success=previous.last_success if previous else None)
         started = time.monotonic()
         reporter = reporter or Reporter()
-        reporter.status("connecting")
-        # One SSH connection for the whole run: the dry run, the transfer and the report.
-        with sshmux.shared(config.sync, config.runtime_dir) as connection:
-            try:
-                _run_steps(config, layout, record, retry, reporter, allow_empty, connection)
-            except SyncerError as error:
-                record.error = error
-                _finish(config, record, started, error)
-                report.send(config, record, connection)
-                reporter.status(f"failed: {error}")
-                return record
-            except BaseException as error:  # interrupted (SIGTERM/Ctrl-C), a bug, a system error
-                _finish(config, record, started, error)
-                raise
-            _finish(config, record, started, None)
-            report.send(config, record, connection)
-        reporter.status(summary(record))
-        return record
+        tried: list[tuple[Config, SyncerError]] = []
+        for index, upstream in enumerate(upstreams):
+            upstream = _budget_share(upstream, index, len(upstreams), started)
+            last = index == len(upstreams) - 1
+            reporter.status(f"connecting to {_where(upstream.sync)}" if len(upstreams) > 1
+                            else "connecting")
+            # One SSH connection per upstream, for the dry run, the transfer and the report.
+            with sshmux.shared(upstream.sync, upstream.runtime_dir) as connection:
+                try:
+                    _run_steps(upstream, layout, record, retry, reporter, allow_empty,
+                               connection)
+                except SyncerError as error:
+                    if _fails_over(error) and len(upstreams) > 1:
+                        tried.append((upstream, error))
+                        record.skipped.append(f"{_where(upstream.sync)}: {error.message}")
+                        if not last:
+                            log.warning("upstream %s: %s; trying %s", _where(upstream.sync),
+                                        error.message, _where(upstreams[index + 1].sync))
+                            continue
+                        error = _all_failed(tried)
+                    record.error = error
+                    _record_upstream(record, upstream, index, layout)
+                    _finish(config, record, started, error)
+                    report.send(upstream, record, connection)
+                    reporter.status(f"failed: {error}")
+                    return record
+                except BaseException as error:  # interrupted (SIGTERM/Ctrl-C), a bug, system
+                    _record_upstream(record, upstream, index, layout)
+                    _finish(config, record, started, error)
+                    raise
+                _record_upstream(record, upstream, index, layout)
+                _finish(config, record, started, None)
+                report.send(upstream, record, connection)
+            reporter.status(summary(record))
+            return record
+        raise AssertionError("check_settings lets no run start without an upstream")
 
 
 def _previous_record(config: Config, layout: snapshot.Layout) -> RunRecord | None:
