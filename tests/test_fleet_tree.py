@@ -41,26 +41,10 @@ def tree(fixtures_dir: Path) -> Iterator[TreeRun]:
     try:
         with Fleet(6, tag="tt") as fleet:
             run = TreeRun(fleet, work, lib, settle=2.0, report_grace=1.0)
-            relays = [run.add_node(name, RELAY) for name in ("relay-a", "relay-b")]
-            for relay, letter in zip(relays, "ab", strict=True):
-                for k, profile in enumerate(SITES):
-                    run.add_node(f"site-{letter}{k}", profile, upstream=relay.index,
-                                 io_timeout=5)
-            for node in run.sites:  # a long schedule: never overdue during the test
-                run.set_sync_settings(node, schedule="daily", random_delay="0s")
-            run.set_sync_settings(run.sites[-1], schedule=f"*-*-* *:*:00/{OVERDUE_AFTER}")
-            run.start_server()
-            run.declare()
-            run.trust_server()
-            first = scenarios.observe(run, "first relays", lambda: run.sync_many(relays),
-                                      nodes=relays)
-            assert first.problems == [], first.problems
-            for relay in relays:
-                run.start_relay(relay)
-            run.trust_server()
-            first = scenarios.observe(run, "first sites", lambda: run.sync_many(
-                run.leaf_nodes(), random_delay=2))
-            assert first.problems == [], first.problems
+            first = scenarios.build(run, relay_profile=RELAY, site_profiles=[SITES, SITES],
+                                    short_schedule=OVERDUE_AFTER, random_delay=2)
+            for outcome in first:
+                assert outcome.problems == [], outcome.problems
             yield run
         assert not [ns for ns in list_namespaces() if ns.startswith(fleet.base)], \
             "the fleet left namespaces behind"

@@ -20,6 +20,7 @@ from library_syncer.server import trace
 
 from . import library
 from .checks import compare_site
+from .netns import LinkProfile
 from .scenarios import Outcome, watched
 from .sites import Site, SyncResult
 from .tree import ORIGIN, TreeRun
@@ -57,6 +58,33 @@ def observe(run: TreeRun, name: str, action: Callable[[], list[SyncResult]], *,
                                    "origin_tx_bytes": run.origin_tx_bytes() - tx0})
 
 
+def build(run: TreeRun, *, relay_profile: LinkProfile, site_profiles: list[list[LinkProfile]],
+          short_schedule: int, random_delay: float = 0.0) -> list[Outcome]:
+    """Relays (one per entry of `site_profiles`) and their sites; every node on a daily
+    schedule but the last site, which runs every `short_schedule` seconds (so it can become
+    overdue within a test). The origin declares its library, the relays pull it and start
+    their server role, the sites pull from them; returns those two first syncs."""
+    relays = [run.add_node(f"relay-{chr(97 + r)}", relay_profile)
+              for r in range(len(site_profiles))]
+    for relay, profiles in zip(relays, site_profiles, strict=True):
+        letter = run.names[relay.index][-1]
+        for k, profile in enumerate(profiles):
+            run.add_node(f"site-{letter}{k}", profile, upstream=relay.index, io_timeout=5)
+    for node in run.sites:
+        run.set_sync_settings(node, schedule="daily", random_delay="0s")
+    run.set_sync_settings(run.sites[-1], schedule=f"*-*-* *:*:00/{short_schedule}")
+    run.start_server()
+    run.declare()
+    run.trust_server()
+    first = [observe(run, "first sync, relays", lambda: run.sync_many(relays), nodes=relays)]
+    for relay in relays:
+        run.start_relay(relay)
+    run.trust_server()
+    first.append(observe(run, "first sync, sites", lambda: run.sync_many(
+        run.leaf_nodes(), random_delay=random_delay)))
+    return first
+
+
 def new_revision(run: TreeRun, *, fixtures_dir: Path, fraction: float, seed: int,
                  random_delay: float = 0.0, added_size: int = 0) -> Outcome:
     """Scenario 1: a new revision at the origin (a disk patched, an item added, one deleted)
@@ -85,6 +113,8 @@ def stale_relay(run: TreeRun, relay: Site, *, fixtures_dir: Path, fraction: floa
                       expect_status={s.index: STALE_STATUS for s in behind},
                       nodes=[s for s in run.sites if s is not relay])
     outcome.problems[:0] = first.problems
+    outcome.changed_bytes = first.changed_bytes  # the revision the relay was restored below
+    outcome.extra["origin_tx_bytes"] = first.extra["origin_tx_bytes"]
     assert old is not None and new is not None
     want = (f"the server offers revision {old[1]} of {ORIGIN}, older than revision {new[1]} "
             f"of {ORIGIN} published here")
