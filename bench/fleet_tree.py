@@ -80,11 +80,12 @@ def main() -> int:
     date = datetime.now(timezone.utc)
     disk = args.library_mb * MB // args.items
     library.make_library(lib, items=args.items, disk_size=disk, fixtures_dir=built)
+    library_bytes = library.library_size(lib)
     site_profiles = [[PROFILES[CYCLE[(r + k) % len(CYCLE)]] for k in range(args.sites_per_relay)]
                      for r in range(args.relays)]
     sites = args.relays * args.sites_per_relay
     print(f"tree: origin, {args.relays} relays ({RELAY.describe()}), {sites} sites; library "
-          f"{library.library_size(lib) / MB:.1f} MB in {args.items} items")
+          f"{library_bytes / MB:.1f} MB in {args.items} items")
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -135,7 +136,7 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
     figures = {"relays": args.relays, "sites": sites, "relay_profile": RELAY.describe(),
                "site_profiles": sorted({p.describe() for ps in site_profiles for p in ps}),
-               "library_bytes": library.library_size(lib) if lib.exists() else 0,
+               "library_bytes": library_bytes,
                "library_mb": args.library_mb, "fraction": args.fraction,
                "tree_origin_bytes": tree.extra["origin_tx_bytes"],
                "flat_origin_bytes": flat.extra["origin_tx_bytes"],
