@@ -368,12 +368,43 @@ def fleet(result: Result) -> str:
                       provenance(result)])
 
 
+# --- fleet_tree -------------------------------------------------------------------------------
+
+
+def fleet_tree(result: Result) -> str:
+    f = result["figures"]
+    rows = []
+    for scenario in f["scenarios"]:
+        nodes = scenario["nodes"]
+        statuses = sorted({n["returncode"] for n in nodes})
+        rows.append([scenario["label"], secs(scenario["seconds"]), str(len(nodes)),
+                     ", ".join(str(s) for s in statuses) or "—",
+                     f"{scenario['origin_tx_bytes'] / MIB:.2f} MiB",
+                     f"{scenario['changed_bytes'] / MIB:.2f} MiB" if scenario["changed_bytes"]
+                     else "—", str(scenario["problems"])])
+    head = ["scenario", "took", "runs", "exit statuses", "sent by the origin", "change",
+            "problems"]
+    tree, flat = f["tree_origin_bytes"], f["flat_origin_bytes"]
+    summary = (f"Origin, {f['relays']} relays ({f['relay_profile']}), {f['sites']} sites "
+               f"({'; '.join(f['site_profiles'])}); library {f['library_bytes'] / MIB:.1f} MiB. "
+               f"Bytes leaving the origin for one revision of the same kind "
+               f"({f['tree_change_bytes'] / MIB:.2f} and {f['flat_change_bytes'] / MIB:.2f} MiB "
+               f"of change): tree **{tree / MIB:.2f} MiB** "
+               f"({tree / f['tree_change_bytes']:.2f} × the change), flat (every node from the "
+               f"origin) **{flat / MIB:.2f} MiB** ({flat / f['flat_change_bytes']:.2f} × the "
+               f"change): the tree sends **{x(tree / flat)}** of the flat fleet's bytes. Whole "
+               f"run: {secs(f['total_seconds'])}.")
+    notes = [f"- {line}" for line in f.get("notes", [])]
+    return "\n".join([table(head, rows), "", summary, "", *notes, *([""] if notes else []),
+                      provenance(result)])
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "bench_sync": bench_sync, "bench_manifest": bench_manifest,
     "bench_server_scale": bench_server_scale, "bench_trace": bench_trace,
     "bench_poll": bench_poll, "fleet": fleet,
     "bench_basis": bench_basis, "bench_connection": bench_connection,
-    "fleet_monthly": fleet_monthly,
+    "fleet_monthly": fleet_monthly, "fleet_tree": fleet_tree,
 }
 
 

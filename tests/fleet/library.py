@@ -96,7 +96,7 @@ def new_version(library: Path, *, fraction: float, fixtures_dir: Path, seed: int
     offsets (64 KiB blocks), a new item added (`added_size`, default the same disk size), the
     last item deleted."""
     rng = random.Random(seed)
-    items = sorted(p for p in library.iterdir() if p.is_dir())
+    items = sorted(p for p in library.iterdir() if p.is_dir() and not p.name.startswith("."))
     first, last = items[0], items[-1]
     disk = first / f"{first.name}-disk1.vmdk"
     size = disk.stat().st_size

@@ -41,15 +41,8 @@ def observe(run: FleetRun, name: str, action: Callable[[], list[SyncResult]], *,
             sites: list[Site] | None = None, changed_bytes: int = 0) -> Outcome:
     """Run `action` under the torn-snapshot watcher, then check convergence of `sites`."""
     sites = sites if sites is not None else run.sites
-    watcher = TornWatcher([s.published for s in sites])
-    watcher.start()
     cpu0 = run.server_cpu_seconds()
-    started = time.monotonic()
-    try:
-        results = action()
-    finally:
-        torn = watcher.stop()
-    seconds = time.monotonic() - started
+    results, torn, seconds, passes = watched([s.published for s in sites], action)
     problems = [f"site {r.site}: exit status {r.returncode}: {' | '.join(r.tail[-3:])}"
                 for r in results if not r.ok]
     problems += [f"torn: {p}" for p in torn]
@@ -57,7 +50,21 @@ def observe(run: FleetRun, name: str, action: Callable[[], list[SyncResult]], *,
         problems += [f"site {site.index}: {p}" for p in compare_site(site.published, run.library)]
     return Outcome(name, seconds, results, problems, run.server_cpu_seconds() - cpu0,
                    library.library_size(run.library), changed_bytes,
-                   {"watcher_passes": watcher.passes})
+                   {"watcher_passes": passes})
+
+
+def watched(published: list[Path], action: Callable[[], list[SyncResult]]
+            ) -> tuple[list[SyncResult], list[str], float, int]:
+    """Run `action` while a TornWatcher walks `published`: (results, torn views, seconds,
+    watcher passes)."""
+    watcher = TornWatcher(published)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        results = action()
+    finally:
+        torn = watcher.stop()
+    return results, torn, time.monotonic() - started, watcher.passes
 
 
 def first_sync(run: FleetRun, *, random_delay: float) -> Outcome:
