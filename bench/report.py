@@ -399,6 +399,46 @@ def fleet_tree(result: Result) -> str:
                       provenance(result)])
 
 
+# --- fleet_failover ---------------------------------------------------------------------------
+
+
+def fleet_failover(result: Result) -> str:
+    f = result["figures"]
+    rows = []
+    for r in f["rounds"]:
+        change = r["changed_bytes"]
+        profiles = sorted({s["profile"] for s in r["sites"]})
+        for profile in profiles:
+            hit = [s for s in r["sites"] if s["affected"] and s["profile"] == profile]
+            base = [s for s in r["sites"] if not s["affected"] and s["profile"] == profile]
+            if not hit:
+                continue
+            mib = lambda v: f"{v / MIB:.2f}"  # noqa: E731
+            rows.append([
+                f"{r['relay']} {'sshd killed' if r['how'] == 'kill' else 'link down'} at "
+                f"{secs(r['loss_at'])}", profile, str(len(hit)),
+                span([s["at_loss"] / change for s in hit], lambda v: f"{v * 100:.0f}%"),
+                span([s["after_loss"] for s in hit], secs),
+                span([s["resent_bytes"] for s in hit], mib) + " MiB",
+                (span([s["resent_bytes"] for s in base], mib) + " MiB") if base else "—",
+                ", ".join(sorted({s["upstream"] for s in hit})), str(r["problems"])])
+    head = ["relay lost", "profile", "sites failed over", "received at the loss",
+            "converged after the loss", "received beyond the change",
+            "same profile, other relay (no loss)", "served by", "problems"]
+    changes = ", ".join(f"{r['changed_bytes'] / MIB:.2f}" for r in f["rounds"])
+    worst = ", ".join(f"{r['relay']} {r['how']}: {secs(r['converge_after_loss'])}"
+                      for r in f["rounds"])
+    summary = (f"Origin, {f['relays']} relays ({f['relay_profile']}), {f['sites']} sites "
+               f"({'; '.join(f['site_profiles'])}); library {f['library_bytes'] / MIB:.1f} "
+               f"MiB; each round's change {changes} MiB; `sync.retry_budget = "
+               f"\"{f['retry_budget']:g}s\"` (half of it for the relay, then the origin); "
+               f"the relay lost once the first of its sites had received "
+               f"{f['kill_after'] * 100:.0f}% of the change. Last affected site converged, "
+               f"after the loss: {worst}. Problems while building the tree: "
+               f"{f['setup_problems']}. Whole run: {secs(f['total_seconds'])}.")
+    return "\n".join([table(head, rows), "", summary, "", provenance(result)])
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "bench_sync": bench_sync, "bench_manifest": bench_manifest,
     "bench_server_scale": bench_server_scale, "bench_trace": bench_trace,
@@ -406,6 +446,7 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
     "bench_basis": bench_basis, "bench_connection": bench_connection,
     "fleet_monthly": fleet_monthly, "fleet_tree": fleet_tree,
 }
+RENDERERS["fleet_failover"] = fleet_failover
 
 
 # --- the document -----------------------------------------------------------------------------
