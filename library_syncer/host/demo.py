@@ -20,6 +20,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -188,6 +189,24 @@ def _wait_listening(port: int, demo: Demo, timeout: float = 15.0) -> None:
     raise DemoError(f"nothing answers on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
+def install_dispatcher(workdir: Path) -> Path:
+    """The server's forced command for the demo account: this package copied into the work
+    directory, run by the system's Python. The command beside the running Python (a checkout's
+    .venv) may sit where that account cannot read it: a clone in /root, the usual place when the
+    README's commands run as root."""
+    folder = workdir / "server" / "dispatcher"
+    package = Path(__file__).resolve().parents[1]
+    shutil.copytree(package, folder / package.name,
+                    ignore=shutil.ignore_patterns("__pycache__", "demo_data"))
+    launcher = folder / "library-syncer"
+    python = os.path.realpath(sys.executable)
+    launcher.write_text(f"#!/bin/sh\nPYTHONPATH={folder} exec {python} -s -m {package.name} "
+                        '"$@"\n')
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() or path == launcher else 0o644)
+    return launcher
+
+
 def write_settings(workdir: Path, runtime: Path, *, ssh_port: int, http_port: int) -> Path:
     """A real settings file, so `status`/`check -c` work on the running demo."""
     client = workdir / "client"
@@ -223,6 +242,7 @@ config_dir = {toml_string(str(workdir / "server" / "etc"))}
 sshd = {toml_string(_tool("sshd"))}
 rrsync = {toml_string(_tool("rrsync"))}
 state_dir = {toml_string(str(workdir / "server" / "state"))}
+dispatcher = {toml_string(str(install_dispatcher(workdir)))}
 
 [metrics]
 textfile = {toml_string(str(client / "metrics" / "library-syncer.prom"))}
