@@ -433,8 +433,9 @@ def fleet_poll(result: Result) -> str:
             f"{q['logins_per_check']:.2f} per check) and its interface counted "
             f"**{q['origin_bytes_per_check'] / 1e3:.1f} kB per check** "
             f"({(q['origin_rx_bytes'] + q['origin_tx_bytes']) / 1e3:.1f} kB in, out and "
-            f"headers, {q['origin_packets']} packets); every check at its own node "
-            f"{q['node_bytes_per_check'] / 1e3:.1f} kB; no check ran a sync "
+            f"headers, {q['origin_packets']} packets); summed over every node's interface "
+            f"(a site's check counted at the site and at its relay) "
+            f"{q['node_bytes_per_check'] / 1e3:.1f} kB per check; no check ran a sync "
             f"({q['problems']} problems). Whole run: {secs(f['total_seconds'])}.")
     return "\n".join([table(head, rows), "", summary, "", cost, "", provenance(result)])
 
