@@ -439,12 +439,54 @@ def fleet_failover(result: Result) -> str:
     return "\n".join([table(head, rows), "", summary, "", provenance(result)])
 
 
+# --- fleet_poll -------------------------------------------------------------------------------
+
+
+def _t(value: float | None) -> str:
+    return "never (within the run)" if value is None else f"{value:.1f} s"
+
+
+def fleet_poll(result: Result) -> str:
+    f = result["figures"]
+    q, po, sc = f["quiet"], f["poll"], f["scheduled"]
+    rows = []
+    for label, o in ((f"poll every {f['period']:g} s (+ up to {f['period'] / 10:g} s)", po),
+                     (f"schedule every {f['schedule']:g} s (+ up to {f['random_delay']:g} s)",
+                      sc)):
+        rows.append([label, _t(o["last_relay_published"]), _t(o["last_site_published"]),
+                     _t(o["last_site_viewed"]), f"{o['full_runs']} of {o['runs']}",
+                     str(o["problems"])])
+    head = ["every node", "last relay published", "last site published",
+            "origin's view shows every site", "full runs / runs", "problems"]
+    ratio = (sc["last_site_published"] / po["last_site_published"]
+             if sc["last_site_published"] and po["last_site_published"] else None)
+    summary = (f"Origin, {f['relays']} relays ({f['relay_profile']}), {f['sites']} sites "
+               f"({'; '.join(f['site_profiles'])}); library {f['library_bytes'] / MIB:.1f} MiB, "
+               f"{pct(f['fraction'], 0)} of one disk rewritten per revision. Times from the "
+               f"origin declaring the revision. Polling bound (a period and its random tenth "
+               f"per level, plus each level's longest full run, plus 5 s): "
+               f"{secs(f['poll_bound'])}; schedule-only took **{x(ratio, 1)}** as long as "
+               f"polling to reach the last site.")
+    cost = (f"Nothing changing, {f['quiet']['seconds']:g} s of polling: {q['checks']} checks, "
+            f"{q['origin_checks']} of them at the origin (the relays'); the origin's sshd "
+            f"logged **{q['origin_logins']} logins** ("
+            f"{q['logins_per_check']:.2f} per check) and its interface counted "
+            f"**{q['origin_bytes_per_check'] / 1e3:.1f} kB per check** "
+            f"({(q['origin_rx_bytes'] + q['origin_tx_bytes']) / 1e3:.1f} kB in, out and "
+            f"headers, {q['origin_packets']} packets); summed over every node's interface "
+            f"(a site's check counted at the site and at its relay) "
+            f"{q['node_bytes_per_check'] / 1e3:.1f} kB per check; no check ran a sync "
+            f"({q['problems']} problems). Whole run: {secs(f['total_seconds'])}.")
+    return "\n".join([table(head, rows), "", summary, "", cost, "", provenance(result)])
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "bench_sync": bench_sync, "bench_manifest": bench_manifest,
     "bench_server_scale": bench_server_scale, "bench_trace": bench_trace,
     "bench_poll": bench_poll, "fleet": fleet,
     "bench_basis": bench_basis, "bench_connection": bench_connection,
     "fleet_monthly": fleet_monthly, "fleet_tree": fleet_tree,
+    "fleet_poll": fleet_poll,
 }
 RENDERERS["fleet_failover"] = fleet_failover
 

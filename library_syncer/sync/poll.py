@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,9 +31,8 @@ from pathlib import Path
 from ..base import execute, fsutil
 from ..base.config import Config
 from ..base.errors import LockHeld, NetworkError
-from ..server import reports
 from ..server.trace import SERIAL_FILE, TRACE_DIR
-from . import last_run, lock, report, rsync, snapshot, ssh, trace_check
+from . import last_run, lock, rsync, snapshot, ssh, trace_check
 from . import run as sync_run
 from .trace_check import Revision
 
@@ -196,8 +194,7 @@ def state_path(config: Config) -> Path:
 
 def _record(config: Config, verdict: Verdict) -> None:
     data = {"checked": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "moved": verdict.moved, "seen": verdict.seen,
-            "forwarded": (read_record(config) or {}).get("forwarded", 0.0)}
+            "moved": verdict.moved, "seen": verdict.seen}
     try:
         fsutil.atomic_write(state_path(config), json.dumps(data) + "\n")
     except OSError as error:
@@ -210,32 +207,6 @@ def read_record(config: Config) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _forward_news(config: Config) -> None:
-    """A relay whose sites reported since its own last report forwards their reports now: a check
-    that finds nothing would otherwise hold them until its next full run (up to a week), and the
-    origin's fleet view would show its sites behind although they hold the revision."""
-    folder = reports.reports_dir(config.server.state_dir)
-    try:
-        newest = max((p.stat().st_mtime for p in folder.glob("*.json")), default=0.0)
-    except OSError:
-        return
-    last = read_record(config) or {}
-    if newest <= float(last.get("forwarded", 0.0)):
-        return
-    try:
-        record = last_run.load_last_run(config)
-    except (OSError, ValueError, TypeError):
-        record = None
-    if record is None or not report.send(config, record):
-        return
-    try:
-        fsutil.atomic_write(state_path(config),
-                            json.dumps({**last, "forwarded": time.time()}) + "\n")
-    except OSError as error:
-        log.warning("could not record the forwarded reports: %s", error.strerror)
-    log.info("forwarded the reports of this relay's sites upstream")
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -257,7 +228,6 @@ def run_if_changed(config: Config, *, retry: bool = True, allow_empty: bool = Fa
         return None
     if not verdict.moved:
         log.info("origin unchanged (%s); nothing to do", verdict.seen)
-        _forward_news(config)
         return None
     log.info("%s: syncing", verdict.why)
     try:
