@@ -40,14 +40,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 import results  # noqa: E402
 
 from tests.fleet import failover_scenario as scenario  # noqa: E402
-from tests.fleet import library  # noqa: E402
-from tests.fleet.netns import PROFILES, Fleet, LinkProfile  # noqa: E402
+from tests.fleet import library, tree  # noqa: E402
+from tests.fleet.netns import PROFILES, Fleet  # noqa: E402
 from tests.harness import fixtures  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 
 MB = 1 << 20
-CYCLE = ["dsl", "office", "satellite"]
-RELAY = LinkProfile("datacenter", 100_000, 20, 0.0)
+CYCLE, RELAY = tree.SITE_PROFILES, tree.RELAY_PROFILE
 
 
 def main() -> int:

@@ -38,16 +38,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import results  # noqa: E402
 
-from tests.fleet import library, tree_scenarios  # noqa: E402
+from tests.fleet import library, tree, tree_scenarios  # noqa: E402
 from tests.fleet import poll_scenario as poll  # noqa: E402
-from tests.fleet.netns import PROFILES, Fleet, LinkProfile  # noqa: E402
+from tests.fleet.netns import PROFILES, Fleet  # noqa: E402
 from tests.fleet.tree import TreeRun  # noqa: E402
 from tests.harness import fixtures  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 
 MB = 1 << 20
-CYCLE = ["dsl", "office", "satellite"]
-RELAY = LinkProfile("datacenter", 100_000, 20, 0.0)
+CYCLE, RELAY = tree.SITE_PROFILES, tree.RELAY_PROFILE
 
 
 def _finite(value: float | None) -> float | None:

@@ -287,7 +287,7 @@ def test_a_source_restriction_survives_rendering_and_other_options_are_reported(
     # An operator's own from= (host patterns, negations) and options we cannot keep.
     rome = _pub(work_dir, "rome")
     with path.open("a") as handle:
-        handle.write(f'from="10.1.0.0/16,!10.1.2.3,*.rome.example",no-pty,permitopen="h:22",'
+        handle.write(f'from="198.51.100.0/24,!198.51.100.3,*.rome.example",no-pty,permitopen="h:22",'
                      f'environment="A=1" {rome} site=rome\n')
     moved = replace(cfg, library=work_dir / "elsewhere")
     server.ensure_host_keys(cfg)
@@ -295,7 +295,8 @@ def test_a_source_restriction_survives_rendering_and_other_options_are_reported(
     server.write_config(moved, work_dir / "run" / "sshd_config")
     lines = path.read_text().splitlines()
     assert lines[-2].startswith(prefix.replace(f"{cfg.library}", f"{work_dir}/elsewhere"))
-    assert lines[-1].startswith('restrict,from="10.1.0.0/16,!10.1.2.3,*.rome.example",command=')
+    assert lines[-1].startswith(
+        'restrict,from="198.51.100.0/24,!198.51.100.3,*.rome.example",command=')
     # One line naming the site (the CLI's logging writes warnings to stderr).
     assert capsys.readouterr().err.splitlines() == [
         f'{path}: site rome: dropped option permitopen="h:22", environment="A=1" (only from= is '
@@ -303,9 +304,9 @@ def test_a_source_restriction_survives_rendering_and_other_options_are_reported(
     server.write_config(cfg, work_dir / "run" / "sshd_config")  # nothing left to drop
     assert capsys.readouterr().err == ""
     assert main(["server", "keys", "-c", str(toml)]) == 0
-    assert "from 10.1.0.0/16,!10.1.2.3,*.rome.example" in capsys.readouterr().out
+    assert "from 198.51.100.0/24,!198.51.100.3,*.rome.example" in capsys.readouterr().out
     # --from takes addresses and networks only.
-    for bad in ("192.0.2.1/24", "lyon.example", "10.0.0.0/8,"):
+    for bad in ("192.0.2.1/24", "lyon.example", "198.51.100.0/24,"):
         assert main(["server", "authorize", "-c", str(toml), str(pub_file), "--site", "nice",
                      "--from", bad]) == 2
         assert "--from: found" in capsys.readouterr().err

@@ -35,6 +35,10 @@ from tests.harness import sshd as sshd_harness
 from .netns import SERVER_IP, WAN, Fleet, LinkProfile, ip
 from .sites import ROOT, SSH_PORT, SYNCER, FleetRun, Site, SyncResult, _wait_port
 
+# The tree benchmarks' links: the relays on a datacenter uplink, the sites cycling through the
+# WAN profiles.
+RELAY_PROFILE = LinkProfile("datacenter", 100_000, 20, 0.0)
+SITE_PROFILES = ["dsl", "office", "satellite"]
 FLAT_PORT = 2223  # 127.0.0.1:2223 in every node's namespace: the origin, bypassing the relay
 ORIGIN = "hq"
 

@@ -1,7 +1,7 @@
 """A booted systemd for the package tests: a cached Debian root filesystem in systemd-nspawn.
 
 PID 1 on the test machines is not systemd, so `systemctl`, timers and the journal are exercised
-in a container instead (measured recipe: ../shared/systemd-boot.md):
+in a container instead (the recipe and its timings: docs/packaging.md, Tests):
 
 - `rootfs(packages, suite=...)` builds a Debian minbase tree of `suite` (default bookworm; the
   tested suites are `suites()`: bookworm and trixie) with mmdebstrap, from the Debian mirror the
