@@ -219,6 +219,25 @@ def test_poll_timer_runs_only_while_poll_interval_is_applied(box: nspawn.Contain
     assert "OnCalendar=Mon *-*-* 03:00:00" in _show(box, TIMER, "TimersCalendar")
 
 
+def test_a_scheduled_run_waits_for_a_poll_started_sync(box: nspawn.Container) -> None:
+    """The two services share the run lock: a weekly run that fires while the poll service runs
+    must wait for it (After=), not fail on the lock. The poll service is made slow by a
+    drop-in; both runs fail later (no server here), which does not matter for the order."""
+    dropin = f"/run/systemd/system/{POLL_SERVICE}.d/slow.conf"
+    box.write(dropin, "[Service]\nExecStartPre=/bin/sleep 4\n")
+    box.run("systemctl", "daemon-reload")
+    try:
+        box.run("systemctl", "start", "--no-block", POLL_SERVICE)
+        box.run("systemctl", "start", SERVICE, check=False)  # returns when the run ended
+        poll_ended = int(_show(box, POLL_SERVICE, "ExecMainExitTimestampMonotonic"))
+        sync_started = int(_show(box, SERVICE, "ExecMainStartTimestampMonotonic"))
+        assert 0 < poll_ended <= sync_started, (poll_ended, sync_started)
+    finally:
+        box.run("rm", "-rf", f"/run/systemd/system/{POLL_SERVICE}.d")
+        box.run("systemctl", "daemon-reload")
+        box.run("systemctl", "reset-failed", SERVICE, POLL_SERVICE, check=False)
+
+
 def test_broken_settings_fail_the_service_with_the_reason_in_status(
         box: nspawn.Container) -> None:
     box.write(CONF, '[sync]\npeer = "127.0.0.1"\nport = "22x"\n')

@@ -24,7 +24,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from library_syncer.base import config as config_module
-from library_syncer.server import reports, trace
+from library_syncer.server import dispatch, reports, trace
+from library_syncer.sync import last_run, poll
 from library_syncer.sync import report as site_report
 from library_syncer.sync import run as sync_run
 from tests.harness import sshd as harness
@@ -264,6 +265,36 @@ def test_a_flood_of_reports_keeps_one_file_per_site(rig):
     assert stored in range(24)
 
 
+def test_a_report_that_never_finishes_is_cut_after_the_read_timeout(rig):
+    """A slow or stalled sender (half a report, then nothing) holds a session for at most
+    dispatch.READ_TIMEOUT: refused in one line, nothing stored, the site's old report kept."""
+    before = rig.files()
+    argv = ["ssh", "-p", str(rig.server.port), "-i", str(rig.keys["rome"]), "-T",
+            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={rig.root / 'known_hosts'}",
+            "-o", "StrictHostKeyChecking=yes", f"{rig.server.user}@127.0.0.1", REPORT]
+    err_file = rig.root / "stalled.err"
+    started = time.monotonic()
+    with err_file.open("wb") as err_out, subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err_out) as held:
+        assert held.stdin is not None
+        held.stdin.write(json.dumps(_payload())[:40].encode())
+        held.stdin.flush()  # and the pipe stays open (no communicate(): it would close it)
+        try:
+            held.wait(timeout=dispatch.READ_TIMEOUT + 20)
+        except subprocess.TimeoutExpired:
+            held.kill()
+            raise AssertionError("the dispatcher kept a stalled report session open") from None
+        finally:
+            held.stdin.close()
+    err = err_file.read_bytes()
+    took = time.monotonic() - started
+    assert held.returncode == 1, err
+    assert b"report refused: the report did not arrive within 20 s" in err, err
+    assert dispatch.READ_TIMEOUT - 1 <= took <= dispatch.READ_TIMEOUT + 15, took
+    assert rig.files() == before
+
+
 def test_other_requests_still_reach_rrsync_unchanged(rig):
     """The dispatcher's other branch: rrsync's own words, as in test_server_sshd.py."""
     shell = rig.ssh("paris", None)
@@ -377,3 +408,48 @@ def test_a_relay_forwards_its_sites_reports_and_the_origin_sees_the_tree(work_di
     assert branch_row.report["origin"] == "hq" and branch_row.lag == 0
     assert branch_row.report["via"] == f"127.0.0.1:{relay_server.server.port}"
     assert reports.line(branch_row, "hq").startswith("hq → lyon → branch  ")
+
+
+def test_a_relays_unchanged_check_forwards_new_site_reports_over_its_one_login(work_dir,
+                                                                               fixtures_dir):
+    """Under polling alone a relay runs no full sync while the origin is unchanged: its check
+    carries what its sites reported since its last report, as a second session of the check's
+    one SSH login, and only when there is something new. A leaf site forwards nothing, whatever
+    lies in its server.state_dir."""
+    library = work_dir / "library"
+    library.mkdir(mode=0o755)
+    add_ovf_item(library, fixtures_dir)
+    _declare(work_dir, library)
+    origin = _start(work_dir / "origin", library, ("lyon",))
+    relay_dir = work_dir / "lyon"
+    try:
+        relay = _site_config(relay_dir, origin.server, origin.keys["lyon"])
+        assert sync_run.run(relay, retry=False).outcome == "ok"  # reports: nothing below yet
+        relay_server = _start(relay_dir / "as-server", relay.published_dir, ("branch",))
+        relay = replace(relay, server=relay_server.server.server_config)
+        try:
+            branch = _site_config(work_dir / "branch", relay_server.server,
+                                  relay_server.keys["branch"])
+            assert sync_run.run(branch, retry=False).outcome == "ok"  # and reports to lyon
+            reports.reports_dir(branch.server.state_dir).mkdir(parents=True)
+            reports.store(branch.server.state_dir, "stray", json.dumps(_payload()).encode())
+            assert site_report.build(branch, last_run.load_last_run(branch)).get(
+                "downstream") is None
+        finally:
+            relay_server.server.stop()
+        assert reports.rows(origin.state, None, 3600)[-1].path == ("lyon",)
+        logins = origin.server.log().count("Accepted publickey")
+
+        assert poll.run_if_changed(relay, retry=False) is None  # unchanged, forwarded
+
+        assert origin.server.log().count("Accepted publickey") == logins + 1
+        rows = reports.rows(origin.state, reports.current_revision(library), 3600)
+        assert [r.path for r in rows] == [("lyon",), ("lyon", "branch")]
+        assert rows[1].lag == 0 and rows[1].report["origin"] == "hq"
+        stored = (origin.stored / "lyon.json").read_bytes()
+
+        assert poll.run_if_changed(relay, retry=False) is None  # nothing new: nothing sent
+        assert origin.server.log().count("Accepted publickey") == logins + 2
+        assert (origin.stored / "lyon.json").read_bytes() == stored
+    finally:
+        origin.server.stop()

@@ -99,13 +99,15 @@ def _exposure(unit: Path) -> float:
 
 def test_poll_service_is_the_sync_service_with_a_check_first() -> None:
     """Same account, limits and hardening as the sync; only the command, the description and
-    its own runtime directory differ (systemd removes that when the unit stops)."""
+    its own runtime directory differ (systemd removes that when the unit stops), and the
+    scheduled run is ordered after a poll-started one (it waits instead of meeting the lock)."""
     sync, poll = _settings(UNITS / "library-syncer.service"), \
         _settings(UNITS / "library-syncer-poll.service")
     assert poll["ExecStart"] == ["/usr/bin/library-syncer sync --if-changed --skip-unconfigured"]
     assert poll["RuntimeDirectory"] == ["library-syncer-poll"]
     differ = {k for k in sync.keys() | poll.keys() if sync.get(k) != poll.get(k)}
-    assert differ == {"ExecStart", "Description", "RuntimeDirectory"}, differ
+    assert differ == {"ExecStart", "Description", "RuntimeDirectory", "After"}, differ
+    assert sync["After"] == [*poll["After"], "library-syncer-poll.service"]
     assert _exposure(UNITS / "library-syncer-poll.service") <= \
         _exposure(UNITS / "library-syncer.service")
 

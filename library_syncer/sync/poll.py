@@ -12,9 +12,14 @@ restricted account (rrsync -ro allows nothing but rsync):
   is published (the snapshot's files, its OVAs as the archives they came as).
 
 Same → one line, "origin unchanged (revision 42 of hq); nothing to do", nothing touched but
-<state>/last-check.json (`status` shows it). Moved, or unknown (nothing published, no serial at
-the origin) → the full sync, in this same process. The check holds the run lock, and the sync
-takes it again: a check never overlaps a run, and finding the lock held it just skips.
+<state>/last-check.json (`status` shows it). A relay whose sites reported since its own last
+report forwards their reports upstream from that check, as a second session of the check's one
+SSH connection (sync/sshmux.py): under polling alone the origin's fleet view would otherwise
+hear of them only at the relay's next full run, up to a week later.
+
+Moved, or unknown (nothing published, no serial at the origin) → the full sync, in this same
+process. The check holds the run lock, and the sync takes it again: a check never overlaps a
+run, and finding the lock held it just skips.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from ..base import execute, fsutil
 from ..base.config import Config
 from ..base.errors import LockHeld, NetworkError
 from ..server.trace import SERIAL_FILE, TRACE_DIR
-from . import last_run, lock, rsync, snapshot, ssh, trace_check
+from . import last_run, lock, report, rsync, snapshot, ssh, sshmux, trace_check
 from . import run as sync_run
 from .trace_check import Revision
 
@@ -67,17 +72,18 @@ def _fail(result: execute.CommandResult, sync) -> None:
         raise error
 
 
-def serial_argv(sync, dest: Path) -> list[str]:
+def serial_argv(sync, dest: Path, ssh_extra: list[str] | None = None) -> list[str]:
     path = f"{sync.remote_path.rstrip('/')}/{TRACE_DIR}/{SERIAL_FILE}"
-    return [sync.rsync, f"--timeout={max(1, int(sync.io_timeout))}", "-e", ssh.rsh(sync),
+    return [sync.rsync, f"--timeout={max(1, int(sync.io_timeout))}",
+            "-e", ssh.rsh(sync, ssh_extra or []),
             f"{rsync.source(sync).rsplit(':', 1)[0]}:{path}", str(dest)]
 
 
-def origin_serial(sync) -> Revision | None:
+def origin_serial(sync, ssh_extra: list[str] | None = None) -> Revision | None:
     """The origin's declared revision, read from its serial file (None: it declares none)."""
     with tempfile.TemporaryDirectory(prefix="library-syncer-check-") as tmp:
         dest = Path(tmp) / SERIAL_FILE
-        result = _rsync(serial_argv(sync, dest), sync)
+        result = _rsync(serial_argv(sync, dest, ssh_extra), sync)
         if result.returncode == 23 and any("No such file" in line for line in result.tail):
             return None
         _fail(result, sync)
@@ -88,9 +94,9 @@ def origin_serial(sync) -> Revision | None:
             return None  # unreadable: unknown, so the full sync decides
 
 
-def list_argv(sync) -> list[str]:
+def list_argv(sync, ssh_extra: list[str] | None = None) -> list[str]:
     return [sync.rsync, "--list-only", "--recursive", "--no-human-readable",
-            f"--timeout={max(1, int(sync.io_timeout))}", "-e", ssh.rsh(sync),
+            f"--timeout={max(1, int(sync.io_timeout))}", "-e", ssh.rsh(sync, ssh_extra or []),
             *rsync.filter_options(sync), rsync.source(sync)]
 
 
@@ -110,8 +116,8 @@ def parse_listing(lines: list[str]) -> set[tuple[str, int, int]]:
     return rows
 
 
-def origin_listing(sync) -> set[tuple[str, int, int]]:
-    result = _rsync(list_argv(sync), sync)
+def origin_listing(sync, ssh_extra: list[str] | None = None) -> set[tuple[str, int, int]]:
+    result = _rsync(list_argv(sync, ssh_extra), sync)
     _fail(result, sync)
     return parse_listing(result.output.splitlines() if result.output else [])
 
@@ -152,11 +158,22 @@ def digest(rows: set[tuple[str, int, int]]) -> str:
 
 def check(config: Config, layout: snapshot.Layout) -> Verdict:
     """Has the origin moved from what this site publishes? One SSH session, to the first
-    upstream that answers (sync.upstreams in order; a failover costs one session more)."""
-    upstreams = config.sync.upstream_list()
+    upstream that answers (sync.upstreams in order; a failover costs one session more). A relay
+    with news from its sites forwards them over the same connection when nothing moved."""
+    upstreams = sync_run.upstream_configs(config)
+    forward = report.has_news(config)
     for index, upstream in enumerate(upstreams):
         try:
-            return _check(config.sync.for_upstream(upstream), layout)
+            if not forward:
+                return _check(upstream.sync, layout)
+            with sshmux.shared(upstream.sync, upstream.runtime_dir) as connection:
+                if connection is not None:
+                    connection.ensure()
+                extra = connection.rsh_options() if connection is not None else []
+                verdict = _check(upstream.sync, layout, extra)
+                if not verdict.moved:  # else the full sync's own report carries them
+                    _forward(upstream, connection)
+                return verdict
         except NetworkError as error:
             if index == len(upstreams) - 1:
                 raise
@@ -164,19 +181,29 @@ def check(config: Config, layout: snapshot.Layout) -> Verdict:
     raise NetworkError("change check: no upstream is configured")
 
 
-def _check(sync, layout: snapshot.Layout) -> Verdict:
+def _forward(upstream: Config, connection: sshmux.SharedConnection | None) -> None:
+    """Send this relay's last report again, now with what its sites reported since."""
+    try:
+        record = last_run.load_last_run(upstream)
+    except (OSError, ValueError, TypeError):
+        record = None
+    if record is not None and report.send(upstream, record, connection):
+        log.info("forwarded this relay's site reports to %s", upstream.sync.peer)
+
+
+def _check(sync, layout: snapshot.Layout, ssh_extra: list[str] | None = None) -> Verdict:
     published = layout.current()
     held = trace_check.read(published) if published is not None else None
     if held is not None:
         now = Revision(held.origin, held.serial)
-        offered = origin_serial(sync)
+        offered = origin_serial(sync, ssh_extra)
         if offered is None:
             return Verdict(True, "no serial", f"the server declares no revision (published: "
                                               f"{now})")
         if offered == now:
             return Verdict(False, str(offered))
         return Verdict(True, str(offered), f"the origin moved to {offered} (published: {now})")
-    rows = origin_listing(sync)
+    rows = origin_listing(sync, ssh_extra)
     seen = f"listing {digest(rows)[:12]}, {len(rows)} files"
     if published is None:
         return Verdict(True, seen, "nothing is published yet")

@@ -3,8 +3,12 @@
     ssh … syncer@peer library-syncer-report 1  < {"format": 1, "outcome": "ok", …}
 
 The upstream's forced command (server/dispatch.py) stores it under the site name bound to this
-site's key. A relay adds what its own sites reported to it (`downstream`), so the origin sees
-the whole tree. The report says: the outcome, the library version, the revision held (origin +
+site's key. A relay (a host whose server role exports its own published snapshot) adds what its
+own sites reported to it (`downstream`), so the origin sees the whole tree; it also forwards
+them from a change check that found nothing to do when its sites reported since its last
+report (sync/poll.py), so under polling the origin hears of a site one relay period after it.
+
+The report says: the outcome, the library version, the revision held (origin +
 serial from the published trace; without a trace, a digest of the published listing), bytes
 received, duration, finish time, the software version, the schedule (period and random delay,
 so the origin can tell a site that went silent) and `via` (the upstream this site pulls from).
@@ -26,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..base import execute
+from ..base import execute, fsutil
 from ..base.config import Config
 from ..base.errors import SyncerError
 from ..server import reports
 from ..server.dispatch import REPORT_COMMAND
-from ..server.trace import TRACE_DIR
+from ..server.trace import TRACE_DIR, is_relay
 from . import ssh, sshmux, trace_check
 from .last_run import RunRecord
 
@@ -43,6 +47,7 @@ SEND_TIMEOUT = 60.0  # the whole exchange, connection included
 NOT_SENT_FOR = ("interrupted", "host_key", "config")
 GENERATED = ("lib.json", "items.json", "index.html")  # written by the site, not received
 SYSTEMD_ANALYZE = "systemd-analyze"
+FORWARD_MARK = "forwarded"  # in paths.state_dir: the newest site report this relay sent upstream
 _ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+):\s+\w+\s+(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
 
 
@@ -103,13 +108,51 @@ def build(config: Config, record: RunRecord) -> dict[str, Any]:
         "random_delay": sync.random_delay,
         "via": f"{sync.peer}:{sync.port}"[:reports.MAX_TEXT],
     }
-    try:
-        downstream = reports.forwardable(config.server.state_dir)
-    except OSError:
-        downstream = []
+    downstream = _downstream(config)
     if downstream:
         report["downstream"] = downstream
     return {k: v for k, v in report.items() if v is not None}
+
+
+def _downstream(config: Config) -> list[dict[str, Any]]:
+    """What this host's sites reported to it: only a relay forwards (a leaf site's default
+    server.state_dir may hold anything, or another server's reports on a shared host)."""
+    try:
+        return reports.forwardable(config.server.state_dir) if is_relay(config) else []
+    except OSError:
+        return []
+
+
+def _newest_site_report(config: Config) -> float:
+    """The modification time of the newest report this relay's sites sent it (0: none)."""
+    try:
+        with os.scandir(reports.reports_dir(config.server.state_dir)) as entries:
+            return max((e.stat().st_mtime for e in entries if e.name.endswith(".json")),
+                       default=0.0)
+    except OSError:
+        return 0.0
+
+
+def _mark_path(config: Config) -> Path:
+    return Path(config.state_dir) / FORWARD_MARK
+
+
+def has_news(config: Config) -> bool:
+    """A relay whose sites reported since its last report upstream (a forward is due)."""
+    if not config.sync.report or not is_relay(config):
+        return False
+    try:
+        sent = float(_mark_path(config).read_text())
+    except (OSError, ValueError):
+        sent = 0.0
+    return _newest_site_report(config) > sent
+
+
+def _mark_sent(config: Config, newest: float) -> None:
+    try:
+        fsutil.atomic_write(_mark_path(config), f"{newest!r}\n")
+    except OSError as error:
+        log.debug("could not record the forwarded reports: %s", error.strerror)
 
 
 def encode(report: dict[str, Any]) -> bytes:
@@ -138,6 +181,7 @@ def send(config: Config, record: RunRecord,
     if not config.sync.report or not config.sync.peer or record.outcome in NOT_SENT_FOR:
         return False
     try:
+        newest = _newest_site_report(config) if is_relay(config) else 0.0  # before reading them
         payload = encode(build(config, record))
         # Over the run's connection when it is up (no second handshake); else on its own.
         shared = connection.rsh_options() if connection and connection.alive() else \
@@ -151,6 +195,8 @@ def send(config: Config, record: RunRecord,
         return False
     if result.returncode == 0:
         log.debug("report sent to %s (%d bytes)", config.sync.peer, len(payload))
+        if newest:
+            _mark_sent(config, newest)
         return True
     said = next((line for line in reversed(result.tail) if line.strip()), "")
     if said.startswith("library-syncer: report refused"):

@@ -506,7 +506,7 @@ def _where(sync) -> str:
     return f"{sync.peer}:{sync.port}"
 
 
-def _upstream_configs(config: Config) -> list[Config]:
+def upstream_configs(config: Config) -> list[Config]:
     """The run's settings aimed at each upstream in turn (sync.upstreams, or sync.peer)."""
     return [replace(config, sync=config.sync.for_upstream(u))
             for u in config.sync.upstream_list()]
@@ -560,7 +560,7 @@ def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
     check_settings(config)
     layout = snapshot.Layout.of(config)
     layout.prepare()
-    upstreams = _upstream_configs(config)
+    upstreams = upstream_configs(config)
     with lock.hold(layout.lock):
         previous = _previous_record(config, layout)
         run_id = os.environ.get("INVOCATION_ID") or uuid.uuid4().hex

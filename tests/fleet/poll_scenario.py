@@ -44,6 +44,7 @@ class LoopRun:
     returncode: int
     synced: bool  # a full sync ran (schedule mode, or the check found the origin moved)
     tail: list[str] = field(default_factory=list)
+    forwarded: bool = False  # a relay's unchanged check forwarded its sites' reports
 
 
 class Loops:
@@ -99,10 +100,12 @@ class Loops:
                                      on_line=lambda line, out=out: (out.write(line + "\n"),
                                                                     out.flush()))
             synced = self.mode == "schedule" or any(": syncing" in line for line in result.tail)
+            forwarded = any("forwarded this relay's site reports" in line
+                            for line in result.tail)
             with self.lock:
                 self.runs.append(LoopRun(name, node.index, started,
                                          time.monotonic() - started, result.returncode, synced,
-                                         result.tail[-3:]))
+                                         result.tail[-3:], forwarded))
 
     def start(self) -> Loops:
         times = self._schedule()
@@ -251,6 +254,9 @@ def reach(run: TreeRun, *, mode: str, period: float, fixtures_dir: Path, fractio
                                               {s.index for s in run.leaf_nodes()}),
                                              default=0.0)},
             "runs": len(runs), "full_runs": len(synced), "watcher_passes": passes,
+            "relays": sorted(run.names[s.index] for s in run.relay_nodes()),
+            "loop_runs": [{"node": r.node, "synced": r.synced, "forwarded": r.forwarded,
+                           "returncode": r.returncode} for r in runs if r.started >= t0],
             "seconds": seconds, "problems": problems}
 
 
@@ -259,3 +265,9 @@ def poll_bound(outcome: dict, levels: int = 2, slack: float = 5.0) -> float:
     transfer of each level (the longest full run there), and `slack` for process start-up."""
     t = outcome["transfer_seconds"]
     return levels * outcome["period"] * 1.1 + t["relay"] + t["site"] + slack
+
+
+def view_bound(outcome: dict, levels: int = 2, slack: float = 5.0) -> float:
+    """When the origin's fleet view must show every site: the publishing bound plus one period
+    and its random tenth (the relay's next check forwards what its sites reported)."""
+    return poll_bound(outcome, levels, slack) + outcome["period"] * 1.1

@@ -107,7 +107,8 @@ class FleetRun:
         keep-alives), with the test's own paths."""
         return ServerConfig(library=self.library, listen=(SERVER_IP,), port=SSH_PORT,
                             user=self.user, config_dir=self.sshd_dir / "etc",
-                            sshd=sshd_harness.SSHD, rrsync=sshd_harness.RRSYNC)
+                            sshd=sshd_harness.SSHD, rrsync=sshd_harness.RRSYNC,
+                            state_dir=self.work / "server-state")  # never the host's own
 
     def start_server(self) -> None:
         """Render the real sshd_config (library_syncer.server, as `server render` does) and
