@@ -446,27 +446,46 @@ def _t(value: float | None) -> str:
     return "never (within the run)" if value is None else f"{value:.1f} s"
 
 
+def _median(values: list[float | None]) -> float | None:
+    """The median, a revision never reached counting as the slowest; None if none was."""
+    ordered = sorted(values, key=lambda v: float("inf") if v is None else v)
+    return ordered[len(ordered) // 2] if ordered else None
+
+
 def fleet_poll(result: Result) -> str:
     f = result["figures"]
-    q, po, sc = f["quiet"], f["poll"], f["scheduled"]
+    q = f["quiet"]
+    polled = f["poll"] if isinstance(f["poll"], list) else [f["poll"]]
+    scheduled = f["scheduled"] if isinstance(f["scheduled"], list) else [f["scheduled"]]
     rows = []
-    for label, o in ((f"poll every {f['period']:g} s (+ up to {f['period'] / 10:g} s)", po),
-                     (f"schedule every {f['schedule']:g} s (+ up to {f['random_delay']:g} s)",
-                      sc)):
-        rows.append([label, _t(o["last_relay_published"]), _t(o["last_site_published"]),
-                     _t(o["last_site_viewed"]), f"{o['full_runs']} of {o['runs']}",
-                     str(o["problems"])])
+    for label, samples in ((f"poll every {f['period']:g} s (+ up to {f['period'] / 10:g} s)",
+                            polled),
+                           (f"schedule every {f['schedule']:g} s (+ up to "
+                            f"{f['random_delay']:g} s)", scheduled)):
+        for number, o in enumerate(samples, 1):
+            rows.append([f"{label}, revision {number}", _t(o["last_relay_published"]),
+                         _t(o["last_site_published"]), _t(o["last_site_viewed"]),
+                         f"{o['full_runs']} of {o['runs']}", str(o["problems"])])
     head = ["every node", "last relay published", "last site published",
             "origin's view shows every site", "full runs / runs", "problems"]
-    ratio = (sc["last_site_published"] / po["last_site_published"]
-             if sc["last_site_published"] and po["last_site_published"] else None)
+    poll_site = _median([o["last_site_published"] for o in polled])
+    sched_site = _median([o["last_site_published"] for o in scheduled])
+    poll_view = _median([o["last_site_viewed"] for o in polled])
+    ratio = sched_site / poll_site if sched_site and poll_site else None
+    bounds = (f"Polling bounds: every site publishes within a period and its random tenth per "
+              f"level, plus each level's longest full run, plus 5 s "
+              f"({secs(f['poll_bound'])}); the origin's view shows it one period and its tenth "
+              f"later ({secs(f['view_bound'])}). " if "view_bound" in f else
+              f"Polling bound (a period and its random tenth per level, plus each level's "
+              f"longest full run, plus 5 s): {secs(f['poll_bound'])}. ")
     summary = (f"Origin, {f['relays']} relays ({f['relay_profile']}), {f['sites']} sites "
                f"({'; '.join(f['site_profiles'])}); library {f['library_bytes'] / MIB:.1f} MiB, "
-               f"{pct(f['fraction'], 0)} of one disk rewritten per revision. Times from the "
-               f"origin declaring the revision. Polling bound (a period and its random tenth "
-               f"per level, plus each level's longest full run, plus 5 s): "
-               f"{secs(f['poll_bound'])}; schedule-only took **{x(ratio, 1)}** as long as "
-               f"polling to reach the last site.")
+               f"{pct(f['fraction'], 0)} of one disk rewritten per revision, "
+               f"{len(polled)} revision(s) per mode, each declared at a random moment. Times "
+               f"from the origin declaring the revision. {bounds}Medians: the last site "
+               f"published a revision after **{_t(poll_site)}** polling and "
+               f"**{_t(sched_site)}** on the schedule alone (**{x(ratio, 1)}**); the origin's "
+               f"view showed every site after {_t(poll_view)} polling.")
     cost = (f"Nothing changing, {f['quiet']['seconds']:g} s of polling: {q['checks']} checks, "
             f"{q['origin_checks']} of them at the origin (the relays'); the origin's sshd "
             f"logged **{q['origin_logins']} logins** ("
