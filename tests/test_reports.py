@@ -5,6 +5,7 @@ tests/test_reports_sshd.py."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -73,3 +74,20 @@ def test_the_metrics_text_is_valid_prometheus(tmp_path):
     assert samples[("library_syncer_site_last_outcome", "stale")] == (1, "hq/paris")
     assert samples[("library_syncer_site_seconds_since_success", None)][0] == 70
     assert samples[("library_syncer_origin_serial", None)][0] == 6
+
+
+def test_check_names_a_refused_report_as_a_fault_and_a_not_taken_one_as_a_warning(tmp_path):
+    from library_syncer.base import config as config_module
+    from library_syncer.host import check
+
+    settings = tmp_path / "site.toml"
+    settings.write_text(f'[sync]\npeer = "hq.example.net"\n[paths]\nstate_dir = "{tmp_path}"\n')
+    config = config_module.load(settings)
+    assert [r.status for r in check.check_report(config)] == [check.SKIP]  # none sent yet
+    for outcome, status in ((site_report.REFUSED, check.FAIL),
+                            (site_report.NOT_TAKEN, check.WARN), (site_report.SENT, check.OK)):
+        site_report._remember(config, outcome, "this key is not bound to a site\x1b[2J")
+        (result,) = check.check_report(config)
+        assert result.status == status, (outcome, result)
+        assert "hq.example.net:2222" in result.message and "\x1b" not in result.message
+    assert check.check_report(replace(config, sync=replace(config.sync, report=False))) == []

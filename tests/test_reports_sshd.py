@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from library_syncer.base import config as config_module
+from library_syncer.host import check
 from library_syncer.server import dispatch, reports, trace
 from library_syncer.sync import last_run, poll
 from library_syncer.sync import report as site_report
@@ -328,6 +329,8 @@ def test_a_site_reports_its_real_run(work_dir, fixtures_dir, caplog):
         assert record.outcome == "ok", record.message
         caplog.set_level(logging.DEBUG, logger="library-syncer")
         assert site_report.send(config, record) is True
+        assert site_report.last_report(config)["outcome"] == site_report.SENT
+        assert [r.status for r in check.check_report(config)] == [check.OK]
         sent = (rig.stored / "paris.json").read_bytes()
         for outcome in site_report.NOT_SENT_FOR:  # e.g. systemd stopping the run
             assert site_report.send(config, replace(record, outcome=outcome)) is False
@@ -370,6 +373,10 @@ def test_against_the_docker_based_original_a_report_fails_quietly(work_dir, fixt
     assert [r.levelno for r in said] == [logging.DEBUG]
     assert "report not sent" in said[0].getMessage()
     assert "does not run rsync" in said[0].getMessage()
+    last = site_report.last_report(config)
+    assert last["outcome"] == site_report.NOT_TAKEN and "does not run rsync" in last["said"]
+    (result,) = check.check_report(config)  # said, not failed: the original takes none
+    assert result.status == check.WARN and "did not take the last report" in result.message
     held = site_report.build(config, record)
     assert held["listing_digest"].startswith("sha256:") and "serial" not in held
 

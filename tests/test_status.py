@@ -64,6 +64,10 @@ def test_healthy(site, web):
     assert last.startswith(f"{record.finished}, ok, took ")
     assert "received" in last and "speedup" in last and "1 item changed" in last
     assert _field(out, "library") == '"Site templates" version 1, 1 item'
+    # This server is a plain `rrsync -ro` key line (the Docker-based original's): no reports.
+    assert re.fullmatch(rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00, not taken by "
+                        rf"127\.0\.0\.1:{site.sshd.port} \(.+\)", _field(out, "last report")), \
+        _field(out, "last report")
     assert _field(out, "snapshot") == str(config.published_dir.resolve())
     assert _field(out, "next run") == (
         "unknown: systemd is not running here (PID 1 is not systemd) (settings: "

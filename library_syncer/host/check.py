@@ -306,9 +306,34 @@ def check_web_service(config: Config) -> list[CheckResult]:
     return [CheckResult(FAIL, "web service", message, fix)]
 
 
+def check_report(config: Config) -> list[CheckResult]:
+    """The last run's report upstream: refused by our own server is a fault to fix (the
+    origin's fleet view misses this site); an upstream that takes none (the Docker-based
+    original) is said, not failed."""
+    from ..sync import report
+
+    if not config.sync.report:
+        return []
+    last = report.last_report(config)
+    if last is None:
+        return [CheckResult(SKIP, "report", "no report sent yet (one goes upstream after each "
+                                            "run)")]
+    to, said = last.get("to", "?"), last.get("said") or ""
+    if last.get("outcome") == report.REFUSED:
+        return [CheckResult(FAIL, "report", f"{to} refused this site's last report ({said})",
+                            "on that server: library-syncer server keys (is this key bound to "
+                            "a site?) and journalctl -t library-syncer-dispatch")]
+    if last.get("outcome") == report.NOT_TAKEN:
+        return [CheckResult(WARN, "report", f"{to} did not take the last report ({said}); "
+                                            "the origin's fleet view does not show this site",
+                            "normal against the Docker-based original server; else update "
+                            "library-syncer-server there")]
+    return [CheckResult(OK, "report", f"last report taken by {to} at {last.get('at')}")]
+
+
 CLIENT_CHECKS: list[Callable[[Config], list[CheckResult]]] = [
     check_key, check_host_key, check_server, check_web, check_web_service, check_disk,
-    check_timer,
+    check_timer, check_report,
 ]
 
 # --- the server role ----------------------------------------------------------------------

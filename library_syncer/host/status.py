@@ -137,6 +137,25 @@ def _last_check_line(check: dict[str, Any]) -> str:
            f"({check.get('seen')})"
 
 
+def last_report(config: Config) -> dict[str, Any]:
+    """What became of the last report to the upstream (sync/report.py)."""
+    from ..sync import report
+
+    record = report.last_report(config)
+    if record is None:
+        return _cannot("no report sent yet")
+    return {"available": True, **record}
+
+
+def _last_report_line(last: dict[str, Any]) -> str:
+    if not last.get("available"):
+        return f"unknown: {last['reason']}"
+    said = f" ({last['said']})" if last.get("said") else ""
+    verb = {"sent": "sent to", "refused": "REFUSED by"}.get(last.get("outcome", ""),
+                                                           "not taken by")
+    return f"{last.get('at')}, {verb} {last.get('to')}{said}"
+
+
 def vcenter(config: Config) -> dict[str, Any]:
     info: dict[str, Any] = {"url": caddy.subscription_url(config), "tls": config.web.tls}
     if config.web.tls == "off":
@@ -159,6 +178,8 @@ def gather(file: Path | None) -> dict[str, Any]:
     report["last_sync"] = last_sync(config)
     if config.sync.poll_interval:
         report["last_check"] = last_check(config)
+    if config.sync.report and config.sync.upstream_list():
+        report["last_report"] = last_report(config)
     report["library"] = published_library(config)
     report["schedule"] = schedule(config)
     report["vcenter"] = vcenter(config)
@@ -219,6 +240,8 @@ def to_text(report: dict[str, Any]) -> str:
     lines.append(("last sync", _last_sync_line(report["last_sync"])))
     if "last_check" in report:
         lines.append(("last checked", _last_check_line(report["last_check"])))
+    if "last_report" in report:
+        lines.append(("last report", _last_report_line(report["last_report"])))
     if lib.get("available"):
         revision = f", revision {lib['serial']} of {lib['origin']}" \
             if lib.get("serial") is not None else ""

@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from .. import __version__
 from ..base import execute, fsutil
 from ..base.config import Config
 from ..base.errors import SyncerError
+from ..base.text import printable
 from ..server import reports
 from ..server.dispatch import REPORT_COMMAND
 from ..server.trace import TRACE_DIR, is_relay
@@ -48,6 +49,8 @@ NOT_SENT_FOR = ("interrupted", "host_key", "config")
 GENERATED = ("lib.json", "items.json", "index.html")  # written by the site, not received
 SYSTEMD_ANALYZE = "systemd-analyze"
 FORWARD_MARK = "forwarded"  # in paths.state_dir: the newest site report this relay sent upstream
+RECORD = "last-report.json"  # in paths.state_dir: what became of the last report (`status`)
+SENT, NOT_TAKEN, REFUSED = "sent", "not taken", "refused"
 _ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+):\s+\w+\s+(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
 
 
@@ -192,16 +195,41 @@ def send(config: Config, record: RunRecord,
                              input=payload)
     except (SyncerError, OSError, ValueError) as error:
         log.debug("report not sent: %s", error)
+        _remember(config, NOT_TAKEN, str(error))
         return False
     if result.returncode == 0:
         log.debug("report sent to %s (%d bytes)", config.sync.peer, len(payload))
         if newest:
             _mark_sent(config, newest)
+        forwarded = len(json.loads(payload).get("downstream", []))
+        _remember(config, SENT, f"{forwarded} site report(s) forwarded" if forwarded else "")
         return True
     said = next((line for line in reversed(result.tail) if line.strip()), "")
     if said.startswith("library-syncer: report refused"):
-        log.warning("the server refused this site's report: %s", said.split(": ", 2)[-1])
+        why = said.split(": ", 2)[-1]
+        log.warning("the server refused this site's report: %s", why)
+        _remember(config, REFUSED, why)
     else:
-        log.debug("report not sent (the server may not take reports): %s",
-                  said or f"ssh exit status {result.returncode}")
+        why = said or f"ssh exit status {result.returncode}"
+        log.debug("report not sent (the server may not take reports): %s", why)
+        _remember(config, NOT_TAKEN, why)
     return False
+
+
+def _remember(config: Config, outcome: str, said: str) -> None:
+    """What became of this report, for `status` and `check` (never fails the caller)."""
+    data = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "outcome": outcome,
+            "to": f"{config.sync.peer}:{config.sync.port}", "said": printable(said)[:300]}
+    try:
+        fsutil.atomic_write(Path(config.state_dir) / RECORD, json.dumps(data) + "\n")
+    except OSError as error:
+        log.debug("could not record the report's outcome: %s", error.strerror)
+
+
+def last_report(config: Config) -> dict[str, Any] | None:
+    """The record `_remember` wrote last, or None."""
+    try:
+        data = json.loads((Path(config.state_dir) / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
