@@ -338,8 +338,10 @@ def test_remove_keeps_settings_and_stops_units(box: nspawn.Container) -> None:
 
 def test_purge_leaves_the_system_as_before(box: nspawn.Container,
                                            before_install: set[str]) -> None:
-    # What the operator supplied, where the documentation puts it: a certificate, its key and
-    # the web password. Purge removes what the packages created, never these.
+    # What the operator supplied, where the documentation puts it: a certificate, its key, the
+    # web password and the site's SSH key (made with ssh-keygen in the full-loop step, as the
+    # documentation says). Purge removes what the packages created, never these.
+    site_key = box.sh("cat /etc/library-syncer/ssh/id_syncer.pub")
     supplied = {"/etc/library-syncer/tls/cert.pem": "CERT\n", "/etc/library-syncer/tls/key.pem":
                 "KEY\n", "/etc/library-syncer/web-password": "s3cret\n"}
     for path, text in supplied.items():
@@ -350,12 +352,17 @@ def test_purge_leaves_the_system_as_before(box: nspawn.Container,
     box.run("systemctl", "daemon-reload")
     for path, text in supplied.items():
         assert box.run("cat", path, check=False).stdout == text, path
+    assert box.sh("cat /etc/library-syncer/ssh/id_syncer.pub") == site_key
+    assert box.run("test", "-e", "/etc/library-syncer/ssh/known_hosts",
+                   check=False).returncode != 0  # recorded by trust-host: the tool's, gone
     # Everything the packages created is gone. Kept on purpose: the server's exported library
     # (the operator's data, filled by the full-loop step), the operator's files above and the
     # system users (Debian convention: a system user's files may outlive the package).
     library = "/srv/library-syncer/library/"
     in_library = box.sh(f"find {library} -mindepth 1 2>/dev/null || true").split()
-    kept = [*in_library, *supplied, "/etc/library-syncer", "/etc/library-syncer/tls"]
+    kept = [*in_library, *supplied, "/etc/library-syncer", "/etc/library-syncer/tls",
+            "/etc/library-syncer/ssh", "/etc/library-syncer/ssh/id_syncer",
+            "/etc/library-syncer/ssh/id_syncer.pub"]
     added = sorted(p for p in _files(box) - before_install if p not in kept)
     assert box.run("test", "-d", "/etc/library-syncer/tls", check=False).returncode == 0
     if in_library:

@@ -260,5 +260,5 @@ def test_rsh_quotes_any_path_as_rsync_splits_it(tmp_path):
     subprocess.run(rsync.list_argv(config.sync), capture_output=True, timeout=30)
     args = record.read_text().splitlines()
     assert args[0] == str(fake_ssh)
-    assert args[args.index("-i") + 1] == str(identity)
-    assert f"UserKnownHostsFile={odd / 'known_hosts'}" in args
+    assert f"IdentityFile={ssh.file_value(identity)}" in args
+    assert f"UserKnownHostsFile={ssh.file_value(odd / 'known_hosts')}" in args

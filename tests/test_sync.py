@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import tarfile
+import tempfile
+from pathlib import Path
 
 from tests.fleet.checks import snapshot_problems
 from tests.test_sync_helpers import (
@@ -363,3 +366,32 @@ def _ps() -> list[str]:
             except OSError:
                 continue
     return out
+
+
+def test_paths_with_spaces_and_percent_signs_reach_ssh_intact(work_dir, sshd, client_key,
+                                                              server_library):
+    """ssh splits a `-o` file value on whitespace (UserKnownHostsFile takes a list) and expands
+    %-tokens in file options, -i and -S: the key, known_hosts and the control socket live in
+    folders named with both, and the run still verifies the host and shares one connection."""
+    add_iso_item(server_library, "tools", 1_000_000)
+    odd = work_dir / "site a%h b"
+    (odd / "client-ssh").mkdir(parents=True)
+    key = odd / "client-ssh" / "id %r key"
+    key.write_bytes(client_key[0].read_bytes())
+    key.chmod(0o600)
+    config = write_config(odd, sshd, key)
+    runtime = Path(tempfile.mkdtemp(prefix="ls %C "))  # short: a socket path has 107 bytes
+    try:
+        text = config.read_text().replace(f'runtime_dir = "{odd / "run"}"',
+                                          f'runtime_dir = "{runtime}"')
+        config.write_text(text)
+        before = _logins(sshd)
+        result = sync(config)
+        assert result.returncode == 0, result.stderr
+        assert _logins(sshd) - before == 1, result.stderr  # the master's socket was found
+        assert set(items(published(odd / "state"))) == {"tools"}
+        (odd / "client-ssh" / "known_hosts").write_text("")  # the host is no longer known
+        refused = sync(config)
+        assert refused.returncode == 8, refused.stderr  # checked against that very file
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)

@@ -34,16 +34,30 @@ def alive_interval(sync: SyncConfig) -> int:
     return max(1, min(30, int(sync.io_timeout / 3) or 1))
 
 
+def file_value(path: object) -> str:
+    """A path as the value of an ssh `-o` file option. ssh splits such values on whitespace
+    (UserKnownHostsFile takes a list) unless double-quoted, reads backslash escapes inside the
+    quotes, and expands %-tokens: `/etc/a b/known_hosts` would otherwise name two files."""
+    text = str(path).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{text}"'
+
+
+def path_arg(path: object) -> str:
+    """A path as its own argv word (`-S`): never split, but ssh expands %-tokens there."""
+    return str(path).replace("%", "%%")
+
+
 def options(sync: SyncConfig) -> list[str]:
     """Every ssh option the sync, trust checks and `check` use (no user@host)."""
     return [
         "-p", str(sync.port),
-        "-i", str(sync.identity_file),
+        # not -i: ssh drops an -i path it cannot stat before expanding its %-tokens
+        "-o", f"IdentityFile={file_value(sync.identity_file)}",
         "-l", sync.user,
         "-o", "IdentitiesOnly=yes",
         "-o", "BatchMode=yes",
         "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={sync.known_hosts}",
+        "-o", f"UserKnownHostsFile={file_value(sync.known_hosts)}",
         "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", "UpdateHostKeys=no",
         "-o", "CheckHostIP=no",

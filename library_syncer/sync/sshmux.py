@@ -43,7 +43,7 @@ class SharedConnection:
         self.unavailable = False  # the master could not be set up: sessions connect directly
 
     def _control(self, *argv: str, check: bool = False) -> execute.CommandResult:
-        return execute.run([self.sync.ssh, *ssh.options(self.sync), "-S", str(self.socket),
+        return execute.run([self.sync.ssh, *ssh.options(self.sync), "-S", ssh.path_arg(self.socket),
                             *argv, self.sync.peer], check=check, capture=True,
                            timeout=self.sync.connect_timeout + 30)
 
@@ -76,7 +76,7 @@ class SharedConnection:
         """Options for the sessions: use the master's socket, never become a master."""
         if self.unavailable:
             return []
-        return ["-o", f"ControlPath={self.socket}", "-o", "ControlMaster=no"]
+        return ["-o", f"ControlPath={ssh.file_value(self.socket)}", "-o", "ControlMaster=no"]
 
     def close(self) -> None:
         if self.socket.exists():
