@@ -324,3 +324,40 @@ def test_unpack_messages_escape_control_characters(tmp_path: Path) -> None:
         messages.append(str(caught.value))
         assert not any(c in messages[-1] for c in "\x1b\r\x07"), messages[-1]
     assert "evil\\x1b[2J\\x0dfake line/t.ova" in messages[0]
+
+
+@pytest.mark.parametrize("form", ["pax", "gnu-longname"])
+def test_unpack_refuses_a_huge_extended_header_before_reading_it(tmp_path: Path,
+                                                                  form: str) -> None:
+    """tarfile reads a PAX or GNU long-name header into memory whole: one past
+    ovf.MAX_META_HEADER is refused unread (a damaged archive could declare gigabytes)."""
+    ova = tmp_path / "evil.ova"
+    huge = "x" * (ovf.MAX_META_HEADER + 1024)
+    with tarfile.open(ova, "w", format=tarfile.PAX_FORMAT if form == "pax" else
+                      tarfile.GNU_FORMAT) as archive:
+        sound = _info("evil.ovf")
+        sound.size = 11
+        archive.addfile(sound, io.BytesIO(b"<Envelope/>"))
+        info = _info(huge + ".vmdk" if form == "gnu-longname" else "evil-disk1.vmdk")
+        info.size = 4
+        if form == "pax":
+            info.pax_headers = {"comment": huge}
+        archive.addfile(info, io.BytesIO(b"disk"))
+    reads: list[int] = []
+
+    class Counted(io.FileIO):
+        def read(self, size: int = -1) -> bytes:
+            reads.append(size)
+            return super().read(size)
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(SyncerError) as caught:
+        ovf.unpack_ova(ova, dest)
+    assert "evil.ova" in str(caught.value) and "extended header of" in str(caught.value)
+    assert caught.value.exit_status == ExitStatus.VERIFY
+    assert list(dest.iterdir()) == []
+    with Counted(ova) as raw, pytest.raises(tarfile.TarError), \
+            tarfile.open(fileobj=raw, mode="r:", tarinfo=ovf._BoundedInfo) as archive:
+        archive.getmembers()
+    assert max(reads) <= ovf.MAX_META_HEADER  # never asked for the huge header's bytes

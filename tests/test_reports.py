@@ -5,6 +5,7 @@ tests/test_reports_sshd.py."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from datetime import datetime
 
@@ -91,3 +92,33 @@ def test_check_names_a_refused_report_as_a_fault_and_a_not_taken_one_as_a_warnin
         assert result.status == status, (outcome, result)
         assert "hq.example.net:2222" in result.message and "\x1b" not in result.message
     assert check.check_report(replace(config, sync=replace(config.sync, report=False))) == []
+
+
+def test_a_relay_offers_its_sites_reports_once_per_news_whatever_became_of_the_offer(tmp_path):
+    """A relay below an upstream that takes no reports (or cannot be reached) would otherwise
+    try again at every change check: the offer is marked whatever its outcome, and a new site
+    report makes it due again. A leaf site (server.library outside its state) never has news."""
+    from library_syncer.base import config as config_module
+    from library_syncer.sync.last_run import RunRecord
+    from tests.harness.net import free_port
+
+    state = tmp_path / "state"
+    (state / "published").mkdir(parents=True)
+    settings = tmp_path / "relay.toml"
+    settings.write_text(f'[sync]\npeer = "127.0.0.1"\nport = {free_port()}\nconnect_timeout = '
+                        f'"2s"\n[paths]\nstate_dir = "{state}"\n[server]\nlibrary = '
+                        f'"{state / "published"}"\nstate_dir = "{tmp_path / "srv"}"\n')
+    relay = config_module.load(settings)
+    reports.reports_dir(relay.server.state_dir).mkdir(parents=True)
+    assert not site_report.has_news(relay)
+    reports.store(relay.server.state_dir, "branch", _report(), now=T0)
+    assert site_report.has_news(relay)
+    record = RunRecord(run_id="r", started="2026-11-30T10:00:00+00:00", outcome="ok")
+    assert site_report.send(relay, record) is False  # nothing listens on that port
+    assert site_report.last_report(relay)["outcome"] == site_report.NOT_TAKEN
+    assert not site_report.has_news(relay)
+    time.sleep(0.01)
+    reports.store(relay.server.state_dir, "branch", _report(), now=T0)
+    assert site_report.has_news(relay)
+    leaf = replace(relay, server=replace(relay.server, library=tmp_path / "elsewhere"))
+    assert not site_report.has_news(leaf)

@@ -52,10 +52,11 @@ def test_pull_argv_verifies_host_keys_and_avoids_what_rrsync_refuses(tmp_path):
                    "--filter=H /*/item.json", "--compress", "--compress-choice=zstd"):
         assert wanted in argv, wanted
     remote = shlex.split(argv[argv.index("-e") + 1])  # rsync's -e quoting is shell-like here
-    assert remote[:3] == ["ssh", "-p", "2222"] and "/etc/k ey" in remote
+    assert remote[:3] == ["ssh", "-p", "2222"] and 'IdentityFile="/etc/k ey"' in remote
     options = {remote[i + 1] for i, a in enumerate(remote) if a == "-o"}
     assert {"StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes",
-            f"UserKnownHostsFile={cfg.sync.known_hosts}", "ConnectTimeout=30"} <= options
+            f"UserKnownHostsFile={ssh.file_value(cfg.sync.known_hosts)}",
+            "ConnectTimeout=30"} <= options
     assert [o for o in options if o.startswith("StrictHostKeyChecking=")] == [
         "StrictHostKeyChecking=yes"]  # the only host-key policy passed: checking on
 

@@ -35,7 +35,8 @@ from tests.test_sync_helpers import (
 POINTS = [("dry-run", False), ("transfer", False), ("transferred", False), ("ovas", False),
           ("manifests", False), ("renamed", False), ("switched", True), ("prune", True)]
 CHANGED = ["appliance2", "big", "tools"]  # v1 → v2: two items added, one removed
-STATE_ENTRIES = {"published", "snapshots", "ova", "cache", "last-run.json", "sync.lock"}
+STATE_ENTRIES = {"published", "snapshots", "ova", "cache", "last-run.json", "sync.lock",
+                 "last-report.json"}
 
 
 def _add_ova_item(library: Path, fixtures: Path, name: str) -> None:

@@ -159,6 +159,30 @@ def _mtime_ns(member: tarfile.TarInfo) -> int:
     return ns
 
 
+# A PAX or GNU long-name header is read into memory whole by tarfile: a few bytes of archive may
+# declare gigabytes. ovftool writes none longer than a path; 1 MiB is far beyond any real one.
+MAX_META_HEADER = 1 << 20
+
+
+class _BoundedInfo(tarfile.TarInfo):
+    """TarInfo that refuses an extended header (PAX, GNU long name/link) above MAX_META_HEADER
+    before tarfile reads it."""
+
+    def _bounded(self) -> None:
+        if self.size > MAX_META_HEADER:
+            raise tarfile.HeaderError(f"an extended header of {self.size} bytes (at most "
+                                      f"{MAX_META_HEADER} are read)")
+
+    # tarfile's private hooks (stable since Python 3.2); checked by tests/test_ovf.py.
+    def _proc_pax(self, archive):
+        self._bounded()
+        return super()._proc_pax(archive)
+
+    def _proc_gnulong(self, archive):
+        self._bounded()
+        return super()._proc_gnulong(archive)
+
+
 def _check_member(ova: str, member: tarfile.TarInfo, seen: set[str]) -> str:
     name = member.name[2:] if member.name.startswith("./") else member.name
     where = f"{ova}: member {member.name!r}"
@@ -199,7 +223,8 @@ def unpack_ova(ova: Path, dest: Path) -> list[Path]:
     """
     shown = printable(str(ova))
     try:
-        archive = tarfile.open(ova, mode="r:")  # noqa: SIM115 (closed by `with` below)
+        # closed by the `with` below
+        archive = tarfile.open(ova, mode="r:", tarinfo=_BoundedInfo)  # noqa: SIM115
     # Not only TarError: malformed PAX/GNU headers raise ValueError, TypeError and more.
     except Exception as error:
         raise OvaError(f"{shown}: not a readable OVA (tar) archive: {_why(error)}",

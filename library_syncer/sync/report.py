@@ -48,7 +48,10 @@ SEND_TIMEOUT = 60.0  # the whole exchange, connection included
 NOT_SENT_FOR = ("interrupted", "host_key", "config")
 GENERATED = ("lib.json", "items.json", "index.html")  # written by the site, not received
 SYSTEMD_ANALYZE = "systemd-analyze"
-FORWARD_MARK = "forwarded"  # in paths.state_dir: the newest site report this relay sent upstream
+# In paths.state_dir: the newest site report this relay offered upstream. Set whatever became of
+# the offer: an upstream that takes no reports (the Docker-based original) or a failed attempt
+# is not asked again at every check, only when a site reports again or at the next full run.
+FORWARD_MARK = "forwarded"
 RECORD = "last-report.json"  # in paths.state_dir: what became of the last report (`status`)
 SENT, NOT_TAKEN, REFUSED = "sent", "not taken", "refused"
 _ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+):\s+\w+\s+(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
@@ -141,7 +144,7 @@ def _mark_path(config: Config) -> Path:
 
 
 def has_news(config: Config) -> bool:
-    """A relay whose sites reported since its last report upstream (a forward is due)."""
+    """A relay whose sites reported since it last offered their reports upstream."""
     if not config.sync.report or not is_relay(config):
         return False
     try:
@@ -151,7 +154,7 @@ def has_news(config: Config) -> bool:
     return _newest_site_report(config) > sent
 
 
-def _mark_sent(config: Config, newest: float) -> None:
+def _mark_offered(config: Config, newest: float) -> None:
     try:
         fsutil.atomic_write(_mark_path(config), f"{newest!r}\n")
     except OSError as error:
@@ -193,14 +196,14 @@ def send(config: Config, record: RunRecord,
                                       f"{REPORT_COMMAND} {reports.FORMAT}"])
         result = execute.run(argv, capture=True, check=False, timeout=SEND_TIMEOUT,
                              input=payload)
+        if newest:
+            _mark_offered(config, newest)
     except (SyncerError, OSError, ValueError) as error:
         log.debug("report not sent: %s", error)
         _remember(config, NOT_TAKEN, str(error))
         return False
     if result.returncode == 0:
         log.debug("report sent to %s (%d bytes)", config.sync.peer, len(payload))
-        if newest:
-            _mark_sent(config, newest)
         forwarded = len(json.loads(payload).get("downstream", []))
         _remember(config, SENT, f"{forwarded} site report(s) forwarded" if forwarded else "")
         return True
