@@ -381,15 +381,20 @@ def test_against_the_docker_based_original_a_report_fails_quietly(work_dir, fixt
     assert held["listing_digest"].startswith("sha256:") and "serial" not in held
 
 
-def test_a_relay_forwards_its_sites_reports_and_the_origin_sees_the_tree(work_dir,
-                                                                          fixtures_dir):
-    """origin ← relay ← branch: the branch reports to the relay's dispatcher, the relay's own
-    report carries it to the origin, which shows `hq → lyon → branch`."""
+def _origin_with_relay_key(work_dir: Path, fixtures_dir: Path) -> tuple[Path, Rig]:
+    """An origin (hq, revision 1) whose server role authorizes the relay `lyon`."""
     library = work_dir / "library"
     library.mkdir(mode=0o755)
     add_ovf_item(library, fixtures_dir)
     _declare(work_dir, library)
-    origin = _start(work_dir / "origin", library, ("lyon",))
+    return library, _start(work_dir / "origin", library, ("lyon",))
+
+
+def test_a_relay_forwards_its_sites_reports_and_the_origin_sees_the_tree(work_dir,
+                                                                          fixtures_dir):
+    """origin ← relay ← branch: the branch reports to the relay's dispatcher, the relay's own
+    report carries it to the origin, which shows `hq → lyon → branch`."""
+    library, origin = _origin_with_relay_key(work_dir, fixtures_dir)
     relay_dir = work_dir / "lyon"
     try:
         relay = _site_config(relay_dir, origin.server, origin.keys["lyon"])
@@ -423,11 +428,7 @@ def test_a_relays_unchanged_check_forwards_new_site_reports_over_its_one_login(w
     carries what its sites reported since its last report, as a second session of the check's
     one SSH login, and only when there is something new. A leaf site forwards nothing, whatever
     lies in its server.state_dir."""
-    library = work_dir / "library"
-    library.mkdir(mode=0o755)
-    add_ovf_item(library, fixtures_dir)
-    _declare(work_dir, library)
-    origin = _start(work_dir / "origin", library, ("lyon",))
+    library, origin = _origin_with_relay_key(work_dir, fixtures_dir)
     relay_dir = work_dir / "lyon"
     try:
         relay = _site_config(relay_dir, origin.server, origin.keys["lyon"])
