@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,20 @@ import pytest
 
 from tests.harness import fixtures, nspawn
 from tests.harness import sshd as sshd_harness
+
+# The package's own paths on this host. A test whose settings leave out a path falls back to
+# these defaults: it writes into the host and may pass thanks to what an earlier run left there.
+HOST_DEFAULTS = ("/etc/library-syncer", "/var/lib/library-syncer",
+                 "/var/lib/library-syncer-server", "/srv/library-syncer")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_defaults_untouched() -> Iterator[None]:
+    before = {path for path in HOST_DEFAULTS if os.path.lexists(path)}
+    yield
+    made = sorted(p for p in HOST_DEFAULTS if os.path.lexists(p) and p not in before)
+    assert not made, (f"the tests created {made} on this host: a test uses a default path "
+                      "(give it one in its work directory), then remove them")
 
 
 @pytest.fixture(scope="session")
