@@ -254,3 +254,29 @@ def test_trust_host_picks_the_upstream_and_bad_entries_are_one_line(work_dir, cl
     assert result.stderr.strip().splitlines() == [
         f'library-syncer: {bad}: sync.upstreams[2].port: found "x", expected an integer '
         "1-65535"]
+
+
+def test_a_poll_started_sync_starts_at_the_upstream_that_answered_the_check(
+        work_dir, client_key, site):
+    """The change check already asked the dead relay and moved on: the sync it starts begins at
+    the upstream that answered, the relay recorded as skipped, its retry share not spent again
+    (its backoff would delay every new template by up to half the retry budget)."""
+    relay, origin = site("relay"), site("origin")
+    origin.disk("ubuntu", 1)
+    assert origin.declare() == 1
+    relay.copy_of(origin)
+    config = _settings(work_dir, client_key[0], [relay, origin], retry_budget="60s",
+                       poll_interval="15min")
+    relay.server.stop()
+
+    result = cli("sync", "--if-changed", "--config", str(config))
+
+    assert result.returncode == 0, result.stderr
+    assert "nothing is published yet: syncing" in result.stderr
+    assert f"starting at {origin.where} (the upstreams before it did not answer the check)" \
+        in result.stderr, result.stderr
+    assert f"trying {origin.where}" not in result.stderr  # the run itself never asked the relay
+    assert f"; from {origin.where}, revision 1 of hq (1 upstream skipped)" in result.stderr
+    record = last_run(work_dir / "state")
+    assert (record["upstream"], record["upstream_index"]) == (origin.where, 1)
+    assert len(record["skipped"]) == 1 and record["skipped"][0].startswith(relay.where)

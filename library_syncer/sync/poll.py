@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,6 +53,9 @@ class Verdict:
     moved: bool
     seen: str  # what the origin showed: "revision 42 of hq", "listing 1a2b3c4d (12 files)"
     why: str = ""  # why a sync is needed
+    # The first upstreams of the list that did not answer, with their errors: the sync starts
+    # at the one that did (a dead relay's retry share is not spent a second time).
+    unreachable: tuple[tuple[Config, NetworkError], ...] = ()
 
 
 # --- what the origin shows ----------------------------------------------------------------------
@@ -162,22 +165,25 @@ def check(config: Config, layout: snapshot.Layout) -> Verdict:
     with news from its sites forwards them over the same connection when nothing moved."""
     upstreams = sync_run.upstream_configs(config)
     forward = report.has_news(config)
+    unreachable: list[tuple[Config, NetworkError]] = []
     for index, upstream in enumerate(upstreams):
         try:
             if not forward:
-                return _check(upstream.sync, layout)
-            with sshmux.shared(upstream.sync, upstream.runtime_dir) as connection:
-                if connection is not None:
-                    connection.ensure()
-                extra = connection.rsh_options() if connection is not None else []
-                verdict = _check(upstream.sync, layout, extra)
-                if not verdict.moved:  # else the full sync's own report carries them
-                    _forward(upstream, connection)
-                return verdict
+                verdict = _check(upstream.sync, layout)
+            else:
+                with sshmux.shared(upstream.sync, upstream.runtime_dir) as connection:
+                    if connection is not None:
+                        connection.ensure()
+                    extra = connection.rsh_options() if connection is not None else []
+                    verdict = _check(upstream.sync, layout, extra)
+                    if not verdict.moved:  # else the full sync's own report carries them
+                        _forward(upstream, connection)
+            return replace(verdict, unreachable=tuple(unreachable))
         except NetworkError as error:
             if index == len(upstreams) - 1:
                 raise
             log.info("%s; asking the next upstream", error)
+            unreachable.append((upstream, error))
     raise NetworkError("change check: no upstream is configured")
 
 
@@ -257,8 +263,13 @@ def run_if_changed(config: Config, *, retry: bool = True, allow_empty: bool = Fa
         log.info("origin unchanged (%s); nothing to do", verdict.seen)
         return None
     log.info("%s: syncing", verdict.why)
+    if verdict.unreachable:
+        first = sync_run.upstream_configs(config)[len(verdict.unreachable)].sync
+        log.info("starting at %s:%s (the upstreams before it did not answer the check)",
+                 first.peer, first.port)
     try:
-        return sync_run.run(config, retry=retry, allow_empty=allow_empty)
+        return sync_run.run(config, retry=retry, allow_empty=allow_empty,
+                            unreachable=verdict.unreachable)
     except LockHeld as held:  # a scheduled or manual run started since the check
         log.info("a sync started meanwhile; it does this one's work (%s)", held.message)
         return None

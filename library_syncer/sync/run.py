@@ -19,6 +19,7 @@ import random
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -550,13 +551,17 @@ def _record_upstream(record: RunRecord, config: Config, index: int, layout: snap
 
 
 def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
-        allow_empty: bool = False) -> RunRecord:
+        allow_empty: bool = False, unreachable: Sequence[tuple[Config, SyncerError]] = ()
+        ) -> RunRecord:
     """One sync. Returns the run's record; a failure after the lock is in `record.error` (the
     published snapshot is then unchanged, except for VerifyError: the good items were
     published). Raises ConfigError, HostKeyError or LockHeld before anything starts.
 
     The upstreams are tried in order (sync.upstreams, or the one sync.peer); see _fails_over.
-    Each has its own SSH connection: a failover closes one and opens the next."""
+    Each has its own SSH connection: a failover closes one and opens the next. `unreachable`:
+    the first upstreams of the list, with what they answered a moment ago (the change check of
+    sync/poll.py): the run starts after them, recording them as skipped, instead of spending
+    their share of the retry budget again."""
     check_settings(config)
     layout = snapshot.Layout.of(config)
     layout.prepare()
@@ -568,8 +573,9 @@ def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
                            last_success=previous.last_success if previous else None)
         started = time.monotonic()
         reporter = reporter or Reporter()
-        tried: list[tuple[Config, SyncerError]] = []
-        for index, upstream in enumerate(upstreams):
+        tried: list[tuple[Config, SyncerError]] = list(unreachable)
+        record.skipped += [f"{_where(c.sync)}: {e.message}" for c, e in unreachable]
+        for index, upstream in enumerate(upstreams[len(tried):], len(tried)):
             upstream = _budget_share(upstream, index, len(upstreams), started)
             last = index == len(upstreams) - 1
             reporter.status(f"connecting to {_where(upstream.sync)}" if len(upstreams) > 1
