@@ -447,9 +447,12 @@ def _t(value: float | None) -> str:
 
 
 def _median(values: list[float | None]) -> float | None:
-    """The median, a revision never reached counting as the slowest; None if none was."""
-    ordered = sorted(values, key=lambda v: float("inf") if v is None else v)
-    return ordered[len(ordered) // 2] if ordered else None
+    """The median, a revision never reached (None) counting as the slowest; None if that is
+    where the median falls."""
+    if not values:
+        return None
+    middle = statistics.median(float("inf") if v is None else v for v in values)
+    return None if middle == float("inf") else middle
 
 
 def fleet_poll(result: Result) -> str:

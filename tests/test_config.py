@@ -141,3 +141,18 @@ def test_paths_for_rsyncs_ssh_command_refuse_both_quote_kinds(tmp_path, capsys, 
         "but not both (it goes into rsync's -e command)")
     assert main(["config", "validate", "--config", str(path)]) == ExitStatus.CONFIG
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    ("sync", "identity_file"), ("sync", "known_hosts"), ("paths", "runtime_dir"),
+])
+def test_paths_for_ssh_refuse_environment_variables(tmp_path, section, key):
+    """ssh expands ${VAR} in its file options and has no escape for it (a % is escaped)."""
+    path = _write(tmp_path, f"[{section}]\n{key} = '/opt/a b%h/x'\n")
+    assert config.load(path)
+    path = _write(tmp_path, f"[{section}]\n{key} = '/opt/${{HOME}}/x'\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert str(caught.value) == (
+        f'{path}: {section}.{key}: found "/opt/${{HOME}}/x", expected a path without ${{ '
+        "(ssh would read it as an environment variable)")

@@ -5,7 +5,7 @@ tests/test_reports_sshd.py."""
 from __future__ import annotations
 
 import json
-import time
+import os
 from dataclasses import replace
 from datetime import datetime
 
@@ -16,6 +16,7 @@ from library_syncer.sync import report as site_report
 
 RECEIVED = "2026-11-27T21:00:00+00:00"
 T0 = datetime.fromisoformat(RECEIVED).timestamp()
+T0_NS = int(T0) * 10**9
 
 
 def _report(**changes: object) -> bytes:
@@ -94,10 +95,12 @@ def test_check_names_a_refused_report_as_a_fault_and_a_not_taken_one_as_a_warnin
     assert check.check_report(replace(config, sync=replace(config.sync, report=False))) == []
 
 
-def test_a_relay_offers_its_sites_reports_once_per_news_whatever_became_of_the_offer(tmp_path):
-    """A relay below an upstream that takes no reports (or cannot be reached) would otherwise
-    try again at every change check: the offer is marked whatever its outcome, and a new site
-    report makes it due again. A leaf site (server.library outside its state) never has news."""
+def test_a_relays_news_is_what_its_sites_reported_since_the_last_offer(tmp_path):
+    """A relay has news when a site reported or was revoked since it last offered their reports.
+    An offer that could not reach the upstream (ssh 255) leaves the news for the next check; a
+    report that cannot even be built fails nothing (one debug line, recorded). A leaf site
+    (server.library outside its state) never has news. The other answers of an upstream
+    (taken, not taken by the original) mark the offer: tests/test_reports_sshd.py."""
     from library_syncer.base import config as config_module
     from library_syncer.sync.last_run import RunRecord
     from tests.harness.net import free_port
@@ -109,16 +112,27 @@ def test_a_relay_offers_its_sites_reports_once_per_news_whatever_became_of_the_o
                         f'"2s"\n[paths]\nstate_dir = "{state}"\n[server]\nlibrary = '
                         f'"{state / "published"}"\nstate_dir = "{tmp_path / "srv"}"\n')
     relay = config_module.load(settings)
-    reports.reports_dir(relay.server.state_dir).mkdir(parents=True)
+    stored = reports.reports_dir(relay.server.state_dir)
+    stored.mkdir(parents=True)
     assert not site_report.has_news(relay)
     reports.store(relay.server.state_dir, "branch", _report(), now=T0)
     assert site_report.has_news(relay)
     record = RunRecord(run_id="r", started="2026-11-30T10:00:00+00:00", outcome="ok")
     assert site_report.send(relay, record) is False  # nothing listens on that port
-    assert site_report.last_report(relay)["outcome"] == site_report.NOT_TAKEN
+    assert site_report.last_report(relay)["outcome"] == site_report.FAILED
+    assert site_report.has_news(relay)  # offered again at the next check
+
+    site_report._mark_offered(relay, site_report._reports_fingerprint(relay))
     assert not site_report.has_news(relay)
-    time.sleep(0.01)
-    reports.store(relay.server.state_dir, "branch", _report(), now=T0)
+    os.utime(stored / "branch.json", ns=(T0_NS, T0_NS + 1))  # the same site reported again
     assert site_report.has_news(relay)
+    site_report._mark_offered(relay, site_report._reports_fingerprint(relay))
+    assert reports.forget(relay.server.state_dir, "branch")  # revoked: its report must go
+    assert site_report.has_news(relay)
+
+    broken = replace(record, exit_status=None)  # e.g. a hand-edited last-run.json
+    assert site_report.send(relay, broken) is False
+    assert site_report.last_report(relay)["outcome"] == site_report.FAILED
     leaf = replace(relay, server=replace(relay.server, library=tmp_path / "elsewhere"))
-    assert not site_report.has_news(leaf)
+    reports.store(relay.server.state_dir, "branch", _report(), now=T0)
+    assert site_report.has_news(relay) and not site_report.has_news(leaf)

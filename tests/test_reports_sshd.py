@@ -65,15 +65,17 @@ class Rig:
     def stored(self) -> Path:
         return reports.reports_dir(self.state)
 
-    def ssh(self, site: str, command: str | None = REPORT, data: bytes = b"",
-            timeout: float = 30) -> subprocess.CompletedProcess:
+    def argv(self, site: str, command: str | None = REPORT) -> list[str]:
         argv = ["ssh", "-p", str(self.server.port), "-i", str(self.keys[site]), "-T",
                 "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
                 "-o", f"UserKnownHostsFile={self.root / 'known_hosts'}",
                 "-o", "StrictHostKeyChecking=yes", f"{self.server.user}@127.0.0.1"]
-        if command is not None:
-            argv.append(command)
-        return subprocess.run(argv, input=data, capture_output=True, timeout=timeout)
+        return argv if command is None else [*argv, command]
+
+    def ssh(self, site: str, command: str | None = REPORT, data: bytes = b"",
+            timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(site, command), input=data, capture_output=True,
+                              timeout=timeout)
 
     def send(self, site: str, body: dict | bytes, command: str = REPORT
              ) -> subprocess.CompletedProcess:
@@ -270,10 +272,7 @@ def test_a_report_that_never_finishes_is_cut_after_the_read_timeout(rig):
     """A slow or stalled sender (half a report, then nothing) holds a session for at most
     dispatch.READ_TIMEOUT: refused in one line, nothing stored, the site's old report kept."""
     before = rig.files()
-    argv = ["ssh", "-p", str(rig.server.port), "-i", str(rig.keys["rome"]), "-T",
-            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-            "-o", f"UserKnownHostsFile={rig.root / 'known_hosts'}",
-            "-o", "StrictHostKeyChecking=yes", f"{rig.server.user}@127.0.0.1", REPORT]
+    argv = rig.argv("rome")
     err_file = rig.root / "stalled.err"
     started = time.monotonic()
     with err_file.open("wb") as err_out, subprocess.Popen(
@@ -379,6 +378,19 @@ def test_against_the_docker_based_original_a_report_fails_quietly(work_dir, fixt
     assert result.status == check.WARN and "did not take the last report" in result.message
     held = site_report.build(config, record)
     assert held["listing_digest"].startswith("sha256:") and "serial" not in held
+    # A relay below the original: its sites' reports are offered once, not at every check.
+    relay = replace(config, server=replace(config.server, library=config.published_dir,
+                                           state_dir=work_dir / "relay-server-state"))
+    reports.reports_dir(relay.server.state_dir).mkdir(parents=True)
+    reports.store(relay.server.state_dir, "branch", json.dumps(_payload()).encode())
+    assert site_report.has_news(relay)
+    server.start()
+    try:
+        assert site_report.send(relay, record) is False
+    finally:
+        server.stop()
+    assert site_report.last_report(relay)["outcome"] == site_report.NOT_TAKEN
+    assert not site_report.has_news(relay)
 
 
 def _origin_with_relay_key(work_dir: Path, fixtures_dir: Path) -> tuple[Path, Rig]:

@@ -121,7 +121,14 @@ def _one_quote_kind(value: Any) -> Any:
     return value
 
 
+# ssh expands ${VAR} in its file options (IdentityFile, UserKnownHostsFile, ControlPath) and
+# has no escape for it; % is escaped (sync/ssh.py).
+SSH_VAR_EXPECTED = "a path without ${ (ssh would read it as an environment variable)"
+
+
 def _rsh_path(value: Any) -> Path:
+    if isinstance(value, str) and "${" in value:
+        raise ValueError(SSH_VAR_EXPECTED)
     return _path(_one_quote_kind(value))
 
 

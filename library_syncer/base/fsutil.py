@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -40,6 +41,15 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, *,
         raise
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def read_json_object(path: Path) -> dict | None:
+    """A small JSON state file's object; None when it is missing, unreadable or no object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def write_if_changed(path: Path, data: bytes | str, mode: int = 0o644) -> bool:

@@ -321,8 +321,13 @@ def check_report(config: Config) -> list[CheckResult]:
     to, said = last.get("to", "?"), last.get("said") or ""
     if last.get("outcome") == report.REFUSED:
         return [CheckResult(FAIL, "report", f"{to} refused this site's last report ({said})",
-                            "on that server: library-syncer server keys (is this key bound to "
-                            "a site?) and journalctl -t library-syncer-dispatch")]
+                            "see why on that server: journalctl -t library-syncer-dispatch "
+                            "(a key not bound to a site: library-syncer server keys)")]
+    if last.get("outcome") == report.FAILED:
+        return [CheckResult(WARN, "report", f"the last report could not be sent to {to} "
+                                            f"({said})",
+                            "the next run sends one again; if this stays, check the network "
+                            "to that server")]
     if last.get("outcome") == report.NOT_TAKEN:
         return [CheckResult(WARN, "report", f"{to} did not take the last report ({said}); "
                                             "the origin's fleet view does not show this site",

@@ -150,9 +150,11 @@ def last_report(config: Config) -> dict[str, Any]:
 def _last_report_line(last: dict[str, Any]) -> str:
     if not last.get("available"):
         return f"unknown: {last['reason']}"
+    from ..sync import report
+
     said = f" ({last['said']})" if last.get("said") else ""
-    verb = {"sent": "sent to", "refused": "REFUSED by"}.get(last.get("outcome", ""),
-                                                           "not taken by")
+    verb = {report.SENT: "sent to", report.REFUSED: "REFUSED by",
+            report.FAILED: "could not be sent to"}.get(last.get("outcome", ""), "not taken by")
     return f"{last.get('at')}, {verb} {last.get('to')}{said}"
 
 

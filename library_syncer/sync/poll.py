@@ -24,6 +24,7 @@ run, and finding the lock held it just skips.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -168,23 +169,30 @@ def check(config: Config, layout: snapshot.Layout) -> Verdict:
     unreachable: list[tuple[Config, NetworkError]] = []
     for index, upstream in enumerate(upstreams):
         try:
-            if not forward:
-                verdict = _check(upstream.sync, layout)
-            else:
-                with sshmux.shared(upstream.sync, upstream.runtime_dir) as connection:
-                    if connection is not None:
-                        connection.ensure()
-                    extra = connection.rsh_options() if connection is not None else []
-                    verdict = _check(upstream.sync, layout, extra)
-                    if not verdict.moved:  # else the full sync's own report carries them
-                        _forward(upstream, connection)
-            return replace(verdict, unreachable=tuple(unreachable))
+            # A forward rides on the check's connection: one login for both.
+            with sshmux.shared(upstream.sync, upstream.runtime_dir) if forward else \
+                    contextlib.nullcontext() as connection:
+                if connection is not None:
+                    connection.ensure()
+                extra = connection.rsh_options() if connection is not None else []
+                verdict = _check(upstream.sync, layout, extra)
+                if forward and not verdict.moved:  # else the full sync's own report carries them
+                    _forward(upstream, connection)
+            # The sync skips the upstreams before this one only if none of them could be
+            # reached at all: a passing glitch or a refusal is the run's to retry or judge.
+            skip = all(_unreachable(error) for _, error in unreachable)
+            return replace(verdict, unreachable=tuple(unreachable) if skip else ())
         except NetworkError as error:
             if index == len(upstreams) - 1:
                 raise
             log.info("%s; asking the next upstream", error)
             unreachable.append((upstream, error))
     raise NetworkError("change check: no upstream is configured")
+
+
+def _unreachable(error: NetworkError) -> bool:
+    """ssh could not reach the upstream (refused, timed out, no route, name unknown)."""
+    return ssh.diagnose([error.message]) == "unreachable"
 
 
 def _forward(upstream: Config, connection: sshmux.SharedConnection | None) -> None:
@@ -235,11 +243,7 @@ def _record(config: Config, verdict: Verdict) -> None:
 
 
 def read_record(config: Config) -> dict | None:
-    try:
-        data = json.loads(state_path(config).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return fsutil.read_json_object(state_path(config))
 
 
 # --- the command -------------------------------------------------------------------------------

@@ -48,12 +48,16 @@ SEND_TIMEOUT = 60.0  # the whole exchange, connection included
 NOT_SENT_FOR = ("interrupted", "host_key", "config")
 GENERATED = ("lib.json", "items.json", "index.html")  # written by the site, not received
 SYSTEMD_ANALYZE = "systemd-analyze"
-# In paths.state_dir: the newest site report this relay offered upstream. Set whatever became of
-# the offer: an upstream that takes no reports (the Docker-based original) or a failed attempt
-# is not asked again at every check, only when a site reports again or at the next full run.
+# In paths.state_dir: a fingerprint of the site reports this relay last offered upstream. Set
+# whatever the upstream answered (one that takes no reports, the Docker-based original, is not
+# asked again at every check, only when a site reports again or at the next full run); not set
+# when ssh could not reach it (255) or the exchange failed: the next check offers them again.
 FORWARD_MARK = "forwarded"
 RECORD = "last-report.json"  # in paths.state_dir: what became of the last report (`status`)
-SENT, NOT_TAKEN, REFUSED = "sent", "not taken", "refused"
+# sent; refused by our server (a fault); not taken (a server without reports: the original);
+# failed (ssh could not reach it, or the exchange broke: the next run tries again)
+SENT, REFUSED, NOT_TAKEN, FAILED = "sent", "refused", "not taken", "failed"
+SSH_FAILED = 255
 _ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+):\s+\w+\s+(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
 
 
@@ -129,14 +133,17 @@ def _downstream(config: Config) -> list[dict[str, Any]]:
         return []
 
 
-def _newest_site_report(config: Config) -> float:
-    """The modification time of the newest report this relay's sites sent it (0: none)."""
+def _reports_fingerprint(config: Config) -> str:
+    """What this relay's sites have reported, as (file, size, mtime) of their stored reports:
+    it changes with a new report and with a revoked site's ("" when there are none)."""
     try:
         with os.scandir(reports.reports_dir(config.server.state_dir)) as entries:
-            return max((e.stat().st_mtime for e in entries if e.name.endswith(".json")),
-                       default=0.0)
+            rows = sorted(f"{e.name}\0{e.stat().st_size}\0{e.stat().st_mtime_ns}"
+                          for e in entries if e.name.endswith(".json") and
+                          reports.SITE_RE.fullmatch(e.name[:-5]))
     except OSError:
-        return 0.0
+        return ""
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest() if rows else ""
 
 
 def _mark_path(config: Config) -> Path:
@@ -144,19 +151,23 @@ def _mark_path(config: Config) -> Path:
 
 
 def has_news(config: Config) -> bool:
-    """A relay whose sites reported since it last offered their reports upstream."""
-    if not config.sync.report or not is_relay(config):
+    """A relay whose sites reported (or were revoked) since it last offered their reports."""
+    try:
+        if not config.sync.report or not is_relay(config):
+            return False
+        try:
+            offered = _mark_path(config).read_text().strip()
+        except OSError:
+            offered = ""
+        return _reports_fingerprint(config) != offered
+    except Exception as error:  # a news check never stops a change check
+        log.debug("cannot tell whether this relay's sites reported: %s", error)
         return False
-    try:
-        sent = float(_mark_path(config).read_text())
-    except (OSError, ValueError):
-        sent = 0.0
-    return _newest_site_report(config) > sent
 
 
-def _mark_offered(config: Config, newest: float) -> None:
+def _mark_offered(config: Config, fingerprint: str) -> None:
     try:
-        fsutil.atomic_write(_mark_path(config), f"{newest!r}\n")
+        fsutil.atomic_write(_mark_path(config), fingerprint + "\n")
     except OSError as error:
         log.debug("could not record the forwarded reports: %s", error.strerror)
 
@@ -187,33 +198,40 @@ def send(config: Config, record: RunRecord,
     if not config.sync.report or not config.sync.peer or record.outcome in NOT_SENT_FOR:
         return False
     try:
-        newest = _newest_site_report(config) if is_relay(config) else 0.0  # before reading them
-        payload = encode(build(config, record))
-        # Over the run's connection when it is up (no second handshake); else on its own.
-        shared = connection.rsh_options() if connection and connection.alive() else \
-            ["-o", "ControlPath=none"]
-        argv = ssh.argv(config.sync, [*shared, "-T", config.sync.peer,
-                                      f"{REPORT_COMMAND} {reports.FORMAT}"])
-        result = execute.run(argv, capture=True, check=False, timeout=SEND_TIMEOUT,
-                             input=payload)
-        if newest:
-            _mark_offered(config, newest)
-    except (SyncerError, OSError, ValueError) as error:
+        return _send(config, record, connection)
+    except Exception as error:  # a report is worth less than the run: nothing escapes
         log.debug("report not sent: %s", error)
-        _remember(config, NOT_TAKEN, str(error))
+        _remember(config, FAILED, str(error) or type(error).__name__)
         return False
+
+
+def _send(config: Config, record: RunRecord,
+          connection: sshmux.SharedConnection | None) -> bool:
+    fingerprint = _reports_fingerprint(config) if is_relay(config) else ""  # before reading
+    payload = encode(build(config, record))
+    # Over the run's connection when it is up (no second handshake); else on its own.
+    shared = connection.rsh_options() if connection and connection.alive() else \
+        ["-o", "ControlPath=none"]
+    argv = ssh.argv(config.sync, [*shared, "-T", config.sync.peer,
+                                  f"{REPORT_COMMAND} {reports.FORMAT}"])
+    result = execute.run(argv, capture=True, check=False, timeout=SEND_TIMEOUT, input=payload)
+    if result.returncode != SSH_FAILED and is_relay(config):
+        _mark_offered(config, fingerprint)
+    said = next((line for line in reversed(result.tail) if line.strip()), "")
     if result.returncode == 0:
         log.debug("report sent to %s (%d bytes)", config.sync.peer, len(payload))
         forwarded = len(json.loads(payload).get("downstream", []))
         _remember(config, SENT, f"{forwarded} site report(s) forwarded" if forwarded else "")
         return True
-    said = next((line for line in reversed(result.tail) if line.strip()), "")
     if said.startswith("library-syncer: report refused"):
         why = said.split(": ", 2)[-1]
         log.warning("the server refused this site's report: %s", why)
         _remember(config, REFUSED, why)
+    elif result.returncode == SSH_FAILED:
+        log.debug("report not sent: %s", said or "ssh failed")
+        _remember(config, FAILED, said or "ssh failed")
     else:
-        why = said or f"ssh exit status {result.returncode}"
+        why = said or f"exit status {result.returncode}"
         log.debug("report not sent (the server may not take reports): %s", why)
         _remember(config, NOT_TAKEN, why)
     return False
@@ -231,8 +249,4 @@ def _remember(config: Config, outcome: str, said: str) -> None:
 
 def last_report(config: Config) -> dict[str, Any] | None:
     """The record `_remember` wrote last, or None."""
-    try:
-        data = json.loads((Path(config.state_dir) / RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return fsutil.read_json_object(Path(config.state_dir) / RECORD)
