@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library_syncer import __version__
+from library_syncer.base import paths
 from library_syncer.cli.main import PROG, build_parser
 
 
@@ -94,8 +95,11 @@ def pages(date: str) -> dict[str, str]:
             ".SH OPTIONS", *_options(parser), ".SH COMMANDS"]
     for command in commands:
         body += [".TP", f"\\fB{_esc(command)}\\fR", _esc(helps.get(command, ""))]
-    body += [".SH FILES", ".TP", "\\fI/etc/library\\-syncer/library\\-syncer.toml\\fR",
-             "The settings file.", ".TP", "\\fI/var/lib/library\\-syncer\\fR",
+    body += [".SH FILES", ".TP", f"\\fI{_esc(str(paths.DEFAULT_CONFIG_FILE))}\\fR",
+             "The settings file: only the settings changed from their defaults.",
+             ".TP", f"\\fI{_esc(str(paths.REFERENCE_SETTINGS_FILE))}\\fR",
+             "Every setting with its default and meaning (config generate \\-\\-all).",
+             ".TP", "\\fI/var/lib/library\\-syncer\\fR",
              "Synced snapshots and the published library.",
              ".SH EXIT STATUS", "0 success, 2 bad command line, 3 settings, 4 locked, "
              "5 network, 6 verification, 7 disk full, 8 host key, 9 check failed, "

@@ -1,13 +1,15 @@
-"""`config generate|show|validate`: the example round-trips; the conffile is its output."""
+"""`config generate|show|validate`: the conffile is `generate`'s output and names only a few
+settings, commented out; `generate --all` is the reference with every default; both round-trip."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from library_syncer.base import config
+from library_syncer.base import config, paths
 from library_syncer.base import config_toml as config_cmd
 from library_syncer.base.config import SECTIONS
 from library_syncer.base.errors import ExitStatus
@@ -15,22 +17,99 @@ from library_syncer.cli.main import main
 
 TOP = Path(__file__).resolve().parent.parent
 CONFFILE = TOP / "etc" / "library-syncer" / "library-syncer.toml"
+# What the conffile shows, spelled out here too: changing it is a decision (every host that
+# edited the file is asked once by dpkg), not a side effect of adding a setting.
+CONFFILE_KEYS = ["library.name", "sync.peer", "sync.bandwidth_limit", "sync.schedule",
+                 "sync.random_delay", "web.tls", "web.hostname", "server.library",
+                 "server.listen"]
+COMMENTED_KEY = re.compile(r"^# ([a-z_]+) = (.*)$")
 
 
-def _generate(capsys) -> str:
-    assert main(["config", "generate"]) == 0
+def _generate(capsys, *options: str) -> str:
+    assert main(["config", "generate", *options]) == 0
     return capsys.readouterr().out
 
 
-def test_generated_file_loads_and_equals_the_defaults(tmp_path, capsys):
-    path = tmp_path / "library-syncer.toml"
-    path.write_text(_generate(capsys))
-    loaded = config.load(path)
-    assert loaded == config.defaults(path)
+def _named_keys(text: str) -> tuple[list[str], list[str]]:
+    """The `section.key` lines of a generated file: (commented out, active)."""
+    section, commented, active = "", [], []
+    for line in text.splitlines():
+        if header := re.fullmatch(r"\[([a-z]+)\]", line):
+            section = header.group(1)
+        elif match := COMMENTED_KEY.match(line):
+            commented.append(f"{section}.{match.group(1)}")
+        elif line and not line.startswith("#"):
+            active.append(f"{section}.{line.split(' = ')[0]}")
+    return commented, active
 
 
-def test_generated_file_names_every_key_its_default_and_docker_variable(capsys):
+def _uncommented(text: str) -> str:
+    return "\n".join(line[2:] if COMMENTED_KEY.match(line) else line
+                     for line in text.splitlines()) + "\n"
+
+
+def test_generated_files_load_and_equal_the_defaults(tmp_path, capsys):
+    for options in ((), ("--all",)):
+        path = tmp_path / "library-syncer.toml"
+        path.write_text(_generate(capsys, *options))
+        assert config.load(path) == config.defaults(path), options
+
+
+def test_conffile_names_only_its_few_settings_commented_out(capsys):
     text = _generate(capsys)
+    commented, active = _named_keys(text)
+    assert commented == CONFFILE_KEYS == list(config_cmd.FIRST_SETTINGS) and active == []
+    assert "\n[library]\n" in text and "\n[metrics]\n" not in text  # no empty sections
+    for where in ("library-syncer config generate --all", str(paths.REFERENCE_SETTINGS_FILE),
+                  "library-syncer config show", "library-syncer config validate",
+                  "library-syncer apply", "library-syncer check"):
+        assert where in text, where
+    assert all(len(line) <= config_cmd.COMMENT_WIDTH for line in text.splitlines())
+
+
+def test_conffile_shows_the_real_defaults_and_takes_an_uncommented_setting(tmp_path, capsys):
+    """Uncommenting the lines as they are changes nothing; uncommenting one line with a value
+    (the [section] line is already there) sets exactly that setting."""
+    text = _generate(capsys)
+    path = tmp_path / "library-syncer.toml"
+    path.write_text(_uncommented(text))
+    assert config.load(path) == config.defaults(path)
+    path.write_text(text.replace('\n# peer = ""\n', '\npeer = "deb01.example"\n'))
+    loaded, defaults = config.load(path), config.defaults(path)
+    assert loaded.sync.peer == "deb01.example"
+    assert loaded.sync.upstream_list() and not defaults.sync.upstream_list()  # now configured
+    assert loaded == config.Config(file=path, sync=config.SyncConfig(peer="deb01.example"))
+
+
+def test_a_new_setting_changes_the_reference_not_the_conffile(monkeypatch, capsys):
+    """A release that adds settings (to a section the conffile shows, and a new section) ships
+    the same conffile, so dpkg has nothing to ask on a host whose operator edited it."""
+    shipped, reference = _generate(capsys), _generate(capsys, "--all")
+
+    @dataclass(frozen=True)
+    class GrownSync(config.SyncConfig):
+        new_knob: int = config.setting(7, config._int_range(0, 9), "an integer 0-9")
+
+    @dataclass(frozen=True)
+    class Extra:
+        other_knob: bool = config.setting(True, config._bool, "true or false")
+
+    @dataclass(frozen=True)
+    class GrownConfig(config.Config):
+        sync: config.SyncConfig = field(default_factory=GrownSync)
+        extra: Extra = field(default_factory=Extra)
+
+    monkeypatch.setattr(config_cmd, "SECTIONS", {**SECTIONS, "extra": Extra})
+    monkeypatch.setattr(config, "defaults", lambda file=None: GrownConfig(file=file))
+    grown = _generate(capsys, "--all")
+    assert grown != reference and "\nnew_knob = 7\n" in grown and "\n[extra]\n" in grown
+    assert _generate(capsys) == shipped
+
+
+def test_reference_names_every_key_its_default_and_docker_variable(capsys):
+    text = _generate(capsys, "--all")
+    commented, active = _named_keys(text)
+    assert commented == [] and active == config_cmd.all_keys()
     for name, cls in SECTIONS.items():
         assert f"\n[{name}]\n" in text
         for spec in fields(cls):
@@ -42,6 +121,7 @@ def test_generated_file_names_every_key_its_default_and_docker_variable(capsys):
                      "TLS_CUSTOM_CERT", "LIBRARY_BROWSE", "SYNCER_UID", "TZ"):
         assert variable in text
     assert 'random_delay = "6h"' in text and 'min_free_space = "1G"' in text
+    assert all(len(line) <= config_cmd.COMMENT_WIDTH for line in text.splitlines())
 
 
 def test_every_setting_has_a_description():
@@ -55,6 +135,17 @@ def test_every_setting_has_a_description():
 def test_shipped_conffile_is_the_generated_file(capsys):
     assert CONFFILE.read_text() == _generate(capsys), (
         "regenerate it: library-syncer config generate > etc/library-syncer/library-syncer.toml")
+
+
+def test_the_documents_name_the_reference_where_the_package_installs_it():
+    """tests/test_package.py checks the file is there in the installed package."""
+    rules = (TOP / "packaging" / "debian" / "rules").read_text()
+    examples = (TOP / "packaging" / "debian" / "library-syncer-common.examples").read_text()
+    assert "generated_text(full=True)" in rules and "debian/examples/library-syncer.toml" in rules
+    assert examples.split() == ["debian/examples/library-syncer.toml"]
+    assert paths.REFERENCE_SETTINGS_FILE.parent.name == "examples"
+    for document in ("README.md", "docs/operations.md", "docs/packaging.md"):
+        assert str(paths.REFERENCE_SETTINGS_FILE) in (TOP / document).read_text(), document
 
 
 def test_show_prints_effective_settings_that_load_back(tmp_path, capsys):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from library_syncer.base import paths
 from tests.harness import nspawn
 
 pytestmark = pytest.mark.system
@@ -129,17 +130,36 @@ def test_autopkgtest_smoke(box: nspawn.Container) -> None:
     assert "library-syncer " in out and "valid" in out
 
 
-def test_unconfigured_example_settings_make_a_run_that_says_so(box: nspawn.Container) -> None:
-    """The package installs the commented example (no sync.peer) and enables the timer."""
-    box.run("cp", CONF, CONF + ".orig")
-    try:
-        box.write(CONF, '[library]\nname = "Not configured yet"\n')
-        box.run("systemctl", "start", SERVICE)
-        assert _show(box, SERVICE, "Result") == "success"
-        journal = box.run("journalctl", "-u", SERVICE, "--no-pager", "-o", "cat").stdout
-        assert "not configured yet: sync.peer is empty" in journal, journal
-    finally:
-        box.run("mv", CONF + ".orig", CONF)
+def test_the_settings_file_is_minimal_and_the_reference_is_where_it_says(
+        box: nspawn.Container) -> None:
+    """The conffile is `config generate`'s output: no active setting; the reference it names
+    (`config generate --all`) is installed at that path, uncompressed."""
+    shipped = box.sh(f"cat {CONF}")
+    assert shipped == box.run("library-syncer", "config", "generate").stdout
+    assert [line for line in shipped.splitlines()
+            if line and not line.startswith(("#", "["))] == []
+    assert "# peer = " in shipped
+    named = sorted(set(re.findall(r"/usr/share/doc/\S+", shipped)))
+    assert named == [str(paths.REFERENCE_SETTINGS_FILE)], named
+    reference = box.sh(f"cat {paths.REFERENCE_SETTINGS_FILE}")
+    assert reference == box.run("library-syncer", "config", "generate", "--all").stdout
+    assert "\nblock_size = " in reference and "\npeer = \"\"\n" in reference
+    owner = box.run("dpkg-query", "-S", str(paths.REFERENCE_SETTINGS_FILE)).stdout
+    assert owner.startswith("library-syncer-common: "), owner
+    box.run("library-syncer", "config", "validate", "-c", str(paths.REFERENCE_SETTINGS_FILE))
+    # The shipped file loads to exactly the defaults.
+    assert box.run("library-syncer", "config", "show").stdout.splitlines()[1:] == box.run(
+        "library-syncer", "config", "show", "-c", "/dev/null").stdout.splitlines()[1:]
+
+
+def test_unconfigured_shipped_settings_make_a_run_that_says_so(box: nspawn.Container) -> None:
+    """The timer is enabled at install while the shipped file leaves sync.peer unset: a run
+    says so and succeeds."""
+    assert box.sh(f"cat {CONF}") == box.run("library-syncer", "config", "generate").stdout
+    box.run("systemctl", "start", SERVICE)
+    assert _show(box, SERVICE, "Result") == "success"
+    journal = box.run("journalctl", "-u", SERVICE, "--no-pager", "-o", "cat").stdout
+    assert "not configured yet: sync.peer is empty" in journal, journal
 
 
 def test_without_settings_file_the_sync_is_skipped_not_failed(box: nspawn.Container) -> None:

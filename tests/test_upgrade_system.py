@@ -100,6 +100,15 @@ def _shipped_hash(deb: Path) -> str:
         return hashlib.md5(member.read()).hexdigest()
 
 
+def _not_default(box: nspawn.Container) -> set[str]:
+    """The `config show` lines of the settings file that an empty file (all defaults) lacks."""
+    def shown(*options: str) -> set[str]:
+        lines = box.run("library-syncer", "config", "show", *options).stdout.splitlines()
+        return {line for line in lines if not line.startswith(("#", "["))}
+
+    return shown("-c", CONF) - shown("-c", "/dev/null")
+
+
 def test_edited_settings_state_and_published_library_survive_the_split(
         box: nspawn.Container, release_debs: list[Path], debs: list[Path],
         next_debs: list[Path]) -> None:
@@ -128,9 +137,10 @@ def test_edited_settings_state_and_published_library_survive_the_split(
     assert _conffiles(box, "library-syncer") == {CONF: [release_example]}
     assert hashlib.md5(edited.encode()).hexdigest() != release_example
 
-    # 0.1.0 -> 0.2.0: the shipped example gained settings, so dpkg sees an edited file and a new
-    # example (an operator would be asked; unattended upgrades keep the edit, --force-confold).
-    # 0.2.0 -> next: the same example; even --force-confnew keeps the edit: no conflict at all.
+    # 0.1.0 -> 0.2.0: the shipped file went from every setting to the minimal one, so dpkg sees
+    # an edited file and a new example (an operator would be asked; unattended upgrades keep
+    # the edit, --force-confold). 0.2.0 -> next: the same minimal file; even --force-confnew
+    # keeps the edit: no conflict at all.
     previous_example = release_example
     for folder, packages, version, conffiles in (
             ("/srv/in", debs, "0.2.0", "--force-confold"),
@@ -142,6 +152,7 @@ def test_edited_settings_state_and_published_library_survive_the_split(
             assert "Configuration file" in output and "Using current old file" in output
             dist = box.sh(f"cat {CONF}.dpkg-dist")
             assert hashlib.md5(dist.encode()).hexdigest() == example
+            assert dist == box.run("library-syncer", "config", "generate").stdout  # minimal
             box.run("rm", f"{CONF}.dpkg-dist")  # the operator has read the new example
         else:
             assert "Configuration file" not in output, output  # dpkg's conffile prompt
@@ -163,6 +174,11 @@ def test_edited_settings_state_and_published_library_survive_the_split(
         assert box.run("library-syncer", "--version").stdout.split() == [
             "library-syncer", "0.2.0"]
         box.run("library-syncer", "config", "validate", "-c", CONF)
+        # docs/operations.md's way to slim the kept file down (its effective values against the
+        # defaults) names exactly the operator's four edits.
+        assert _not_default(box) == {
+            'name = "Paris library"', 'peer = "192.0.2.10"',
+            'schedule = "Tue *-*-* 02:30:00"', 'random_delay = "15min"'}
 
     # A site that drops the client role (purge, not just remove): the settings file belongs to
     # -common and stays, edited; the client's state goes, as documented.

@@ -15,6 +15,9 @@ DEFAULT_CONFIG_FILE = DEFAULT_CONFIG_DIR / f"{PACKAGE}.toml"
 DEFAULT_STATE_DIR = Path("/var/lib") / PACKAGE
 DEFAULT_RUNTIME_DIR = Path("/run") / PACKAGE
 DEFAULT_SERVER_LIBRARY = Path("/srv") / PACKAGE / "library"
+# `config generate --all` as library-syncer-common installs it (debian/rules; dh_compress leaves
+# examples/ uncompressed at debhelper compat >= 12).
+REFERENCE_SETTINGS_FILE = Path(f"/usr/share/doc/{PACKAGE}-common/examples/{PACKAGE}.toml")
 
 
 def _from_env(name: str, fallback: Path) -> Path:

@@ -37,8 +37,8 @@ def show(args: argparse.Namespace) -> int:
 
 
 def generate(args: argparse.Namespace) -> int:
-    """`config generate`: print the commented example with every default."""
-    sys.stdout.write(config_toml.generated_text())
+    """`config generate [--all]`: the shipped conffile, or the reference with every default."""
+    sys.stdout.write(config_toml.generated_text(full=getattr(args, "all", False)))
     return 0
 
 

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from .. import __version__
-from ..base import log
+from ..base import log, paths
 from ..base.errors import ExitStatus, SyncerError
 
 PROG = "library-syncer"
@@ -188,8 +188,13 @@ def _add_config_parser(subparsers) -> None:
     show = _sub(verbs, "show", "library_syncer.cli.config:show",
                 "print the effective settings (defaults filled in) as TOML", f"{PROG} config show")
     _add_config_option(show)
-    _sub(verbs, "generate", "library_syncer.cli.config:generate",
-         "print a commented settings file with every default", f"{PROG} config generate > x.toml")
+    generate = _sub(verbs, "generate", "library_syncer.cli.config:generate",
+                    "print the settings file the package installs (--all: every setting)",
+                    f"{PROG} config generate --all | less")
+    generate.add_argument("--all", action="store_true",
+                          help="every setting with its default, what it expects and the Docker "
+                               "variable it replaces: the reference the package installs as "
+                               f"{paths.REFERENCE_SETTINGS_FILE}")
     import_env = _sub(verbs, "import-env", "library_syncer.cli.config:import_env",
                       "convert the Docker version's settings (compose file or .env) to TOML",
                       f"{PROG} config import-env docker-compose.yaml > library-syncer.toml")

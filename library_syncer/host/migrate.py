@@ -412,7 +412,7 @@ def convert(sources: list[Source]) -> Conversion:
 def to_toml(conversion: Conversion, files: list[Path]) -> str:
     lines = ["# library-syncer settings converted from the Docker version by",
              "# `library-syncer config import-env " + " ".join(str(f) for f in files) + "`.",
-             "# Unset keys keep their defaults: see `library-syncer config generate`."]
+             "# Unset keys keep their defaults: see `library-syncer config generate --all`."]
     if conversion.dropped:
         lines += ["#", "# Not carried over:"] + [f"#   {d}" for d in conversion.dropped]
     if conversion.moves:
