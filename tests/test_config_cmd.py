@@ -20,8 +20,8 @@ CONFFILE = TOP / "etc" / "library-syncer" / "library-syncer.toml"
 # What the conffile shows, spelled out here too: changing it is a decision (every host that
 # edited the file is asked once by dpkg), not a side effect of adding a setting.
 CONFFILE_KEYS = ["library.name", "sync.peer", "sync.bandwidth_limit", "sync.schedule",
-                 "sync.random_delay", "web.tls", "web.hostname", "server.library",
-                 "server.listen"]
+                 "sync.random_delay", "sync.poll_interval", "web.tls", "web.hostname",
+                 "server.library", "server.listen"]
 COMMENTED_KEY = re.compile(r"^# ([a-z_]+) = (.*)$")
 
 

@@ -125,6 +125,7 @@ DESCRIPTIONS: dict[str, str] = {
 FIRST_SETTINGS: tuple[str, ...] = (
     "library.name",
     "sync.peer", "sync.bandwidth_limit", "sync.schedule", "sync.random_delay",
+    "sync.poll_interval",
     "web.tls", "web.hostname",
     "server.library", "server.listen",
 )
