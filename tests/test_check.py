@@ -220,7 +220,8 @@ def server_site(work_dir, client_key, server_library) -> Path:
     file.write_text(_toml({"server": {
         "library": str(server_library), "listen": ["127.0.0.1"], "port": free_port(),
         "user": account.pw_name, "uid": account.pw_uid, "config_dir": str(work_dir / "etc"),
-        "sshd": sshd_harness.SSHD, "rrsync": sshd_harness.RRSYNC}}))
+        "state_dir": str(work_dir / "server-state"), "sshd": sshd_harness.SSHD,
+        "rrsync": sshd_harness.RRSYNC}}))
     cfg = config_module.load(file)
     server.authorize(cfg, client_key[1], "paris")
     server.ensure_host_keys(cfg)
@@ -231,10 +232,35 @@ def test_server_role_healthy(server_site):
     result = run_cli("check", "-c", str(server_site))
     assert result.returncode == 0, result.stdout + result.stderr
     assert _lines(result, "ok    sites: ") == ["ok    sites: 1 authorized: paris"]
+    assert _lines(result, "skip  fleet: ") == [
+        "skip  fleet: no site has reported yet (each reports after its runs)"]
     assert _lines(result, "ok    library: ")[0].endswith(": 1 item folder")
     assert _lines(result, "ok    sshd: the rendered sshd_config passes sshd -t")
     assert _lines(result, "ok    account: ")
     assert _lines(result, "skip  service: systemd is not running here")
+
+
+def test_server_role_names_overdue_sites_as_a_warning(server_site, work_dir):
+    import json
+    import time
+
+    from library_syncer.server import reports
+
+    state = work_dir / "server-state"
+    reports.reports_dir(state).mkdir(parents=True)
+    body = {"format": 1, "outcome": "ok", "finished": "2026-11-30T10:00:00+00:00",
+            "exit_status": 0, "schedule": "daily",
+            "interval": 86400, "random_delay": 0}
+    reports.store(state, "paris", json.dumps(body).encode())
+    reports.store(state, "rome", json.dumps(body).encode(), now=time.time() - 3 * 86400)
+    result = run_cli("check", "-c", str(server_site))
+    assert result.returncode == 0, result.stdout + result.stderr  # a warning, not a failure
+    (line,) = _lines(result, "warn  fleet: ")
+    assert line.startswith("warn  fleet: 1 of 2 sites OVERDUE: ") and " → rome; fix: " in line
+    reports.forget(state, "rome")
+    result = run_cli("check", "-c", str(server_site))
+    assert _lines(result, "ok    fleet: ") == [
+        "ok    fleet: 1 site reported, none overdue; 0 behind"]
 
 
 def test_server_role_problems(server_site, work_dir):

@@ -422,6 +422,32 @@ def check_sites(config: Config) -> list[CheckResult]:
     return [CheckResult(OK, "sites", f"{len(sites)} authorized: {names}")]
 
 
+def check_fleet(config: Config) -> list[CheckResult]:
+    """What the sites reported (server/reports.py, as `server sites` shows it): a site silent
+    for longer than its schedule allows (OVERDUE) is a warning, not a fault of this host."""
+    from ..server import reports
+
+    try:
+        origin, current, rows = reports.fleet(config.server)
+    except OSError as error:
+        return [CheckResult(SKIP, "fleet", f"cannot read the site reports: {error.strerror}")]
+    if not rows:
+        return [CheckResult(SKIP, "fleet", "no site has reported yet (each reports after its "
+                                           "runs)")]
+    overdue = [" → ".join((origin, *row.path)) for row in rows if row.overdue]
+    if overdue:
+        shown = ", ".join(overdue[:5]) + (" …" if len(overdue) > 5 else "")
+        return [CheckResult(WARN, "fleet", f"{len(overdue)} of {len(rows)} sites OVERDUE: "
+                                           f"{shown}",
+                            "library-syncer server sites; on a silent site: library-syncer "
+                            "check and journalctl -u library-syncer")]
+    behind = sum(1 for row in rows if row.lag)
+    revision = f" of revision {current[1]}" if current else ""
+    sites = f"{len(rows)} site{'' if len(rows) == 1 else 's'}"
+    return [CheckResult(OK, "fleet", f"{sites} reported, none overdue; {behind} behind"
+                                     f"{revision}")]
+
+
 def check_sshd_config(config: Config) -> list[CheckResult]:
     from ..server import sshd
 
@@ -456,7 +482,8 @@ def check_server_unit(config: Config) -> list[CheckResult]:
 
 
 SERVER_CHECKS: list[Callable[[Config], list[CheckResult]]] = [
-    check_server_account, check_library, check_sites, check_sshd_config, check_server_unit,
+    check_server_account, check_library, check_sites, check_fleet, check_sshd_config,
+    check_server_unit,
 ]
 
 
