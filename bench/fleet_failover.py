@@ -41,12 +41,11 @@ import results  # noqa: E402
 
 from tests.fleet import failover_scenario as scenario  # noqa: E402
 from tests.fleet import library, tree  # noqa: E402
-from tests.fleet.netns import PROFILES, Fleet  # noqa: E402
-from tests.harness import fixtures  # noqa: E402
+from tests.fleet.netns import Fleet  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 
 MB = 1 << 20
-CYCLE, RELAY = tree.SITE_PROFILES, tree.RELAY_PROFILE
+RELAY = tree.RELAY_PROFILE
 
 
 def main() -> int:
@@ -62,14 +61,10 @@ def main() -> int:
     args = parser.parse_args()
     relays = 2
     work = sshd_harness.make_work_dir("bench-fleet-failover")
-    lib = work / "library"
-    built = fixtures.build(work / "fixtures")
+    lib, built = library.bench_library(work, size_mb=args.library_mb, items=args.items)
     date = datetime.now(timezone.utc)
-    disk = args.library_mb * MB // args.items
-    library.make_library(lib, items=args.items, disk_size=disk, fixtures_dir=built)
     library_bytes = library.library_size(lib)
-    site_profiles = [[PROFILES[CYCLE[k % len(CYCLE)]] for k in range(args.sites_per_relay)]
-                     for _ in range(relays)]
+    site_profiles = tree.site_profiles(relays, args.sites_per_relay, rotate=False)
     sites = relays * args.sites_per_relay
     print(f"failover: origin, {relays} relays ({RELAY.describe()}), {sites} sites; library "
           f"{library_bytes / MB:.1f} MB in {args.items} items")

@@ -44,13 +44,12 @@ import results  # noqa: E402
 
 from tests.fleet import library, tree, tree_scenarios  # noqa: E402
 from tests.fleet import poll_scenario as poll  # noqa: E402
-from tests.fleet.netns import PROFILES, Fleet  # noqa: E402
+from tests.fleet.netns import Fleet  # noqa: E402
 from tests.fleet.tree import TreeRun  # noqa: E402
-from tests.harness import fixtures  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 
 MB = 1 << 20
-CYCLE, RELAY = tree.SITE_PROFILES, tree.RELAY_PROFILE
+RELAY = tree.RELAY_PROFILE
 
 
 def _finite(value: float | None) -> float | None:
@@ -85,14 +84,10 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     work = sshd_harness.make_work_dir("bench-fleet-poll")
-    lib = work / "library"
-    built = fixtures.build(work / "fixtures")
+    lib, built = library.bench_library(work, size_mb=args.library_mb, items=args.items)
     date = datetime.now(timezone.utc)
-    disk = args.library_mb * MB // args.items
-    library.make_library(lib, items=args.items, disk_size=disk, fixtures_dir=built)
     library_bytes = library.library_size(lib)
-    site_profiles = [[PROFILES[CYCLE[(r + k) % len(CYCLE)]] for k in range(args.sites_per_relay)]
-                     for r in range(args.relays)]
+    site_profiles = tree.site_profiles(args.relays, args.sites_per_relay)
     sites = args.relays * args.sites_per_relay
     rng = random.Random(args.seed)
     P, S = args.period, args.schedule

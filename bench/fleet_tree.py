@@ -38,14 +38,13 @@ import results  # noqa: E402
 
 from tests.fleet import library, tree  # noqa: E402
 from tests.fleet import tree_scenarios as scenarios  # noqa: E402
-from tests.fleet.netns import PROFILES, Fleet  # noqa: E402
+from tests.fleet.netns import Fleet  # noqa: E402
 from tests.fleet.scenarios import Outcome  # noqa: E402
-from tests.fleet.tree import TreeRun  # noqa: E402
-from tests.harness import fixtures  # noqa: E402
+from tests.fleet.tree import TreeRun, site_profiles  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 
 MB = 1 << 20
-CYCLE, RELAY = tree.SITE_PROFILES, tree.RELAY_PROFILE
+RELAY = tree.RELAY_PROFILE
 SHORT_SCHEDULE = 30  # the last site's schedule period (s), so it becomes overdue in the run
 
 
@@ -74,14 +73,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     work = sshd_harness.make_work_dir("bench-fleet-tree")
-    lib = work / "library"
-    built = fixtures.build(work / "fixtures")
+    lib, built = library.bench_library(work, size_mb=args.library_mb, items=args.items)
     date = datetime.now(timezone.utc)
-    disk = args.library_mb * MB // args.items
-    library.make_library(lib, items=args.items, disk_size=disk, fixtures_dir=built)
     library_bytes = library.library_size(lib)
-    site_profiles = [[PROFILES[CYCLE[(r + k) % len(CYCLE)]] for k in range(args.sites_per_relay)]
-                     for r in range(args.relays)]
+    profiles = site_profiles(args.relays, args.sites_per_relay)
+    disk = args.library_mb * MB // args.items  # each item's disk
     sites = args.relays * args.sites_per_relay
     print(f"tree: origin, {args.relays} relays ({RELAY.describe()}), {sites} sites; library "
           f"{library_bytes / MB:.1f} MB in {args.items} items")
@@ -91,7 +87,7 @@ def main() -> int:
     try:
         with Fleet(args.relays + sites, tag="bt") as fleet:
             run = TreeRun(fleet, work, lib, settle=3.0, report_grace=1.0)
-            for outcome in scenarios.build(run, relay_profile=RELAY, site_profiles=site_profiles,
+            for outcome in scenarios.build(run, relay_profile=RELAY, site_profiles=profiles,
                                            short_schedule=SHORT_SCHEDULE,
                                            random_delay=args.random_delay):
                 rows.append(summary(run, outcome, outcome.name))
@@ -134,7 +130,7 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     figures = {"relays": args.relays, "sites": sites, "relay_profile": RELAY.describe(),
-               "site_profiles": sorted({p.describe() for ps in site_profiles for p in ps}),
+               "site_profiles": sorted({p.describe() for ps in profiles for p in ps}),
                "library_bytes": library_bytes,
                "library_mb": args.library_mb, "fraction": args.fraction,
                "tree_origin_bytes": tree.extra["origin_tx_bytes"],

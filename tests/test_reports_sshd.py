@@ -354,8 +354,7 @@ def test_against_the_docker_based_original_a_report_fails_quietly(work_dir, fixt
     library.mkdir(parents=True, mode=0o755)
     os.chmod(library.parent, 0o755)
     add_ovf_item(library, fixtures_dir)
-    line = (f'command="{harness.RRSYNC} -ro {library}/",no-agent-forwarding,'
-            f"no-port-forwarding,no-pty,no-user-rc,no-X11-forwarding {client_key[1]}")
+    line = harness.original_rrsync_line(client_key[1], library)
     server = harness.start_sshd(work_dir / "original", authorized_lines=[line])
     try:
         config = _site_config(work_dir / "site", server, client_key[0], remote_path="/")

@@ -337,8 +337,7 @@ def test_works_against_the_docker_based_original_server(work_dir, client_key, fi
     library.mkdir(parents=True, mode=0o755)
     os.chmod(library.parent, 0o755)
     add_ovf_item(library, fixtures_dir)
-    line = (f'command="{sshd_harness.RRSYNC} -ro {library}/",no-agent-forwarding,'
-            f"no-port-forwarding,no-pty,no-user-rc,no-X11-forwarding {client_key[1]}")
+    line = sshd_harness.original_rrsync_line(client_key[1], library)
     server = sshd_harness.start_sshd(work_dir / "original", authorized_lines=[line])
     try:
         config = write_config(work_dir, server, client_key[0], remote_path="/")

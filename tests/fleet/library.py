@@ -173,3 +173,14 @@ def tree_digests(root: Path, *, skip_json: bool = True) -> dict[str, str]:
 
 def library_size(root: Path) -> int:
     return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file())
+
+
+def bench_library(work: Path, *, size_mb: int, items: int) -> tuple[Path, Path]:
+    """The benchmarks' library: `items` items sharing `size_mb` MiB of disks, shaped on fixtures
+    built in `work` (the same generator as the tests). Returns (library, fixtures folder)."""
+    from tests.harness import fixtures
+
+    built = fixtures.build(work / "fixtures")
+    lib = work / "library"
+    make_library(lib, items=items, disk_size=size_mb * CHUNK // items, fixtures_dir=built)
+    return lib, built

@@ -32,13 +32,20 @@ from library_syncer.server import sshd as server_role
 from library_syncer.server import trace
 from tests.harness import sshd as sshd_harness
 
-from .netns import SERVER_IP, WAN, Fleet, LinkProfile, ip
+from .netns import PROFILES, SERVER_IP, WAN, Fleet, LinkProfile, ip
 from .sites import ROOT, SSH_PORT, SYNCER, FleetRun, Site, SyncResult, _wait_port
 
 # The tree benchmarks' links: the relays on a datacenter uplink, the sites cycling through the
 # WAN profiles.
 RELAY_PROFILE = LinkProfile("datacenter", 100_000, 20, 0.0)
 SITE_PROFILES = ["dsl", "office", "satellite"]
+
+
+def site_profiles(relays: int, per_relay: int, *, rotate: bool = True) -> list[list[LinkProfile]]:
+    """Each relay's sites on SITE_PROFILES in turn; with `rotate`, each relay starts one further
+    along, so every profile sits behind every relay."""
+    return [[PROFILES[SITE_PROFILES[((r if rotate else 0) + k) % len(SITE_PROFILES)]]
+             for k in range(per_relay)] for r in range(relays)]
 FLAT_PORT = 2223  # 127.0.0.1:2223 in every node's namespace: the origin, bypassing the relay
 ORIGIN = "hq"
 

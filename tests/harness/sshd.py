@@ -69,6 +69,13 @@ def forced_rrsync_line(pub: str, library: Path) -> str:
     return f'restrict,command="{RRSYNC} -ro {library}/" {pub}'
 
 
+def original_rrsync_line(pub: str, library: Path) -> str:
+    """The Docker-based original's authorized_keys line: the same rrsync, ssh options instead
+    of `restrict`."""
+    return (f'command="{RRSYNC} -ro {library}/",no-agent-forwarding,no-port-forwarding,no-pty,'
+            f"no-user-rc,no-X11-forwarding {pub}")
+
+
 DEFAULT_CONFIG = """\
 Port {port}
 ListenAddress 127.0.0.1
