@@ -13,7 +13,8 @@ from library_syncer.base import config as config_module
 from library_syncer.server import trace
 from tests.fleet.checks import snapshot_problems
 from tests.harness import sshd as sshd_harness
-from tests.test_sync_faults import _start_sync, _temp_size, _wait_for
+from tests.harness.wait import wait_for
+from tests.test_sync_faults import _start_sync, _temp_size
 from tests.test_sync_helpers import published, random_bytes, sync, write_config
 
 MB = 1 << 20
@@ -98,8 +99,8 @@ def _switch_relay_during_site_pull(work_dir: Path, server_library: Path, tree: T
     _disk(server_library, "photon", 1 * MB, 4)
     _declare(work_dir, server_library)
     process = _start_sync(tree.site)
-    _wait_for(lambda: _temp_size(tree.site_state / "staging" / "centos") > 1 * MB,
-              what="the site's pull of revision 2 to be under way")
+    wait_for(lambda: _temp_size(tree.site_state / "staging" / "centos") > 1 * MB, timeout=30,
+             what="the site's pull of revision 2 to be under way")
     assert sync(tree.relay).returncode == 0  # revision 3 published at the relay
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr

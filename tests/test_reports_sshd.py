@@ -30,6 +30,7 @@ from library_syncer.sync import last_run, poll
 from library_syncer.sync import report as site_report
 from library_syncer.sync import run as sync_run
 from tests.harness import sshd as harness
+from tests.harness.wait import wait_for
 from tests.test_sync_helpers import add_ovf_item, write_config
 
 REPORT = "library-syncer-report 1"
@@ -93,6 +94,21 @@ class Rig:
             f'config_dir = "{server.config_dir}"\nmetrics_textfile = '
             f'"{server.metrics_textfile}"\nuser = "{server.user}"\n')
         return path
+
+
+def _session_processes(port: int) -> list[int]:
+    """Processes started by an SSH session to the sshd on `port`, a detached one included: each
+    inherits SSH_CONNECTION ("client-ip client-port server-ip server-port") from the session."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0") if entry.name.isdigit() \
+                else []
+        except OSError:  # gone meanwhile
+            continue
+        if any(v.startswith(b"SSH_CONNECTION=") and v.endswith(b" %d" % port) for v in environ):
+            found.append(int(entry.name))
+    return found
 
 
 def _declare(root: Path, library: Path, name: str = "hq") -> int:
@@ -250,7 +266,8 @@ def test_nothing_in_a_report_is_executed_or_used_as_a_path(rig):
     shell = f"$(touch {marker}); `touch {marker}`; touch {marker}"
     sent = rig.send("paris", _payload(via=shell[:200], schedule="; touch " + str(marker)))
     assert sent.returncode == 0, sent.stderr
-    time.sleep(0.2)
+    wait_for(lambda: not _session_processes(rig.server.port), 10,
+             "every process of the report's session to end")
     assert not marker.exists()
     assert json.loads((rig.stored / "paris.json").read_text())["report"]["via"] == shell[:200]
     assert sorted(rig.files()) == ["paris.json", "rome.json"]

@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 from library_syncer.server import sshd as server_role
 from tests.harness import sshd as harness
 from tests.harness.net import free_port, wait_listening
+from tests.harness.wait import wait_for
 
 SECRET = b"outside the library: must never reach a client\n"
 
@@ -223,19 +223,43 @@ def _background_ssh(site: Site, *args: str) -> Iterator[subprocess.Popen]:
         process.wait(timeout=10)
 
 
-def _stderr(process: subprocess.Popen) -> str:
-    process.terminate()
-    process.wait(timeout=10)
+def _stderr_once(process: subprocess.Popen, text: str, timeout: float = 10.0) -> str:
+    """The client's stderr as soon as it says `text` (ssh logs the server's refusal of a
+    channel as it arrives); AssertionError with what it did say if it never does."""
     assert process.stderr is not None
-    return process.stderr.read()
+    fd = process.stderr.fileno()
+    os.set_blocking(fd, False)
+    said: list[bytes] = []
+
+    def arrived() -> bool:
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(fd, 4096):
+                said.append(chunk)
+        return text.encode() in b"".join(said)
+
+    try:
+        wait_for(arrived, timeout, f"ssh to say {text!r}")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; it said: {b''.join(said).decode()!r}") from None
+    return b"".join(said).decode()
+
+
+def _closed(conn: socket.socket) -> bytes:
+    """What the forwarding client sends back before it closes the connection (b"" when it
+    just closes or resets it); a connection still open after the socket's timeout fails."""
+    try:
+        return conn.recv(100)
+    except ConnectionResetError:
+        return b""
+    except TimeoutError:
+        raise AssertionError("the forwarded connection stayed open: neither refused nor "
+                             "closed") from None
 
 
 def _exchange(port: int, payload: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
         conn.sendall(payload)
-        with contextlib.suppress(TimeoutError, ConnectionResetError):
-            return conn.recv(100)
-    return b""
+        return _closed(conn)
 
 
 def test_cannot_forward_a_local_port(rig):
@@ -244,10 +268,8 @@ def test_cannot_forward_a_local_port(rig):
         with _background_ssh(rig.paris, "-L", f"{local}:127.0.0.1:{target}") as process:
             wait_listening(local)
             assert _exchange(local, b"hello through the tunnel") == b""
-            time.sleep(0.3)
-            stderr = _stderr(process)
-        assert "administratively prohibited" in stderr
-        assert received == []
+            _stderr_once(process, "administratively prohibited")
+        assert received == []  # the refusal came before any connection to the target
         stdio = rig.paris.ssh(opts=("-W", f"127.0.0.1:{target}"))
         assert "administratively prohibited" in stdio.stderr
         assert received == []
@@ -272,12 +294,9 @@ def test_cannot_open_a_socks_tunnel(rig):
                 assert conn.recv(2) == b"\x05\x00"
                 conn.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
                              + target.to_bytes(2, "big"))
-                with contextlib.suppress(TimeoutError, ConnectionResetError):
-                    assert conn.recv(10) == b""  # closed instead of a success reply
-            time.sleep(0.3)
-            stderr = _stderr(process)
-        assert "administratively prohibited" in stderr
-        assert received == []
+                assert _closed(conn) == b""  # closed instead of a success reply
+            _stderr_once(process, "administratively prohibited")
+        assert received == []  # the refusal came before any connection to the target
 
 
 # --- it cannot read outside the library -----------------------------------------------------

@@ -13,7 +13,8 @@ import signal
 from pathlib import Path
 
 from tests.fleet.checks import snapshot_problems
-from tests.test_sync_faults import _descendants, _start_sync, _temp_size, _wait_for
+from tests.harness.wait import wait_for
+from tests.test_sync_faults import _descendants, _start_sync, _temp_size
 from tests.test_sync_helpers import last_run, published, random_bytes, sync, write_config
 
 MB = 1 << 20
@@ -152,8 +153,8 @@ def test_a_cut_transfer_against_a_basis_resumes_and_never_touches_the_published_
     _disk(server_library / "win-2026-12", "win-2026-12-disk1.vmdk", new)
     slow = write_config(work_dir, sshd, client_key[0], bandwidth_limit="1000")
     process = _start_sync(slow, "--no-retry")
-    _wait_for(lambda: _temp_size(state / "staging" / "win-2026-12") > DISK // 3,
-              what="a third of the new disk to be written")
+    wait_for(lambda: _temp_size(state / "staging" / "win-2026-12") > DISK // 3, timeout=30,
+             what="a third of the new disk to be written")
     for pid in _descendants(sshd.process.pid):
         os.kill(pid, signal.SIGKILL)
     process.communicate(timeout=60)

@@ -17,6 +17,7 @@ import pytest
 from tests.fleet.checks import snapshot_problems
 from tests.harness import sshd as sshd_harness
 from tests.harness.net import free_port
+from tests.harness.wait import wait_for
 from tests.test_sync_helpers import (
     REPO,
     add_iso_item,
@@ -43,15 +44,6 @@ def _temp_size(folder: Path) -> int:
     sizes = [p.stat().st_size for p in folder.glob(".*") if p.is_file()] if folder.is_dir() \
         else []
     return max(sizes, default=0)
-
-
-def _wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _children(pid: int) -> list[int]:
@@ -89,7 +81,8 @@ def test_a_connection_killed_mid_transfer_resumes_without_resending(
     add_iso_item(server_library, "big", size, seed=7)
 
     process = _start_sync(config, "--no-retry")
-    _wait_for(lambda: _temp_size(state / "staging" / "big") > 6 << 20, what="6 MB to arrive")
+    wait_for(lambda: _temp_size(state / "staging" / "big") > 6 << 20, timeout=30,
+             what="6 MB to arrive")
     for pid in _descendants(sshd.process.pid):  # the session's processes: the link dies
         os.kill(pid, signal.SIGKILL)
     _, stderr = process.communicate(timeout=60)
@@ -252,7 +245,8 @@ def test_disk_filling_up_during_the_transfer_fails_cleanly_then_resumes(
     add_iso_item(server_library, "big", 8 << 20, seed=5)
 
     process = _start_sync(config, "--no-retry")
-    _wait_for(lambda: _temp_size(small_state / "staging" / "big") > 1 << 20, what="data")
+    wait_for(lambda: _temp_size(small_state / "staging" / "big") > 1 << 20, timeout=30,
+             what="data")
     filler = small_state / "filler"
     with open(filler, "wb") as out:  # someone else fills the disk
         try:
@@ -281,7 +275,7 @@ def test_a_second_sync_refuses_while_one_runs_and_an_interrupted_run_changes_not
     before = _published_state(state)
     add_iso_item(server_library, "big", 8 << 20, seed=2)
     first = _start_sync(config)
-    _wait_for(lambda: _temp_size(state / "staging" / "big") > 0, what="the first run")
+    wait_for(lambda: _temp_size(state / "staging" / "big") > 0, timeout=30, what="the first run")
 
     second = sync(config)
 
@@ -399,7 +393,7 @@ def test_a_link_cut_mid_transfer_is_resumed_by_the_retry_in_the_same_run(
                           retry_budget="60s")
     state = work_dir / "state"
     process = _start_sync(config)
-    _wait_for(lambda: _temp_size(state / "staging" / "big") > 5 << 20, what="5 MB")
+    wait_for(lambda: _temp_size(state / "staging" / "big") > 5 << 20, timeout=30, what="5 MB")
     for pid in _descendants(sshd.process.pid):
         os.kill(pid, signal.SIGKILL)
     _, stderr = process.communicate(timeout=90)

@@ -24,6 +24,7 @@ from library_syncer.base.errors import ConfigError
 from library_syncer.web import caddy as web
 from tests.harness import caddy as harness
 from tests.harness.caddy import SENTINEL, fetch, make_config, make_state, start_caddy
+from tests.harness.wait import wait_for
 
 PASSWORD = "s3cret pass/word"
 ROOT = Path(__file__).resolve().parent.parent
@@ -418,7 +419,7 @@ def test_https_with_a_custom_certificate(served, work_dir, tls_files):
 def test_https_with_caddys_internal_ca(served, work_dir):
     server = served(tls="internal", hostname="library.test")
     root_ca = work_dir / "caddy-data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
-    harness.wait_for(root_ca.exists)
+    wait_for(root_ca.exists, what=f"caddy to write {root_ca}")
     trusted = ssl.create_default_context(cafile=str(root_ca))
     _check_files(server.port, work_dir / "state", host="library.test", tls=trusted)
     with pytest.raises(ssl.SSLError):  # Caddy has no certificate for that name at all

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from library_syncer.server import trace
+from tests.harness.wait import wait_for
 
 from . import library
 from .checks import compare_site
@@ -189,15 +190,17 @@ def slow_copy(run: TreeRun, *, fixtures_dir: Path, name: str, disk_size: int,
                for f in (copy, ticker, looker)]
     for thread in threads:
         thread.start()
-    first_chunk.wait(10)
+    if not first_chunk.wait(10):
+        stop.set()
+        raise AssertionError(f"the slow copy of {name} wrote nothing within 10 s")
 
     def action() -> list[SyncResult]:
         # the relays pull while the copy runs (and retry until the origin declares it); the
         # sites pull from their relays meanwhile and again once their relay published it
         during = run.sync_many(run.sites)
         threads[0].join()
-        while "at" not in declared:
-            time.sleep(0.2)
+        wait_for(lambda: "at" in declared, run.settle + 60,
+                 f"the origin to declare {name} once the copy settled", interval=0.2)
         return during + run.propagate()
 
     try:
@@ -224,7 +227,8 @@ def fleet_view(run: TreeRun, *, down: Site, fixtures_dir: Path, seed: int,
                overdue_after: float) -> Outcome:
     """Scenario 4: a new revision; `down`'s link is down. After the relays forwarded their sites'
     reports, `server sites --json` at the origin shows every node with the origin's serial but
-    `down`, which is behind, and overdue once its schedule (`overdue_after` s) has passed."""
+    `down`, which is behind, and overdue once its allowed silence (`overdue_after` s: its
+    schedule's period + the grace) has passed."""
     run.fleet.link(down.index, False)
     try:
         change = library.new_version(run.library, fraction=0.02, fixtures_dir=fixtures_dir,
@@ -236,10 +240,16 @@ def fleet_view(run: TreeRun, *, down: Site, fixtures_dir: Path, seed: int,
             *run.sync_many(run.relay_nodes()), *run.sync_many(leaves),
             *run.sync_many(run.relay_nodes())], nodes=up, changed_bytes=change.new_bytes)
         views = [run.fleet_view()]
-        row = _row(views[0], run.names[down.index])
-        if row and row["age_seconds"] <= overdue_after:
-            time.sleep(overdue_after - row["age_seconds"] + 1.5)
-        views.append(run.fleet_view())
+        name = run.names[down.index]
+
+        def silent_too_long() -> dict | None:  # the view once `down`'s silence outlasts it
+            view = run.fleet_view()
+            row = _row(view, name)
+            return view if row is None or row["age_seconds"] > overdue_after else None
+
+        views.append(wait_for(silent_too_long, overdue_after + 60,
+                              f"{name}'s age in the fleet view to pass {overdue_after:g} s",
+                              interval=0.5))
     finally:
         run.fleet.link(down.index, True)
     outcome.problems += view_problems(run, views[0], serial, down, overdue=None)

@@ -15,7 +15,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,14 +138,6 @@ def fetch(port: int, path: str, *, host: str = "127.0.0.1", tls: ssl.SSLContext 
         return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
     finally:
         connection.close()
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 # --- a small VCSP library on disk, one snapshot per version -------------------------------
