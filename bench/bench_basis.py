@@ -53,6 +53,13 @@ from library_syncer.base.config import SyncConfig  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 from tests.test_sync_helpers import write_config  # noqa: E402
 
+# What the figures depend on (the basis finder and the pull around it), as files under
+# library_syncer/: bench/report.py marks them in docs/benchmarks.md when one of these changed
+# after they were measured.
+MEASURES = [
+    "sync/basis.py", "sync/run.py", "sync/rsync.py", "sync/snapshot.py",
+]
+
 MIB = 1 << 20
 DEMO_OVF = (ROOT / "library_syncer" / "host" / "demo_data" / "ttylinux"
             / "ttylinux-pc_i486-16.1.ovf")

@@ -35,6 +35,13 @@ from tests.fleet.sites import FleetRun, Site  # noqa: E402
 from tests.harness import fixtures  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 
+# What the figures depend on (the shared SSH connection and the runs that use it), as files under
+# library_syncer/: bench/report.py marks them in docs/benchmarks.md when one of these changed
+# after they were measured.
+MEASURES = [
+    "sync/sshmux.py", "sync/ssh.py", "sync/run.py", "sync/rsync.py",
+]
+
 MB = 1 << 20
 ACCEPTED = "Accepted publickey"
 

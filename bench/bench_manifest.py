@@ -36,6 +36,13 @@ import results
 from library_syncer.base import execute
 from library_syncer.manifest import vcsp as manifest
 
+# What the figures depend on (the manifest engine), as files under library_syncer/:
+# bench/report.py marks them in docs/benchmarks.md when one of these changed after they were
+# measured.
+MEASURES = [
+    "manifest/vcsp.py", "manifest/hashing.py", "manifest/scan.py", "manifest/state.py",
+]
+
 OVF = """<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"
           xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">

@@ -46,6 +46,14 @@ from library_syncer.server import trace  # noqa: E402
 from library_syncer.sync import poll  # noqa: E402
 from tests.harness import sshd as harness  # noqa: E402
 
+# What the figures depend on (the change check and what the origin runs for it), as files under
+# library_syncer/: bench/report.py marks them in docs/benchmarks.md when one of these changed
+# after they were measured.
+MEASURES = [
+    "sync/poll.py", "sync/rsync.py", "server/dispatch.py", "server/sshd.py",
+    "templates/sshd_config.j2",
+]
+
 
 class Relay:
     """A TCP relay counting the bytes each way (client → server, server → client)."""

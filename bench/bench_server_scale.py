@@ -47,6 +47,13 @@ from library_syncer.base import execute  # noqa: E402
 from library_syncer.server import sshd as server_role  # noqa: E402
 from tests.harness import sshd as harness  # noqa: E402
 
+# What the figures depend on (the server role's sshd and forced command), as files under
+# library_syncer/: bench/report.py marks them in docs/benchmarks.md when one of these changed
+# after they were measured.
+MEASURES = [
+    "server/sshd.py", "server/dispatch.py", "templates/sshd_config.j2",
+]
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # ssh's own failure (connection refused/closed/reset) is rsync exit 255, but when rsync notices
 # the closed pipe before ssh has exited it reports 12 ("0 bytes received so far"): both mean

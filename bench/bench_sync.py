@@ -53,6 +53,15 @@ from library_syncer.sync import ssh  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 from tests.test_sync_helpers import write_config  # noqa: E402
 
+# What the figures depend on (the pull and what it publishes), as files under library_syncer/:
+# bench/report.py marks them in docs/benchmarks.md when one of these changed after they were
+# measured.
+MEASURES = [
+    "sync/run.py", "sync/rsync.py", "sync/ssh.py", "sync/sshmux.py", "sync/snapshot.py",
+    "sync/basis.py", "manifest/vcsp.py", "manifest/hashing.py", "manifest/scan.py",
+    "base/execute.py",
+]
+
 MIB = 1 << 20
 TABLE = "lsbench"
 DEMO = ROOT / "library_syncer" / "host" / "demo_data" / "ttylinux"

@@ -44,6 +44,14 @@ from tests.fleet import library, tree  # noqa: E402
 from tests.fleet.netns import Fleet  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 
+# What the figures depend on (the failover between upstreams and the pull), as files under
+# library_syncer/: bench/report.py marks them in docs/benchmarks.md when one of these changed
+# after they were measured.
+MEASURES = [
+    "sync/run.py", "sync/rsync.py", "sync/ssh.py", "sync/sshmux.py", "sync/snapshot.py",
+    "sync/trace_check.py", "server/dispatch.py", "server/trace.py",
+]
+
 MB = 1 << 20
 RELAY = tree.RELAY_PROFILE
 

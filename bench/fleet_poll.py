@@ -48,6 +48,14 @@ from tests.fleet.netns import Fleet  # noqa: E402
 from tests.fleet.tree import TreeRun  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 
+# What the figures depend on (polling and reports through the tree), as files under
+# library_syncer/: bench/report.py marks them in docs/benchmarks.md when one of these changed
+# after they were measured.
+MEASURES = [
+    "sync/poll.py", "sync/run.py", "sync/rsync.py", "sync/report.py", "server/trace.py",
+    "server/reports.py", "server/dispatch.py",
+]
+
 MB = 1 << 20
 RELAY = tree.RELAY_PROFILE
 

@@ -43,6 +43,14 @@ from tests.fleet.scenarios import Outcome  # noqa: E402
 from tests.fleet.tree import TreeRun, site_profiles  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
 
+# What the figures depend on (the pull through relays, the trace and the reports), as files under
+# library_syncer/: bench/report.py marks them in docs/benchmarks.md when one of these changed
+# after they were measured.
+MEASURES = [
+    "sync/run.py", "sync/rsync.py", "sync/trace_check.py", "sync/snapshot.py", "sync/report.py",
+    "server/trace.py", "server/reports.py", "server/dispatch.py",
+]
+
 MB = 1 << 20
 RELAY = tree.RELAY_PROFILE
 SHORT_SCHEDULE = 30  # the last site's schedule period (s), so it becomes overdue in the run

@@ -11,15 +11,23 @@ generated section between two markers, rendered from one results file:
     .venv/bin/python bench/report.py           # rewrite docs/benchmarks.md in place
     .venv/bin/python bench/report.py --check   # exit 1 when the document is out of date
 
+A figure measured on older code than it measures is marked where it stands: each bench script
+lists in MEASURES the files under library_syncer/ its figures depend on, and a section whose
+results' commit differs from the checkout in one of them (`git diff <commit>`) opens with
+"measured on <commit>; <file> changed since". This needs git and the repository's history (a
+fresh clone has both); without them the script stops with one line rather than guess.
+
 tests/test_benchmarks_doc.py runs the check in the default suite.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 RESULTS = ROOT / "bench" / "results"
+SCRIPTS = {"fleet_monthly": "fleet"}  # a benchmark recorded by a script of another name
 SECTION = re.compile(r"(<!-- generated: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)"
                      r"(<!-- end generated -->)", re.S)
 MIB = 1 << 20
@@ -513,21 +522,94 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
 RENDERERS["fleet_failover"] = fleet_failover
 
 
+# --- which code the figures measured ----------------------------------------------------------
+
+
+class ProvenanceError(Exception):
+    """The figures' provenance cannot be established (no git, no history, no MEASURES)."""
+
+
+def git(*args: str, root: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              check=False, timeout=60)
+    except FileNotFoundError:
+        raise ProvenanceError("git not found: it is needed, with the repository's "
+                              "history, to tell which figures were measured on older code") \
+            from None
+
+
+def measures(benchmark: str, root: Path = ROOT) -> list[str]:
+    """The MEASURES of the script that records `benchmark`, read without importing it."""
+    script = root / "bench" / f"{SCRIPTS.get(benchmark, benchmark)}.py"
+    if not script.is_file():
+        raise ProvenanceError(f"bench/{script.name}: missing (results of {benchmark} name it)")
+    for node in ast.parse(script.read_text()).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", "") for t in node.targets] == \
+                ["MEASURES"]:
+            files = list(ast.literal_eval(node.value))
+            missing = [f for f in files if not (root / "library_syncer" / f).exists()]
+            if missing:
+                raise ProvenanceError(f"bench/{script.name}: MEASURES names "
+                                      f"{', '.join(missing)}, not in library_syncer/")
+            return files
+    raise ProvenanceError(f"bench/{script.name}: no MEASURES list (the files under "
+                          f"library_syncer/ its figures depend on)")
+
+
+def commit_problem(commit: str, root: Path = ROOT) -> str | None:
+    """Why `commit` is not a commit in the history of the checkout (None when it is)."""
+    if git("rev-parse", "--git-dir", root=root).returncode != 0:
+        return f"{root} is not a git checkout (a fresh clone has the history this needs)"
+    if git("cat-file", "-e", f"{commit}^{{commit}}", root=root).returncode != 0:
+        return (f"commit {commit[:10]} is not in this repository (a shallow clone? "
+                f"`git fetch --unshallow`)")
+    if git("merge-base", "--is-ancestor", commit, "HEAD", root=root).returncode != 0:
+        return f"commit {commit[:10]} is not in the history of HEAD"
+    return None
+
+
+def changed_since(result: Result, root: Path = ROOT) -> list[str]:
+    """The files of MEASURES whose content differs from the results' commit: committed since
+    or changed in the checkout (a change taken back again is no change)."""
+    problem = commit_problem(result["commit"], root)
+    if problem:
+        raise ProvenanceError(f"bench/results ({result['benchmark']}): {problem}")
+    files = measures(result["benchmark"], root)
+    diff = git("diff", "--name-only", result["commit"], "--",
+               *(f"library_syncer/{f}" for f in files), root=root)
+    if diff.returncode != 0:
+        raise ProvenanceError(f"git diff {result['commit'][:10]}: "
+                              f"{(diff.stderr.strip().splitlines() or ['failed'])[0]}")
+    changed = {line.removeprefix("library_syncer/") for line in diff.stdout.splitlines()}
+    return [f for f in files if f in changed]
+
+
+def older_code(result: Result, changed: list[str]) -> str:
+    """The mark on figures measured on older code ('' when they were not)."""
+    if not changed:
+        return ""
+    return (f"**Measured on `{result['commit'][:10]}`; {', '.join(f'`{f}`' for f in changed)} "
+            f"changed since:** these figures may not hold for the current code until "
+            f"`{result['command']}` is run again.\n\n")
+
+
 # --- the document -----------------------------------------------------------------------------
 
 
-def render_section(name: str, results_dir: Path) -> str:
+def render_section(name: str, results_dir: Path, root: Path = ROOT) -> str:
     path = results_dir / f"{name}.json"
     if not path.exists():
         return f"_No results yet: `bench/results/{name}.json` is missing._\n"
     result = json.loads(path.read_text())
-    return RENDERERS[result["benchmark"]](result).rstrip("\n") + "\n"
+    body = RENDERERS[result["benchmark"]](result).rstrip("\n") + "\n"
+    return older_code(result, changed_since(result, root)) + body
 
 
-def render(text: str, results_dir: Path = RESULTS) -> str:
+def render(text: str, results_dir: Path = RESULTS, root: Path = ROOT) -> str:
     """The document with every generated section rewritten from its results file."""
     def replace(match: re.Match[str]) -> str:
-        body = render_section(match.group("name"), results_dir)
+        body = render_section(match.group("name"), results_dir, root)
         return f"{match.group(1)}{body}{match.group(4)}"
     return SECTION.sub(replace, text)
 
@@ -543,7 +625,11 @@ def main() -> int:
     parser.add_argument("--doc", type=Path, default=DOC)
     args = parser.parse_args()
     text = args.doc.read_text()
-    fresh = render(text)
+    try:
+        fresh = render(text)
+    except ProvenanceError as error:
+        print(f"bench/report.py: {error}", file=sys.stderr)
+        return 2
     if args.check:
         if fresh != text:
             print(f"{args.doc}: out of date with bench/results; run bench/report.py",

@@ -1,10 +1,14 @@
 """docs/benchmarks.md holds no hand-typed figure: its generated sections must be exactly what
-bench/report.py renders from bench/results/*.json."""
+bench/report.py renders from bench/results/*.json; each results file names a commit of this
+repository's history, and figures measured on older code than they measure say so.
+
+These tests need git and the history (a fresh clone): without them they fail, never skip."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -55,10 +59,106 @@ def test_a_changed_figure_is_caught(tmp_path: Path) -> None:
     assert any((report.RESULTS / f"{n}.json").exists() for n in names), "no results files"
     name = next(n for n in names if (report.RESULTS / f"{n}.json").exists())
     result = json.loads((report.RESULTS / f"{name}.json").read_text())
-    result["commit"] = "0" * 40
+    result["date"] = "1999-12-31T23:59:59+00:00"
     (tmp_path / f"{name}.json").write_text(json.dumps(result))
     for other in names:
         source = report.RESULTS / f"{other}.json"
         if other != name and source.exists():
             (tmp_path / f"{other}.json").write_text(source.read_text())
     assert report.render(doc, tmp_path) != doc
+
+
+# --- the commit a figure was measured on ------------------------------------------------------
+
+
+def _git(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+                          cwd=cwd, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize("path", sorted(report.RESULTS.glob("*.json")), ids=lambda p: p.name)
+def test_results_were_measured_on_a_commit_of_this_history(path: Path) -> None:
+    commit = json.loads(path.read_text())["commit"]
+    assert _git("cat-file", "-e", f"{commit}^{{commit}}").returncode == 0, \
+        f"{path.name}: commit {commit} is not in this repository"
+    assert report.commit_problem(commit) is None
+
+
+@pytest.mark.parametrize("path", sorted(report.RESULTS.glob("*.json")), ids=lambda p: p.name)
+def test_figures_on_older_code_say_so_next_to_them(path: Path) -> None:
+    """The section opens with the mark exactly when a file its benchmark measures differs
+    from the results' commit (asked of git file by file, not as report.py asks)."""
+    result = json.loads(path.read_text())
+    files = report.measures(result["benchmark"])
+    due = [f for f in files
+           if _git("diff", "--quiet", result["commit"], "--", f"library_syncer/{f}").returncode]
+    body = next(m.group("body") for m in report.SECTION.finditer(report.DOC.read_text())
+                if m.group("name") == path.stem)
+    first = body.splitlines()[0]
+    if due:
+        assert first.startswith(f"**Measured on `{result['commit'][:10]}`; "), first
+        assert all(f"`{f}`" in first for f in due) and "changed since" in first, first
+    else:
+        assert "**Measured on" not in body, f"{path.name}: marked, yet {files} are unchanged"
+
+
+def test_every_benchmark_declares_what_it_measures() -> None:
+    for benchmark in report.RENDERERS:
+        files = report.measures(benchmark)
+        assert files and all((ROOT / "library_syncer" / f).is_file() for f in files), benchmark
+
+
+def _toy_repo(root: Path) -> list[str]:
+    """A repository with bench/bench_trace.py measuring two files; returns its commits: the
+    first, one changing server/trace.py, one changing it back."""
+    (root / "bench").mkdir(parents=True)
+    (root / "library_syncer" / "server").mkdir(parents=True)
+    (root / "bench" / "bench_trace.py").write_text(
+        'MEASURES = ["server/trace.py", "server/reports.py"]\n')
+    trace, reports = root / "library_syncer" / "server" / "trace.py", \
+        root / "library_syncer" / "server" / "reports.py"
+    trace.write_text("A = 1\n")
+    reports.write_text("B = 1\n")
+    assert _git("init", "-q", cwd=root).returncode == 0
+    commits = []
+    for content in (None, "A = 2\n", "A = 1\n"):
+        if content:
+            trace.write_text(content)
+        assert _git("add", "-A", cwd=root).returncode == 0
+        assert _git("commit", "-qm", "x", cwd=root).returncode == 0
+        commits.append(_git("rev-parse", "HEAD", cwd=root).stdout.strip())
+    return commits
+
+
+def test_the_mark_follows_the_code(tmp_path: Path) -> None:
+    first, changed, back = _toy_repo(tmp_path)
+    result = json.loads((report.RESULTS / "bench_trace.scan.json").read_text())
+    results = tmp_path / "results"
+    results.mkdir()
+
+    def section(commit: str) -> str:
+        (results / "bench_trace.scan.json").write_text(json.dumps({**result, "commit": commit}))
+        return report.render_section("bench_trace.scan", results, root=tmp_path)
+
+    assert section(changed).startswith(f"**Measured on `{changed[:10]}`; `server/trace.py` "
+                                       f"changed since:**")
+    assert "`server/reports.py`" not in section(changed)
+    assert "Measured on `" not in section(back)  # measured where the code is now
+    assert "Measured on `" not in section(first)  # the change was taken back: same code
+    (tmp_path / "library_syncer" / "server" / "reports.py").write_text("B = 2\n")
+    assert section(back).startswith(f"**Measured on `{back[:10]}`; `server/reports.py` "
+                                    f"changed since:**")  # an uncommitted change counts too
+
+
+def test_without_git_or_history_it_fails_loudly(tmp_path: Path, monkeypatch) -> None:
+    result = json.loads((report.RESULTS / "bench_trace.scan.json").read_text())
+    (tmp_path / "export").mkdir()  # the tree without .git, as an archive would unpack
+    with pytest.raises(report.ProvenanceError, match="not a git checkout"):
+        report.changed_since(result, root=tmp_path / "export")
+    first = _toy_repo(tmp_path / "clone")[0]
+    with pytest.raises(report.ProvenanceError, match="is not in this repository"):
+        report.changed_since(result, root=tmp_path / "clone")  # another repository's commit
+    assert report.changed_since({**result, "commit": first}, root=tmp_path / "clone") == []
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
+    with pytest.raises(report.ProvenanceError, match="git not found"):
+        report.changed_since(result)
