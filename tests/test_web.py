@@ -421,6 +421,17 @@ def test_https_with_caddys_internal_ca(served, work_dir):
     root_ca = work_dir / "caddy-data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
     wait_for(root_ca.exists, what=f"caddy to write {root_ca}")
     trusted = ssl.create_default_context(cafile=str(root_ca))
+
+    def issued() -> bool:  # Caddy issues the name's certificate after writing its root
+        try:
+            fetch(server.port, "/lib.json", host="library.test", tls=trusted)
+        except ssl.SSLError as error:
+            if "ALERT_INTERNAL_ERROR" not in str(error):  # anything but "no certificate yet"
+                raise
+            return False
+        return True
+
+    wait_for(issued, what="caddy to serve its certificate for library.test")
     _check_files(server.port, work_dir / "state", host="library.test", tls=trusted)
     with pytest.raises(ssl.SSLError):  # Caddy has no certificate for that name at all
         fetch(server.port, "/lib.json", host="wrong.test", tls=trusted)
