@@ -15,6 +15,7 @@ import pytest
 from library_syncer.base import config as config_module
 from library_syncer.base.errors import ExitStatus
 from library_syncer.host import demo
+from tests.harness import readable
 from tests.harness import sshd as sshd_harness
 from tests.harness.net import free_port
 
@@ -98,11 +99,11 @@ def site(work_dir, sshd, client_key, server_library) -> Site:
 
 
 def run_cli(*args: str, user: str | None = None) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "library_syncer", *args]
-    if user:
-        argv = ["runuser", "-u", user, "--", *argv]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                          cwd=str(Path(__file__).resolve().parent.parent))
+    if user:  # another account runs a copy: the checkout may sit in /root (0700)
+        return subprocess.run(readable.cli_as(user, *args), capture_output=True, text=True,
+                              timeout=120, cwd=readable.NEUTRAL_CWD)
+    return subprocess.run([sys.executable, "-m", "library_syncer", *args], capture_output=True,
+                          text=True, timeout=120, cwd=str(Path(__file__).resolve().parent.parent))
 
 
 def _check(site: Site) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ import pytest
 
 from library_syncer.base.errors import ExitStatus
 from library_syncer.manifest import vcsp as manifest
+from tests.harness import readable
 from tests.harness.wait import wait_for
 
 TTY = "ttylinux-template"
@@ -445,9 +446,10 @@ def test_unreadable_file_is_a_problem(work_dir: Path) -> None:
     state = tmp_path / "state"
     state.mkdir(mode=0o777)
     state.chmod(0o777)
-    result = subprocess.run([sys.executable, "-c", code, str(root), str(state)],
-                            capture_output=True, text=True, timeout=60,
-                            cwd=Path(__file__).resolve().parents[1])
+    # The copy another account can read: the checkout may sit in /root (0700).
+    result = subprocess.run([readable.python(), "-s", "-c", code, str(root), str(state)],
+                            capture_output=True, text=True, timeout=60, cwd=readable.NEUTRAL_CWD,
+                            env={**os.environ, "PYTHONPATH": str(readable.package_dir())})
     assert result.returncode == 0, result.stderr
     assert "locked/disk.bin: cannot read (Permission denied)" in result.stdout
     assert [i["name"] for i in _json(root / "items.json")["items"]] == ["ok"]

@@ -188,7 +188,8 @@ def _toml(work_dir: Path, cfg: ServerConfig, user: str) -> Path:
     path = work_dir / "library-syncer.toml"
     path.write_text(f'[server]\nlibrary = "{cfg.library}"\nconfig_dir = "{cfg.config_dir}"\n'
                     f'user = "{user}"\nport = {cfg.port}\nsshd = "{cfg.sshd}"\n'
-                    f'state_dir = "{cfg.state_dir}"\n')
+                    f'state_dir = "{cfg.state_dir}"\n'
+                    + (f'dispatcher = "{cfg.dispatcher}"\n' if cfg.dispatcher else ""))
     return path
 
 

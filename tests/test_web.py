@@ -23,6 +23,7 @@ import trustme
 from library_syncer.base.errors import ConfigError
 from library_syncer.web import caddy as web
 from tests.harness import caddy as harness
+from tests.harness import readable
 from tests.harness.caddy import SENTINEL, fetch, make_config, make_state, start_caddy
 from tests.harness.wait import wait_for
 
@@ -154,11 +155,12 @@ def test_bad_settings_name_the_setting(work_dir, tls_files, password_file):
 
 def _cli(work_dir: Path, toml: str, *args: str, user: str | None = None):
     (work_dir / "t.toml").write_text(toml)
-    argv = [sys.executable, "-m", "library_syncer", "web", "render", "-c",
-            str(work_dir / "t.toml"), *args]
-    if user:
-        argv = ["runuser", "-u", user, "--", *argv]
-    return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    args = ("web", "render", "-c", str(work_dir / "t.toml"), *args)
+    if user:  # another account runs a copy: the checkout may sit in /root (0700)
+        return subprocess.run(readable.cli_as(user, *args), capture_output=True, text=True,
+                              cwd=readable.NEUTRAL_CWD, timeout=60)
+    return subprocess.run([sys.executable, "-m", "library_syncer", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
 
 
 def test_cli_errors_are_one_line_naming_the_setting(work_dir, tls_files):

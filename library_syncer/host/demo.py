@@ -189,6 +189,35 @@ def _wait_listening(port: int, demo: Demo, timeout: float = 15.0) -> None:
     raise DemoError(f"nothing answers on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
+def _open_to_all(path: str) -> bool:
+    """Whether an account with no group of ours can run `path`: the file and every folder above
+    it searchable by others (a clone or virtualenv in /root, 0700, is not)."""
+    target = Path(path)
+    try:
+        if not target.stat().st_mode & stat.S_IXOTH:
+            return False
+        return all(parent.stat().st_mode & stat.S_IXOTH for parent in target.parents)
+    except OSError:
+        return False
+
+
+def runnable_python() -> str:
+    """A Python (>= 3.10) the demo's account can run: the running one when it is open to all,
+    else the system's. A virtualenv built on a Python under a private home points at that
+    Python, which sshd's account cannot execute (rsync then fails with status 126)."""
+    for candidate in (os.path.realpath(sys.executable), "/usr/bin/python3"):
+        if not _open_to_all(candidate):
+            continue
+        if candidate == os.path.realpath(sys.executable) or execute.run(
+                [candidate, "-c", "import sys; sys.exit(sys.version_info < (3, 10))"],
+                check=False).returncode == 0:
+            return candidate
+    raise DemoError(f"{os.path.realpath(sys.executable)} sits where other accounts cannot run "
+                    "it, and there is no system Python 3.10 or later to run the server's "
+                    "command with", hint="apt-get install python3, or run the demo from a "
+                    "Python outside a private home folder")
+
+
 def install_dispatcher(workdir: Path) -> Path:
     """The server's forced command for the demo account: this package copied into the work
     directory, run by the system's Python. The command beside the running Python (a checkout's
@@ -199,7 +228,7 @@ def install_dispatcher(workdir: Path) -> Path:
     shutil.copytree(package, folder / package.name,
                     ignore=shutil.ignore_patterns("__pycache__", "demo_data"))
     launcher = folder / "library-syncer"
-    python = os.path.realpath(sys.executable)
+    python = runnable_python()
     launcher.write_text(f"#!/bin/sh\nPYTHONPATH={folder} exec {python} -s -m {package.name} "
                         '"$@"\n')
     for path in [folder, *folder.rglob("*")]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from library_syncer.base import execute
 from library_syncer.base.config import ServerConfig
 from library_syncer.server import sshd as server_role
+from tests.harness import readable
 from tests.harness import sshd as sshd_harness
 
 from .netns import SERVER_IP, Fleet, LinkProfile, in_ns
@@ -108,6 +109,7 @@ class FleetRun:
         return ServerConfig(library=self.library, listen=(SERVER_IP,), port=SSH_PORT,
                             user=self.user, config_dir=self.sshd_dir / "etc",
                             sshd=sshd_harness.SSHD, rrsync=sshd_harness.RRSYNC,
+                            dispatcher=str(readable.launcher()),  # not the checkout: /root is 0700
                             state_dir=self.work / "server-state")  # never the host's own
 
     def start_server(self) -> None:

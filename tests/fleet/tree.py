@@ -30,6 +30,7 @@ from library_syncer.base import execute
 from library_syncer.base.config import ServerConfig
 from library_syncer.server import sshd as server_role
 from library_syncer.server import trace
+from tests.harness import readable
 from tests.harness import sshd as sshd_harness
 
 from .netns import PROFILES, SERVER_IP, WAN, Fleet, LinkProfile, ip
@@ -81,6 +82,7 @@ class TreeRun(FleetRun):
         return ServerConfig(library=self.library, listen=(SERVER_IP,), port=SSH_PORT,
                             user=self.user, config_dir=self.sshd_dir / "etc",
                             sshd=sshd_harness.SSHD, rrsync=sshd_harness.RRSYNC, name=ORIGIN,
+                            dispatcher=str(readable.launcher()),  # not the checkout (/root: 0700)
                             settle=self.settle, state_dir=self.work / "origin-state",
                             metrics_textfile=self.work / "origin-metrics" / "sites.prom",
                             report_grace=self.report_grace)
@@ -92,7 +94,7 @@ class TreeRun(FleetRun):
             f'[server]\nlibrary = "{c.library}"\nstate_dir = "{c.state_dir}"\n'
             f'config_dir = "{c.config_dir}"\nuser = "{c.user}"\nname = "{ORIGIN}"\n'
             f'settle = "{self.settle:g}s"\nreport_grace = "{self.report_grace:g}s"\n'
-            f'metrics_textfile = "{c.metrics_textfile}"\n')
+            f'metrics_textfile = "{c.metrics_textfile}"\ndispatcher = "{c.dispatcher}"\n')
 
     def start_server(self) -> None:
         config = self.server_config()
@@ -175,6 +177,7 @@ class TreeRun(FleetRun):
         return ServerConfig(library=relay.published, listen=(self.fleet.site_ip(relay.index),),
                             port=SSH_PORT, user=self.user, config_dir=base / "etc",
                             sshd=sshd_harness.SSHD, rrsync=sshd_harness.RRSYNC,
+                            dispatcher=str(readable.launcher()),  # not the checkout (/root: 0700)
                             state_dir=base / "state", report_grace=self.report_grace)
 
     def _site_config(self, site: Site) -> str:
@@ -186,7 +189,8 @@ class TreeRun(FleetRun):
             c = self._relay_server_config(site)
             text += (f'\n[server]\nlibrary = "{c.library}"\nstate_dir = "{c.state_dir}"\n'
                      f'config_dir = "{c.config_dir}"\nuser = "{c.user}"\n'
-                     f'listen = ["{c.listen[0]}"]\nreport_grace = "{self.report_grace:g}s"\n')
+                     f'listen = ["{c.listen[0]}"]\nreport_grace = "{self.report_grace:g}s"\n'
+                     f'dispatcher = "{c.dispatcher}"\n')
         return text
 
     def start_relay(self, relay: Site) -> Relay:

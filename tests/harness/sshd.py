@@ -201,6 +201,9 @@ def server_role_config(dir: Path, library: Path, *, user: str, port: int, **over
     with contextlib.suppress(KeyError):  # else: a name for rendering only
         overrides.setdefault("uid", pwd.getpwnam(user).pw_uid)
     overrides.setdefault("state_dir", dir / "server-state")  # never the host's own
+    if "dispatcher" not in overrides:  # the account cannot run a checkout in /root
+        from .readable import launcher
+        overrides["dispatcher"] = str(launcher())
     return ServerConfig(library=library, listen=("127.0.0.1",), port=port, user=user,
                         config_dir=dir / "etc", sshd=SSHD, rrsync=RRSYNC, **overrides)
 
