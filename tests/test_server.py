@@ -71,7 +71,7 @@ def test_rendered_config_passes_sshd_and_denies_everything_but_rrsync(cfg, work_
     assert eff["exposeauthinfo"] == "yes"  # the dispatcher learns the key, not a claimed name
     assert eff["authorizedkeysfile"] == str(cfg.config_dir / "authorized_keys")
     assert eff["maxstartups"] == "64:30:256"
-    assert eff["usepam"] == "yes"
+    assert eff["usepam"] == "no"  # no PAM session: no pam_systemd warnings at every login
     assert "subsystem" not in eff  # no sftp
     text = output.read_text()
     directives = "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
@@ -221,13 +221,14 @@ def test_cli_authorize_keys_revoke_and_render(cfg, work_dir, capsys):
 
 
 def test_the_test_account_is_in_the_state_the_package_creates():
-    """systemd-sysusers locks the password ("!*"): the rendered UsePAM yes must cope (the
-    integration tests log in with this account)."""
+    """systemd-sysusers locks the password ("!*"); the rendered config says UsePAM no, so the
+    lock is lifted to "*" as the package's postinst does (the integration tests log in with
+    this account)."""
     account = harness.ensure_sysusers_user()
     assert account.pw_shell == "/bin/sh"
     shadow = subprocess.run(["getent", "shadow", account.pw_name], capture_output=True,
                             text=True, check=True).stdout
-    assert shadow.split(":")[1].startswith("!")
+    assert shadow.split(":")[1] == "*"
     assert os.path.isdir(account.pw_dir)
 
 

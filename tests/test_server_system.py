@@ -52,7 +52,7 @@ def test_the_server_role_installs_without_caddy_or_the_client(box):
     assert installed == sorted(SERVER_ROLE), status
     assert box.run("test", "-e", "/usr/bin/caddy", check=False).returncode != 0
     assert box.run("getent", "passwd", "library-syncer", check=False).returncode == 2
-    assert box.run("test", "-e", "/lib/systemd/system/library-syncer.timer",
+    assert box.run("test", "-e", "/usr/lib/systemd/system/library-syncer.timer",
                    check=False).returncode != 0
     # The command and the settings file come with -common.
     assert box.run("dpkg-query", "-S", "/etc/library-syncer/library-syncer.toml"

@@ -271,6 +271,28 @@ def check_config(config: Config | ServerConfig, path: Path, shown: Path | None =
                           hint="check the [server] section of the settings file") from None
 
 
+SHADOW = Path("/etc/shadow")
+
+
+def password_field(user: str) -> str:
+    """The account's password field in /etc/shadow ("" when unreadable: not root, or absent).
+    (Python 3.13 has no spwd module.)"""
+    with contextlib.suppress(OSError):
+        for line in SHADOW.read_text(encoding="utf-8", errors="replace").splitlines():
+            name, _, rest = line.partition(":")
+            if name == user:
+                return rest.split(":", 1)[0]
+    return ""
+
+
+def permit_key_logins(user: str) -> None:
+    """Turn the lock systemd-sysusers puts on a new account ("!*") into "*": no password can
+    match, but sshd without PAM (UsePAM no) accepts key logins. What the server package's
+    postinst does for `syncer`; the demo and the tests create their accounts the same way."""
+    if password_field(user) == "!*":
+        execute.run(["usermod", "-p", "*", user], capture=True)
+
+
 def check_account(config: Config | ServerConfig) -> pwd.struct_passwd:
     """The account sites log in as must exist and have a shell (sshd runs the forced command
     through it); a different UID than the settings say is only worth a warning."""
@@ -286,6 +308,11 @@ def check_account(config: Config | ServerConfig) -> pwd.struct_passwd:
         raise SyncerError(f'server.user: the account "{server.user}" has shell "{shell}"; sshd '
                           "runs the forced rrsync through the login shell, so no site could pull",
                           hint=f"usermod --shell /bin/sh {server.user}")
+    if password_field(server.user).startswith("!"):
+        raise SyncerError(f'server.user: the account "{server.user}" is locked ("!" in '
+                          f"{SHADOW}); the dedicated sshd runs without PAM and refuses locked "
+                          "accounts even for keys, so no site could pull",
+                          hint=f"usermod -p '*' {server.user} (no password, key logins only)")
     if account.pw_uid != server.uid:
         log.warning('server.uid is %d but the account "%s" has UID %d (files the library '
                     "export writes for it should use that UID)", server.uid, server.user,
