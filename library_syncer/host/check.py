@@ -173,7 +173,8 @@ def _check_server(config: Config) -> list[CheckResult]:
     if result.returncode == 0:
         entries = [line for line in result.output.splitlines() if line.strip()]
         return [CheckResult(OK, "server", f"{target} answers and accepts the key "
-                       f"({len(entries)} entries at {config.sync.remote_path})")]
+                       f"({len(entries)} entr{'y' if len(entries) == 1 else 'ies'} at "
+                       f"{config.sync.remote_path})")]
     return [_server_failure(config, target, result)]
 
 
