@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -311,3 +312,22 @@ def test_a_source_restriction_survives_rendering_and_other_options_are_reported(
         assert main(["server", "authorize", "-c", str(toml), str(pub_file), "--site", "nice",
                      "--from", bad]) == 2
         assert "--from: found" in capsys.readouterr().err
+
+
+def test_server_trace_explains_settle_to_an_operator(tmp_path):
+    """`server trace --explain` (the default at a terminal): why a new template is not at the
+    sites yet (they take only declared revisions, once the library is quiet for settle)."""
+    library = tmp_path / "library"
+    (library / "ubuntu").mkdir(parents=True)
+    (library / "ubuntu" / "ubuntu.ovf").write_text("<Envelope/>")
+    settings = tmp_path / "settings.toml"
+    settings.write_text(f'[server]\nlibrary = "{library}"\nstate_dir = "{tmp_path / "state"}"\n'
+                        'settle = "5min"\n')
+    argv = [sys.executable, "-m", "library_syncer", "server", "trace", "-c", str(settings)]
+    quiet = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == 0 and len(quiet.stderr.strip().splitlines()) == 1, quiet.stderr
+    said = subprocess.run([*argv, "--explain"], capture_output=True, text=True, timeout=60)
+    assert said.returncode == 0, said.stderr
+    first, second = said.stderr.strip().splitlines()
+    assert "library changing: revision 1 is declared once nothing changed" in first
+    assert "sites keep the previous revision until then (server.settle = 5min" in second

@@ -457,6 +457,10 @@ def check_sshd_config(config: Config) -> list[CheckResult]:
         return [CheckResult(FAIL, "sshd", f"host key {missing[0]} is missing",
                        f"systemctl restart {SERVER_UNIT} (creates missing keys) or "
                        "library-syncer server render --host-keys")]
+    problem = sshd.strict_modes_problem(config)
+    if problem:
+        return [CheckResult(FAIL, "sshd", problem, "move server.config_dir, or chmod go-w the "
+                            "folder named")]
     if os.geteuid() != 0:
         return [CheckResult(SKIP, "sshd", "sshd -t needs root to read the host keys")]
     with tempfile.TemporaryDirectory(prefix="library-syncer-check.") as tmp:

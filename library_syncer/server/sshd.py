@@ -218,6 +218,9 @@ def write_config(config: Config | ServerConfig, output: Path, *, host_keys: bool
     sync_authorized_keys(server)
     ensure_report_dirs(server)
     text = render_sshd_config(server)
+    problem = strict_modes_problem(server)
+    if problem:
+        log.warning("%s; move server.config_dir or fix the folder's mode (chmod go-w)", problem)
     output.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     if check:
         candidate = output.with_name(f".{output.name}.check")
@@ -257,6 +260,29 @@ def ensure_report_dirs(config: Config | ServerConfig) -> None:
             log.warning("%s: cannot give it to %s, so sites cannot report there; run "
                         "`install -d -o %s -m 0755 %s`", folder, server.user, server.user,
                         folder)
+
+
+def strict_modes_problem(config: Config | ServerConfig) -> str | None:
+    """Why sshd's StrictModes would refuse every key in authorized_keys, or None. sshd checks
+    the file and each folder above it, up to /: owned by root (or the account), not writable
+    by group or others, sticky bit or not (a server.config_dir under /tmp fails). `sshd -t`
+    cannot see it: sites are refused at login ("bad ownership or modes")."""
+    server = _server(config)
+    keys = authorized_keys_path(server)
+    try:
+        uid = pwd.getpwnam(server.user).pw_uid
+    except KeyError:
+        uid = 0
+    for path in (keys, *keys.parents):
+        try:
+            info = path.stat()
+        except OSError:
+            continue  # not there yet: render creates it root-owned 0755
+        if info.st_uid not in (0, uid) or info.st_mode & 0o022:
+            return (f"{path} (mode {info.st_mode & 0o7777:04o}, owner UID {info.st_uid}) is "
+                    "writable by others or not root's: sshd's StrictModes refuses every key "
+                    f"in {keys} below it")
+    return None
 
 
 def check_config(config: Config | ServerConfig, path: Path, shown: Path | None = None) -> None:
