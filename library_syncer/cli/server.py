@@ -80,10 +80,11 @@ def sites(args: argparse.Namespace) -> int:
         print(json.dumps({"origin": origin, "serial": current[1] if current else None,
                           "sites": [reports.describe(r, origin) for r in rows]}, indent=2))
         return 0
+    sites = f"{len(rows)} site{'' if len(rows) == 1 else 's'} reported"
     if current is not None:
-        print(f"origin {current[0]}, revision {current[1]}; {len(rows)} site(s) reported")
+        print(f"origin {current[0]}, revision {current[1]}; {sites}")
     else:
-        print(f"{origin}: no trace in {cfg.server.library}; {len(rows)} site(s) reported")
+        print(f"{origin}: no trace in {cfg.server.library}; {sites}")
     for row in rows:
         print(reports.line(row, origin))
     return 0
