@@ -334,3 +334,17 @@ def test_server_role_names_each_symlink_in_the_library(server_site, server_libra
     warned = _lines(run_cli("check", "-c", str(server_site)), "warn")
     assert len(warned) == 11 and warned[-1] == (
         f"warn  library: 5 more symlinks in {server_library}; fix: find {server_library} -type l")
+
+
+def test_server_role_names_a_config_dir_below_a_world_writable_folder(server_site, work_dir):
+    """sshd -t cannot see it, sites are refused at login: StrictModes wants every folder above
+    authorized_keys root's and not writable by others (sticky bit or not)."""
+    os.chmod(work_dir, 0o1777)
+    try:
+        result = run_cli("check", "-c", str(server_site))
+    finally:
+        os.chmod(work_dir, 0o755)
+    assert result.returncode == ExitStatus.CHECK, result.stdout
+    (line,) = _lines(result, "FAIL  sshd: ")
+    assert f"{work_dir} (mode 1777, owner UID 0) is writable by others" in line
+    assert "StrictModes refuses every key" in line and "chmod go-w" in line

@@ -171,6 +171,23 @@ def test_validate_ok(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"{path}: valid"
 
 
+def test_validate_warns_of_the_missing_published_library_only_on_a_site(tmp_path):
+    """A server-only host has neither the synced copy nor Caddy: no warning about them there."""
+    state = tmp_path / "state"
+    server = tmp_path / "server.toml"
+    server.write_text(f'[server]\nlibrary = "{tmp_path}"\n[paths]\nstate_dir = "{state}"\n')
+    site = tmp_path / "site.toml"
+    site.write_text(f'[sync]\npeer = "192.0.2.10"\n[paths]\nstate_dir = "{state}"\n')
+    said = {}
+    for name, path in (("server", server), ("site", site)):
+        result = subprocess.run([sys.executable, "-m", "library_syncer", "config", "validate",
+                                 "-c", str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        said[name] = result.stderr
+    assert said["server"] == ""
+    assert f"{state}/published does not exist yet" in said["site"]
+
+
 def test_validate_reports_every_problem_one_line_each_without_traceback(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('[sync]\nport = "22x"\nschedul = "daily"\n[web]\ntls = "custom"\n'

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -122,7 +123,16 @@ def test_without_a_trace_the_listing_digest_decides(work_dir, origin):
     assert _snapshots(work_dir) != snapshots
     assert (published(work_dir / "state") / "ubuntu" / "ubuntu.vmdk").read_bytes() == \
         random_bytes(1 * MB, 3)
-    assert "origin unchanged (listing " in _poll(config).stderr
+    said = _poll(config).stderr
+    shown = re.search(r"origin unchanged \(listing ([0-9a-f]{12})", said)
+    assert shown, said
+    # `status` (this check's line) and `server sites` (the report's digest) show the same digits
+    from library_syncer.sync import report as site_report
+    from library_syncer.sync.snapshot import Layout
+
+    reported = site_report.listing_digest(published(work_dir / "state"),
+                                          Layout(work_dir / "state").ova_store)
+    assert reported is not None and reported[7:19] == shown.group(1)
 
 
 def test_a_check_skips_while_a_run_holds_the_lock(work_dir, origin):

@@ -136,3 +136,62 @@ def test_a_relays_news_is_what_its_sites_reported_since_the_last_offer(tmp_path)
     leaf = replace(relay, server=replace(relay.server, library=tmp_path / "elsewhere"))
     reports.store(relay.server.state_dir, "branch", _report(), now=T0)
     assert site_report.has_news(relay) and not site_report.has_news(leaf)
+
+
+LEAF_KEY = "SHA256:" + "L" * 43
+RELAY_KEY = "SHA256:" + "R" * 43
+
+
+def test_a_site_that_reported_through_two_paths_is_one_line(tmp_path):
+    """Leaf with upstreams = [relay, origin]: while the relay was down it reported to the
+    origin directly (revision 3); later through the relay (revision 4). One site, one line: its
+    newest report, whichever path brought it, in every view (rows, metrics, check)."""
+    origin, relay = tmp_path / "origin", tmp_path / "relay"
+    for state in (origin, relay):
+        reports.reports_dir(state).mkdir(parents=True)
+    # the origin names the leaf "leaf"; the relay's operator named it "leaf-7"
+    reports.store(origin, "leaf", _report(serial=3, finished="2026-11-27T20:00:00+00:00"),
+                  now=T0 - 3600, key=LEAF_KEY)
+    reports.store(relay, "leaf-7", _report(serial=4), now=T0 - 60, key=LEAF_KEY)
+    forwarded = {**json.loads(_report(serial=4)), "downstream": reports.forwardable(relay)}
+    reports.store(origin, "relay", site_report.encode(forwarded), now=T0, key=RELAY_KEY)
+    rows = reports.rows(origin, ("hq", 4), 600, now=T0 + 10)
+    assert [(r.path, r.report["serial"], r.lag) for r in rows] == [
+        (("relay",), 4, 0), (("relay", "leaf-7"), 4, 0)]
+    assert rows[1].key == LEAF_KEY
+    text = reports.render_metrics(rows, "hq", ("hq", 4), now=T0 + 10)
+    lags = [s for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "library_syncer_site_serial_lag"]
+    assert sorted(s.labels["path"] for s in lags) == ["hq/relay", "hq/relay/leaf-7"]
+    assert all(s.value == 0 for s in lags)
+    # The relay goes down again and the leaf falls back: the direct report is the newest now.
+    reports.store(origin, "leaf", _report(serial=5, finished="2026-11-27T21:30:00+00:00"),
+                  now=T0 + 1800, key=LEAF_KEY)
+    rows = reports.rows(origin, ("hq", 5), 600, now=T0 + 1810)
+    assert [(r.path, r.report["serial"]) for r in rows] == [(("leaf",), 5), (("relay",), 4)]
+    # Two sites without keys (reports stored before keys were recorded) stay apart by path.
+    reports.store(origin, "old-a", _report(), now=T0)
+    reports.store(origin, "old-b", _report(), now=T0)
+    assert len(reports.rows(origin, ("hq", 5), 600, now=T0 + 10)) == 4
+
+
+def test_a_failed_run_reports_the_library_the_site_still_publishes(tmp_path):
+    from library_syncer.base import config as config_module
+    from library_syncer.sync.last_run import RunRecord
+
+    state = tmp_path / "state"
+    published = state / "published"
+    published.mkdir(parents=True)
+    (published / "lib.json").write_text(json.dumps({"version": "7"}))
+    (published / "items.json").write_text(json.dumps({"items": []}))
+    settings = tmp_path / "settings.toml"
+    settings.write_text(f'[sync]\npeer = "hq"\n[paths]\nstate_dir = "{state}"\n')
+    config = config_module.load(settings)
+    record = RunRecord(run_id="r1", started=RECEIVED, outcome="network", exit_status=5,
+                       finished=RECEIVED)
+    body = site_report.build(config, record)
+    assert body["outcome"] == "network" and body["library_version"] == 7
+    reports.reports_dir(tmp_path).mkdir()
+    reports.store(tmp_path, "paris", site_report.encode(body), now=T0)
+    (row,) = reports.rows(tmp_path, None, 600, now=T0)
+    assert "  library 7  " in reports.line(row, "hq")

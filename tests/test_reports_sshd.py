@@ -158,6 +158,11 @@ def test_a_report_is_stored_under_the_site_of_the_key_and_shown_in_the_fleet_vie
     assert folder.st_uid == account.pw_uid and stat.S_IMODE(folder.st_mode) == 0o755
     record = json.loads(path.read_text())
     assert record["site"] == "paris" and record["report"]["serial"] == 1
+    # The key that logged in is the site's identity in the fleet view (not only its name).
+    from library_syncer.server import sshd as server_role
+    (key,) = [k.fingerprint for k in server_role.list_keys(rig.server.server_config)
+              if k.site == "paris"]
+    assert record["key"] == key
     # The state directory above stays root's: the account can write only its reports folder.
     assert rig.state.stat().st_uid == 0 and stat.S_IMODE(rig.state.stat().st_mode) == 0o755
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_rendered_config_passes_sshd_and_denies_everything_but_rrsync(cfg, work_
     assert eff["exposeauthinfo"] == "yes"  # the dispatcher learns the key, not a claimed name
     assert eff["authorizedkeysfile"] == str(cfg.config_dir / "authorized_keys")
     assert eff["maxstartups"] == "64:30:256"
-    assert eff["usepam"] == "yes"
+    assert eff["usepam"] == "no"  # no PAM session: no pam_systemd warnings at every login
     assert "subsystem" not in eff  # no sftp
     text = output.read_text()
     directives = "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
@@ -222,13 +223,14 @@ def test_cli_authorize_keys_revoke_and_render(cfg, work_dir, capsys):
 
 
 def test_the_test_account_is_in_the_state_the_package_creates():
-    """systemd-sysusers locks the password ("!*"): the rendered UsePAM yes must cope (the
-    integration tests log in with this account)."""
+    """systemd-sysusers locks the password ("!*"); the rendered config says UsePAM no, so the
+    lock is lifted to "*" as the package's postinst does (the integration tests log in with
+    this account)."""
     account = harness.ensure_sysusers_user()
     assert account.pw_shell == "/bin/sh"
     shadow = subprocess.run(["getent", "shadow", account.pw_name], capture_output=True,
                             text=True, check=True).stdout
-    assert shadow.split(":")[1].startswith("!")
+    assert shadow.split(":")[1] == "*"
     assert os.path.isdir(account.pw_dir)
 
 
@@ -311,3 +313,22 @@ def test_a_source_restriction_survives_rendering_and_other_options_are_reported(
         assert main(["server", "authorize", "-c", str(toml), str(pub_file), "--site", "nice",
                      "--from", bad]) == 2
         assert "--from: found" in capsys.readouterr().err
+
+
+def test_server_trace_explains_settle_to_an_operator(tmp_path):
+    """`server trace --explain` (the default at a terminal): why a new template is not at the
+    sites yet (they take only declared revisions, once the library is quiet for settle)."""
+    library = tmp_path / "library"
+    (library / "ubuntu").mkdir(parents=True)
+    (library / "ubuntu" / "ubuntu.ovf").write_text("<Envelope/>")
+    settings = tmp_path / "settings.toml"
+    settings.write_text(f'[server]\nlibrary = "{library}"\nstate_dir = "{tmp_path / "state"}"\n'
+                        'settle = "5min"\n')
+    argv = [sys.executable, "-m", "library_syncer", "server", "trace", "-c", str(settings)]
+    quiet = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == 0 and len(quiet.stderr.strip().splitlines()) == 1, quiet.stderr
+    said = subprocess.run([*argv, "--explain"], capture_output=True, text=True, timeout=60)
+    assert said.returncode == 0, said.stderr
+    first, second = said.stderr.strip().splitlines()
+    assert "library changing: revision 1 is declared once nothing changed" in first
+    assert "sites keep the previous revision until then (server.settle = 5min" in second

@@ -179,3 +179,17 @@ def test_without_root_says_what_it_cannot_see(site):
     assert _field(result.stdout, "note") == (f"cannot read {site.file} (permission denied): "
                                              "showing defaults; run as root for the real "
                                              "settings")
+
+
+def test_small_words_of_an_empty_library_run():
+    """A run over an empty library: no "took 0", no "speedup 0.0"."""
+    from library_syncer.host import status as status_module
+
+    line = status_module._last_sync_line({"available": True, "finished": "T", "outcome": "ok",
+                                          "duration": 0.2, "bytes_received": 0,
+                                          "speedup": 0.0, "items_changed": []})
+    assert line.startswith("T, ok, took less than 1 s, 0 B received, 0 items changed"), line
+    assert "speedup" not in line
+    line = status_module._last_sync_line({"available": True, "finished": "T", "outcome": "ok",
+                                          "duration": 42, "speedup": 124.0})
+    assert "took 42 s" in line and "speedup 124.0x" in line

@@ -34,7 +34,7 @@ def test_defaults_give_fridays_2100_and_6h(tmp_path: Path) -> None:
     result = _apply(tmp_path, "")
     assert result.returncode == 0, result.stderr
     assert _timer_lines(tmp_path) == ["[Timer]", "OnCalendar=", "OnCalendar=Fri *-*-* 21:00:00",
-                                      "RandomizedDelaySec=6h", "FixedRandomDelay=false"]
+                                      "RandomizedDelaySec=6h", "FixedRandomDelay=true"]
     assert "next elapse" in result.stdout
 
 

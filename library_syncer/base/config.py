@@ -334,7 +334,7 @@ class SyncConfig:
     random_delay: float = setting(
         6 * 3600.0, _duration, DURATION_EXPECTED, "SYNC_DELAY, SYNC_DELAY_MAX_SECONDS"
     )
-    fixed_random_delay: bool = setting(False, _bool, "true or false")
+    fixed_random_delay: bool = setting(True, _bool, "true or false")
     poll_interval: float = setting(0.0, _poll_interval,
                                    '0 (off) or a duration of at least "1min", e.g. "15min"')
     timezone: str = setting("", _timezone, "a time zone name such as UTC or Europe/Paris", "TZ")

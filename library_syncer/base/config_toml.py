@@ -45,7 +45,9 @@ DESCRIPTIONS: dict[str, str] = {
     "sync.schedule": "When the timer runs the sync (apply changes: library-syncer apply).",
     "sync.random_delay": "Random delay added to each run so sites do not all pull at once.",
     "sync.fixed_random_delay": (
-        "Keep the same random delay on every run (systemd FixedRandomDelay)."),
+        "Keep the same random delay on every run (systemd FixedRandomDelay: one per host, "
+        "so the fleet stays spread and a restart of the timer does not move the next run); "
+        "false: a new delay each run."),
     "sync.poll_interval": "Check this often whether the origin moved (one SSH session reading "
                           "its serial) and sync at once when it did; the schedule stays the "
                           "full verification run (apply changes: library-syncer apply).",

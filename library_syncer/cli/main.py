@@ -136,8 +136,14 @@ def _add_server_parser(subparsers) -> None:
     dispatch.add_argument("--grace", type=float, default=6 * 3600.0, help="server.report_grace")
     dispatch.add_argument("--metrics-textfile", type=Path, help="server.metrics_textfile")
     trace = _sub(verbs, "trace", "library_syncer.cli.server:trace_command",
-                 "declare a library revision once it has settled (a timer runs it every minute)",
+                 "declare a library revision once it has settled (nothing changed for "
+                 "server.settle); sites take only declared revisions, so a new template "
+                 "reaches them after the settle time (library-syncer-trace.timer runs this "
+                 "every minute)",
                  f"{PROG} server trace")
+    trace.add_argument("--explain", dest="verbose_trace", action="store_true",
+                       help="add a line on what the outcome means for the sites (the default "
+                            "at a terminal)")
     _add_config_option(trace)
 
 

@@ -80,10 +80,11 @@ def sites(args: argparse.Namespace) -> int:
         print(json.dumps({"origin": origin, "serial": current[1] if current else None,
                           "sites": [reports.describe(r, origin) for r in rows]}, indent=2))
         return 0
+    sites = f"{len(rows)} site{'' if len(rows) == 1 else 's'} reported"
     if current is not None:
-        print(f"origin {current[0]}, revision {current[1]}; {len(rows)} site(s) reported")
+        print(f"origin {current[0]}, revision {current[1]}; {sites}")
     else:
-        print(f"{origin}: no trace in {cfg.server.library}; {len(rows)} site(s) reported")
+        print(f"{origin}: no trace in {cfg.server.library}; {sites}")
     for row in rows:
         print(reports.line(row, origin))
     return 0
@@ -108,4 +109,25 @@ def trace_command(args: argparse.Namespace) -> int:
     cfg = config_module.load(args.config)
     outcome = trace.tick(cfg)
     log.info("%s", outcome.line())
+    if sys.stdout.isatty() or args.verbose_trace:
+        log.info("%s", trace_explained(outcome.state, cfg.server.settle))
     return 0
+
+
+def trace_explained(state: str, settle: float) -> str:
+    """What an operator at a terminal wants to know next (the timer's journal has the first
+    line only): sites hold and verify against declared revisions, so a new template reaches
+    them only once the library has been quiet for server.settle and a revision is declared."""
+    from ..base.units import format_duration
+
+    quiet = (f"server.settle = {format_duration(settle)}: no file may change for that long, "
+             "so no site ever gets a half-copied template")
+    if state == "settling":
+        return (f"sites keep the previous revision until then ({quiet}); "
+                "library-syncer-trace.timer declares it within a minute of settling")
+    if state == "declared":
+        return ("sites pick it up at their next run, or within sync.poll_interval where they "
+                "poll")
+    if state == "relay":
+        return "the origin's trace.timer declares revisions; a relay passes them on"
+    return f"a change in the library is declared as the next revision once settled ({quiet})"

@@ -173,7 +173,8 @@ def _check_server(config: Config) -> list[CheckResult]:
     if result.returncode == 0:
         entries = [line for line in result.output.splitlines() if line.strip()]
         return [CheckResult(OK, "server", f"{target} answers and accepts the key "
-                       f"({len(entries)} entries at {config.sync.remote_path})")]
+                       f"({len(entries)} entr{'y' if len(entries) == 1 else 'ies'} at "
+                       f"{config.sync.remote_path})")]
     return [_server_failure(config, target, result)]
 
 
@@ -456,6 +457,10 @@ def check_sshd_config(config: Config) -> list[CheckResult]:
         return [CheckResult(FAIL, "sshd", f"host key {missing[0]} is missing",
                        f"systemctl restart {SERVER_UNIT} (creates missing keys) or "
                        "library-syncer server render --host-keys")]
+    problem = sshd.strict_modes_problem(config)
+    if problem:
+        return [CheckResult(FAIL, "sshd", problem, "move server.config_dir, or chmod go-w the "
+                            "folder named")]
     if os.geteuid() != 0:
         return [CheckResult(SKIP, "sshd", "sshd -t needs root to read the host keys")]
     with tempfile.TemporaryDirectory(prefix="library-syncer-check.") as tmp:

@@ -76,13 +76,15 @@ def _ensure_account() -> bool:
 
     Returns True when this run created it (so it is removed at the end).
     """
+    created = False
     try:
         pwd.getpwnam(DEMO_USER)
-        return False
     except KeyError:
         execute.run(["systemd-sysusers", "-"], input=SYSUSERS_LINE.encode())
         pwd.getpwnam(DEMO_USER)
-        return True
+        created = True
+    sshd.permit_key_logins(DEMO_USER)  # as the server package does for syncer (UsePAM no)
+    return created
 
 
 def _remove_account() -> None:

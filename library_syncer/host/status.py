@@ -196,11 +196,14 @@ def _last_sync_line(last: dict[str, Any]) -> str:
         return f"unknown: {last['reason']}"
     parts = [str(last.get("finished") or last.get("started") or "?"), str(last.get("outcome"))]
     if last.get("duration") is not None:
-        parts.append(f"took {format_duration(float(last['duration']))}")
+        seconds = float(last["duration"])
+        parts.append("took less than 1 s" if seconds < 0.5 else
+                     f"took {seconds:.0f} s" if seconds < 100 else
+                     f"took {format_duration(seconds)}")
     if last.get("bytes_received") is not None:
         parts.append(f"{format_bytes(int(last['bytes_received']))} received")
-    if last.get("speedup") is not None:
-        parts.append(f"speedup {float(last['speedup']):.1f}")
+    if last.get("speedup"):  # none for an empty library (0.0: nothing to compare)
+        parts.append(f"speedup {float(last['speedup']):.1f}x")
     if last.get("items_changed") is not None:
         changed = last["items_changed"]
         count = len(changed) if isinstance(changed, list) else int(changed)

@@ -84,6 +84,11 @@ def read_bounded(fd: int, limit: int, timeout: float) -> bytes:
 
 def site_of_session(keys_file: Path) -> str:
     """The site name of the key this session authenticated with (never from the client)."""
+    return key_of_session(keys_file).site
+
+
+def key_of_session(keys_file: Path):
+    """The authorized_keys entry (sshd.SiteKey: site name, key) this session logged in with."""
     from ..base.config import ServerConfig
     from ..base.errors import SyncerError
     from .reports import ReportRefused
@@ -110,7 +115,7 @@ def site_of_session(keys_file: Path) -> str:
     (blob,) = blobs
     for entry in entries:
         if entry.blob == blob:
-            return entry.site
+            return entry
     raise ReportRefused("this key is not bound to a site")
 
 
@@ -132,9 +137,10 @@ def receive_report(args, words: list[str]) -> int:
     try:
         if len(words) != 2 or words[1] not in REPORT_FORMATS:
             raise ReportRefused(f"expected `{REPORT_COMMAND} {REPORT_FORMATS[-1]}`")
-        site = site_of_session(args.keys)
+        entry = key_of_session(args.keys)
+        site = entry.site
         payload = read_bounded(sys.stdin.fileno(), MAX_BYTES, READ_TIMEOUT)
-        store(args.state_dir, site, payload)
+        store(args.state_dir, site, payload, key=entry.fingerprint)
     except ReportRefused as refused:
         print(f"library-syncer: report refused: {refused}", file=sys.stderr, flush=True)
         _syslog(syslog.LOG_NOTICE, f"report from site {site} refused: {refused}")

@@ -4,8 +4,9 @@ A site sends its report over its own restricted key (`server/dispatch.py` hands 
 server trusts the *key*, never the payload: the report is stored under the site name on the
 authorized_keys line of the key that logged in, one file per site, overwritten by the next:
 
-    <server.state_dir>/reports/<site>.json    {"format": 1, "site": …, "received": …,
-                                               "report": {…}, "downstream": [{"path": […], …}]}
+    <server.state_dir>/reports/<site>.json    {"format": 1, "site": …, "key": "SHA256:…",
+                                               "received": …, "report": {…},
+                                               "downstream": [{"path": […], "key": …, …}]}
 
 A relay forwards the reports its own sites sent it (`downstream`, each with its path below the
 relay). They are stored inside the relay's own file, so a relay speaks only for the subtree
@@ -14,6 +15,11 @@ origin's own, and cannot overwrite another key's record.
 
 Everything in a payload is data: checked against a closed list of keys, types, lengths and
 character sets, never executed, never used as a path (the file name is the key's site name).
+
+A site's identity in the fleet view is its key's fingerprint (`key`: what the receiving server
+saw it log in with; a relay forwards it with each row), not the name each server gave it: a
+leaf that reported to the origin directly while its relay was down, and through the relay
+again later, is one site, shown once, by its newest report.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ SITE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # as server/sshd.py
 OUTCOME_RE = re.compile(r"[a-z_]{1,20}")
 VERSION_RE = re.compile(r"[0-9A-Za-z.+~-]{1,40}")
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+KEY_RE = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")  # an SSH key's fingerprint (ssh-keygen -l)
 DEFAULT_INTERVAL = 7 * 86400.0  # a site that cannot say its schedule's period: weekly
 FILE_MODE = 0o644  # not secret; a relay's sync reads them to forward them
 
@@ -146,12 +153,14 @@ def _downstream(rows: Any) -> list[dict[str, Any]]:
     entries = []
     for number, row in enumerate(rows, 1):
         where = f"downstream[{number}]"
-        entry = _fields(row, where, frozenset({"path", "received"}))
+        entry = _fields(row, where, frozenset({"path", "received", "key"}))
         path = row.get("path")
         if not isinstance(path, list) or not 1 <= len(path) <= MAX_DEPTH:
             raise ReportRefused(f"{where}.path: expected a list of 1-{MAX_DEPTH} site names")
         entry["path"] = [_text(name, f"{where}.path", SITE_RE) for name in path]
         entry["received"] = _time(row.get("received"), f"{where}.received")
+        key = row.get("key")
+        entry["key"] = None if key is None else _text(key, f"{where}.key", KEY_RE)
         entries.append(entry)
     return entries
 
@@ -204,14 +213,18 @@ def _now_iso(now: float | None = None) -> str:
     return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds")
 
 
-def store(state_dir: Path, site: str, payload: bytes, now: float | None = None) -> Path:
+def store(state_dir: Path, site: str, payload: bytes, now: float | None = None,
+          key: str | None = None) -> Path:
     """Validate `payload` and store it as `site`'s report (the name bound to the key, checked
-    again here so nothing else can become a file name); returns the file written."""
+    again here so nothing else can become a file name; `key`: that key's fingerprint, the
+    site's identity across paths); returns the file written."""
     if not SITE_RE.fullmatch(site):
         raise ReportRefused("this key has no valid site name")
+    if key is not None and not KEY_RE.fullmatch(key):
+        raise ReportRefused("this key has no valid fingerprint")
     report, downstream = parse(payload)
-    record = {"format": FORMAT, "site": site, "received": _now_iso(now), "report": report,
-              "downstream": downstream}
+    record = {"format": FORMAT, "site": site, "key": key, "received": _now_iso(now),
+              "report": report, "downstream": downstream}
     path = reports_dir(state_dir) / f"{site}.json"
     fsutil.atomic_write(path, json.dumps(record, separators=(",", ":")) + "\n", FILE_MODE)
     return path
@@ -247,9 +260,11 @@ def load(state_dir: Path) -> list[dict[str, Any]]:
             report = _fields(record["report"], "report")
             downstream = _downstream(record.get("downstream", []))
             received = _time(record.get("received"), "received")
+            key = record.get("key")
+            key = None if key is None else _text(key, "key", KEY_RE)
         except (OSError, ValueError, KeyError, AttributeError, TypeError):
             continue
-        records.append({"site": site, "received": received, "report": report,
+        records.append({"site": site, "key": key, "received": received, "report": report,
                         "downstream": downstream})
     return records
 
@@ -260,17 +275,22 @@ def forwardable(state_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for record in load(state_dir):
         rows.append({"path": [record["site"]], "received": record["received"],
-                     **_compact(record["report"])})
+                     **_compact(record["report"]), **_key(record)})
         for entry in record["downstream"]:
             path = [record["site"], *entry["path"]]
             if len(path) <= MAX_DEPTH:
-                rows.append({**_compact(entry), "path": path, "received": entry["received"]})
+                rows.append({**_compact(entry), "path": path, "received": entry["received"],
+                             **_key(entry)})
     rows.sort(key=lambda r: (len(r["path"]), r["path"]))
     return rows[:MAX_DOWNSTREAM]
 
 
 def _compact(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k in FIELDS and v is not None}
+
+
+def _key(entry: dict[str, Any]) -> dict[str, str]:
+    return {"key": entry["key"]} if entry.get("key") else {}
 
 
 # --- the fleet view -------------------------------------------------------------------------
@@ -284,6 +304,7 @@ class SiteRow:
     lag: int | None  # serials behind the origin's current one (None: unknown)
     overdue: bool
     age: float  # seconds since received
+    key: str | None = None  # the site key's fingerprint: its identity across paths
 
     @property
     def name(self) -> str:
@@ -311,20 +332,37 @@ def rows(state_dir: Path, current: tuple[str, int] | None, grace: float,
     now = time.time() if now is None else now
     found = []
     for record in load(state_dir):
-        found.append(((record["site"],), record["received"], record["report"]))
+        found.append(((record["site"],), record["received"], record["report"], record["key"]))
         for entry in record["downstream"]:
             report = {k: entry.get(k) for k in FIELDS}
-            found.append(((record["site"], *entry["path"]), entry["received"], report))
+            found.append(((record["site"], *entry["path"]), entry["received"], report,
+                          entry["key"]))
     result = []
-    for path, received, report in sorted(found, key=lambda f: f[0]):
+    for path, received, report, key in sorted(_one_per_site(found), key=lambda f: f[0]):
         age = max(0.0, now - (_epoch(received) or now))
         lag = None
         if current is not None and report.get("origin") == current[0] and \
                 report.get("serial") is not None:
             lag = max(0, current[1] - report["serial"])
         overdue = age > allowed_silence(report, grace)
-        result.append(SiteRow(path, received, report, lag, overdue, age))
+        result.append(SiteRow(path, received, report, lag, overdue, age, key))
     return result
+
+
+def _one_per_site(found: list[tuple]) -> list[tuple]:
+    """One entry per site key (path, received, report, key): the newest report, by the site's
+    own clock (`finished`, then when it was received), whichever path it took. A report
+    without a key (from a server before keys were recorded) stands for its path alone."""
+    def freshness(entry: tuple) -> tuple[float, float]:
+        return (_epoch(entry[2].get("finished")) or 0.0, _epoch(entry[1]) or 0.0)
+
+    newest: dict[tuple[str, Any], tuple] = {}
+    for entry in found:
+        path, key = entry[0], entry[3]
+        identity = ("key", key) if key else ("path", path)
+        if identity not in newest or freshness(entry) > freshness(newest[identity]):
+            newest[identity] = entry
+    return list(newest.values())
 
 
 def _ago(seconds: float) -> str:
@@ -345,7 +383,7 @@ def describe(row: SiteRow, origin: str) -> dict[str, Any]:
             "bytes_received": report.get("bytes_received"), "duration": report.get("duration"),
             "finished": report.get("finished"), "last_success": report.get("last_success"),
             "version": report.get("version"), "schedule": report.get("schedule"),
-            "via": report.get("via"), "overdue": row.overdue}
+            "via": report.get("via"), "key": row.key, "overdue": row.overdue}
 
 
 def line(row: SiteRow, origin: str) -> str:

@@ -218,6 +218,9 @@ def write_config(config: Config | ServerConfig, output: Path, *, host_keys: bool
     sync_authorized_keys(server)
     ensure_report_dirs(server)
     text = render_sshd_config(server)
+    problem = strict_modes_problem(server)
+    if problem:
+        log.warning("%s; move server.config_dir or fix the folder's mode (chmod go-w)", problem)
     output.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     if check:
         candidate = output.with_name(f".{output.name}.check")
@@ -259,6 +262,29 @@ def ensure_report_dirs(config: Config | ServerConfig) -> None:
                         folder)
 
 
+def strict_modes_problem(config: Config | ServerConfig) -> str | None:
+    """Why sshd's StrictModes would refuse every key in authorized_keys, or None. sshd checks
+    the file and each folder above it, up to /: owned by root (or the account), not writable
+    by group or others, sticky bit or not (a server.config_dir under /tmp fails). `sshd -t`
+    cannot see it: sites are refused at login ("bad ownership or modes")."""
+    server = _server(config)
+    keys = authorized_keys_path(server)
+    try:
+        uid = pwd.getpwnam(server.user).pw_uid
+    except KeyError:
+        uid = 0
+    for path in (keys, *keys.parents):
+        try:
+            info = path.stat()
+        except OSError:
+            continue  # not there yet: render creates it root-owned 0755
+        if info.st_uid not in (0, uid) or info.st_mode & 0o022:
+            return (f"{path} (mode {info.st_mode & 0o7777:04o}, owner UID {info.st_uid}) is "
+                    "writable by others or not root's: sshd's StrictModes refuses every key "
+                    f"in {keys} below it")
+    return None
+
+
 def check_config(config: Config | ServerConfig, path: Path, shown: Path | None = None) -> None:
     """`sshd -t` on a rendered file; its complaint becomes the error line (naming `shown`)."""
     server = _server(config)
@@ -269,6 +295,28 @@ def check_config(config: Config | ServerConfig, path: Path, shown: Path | None =
         detail = detail.replace(f"{path} ", "").replace(str(path), "")
         raise SyncerError(f"sshd rejected the rendered config {shown or path}: {detail}",
                           hint="check the [server] section of the settings file") from None
+
+
+SHADOW = Path("/etc/shadow")
+
+
+def password_field(user: str) -> str:
+    """The account's password field in /etc/shadow ("" when unreadable: not root, or absent).
+    (Python 3.13 has no spwd module.)"""
+    with contextlib.suppress(OSError):
+        for line in SHADOW.read_text(encoding="utf-8", errors="replace").splitlines():
+            name, _, rest = line.partition(":")
+            if name == user:
+                return rest.split(":", 1)[0]
+    return ""
+
+
+def permit_key_logins(user: str) -> None:
+    """Turn the lock systemd-sysusers puts on a new account ("!*") into "*": no password can
+    match, but sshd without PAM (UsePAM no) accepts key logins. What the server package's
+    postinst does for `syncer`; the demo and the tests create their accounts the same way."""
+    if password_field(user) == "!*":
+        execute.run(["usermod", "-p", "*", user], capture=True)
 
 
 def check_account(config: Config | ServerConfig) -> pwd.struct_passwd:
@@ -286,6 +334,11 @@ def check_account(config: Config | ServerConfig) -> pwd.struct_passwd:
         raise SyncerError(f'server.user: the account "{server.user}" has shell "{shell}"; sshd '
                           "runs the forced rrsync through the login shell, so no site could pull",
                           hint=f"usermod --shell /bin/sh {server.user}")
+    if password_field(server.user).startswith("!"):
+        raise SyncerError(f'server.user: the account "{server.user}" is locked ("!" in '
+                          f"{SHADOW}); the dedicated sshd runs without PAM and refuses locked "
+                          "accounts even for keys, so no site could pull",
+                          hint=f"usermod -p '*' {server.user} (no password, key logins only)")
     if account.pw_uid != server.uid:
         log.warning('server.uid is %d but the account "%s" has UID %d (files the library '
                     "export writes for it should use that UID)", server.uid, server.user,

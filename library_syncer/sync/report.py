@@ -36,9 +36,11 @@ from ..base.errors import SyncerError
 from ..base.text import printable
 from ..server import reports
 from ..server.dispatch import REPORT_COMMAND
-from ..server.trace import TRACE_DIR, is_relay
+from ..server.trace import is_relay
 from . import ssh, sshmux, trace_check
 from .last_run import RunRecord
+from .metrics import read_library
+from .snapshot import Layout
 
 log = logging.getLogger("library-syncer")
 
@@ -46,7 +48,6 @@ SEND_TIMEOUT = 60.0  # the whole exchange, connection included
 # Interrupted: systemd is stopping us. host_key: this server is not the one we trust.
 # config: the settings cannot be relied on to reach it.
 NOT_SENT_FOR = ("interrupted", "host_key", "config")
-GENERATED = ("lib.json", "items.json", "index.html")  # written by the site, not received
 SYSTEMD_ANALYZE = "systemd-analyze"
 # In paths.state_dir: a fingerprint of the site reports this relay last offered upstream. Set
 # whatever the upstream answered (one that takes no reports, the Docker-based original, is not
@@ -61,23 +62,16 @@ SSH_FAILED = 255
 _ELAPSE = re.compile(r"(?:Next elapse|Iter\. #\d+):\s+\w+\s+(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC")
 
 
-def listing_digest(root: Path) -> str | None:
-    """sha256 over the sorted (path, size, mtime) of the files received in a snapshot (the
-    manifests and page the site writes itself left out): equal at two sites that hold the
-    same library from a server without a trace."""
+def listing_digest(root: Path, ova_store: Path) -> str | None:
+    """sha256 of what the site publishes as the origin's listing shows it (sync/poll.py's
+    published_listing: the files the pull brought, an unpacked OVA as its archive): equal at
+    two sites that hold the same library from a server without a trace, and the same digest
+    `status` shows for a change check that found the site current."""
+    from .poll import digest, published_listing  # poll imports this module
+
     if not root.is_dir():
         return None
-    rows = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = Path(dirpath).relative_to(root).as_posix()
-        dirnames[:] = sorted(d for d in dirnames if not (rel_dir == "." and d == TRACE_DIR))
-        for name in filenames:
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            if rel in GENERATED or name == "item.json":
-                continue
-            st = os.lstat(os.path.join(dirpath, name))
-            rows.append(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n")
-    return "sha256:" + hashlib.sha256("".join(sorted(rows)).encode()).hexdigest()
+    return "sha256:" + digest(published_listing(root, ova_store))
 
 
 def schedule_period(schedule: str, timezone: str = "") -> float | None:
@@ -108,10 +102,13 @@ def build(config: Config, record: RunRecord) -> dict[str, Any]:
         "last_success": record.last_success,
         "duration": round(max(record.duration, 0.0), 3),
         "bytes_received": max(record.bytes_received, 0),
-        "library_version": record.library_version,
+        # a failed run published nothing, but the site still serves the last snapshot
+        "library_version": record.library_version if record.library_version is not None
+        else read_library(published if published.exists() else None).version,
         "origin": held.origin if held else None,
         "serial": held.serial if held else None,
-        "listing_digest": None if held else listing_digest(published),
+        "listing_digest": None if held else listing_digest(published,
+                                                            Layout.of(config).ova_store),
         "version": __version__,
         "schedule": sync.schedule[:reports.MAX_TEXT],
         "interval": schedule_period(sync.schedule, sync.timezone),

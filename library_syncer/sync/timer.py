@@ -103,14 +103,18 @@ def _systemctl(*args: str) -> str:
     return execute.capture([SYSTEMCTL, *args]).strip()
 
 
-def reload_timer() -> str:
-    """daemon-reload, then restart the timer if it runs; return what the operator should know."""
+def reload_timer(changed: bool = True) -> str:
+    """daemon-reload, then restart the timer if it runs and its drop-in changed; return what
+    the operator should know. An unchanged schedule leaves the timer armed as it was: a restart
+    would draw a new random delay (unless FixedRandomDelay=) and move the next run."""
     _systemctl("daemon-reload")
     if _systemctl("show", "--property=LoadState", "--value", TIMER) != "loaded":
         return f"{TIMER} is not installed here (server-only host?): nothing to restart"
     if _systemctl("show", "--property=ActiveState", "--value", TIMER) != "active":
         return (f"{TIMER} is not active; start it with: systemctl enable --now {TIMER}")
-    _systemctl("restart", TIMER)  # re-arms the timer with the new schedule and a new random delay
+    if not changed:
+        return f"{TIMER} left as it was (schedule unchanged); see: systemctl list-timers {TIMER}"
+    _systemctl("restart", TIMER)  # re-arms the timer with the new schedule
     return f"{TIMER} restarted; see: systemctl list-timers {TIMER}"
 
 
@@ -168,7 +172,7 @@ def apply(config: Config, unit_dir: Path = DEFAULT_UNIT_DIR, reload: bool = True
         lines.append("systemd is not running here: nothing to reload")
     else:
         try:
-            lines.append(reload_timer())
+            lines.append(reload_timer(changed))
             lines.append(reload_poll_timer(polling))
         except CommandFailed as error:
             raise SyncerError(f"{path} written, but {error}",

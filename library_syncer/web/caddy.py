@@ -199,7 +199,10 @@ def check(config: Config) -> tuple[list[ConfigProblem], list[str]]:
                 warnings += _cert_warnings(config)
             except SyncerError:  # no openssl command: these checks are a courtesy
                 log.debug("openssl not available: certificate expiry and name not checked")
-    if not config.published_dir.is_dir():
+    # Only on a site (a peer to pull from, or the client package's state folder): a server-only
+    # host has neither the synced copy nor Caddy.
+    site = bool(config.sync.upstream_list()) or config.state_dir.is_dir()
+    if site and not config.published_dir.is_dir():
         warnings.append(f"{config.published_dir} does not exist yet (no sync has completed): "
                         "Caddy answers 404 until the first sync publishes the library")
     if web.auth_password_file is not None and ":" in web.auth_user:

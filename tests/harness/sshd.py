@@ -177,21 +177,25 @@ def start_sshd(dir: Path, *, authorized_lines: list[str], user: str | None = Non
 
 SERVER_TEST_USER = "lsync-srv"
 # The same shape as the package's sysusers line (name, UID and home differ), so the account is
-# in the state the package creates: password locked ("!*"), shell /bin/sh (sshd runs the forced
-# command through it), an existing root-owned home (else every session prints "Could not chdir").
+# in the state the package creates: password "*" (sysusers' "!*" lock lifted as the package's
+# postinst does: sshd runs without PAM), shell /bin/sh (sshd runs the forced command through it),
+# an existing root-owned home (else every session prints "Could not chdir").
 SYSUSERS_LINE = 'u {name} - "library-syncer read-only rsync account" {home} /bin/sh\n'
 
 
 def ensure_sysusers_user(name: str = SERVER_TEST_USER) -> pwd.struct_passwd:
     """An account created by systemd-sysusers, exactly as the server package creates `syncer`."""
+    from library_syncer.server import sshd as server_role
+
     require_root()
     try:
-        return pwd.getpwnam(name)
+        pwd.getpwnam(name)
     except KeyError:
         line = SYSUSERS_LINE.format(name=name, home=WORK_ROOT)
         subprocess.run(["systemd-sysusers", "-"], input=line, text=True, check=True,
                        capture_output=True)
-        return pwd.getpwnam(name)
+    server_role.permit_key_logins(name)  # also an account an older checkout created locked
+    return pwd.getpwnam(name)
 
 
 def server_role_config(dir: Path, library: Path, *, user: str, port: int, **overrides):
