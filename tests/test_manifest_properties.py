@@ -2,14 +2,15 @@
 
 A hypothesis state machine edits a real library folder, rebuilds (in place, after losing the
 state, or as the sync does: a new hard-linked snapshot with the previous one as `previous`), and
-checks after every build: ids and names are stable, versions move exactly when what a subscriber
-downloads moved, every href resolves to a file of the listed size and digest, and a build with no
-change leaves every JSON byte as it was.
+checks after every build: ids are the function of what they name and names are stable, every
+token is a decimal Java long, an etag grows exactly when its file's content changed (with the
+state; never goes back without it), versions move exactly when what a subscriber downloads moved,
+every href resolves to a file of the listed size, and a build with no change leaves every JSON
+byte as it was.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from library_syncer.base import revision
 from library_syncer.manifest import vcsp as manifest
 
 FOLDERS = ["alpha", "beta gamma", "x#y", "ünï", "q?%25", "L" * 85 + "1", "L" * 85 + "2"]
@@ -56,6 +58,7 @@ class LibraryMachine(RuleBasedStateMachine):
         self.lib: dict | None = None
         self.ever_ids: set[str] = set()
         self.json_before: dict[str, bytes] = {}
+        self.lost = False  # this build lost the state: recovered from the published JSON
 
     def teardown(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
@@ -135,7 +138,9 @@ class LibraryMachine(RuleBasedStateMachine):
     @rule()
     def build_after_losing_state(self) -> None:
         shutil.rmtree(self.state, ignore_errors=True)
+        self.lost = True
         self._build(self.root, previous=self.root)
+        self.lost = False
 
     @rule()
     def sync_snapshot(self) -> None:
@@ -172,41 +177,66 @@ class LibraryMachine(RuleBasedStateMachine):
         assert set(by_folder) == set(self.model)
         names = [i["name"] for i in items]
         assert len(set(names)) == len(names) and all(len(n) <= 80 for n in names)
+        assert lib["id"] == revision.library_id("Prop")
+        assert revision.is_token(lib["version"]) and revision.is_token(lib["contentVersion"])
         now: dict[str, tuple] = {}
+        etags: dict[str, dict[str, int]] = {}
         for folder, item in by_folder.items():
             assert json.loads((root / folder / "item.json").read_bytes()) == item
+            assert item["id"] == revision.item_id(lib["id"], folder)
+            assert revision.is_token(item["version"]) and revision.is_token(item["contentVersion"])
+            assert int(item["version"]) >= int(item["contentVersion"])
             listed = {}
             for entry in item["files"]:
                 path = root / unquote(entry["hrefs"][0])
                 assert path.parent == root / folder
                 assert path.stat().st_size == entry["size"]
-                assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["etag"]
+                assert revision.is_token(entry["etag"])
+                assert entry["generationNum"] == int(entry["etag"])
                 listed[entry["name"]] = path.read_bytes()
             assert listed == self.model[folder]
             assert item["description"] == self.descriptions.get(folder, "")
             now[folder] = (tuple(sorted(listed.items())), item["description"])
+            etags[folder] = {e["name"]: int(e["etag"]) for e in item["files"]}
         changed = set()
         if self.published is not None:
-            assert lib["id"] == self.lib["id"] and lib["created"] == self.lib["created"]
+            assert lib["created"] == self.lib["created"]
             for folder, item in by_folder.items():
                 old = self.published.get(folder)
                 if old is None:
-                    assert item["id"] not in self.ever_ids or item["id"] == self._last_id(folder)
                     changed.add(folder)
                     continue
-                assert (item["id"], item["created"], item["name"]) == \
-                    (old["id"], old["created"], old["name"])
-                content = now[folder][0] != self.published_model[folder][0]
+                assert (item["created"], item["name"]) == (old["created"], old["name"])
+                before = self.published_model[folder][0]
+                moved = set()
+                for name, token in etags[folder].items():
+                    was = self.etags[folder].get(name)
+                    if was is None:
+                        continue
+                    if self.lost:  # the JSON cannot say whether the content changed
+                        assert token >= was
+                    elif dict(before)[name] == dict(now[folder][0])[name]:
+                        assert token == was, "an unchanged file's etag moved"
+                    else:
+                        assert token > was, "a changed file's etag did not grow"
+                    if token != was:
+                        moved.add(name)
+                content = set(etags[folder]) != set(self.etags[folder]) or bool(moved)
                 meta = now[folder][1] != self.published_model[folder][1]
-                assert int(item["contentVersion"]) == int(old["contentVersion"]) + content
-                assert int(item["version"]) == int(old["version"]) + (content or meta)
+                cv, v = int(item["contentVersion"]), int(item["version"])
+                old_cv, old_v = int(old["contentVersion"]), int(old["version"])
+                assert (cv > old_cv) if content else (cv == old_cv)
+                assert (v > old_v) if (content or meta) else (v == old_v)
                 if content or meta:
                     changed.add(folder)
             changed |= set(self.published) - set(by_folder)
-            assert int(lib["version"]) == int(self.lib["version"]) + bool(changed)
-            if not changed:
+            if changed:
+                assert int(lib["version"]) > int(self.lib["version"])
+            else:
+                assert lib["version"] == self.lib["version"]
                 assert _json_files(root) == self.json_before
         assert len(report.items_changed) == len(changed) or self.published is None
+        self.etags = etags
         self.ever_ids |= {i["id"] for i in items}
         self.last_ids = {f: i["id"] for f, i in by_folder.items()}
         self.published, self.published_model, self.lib = by_folder, now, lib
