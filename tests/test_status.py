@@ -84,7 +84,8 @@ def test_healthy(site, web):
     assert report["last_sync"] | {"available": True} == report["last_sync"]
     assert report["last_sync"]["bytes_received"] == record.bytes_received
     assert report["last_sync"]["items_changed"] == ["ttylinux"]
-    assert report["library"]["version"] == "1" and report["library"]["items"] == 1
+    assert report["library"]["version"] == str(record.library_version)
+    assert report["library"]["items"] == 1
     assert report["schedule"]["available"] is False
     assert report["vcenter"]["thumbprint"] == _field(_status(site)[1], "thumbprint")
 
@@ -95,7 +96,7 @@ def test_metrics_hold_the_last_run(site):
     assert values["library_syncer_last_run_bytes_received"] == record.bytes_received
     assert values["library_syncer_last_run_duration_seconds"] == pytest.approx(record.duration)
     assert values["library_syncer_library_items"] == 1
-    assert values["library_syncer_library_version"] == 1
+    assert values["library_syncer_library_version"] == record.library_version
     assert values['library_syncer_last_run_outcome{outcome=ok}'] == 1
     assert values['library_syncer_last_run_outcome{outcome=network}'] == 0
     success = values["library_syncer_last_success_timestamp_seconds"]
