@@ -16,6 +16,7 @@ from pathlib import Path
 from library_syncer.base import config as config_module
 from library_syncer.base import revision
 from library_syncer.server import trace
+from tests.harness import sshd as sshd_harness
 from tests.harness import vcenter_model
 from tests.test_sync_failover import Upstream, _settings, site  # noqa: F401 (a fixture)
 from tests.test_sync_helpers import last_run, published, random_bytes, sync, write_config
@@ -191,11 +192,21 @@ def test_two_sites_at_one_revision_serve_the_same_tokens_and_a_relay_failover_co
 
 
 def test_an_upstream_without_a_trace_then_with_one(work_dir, sshd, client_key, server_library):
-    """The Docker original declares nothing: tokens are the files' mtimes (rsync keeps them),
-    ids still derive from names; then the origin starts declaring and no token goes back."""
+    """The Docker original (its own key line, no trace) declares nothing: tokens are the files'
+    mtimes (rsync keeps them), ids still derive from names; then the site moves to an origin
+    that declares revisions of the same library, and no token goes back."""
     _put(server_library, "ubuntu/ubuntu.vmdk", 1)
     _put(server_library, "photon/photon.iso", 2)
-    config, state = write_config(work_dir, sshd, client_key[0]), work_dir / "state"
+    original = sshd_harness.start_sshd(work_dir / "original", authorized_lines=[
+        sshd_harness.original_rrsync_line(client_key[1], server_library)])
+    try:
+        _untraced_then_traced(work_dir, original, sshd, client_key, server_library)
+    finally:
+        original.stop()
+
+
+def _untraced_then_traced(work_dir, original, sshd, client_key, server_library) -> None:
+    config, state = write_config(work_dir, original, client_key[0]), work_dir / "state"
     vc = vcenter_model.Subscriber()
     _run(config)
     assert len(_pull(vc, state).downloads) == 2
@@ -217,9 +228,11 @@ def test_an_upstream_without_a_trace_then_with_one(work_dir, sshd, client_key, s
     assert _pull(vc, state).downloads == []
     _never_back(held, _tokens(state))
 
-    # the origin now declares revisions: unchanged files keep their tokens, a change goes above
+    # the site moves to an origin that declares revisions: unchanged files keep their tokens, a
+    # change goes above every untraced one
     held = _tokens(state)
     _declare(work_dir, server_library)
+    config = write_config(work_dir, sshd, client_key[0])
     _run(config)
     assert _pull(vc, state).downloads == []
     _never_back(held, _tokens(state))
