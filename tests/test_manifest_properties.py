@@ -256,3 +256,73 @@ LibraryMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 test_library_machine = LibraryMachine.TestCase
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int]]:
+    """What the origin's trace lists: every regular file outside the hidden state folder."""
+    found = {}
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if path.is_file() and not path.is_symlink() and rel.parts[0] != manifest.STATE_DIR_NAME \
+                and path.suffix != ".json":
+            st = path.stat()
+            found[rel.as_posix()] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+class TracedLibraryMachine(LibraryMachine):
+    """The same edits with an origin declaring a revision before every build: after any
+    history (state lost or not, snapshots or in place), the site serves exactly the ids and
+    tokens a site built from nothing at that revision serves — what makes two sites at one
+    revision, and a site that lost everything, identical to a vCenter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.revision: revision.Revision | None = None
+
+    def _declare(self, root: Path) -> revision.Revision:
+        files = _listing(root)
+        digests = {p: revision.sha256_file(root / p) for p in files}
+        serial = (self.revision.serial if self.revision else 0) + 1
+        content = revision.next_content(files, digests, serial,
+                                        self.revision.content if self.revision else None)
+        self.revision = revision.Revision("hq", serial, "t", files, content)
+        assert revision.Revision.from_json(self.revision.to_json()) == self.revision
+        return self.revision
+
+    def _build(self, root: Path, previous: Path) -> None:
+        doc = self._declare(root)
+        report = manifest.build(root, name="Prop", state_dir=self.state, previous=previous,
+                                workers=2, revision_doc=doc)
+        assert report.problems == ()
+        self._check(root, report)
+        fresh = self.base / "fresh"
+        shutil.rmtree(fresh, ignore_errors=True)
+        for path in root.rglob("*"):
+            rel = path.relative_to(root)
+            if rel.parts[0] == manifest.STATE_DIR_NAME or path.suffix == ".json":
+                continue
+            if path.is_dir():
+                (fresh / rel).mkdir(parents=True, exist_ok=True)
+            else:
+                (fresh / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, fresh / rel)
+        fresh.mkdir(exist_ok=True)
+        manifest.build(fresh, name="Prop", state_dir=self.base / "fresh-state",
+                       previous=self.base / "nothing", workers=2, revision_doc=doc)
+        shutil.rmtree(self.base / "fresh-state")
+        assert _served(fresh) == _served(root)
+        assert all(etag > revision.BASE for item in _served(root).values()
+                   for etag in item[3].values())
+
+
+def _served(root: Path) -> dict[str, tuple]:
+    items = json.loads((root / "items.json").read_bytes())["items"]
+    return {i["id"]: (i["version"], i["contentVersion"], i["name"] if "L" * 80 not in i["name"]
+                      else "", {f["name"]: int(f["etag"]) for f in i["files"]}) for i in items}
+
+
+TracedLibraryMachine.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+test_traced_library_machine = TracedLibraryMachine.TestCase

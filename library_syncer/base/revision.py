@@ -8,12 +8,13 @@ first part is untouched so that sites released before the growth still read it:
      "files": [[path, size, mtime_ns], …],                      ← format 1 (every release reads it)
      "content": {"format": 1,                                   ← added: its own version
                  "files": [[path, sha256_hex, changed_serial], …],
-                 "items": [[folder, first_serial, changed_serial], …]}}
+                 "items": [[folder, first_serial, removed_serial], …]}}
 
 - `changed_serial` of a file: the serial at which that path last got other content (by SHA-256);
   a new mtime over the same bytes keeps it.
 - an item is a top-level folder: `first_serial` is the serial at which it (last) appeared,
-  `changed_serial` the serial at which any of its files was last added, removed or changed.
+  `removed_serial` the serial at which a file last left it (0: none ever did), so that an item's
+  tokens can move when its newest file goes.
 
 A format-1 reader (`server/trace.py:Trace.from_json` as released) checks `"format": 1` and rows
 of exactly three values and ignores other top-level keys, so the `content` key is invisible to
@@ -53,7 +54,7 @@ class FileFact:
 @dataclass(frozen=True)
 class ItemFact:
     first: int  # serial at which the folder (last) appeared
-    changed: int  # serial at which any of its files was last added, removed or changed
+    removed: int  # serial at which a file last left the folder (0: never)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class Content:
     def to_obj(self) -> dict:
         return {"format": CONTENT_FORMAT,
                 "files": [[p, f.sha256, f.changed] for p, f in sorted(self.files.items())],
-                "items": [[k, i.first, i.changed] for k, i in sorted(self.items.items())]}
+                "items": [[k, i.first, i.removed] for k, i in sorted(self.items.items())]}
 
 
 def _serial(value: object, limit: int = MAX_SERIAL) -> int:
@@ -165,10 +166,9 @@ def next_content(files: Listing, digests: dict[str, str], serial: int,
     for key, paths in now.items():
         old = before.items.get(key)
         if old is None:
-            items[key] = ItemFact(serial, serial)
+            items[key] = ItemFact(serial, 0)
             continue
-        changed = serial if paths != then.get(key) else max(facts[p].changed for p in paths)
-        items[key] = ItemFact(old.first, max(changed, old.changed))
+        items[key] = ItemFact(old.first, serial if then.get(key, set()) - paths else old.removed)
     return Content(facts, items)
 
 

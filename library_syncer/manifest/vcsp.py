@@ -250,8 +250,8 @@ class Tokens:
                                              st.st_mtime_ns))
         fact = self.content.items.get(b.cand.folder.split("/")[0]) if self.content else None
         if fact is not None:
-            if b.key == b.cand.folder:  # a whole folder: its file set's last change counts
-                content = max(content, revision.traced_token(fact.changed))
+            if b.key == b.cand.folder and fact.removed:  # a file left: the item's content moved
+                content = max(content, revision.traced_token(fact.removed))
             version = max(version, content, revision.traced_token(fact.first))
         return content, max(version, content)
 
@@ -296,11 +296,15 @@ def _next_records(built: list[Built], prev: Previous, names: dict[str, str], now
             content = ([(n, s, t) for n, s, _, t in old.files], old.type, old.vapp) != \
                 (served, b.cand.type, b.vapp)
             meta = (old.name, old.description, old.id) != (rec.name, rec.description, rec.id)
+            # Traced, the derived values only grow with the serials: taking them when higher keeps
+            # this site's tokens equal to those of a site built from nothing at this revision.
+            floor_cv = content_version if tokens.content is not None else 0
+            floor_v = version if tokens.content is not None else 0
             rec.content_version = revision.grown(old.content_version, content_version) \
-                if content else old.content_version
+                if content else max(old.content_version, floor_cv)
             returned = b.key not in prev.published  # left out (broken), now back
             rec.version = revision.grown(old.version, max(version, rec.content_version)) \
-                if content or meta or returned else old.version
+                if content or meta or returned else max(old.version, floor_v, rec.content_version)
             if content or meta or returned:
                 changed.append(rec.name)
         else:
