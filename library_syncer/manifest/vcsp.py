@@ -305,7 +305,8 @@ def _next_records(built: list[Built], prev: Previous, names: dict[str, str], now
             returned = b.key not in prev.published  # left out (broken), now back
             rec.version = revision.grown(old.version, max(version, rec.content_version)) \
                 if content or meta or returned else max(old.version, floor_v, rec.content_version)
-            if content or meta or returned:
+            if content or meta or returned or \
+                    (rec.version, rec.content_version) != (old.version, old.content_version):
                 changed.append(rec.name)
         else:
             changed.append(rec.name)
