@@ -6,7 +6,8 @@ read, keeps ids and versions stable across rebuilds and snapshots, and writes th
 item.json files, then items.json, then lib.json last. docs/manifest.md is the user-facing account.
 
 The parts live beside it: scan.py (items on disk, names, hrefs), hashing.py (digests and the hash
-cache), state.py (ids and versions of the last build); this module builds and writes.
+cache), state.py (ids and versions of the last build), tokens.py (etags and versions as vCenter
+reads them); this module builds and writes.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from .scan import (
     scan,
     shorten,
 )
-from .state import STATE_FORMAT, FileRow, Previous, Record, load_previous
+from .state import STATE_FORMAT, Previous, Record, load_previous
+from .tokens import Tokens, file_rows
 
 __all__ = ["CACHE_FILE", "DESCRIPTION_FILE", "STATE_DIR_NAME", "STATE_FILE", "BuildReport",
            "HashCache", "ItemProblem", "LibraryPathError", "build", "href", "shorten"]
@@ -211,71 +213,6 @@ def _dumps(obj: object) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-class Tokens:
-    """The tokens a build derives from what it finds (docs/manifest.md, "Tokens"): from the
-    origin's revision document where it states the file, else from the file's mtime."""
-
-    def __init__(self, root: Path, rev: revision.Revision | None) -> None:
-        self.root = root
-        self.content = rev.content if rev is not None else None
-        self.serial = rev.serial if rev is not None else 0
-        self.ovas: dict[str, int] = {}  # folder → token of its newest .ova (unpacked here)
-        for path, fact in (self.content.files.items() if self.content else ()):
-            folder = revision.item_of(path)
-            if folder is not None and path.lower().endswith(".ova"):
-                token = revision.traced_token(fact.changed)
-                self.ovas[folder] = max(self.ovas.get(folder, 0), token)
-
-    def file(self, folder: str, name: str, sha: str | None, mtime_ns: int) -> int:
-        if self.content is not None:
-            fact = self.content.files.get(f"{folder}/{name}")
-            if fact is not None:  # not the revision's bytes (never after trace_check): its serial
-                same = sha is None or fact.sha256 == sha
-                return revision.traced_token(fact.changed if same else self.serial)
-            if folder.split("/")[0] in self.ovas:  # unpacked from the item's OVA at this site
-                return self.ovas[folder.split("/")[0]]
-        return revision.time_token(mtime_ns)
-
-    def item(self, b: Built, files: tuple[FileRow, ...]) -> tuple[int, int]:
-        """(contentVersion, version) derived for an item with these files."""
-        content = max(token for *_, token in files)
-        version = content
-        sidecar = self.root / b.cand.folder / DESCRIPTION_FILE
-        try:
-            st = sidecar.lstat()
-        except OSError:
-            st = None
-        if st is not None and stat.S_ISREG(st.st_mode):
-            version = max(version, self.file(b.cand.folder, DESCRIPTION_FILE, None,
-                                             st.st_mtime_ns))
-        fact = self.content.items.get(b.cand.folder.split("/")[0]) if self.content else None
-        if fact is not None:
-            if b.key == b.cand.folder and fact.removed:  # a file left: the item's content moved
-                content = max(content, revision.traced_token(fact.removed))
-            version = max(version, content, revision.traced_token(fact.first))
-        return content, max(version, content)
-
-
-def _file_rows(b: Built, old: Record | None, tokens: Tokens) -> tuple[FileRow, ...]:
-    """Each file's token: kept while its content is the same, grown when it changed."""
-    before = {row[0]: row for row in old.files} if old else {}
-    mtimes = {f.name: f.st.st_mtime_ns for f in b.cand.files}
-    rows = []
-    for name, size, sha in b.files:
-        derived = tokens.file(b.cand.folder, name, sha, mtimes[name])
-        prior = before.get(name)
-        if prior is None or not prior[3]:
-            token = derived
-        elif prior[2] == "":  # recovered from the published JSON: content unknown
-            token = max(prior[3], derived)
-        elif (prior[1], prior[2]) == (size, sha):
-            token = prior[3]
-        else:
-            token = revision.grown(prior[3], derived)
-        rows.append((name, size, sha, token))
-    return tuple(rows)
-
-
 def _next_records(built: list[Built], prev: Previous, names: dict[str, str], now: str,
                   lib_id: str, tokens: Tokens) -> tuple[dict[str, Record], list[str]]:
     records: dict[str, Record] = {}
@@ -286,8 +223,9 @@ def _next_records(built: list[Built], prev: Previous, names: dict[str, str], now
         if old is not None and old.id != item_id:
             old = Record(id=old.id, created=now, version=old.version,
                          content_version=old.content_version, files=old.files)  # upgrade
-        files = _file_rows(b, old, tokens)
-        content_version, version = tokens.item(b, files)
+        mtimes = {f.name: f.st.st_mtime_ns for f in b.cand.files}
+        files = file_rows(b.cand.folder, b.files, mtimes, old, tokens)
+        content_version, version = tokens.item(b.key, b.cand.folder, files)
         rec = Record(id=item_id, created=old.created if old else now, version=version,
                      content_version=content_version, name=names[b.key], files=files,
                      type=b.cand.type, description=b.cand.description, vapp=b.vapp)
