@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -169,3 +171,17 @@ def test_token_and_id_rules():
     assert revision.item_id(lib, "ubuntu") == revision.item_id(lib, "ubuntu")
     assert revision.item_id(lib, "ubuntu") != revision.item_id(lib, "ubuntu-2")
     assert lib.startswith("urn:uuid:")
+
+
+def test_manifest_build_on_a_traced_tree_derives_tokens_from_its_revision(tmp_path):
+    library = tmp_path / "library"
+    _put(library / "ubuntu" / "disk.vmdk", b"one")
+    _declare(_config(tmp_path, library))
+    result = subprocess.run([sys.executable, "-m", "library_syncer", "manifest", "build",
+                             str(library), "--name", "T", "--state", str(tmp_path / "st")],
+                            capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    item = json.loads((library / "items.json").read_text())["items"][0]
+    assert item["files"][0]["etag"] == str(revision.BASE + 1) == item["version"]
+    assert item["id"] == revision.item_id(revision.library_id("T"), "ubuntu")
