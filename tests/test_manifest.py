@@ -592,3 +592,30 @@ def test_cli_build(library: Path, tmp_path: Path) -> None:
     assert result.returncode == ExitStatus.CONFIG
     assert "nowhere: the library folder does not exist" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_upgrade_from_sha256_etags_and_random_ids_moves_every_version_up(library: Path) -> None:
+    """What a site of an earlier release holds: state format 1 (etag = SHA-256), random ids,
+    small versions. The first build serves derived ids and decimal tokens; nothing goes back."""
+    _build(library)
+    state_file = library / manifest.STATE_DIR_NAME / manifest.STATE_FILE
+    state = _json(state_file)
+    old_versions = {}
+    for number, (key, item) in enumerate(sorted(state["items"].items())):
+        item["id"] = f"urn:uuid:00000000-0000-4000-8000-00000000000{number}"
+        item["version"], item["contentVersion"] = 7, 5
+        item["files"] = [[name, size, sha] for name, size, sha, _ in item["files"]]
+        old_versions[key] = 7
+    state["format"], state["library"]["version"], state["library"]["contentVersion"] = 1, 12, 9
+    state["library"]["id"] = "urn:uuid:00000000-0000-4000-8000-0000000000ff"
+    state_file.write_text(json.dumps(state))
+    report = _build(library)
+    lib = _json(library / "lib.json")
+    assert lib["id"] == revision.library_id("Test library") and int(lib["version"]) > 12
+    assert set(report.items_changed) == {TTY, "tools", "ubuntu"}
+    for folder, item in _items(library).items():
+        assert item["id"] == revision.item_id(lib["id"], folder)
+        assert int(item["version"]) > 7 and int(item["contentVersion"]) > 5
+        assert all(revision.is_token(f["etag"]) for f in item["files"])
+    before = _snapshot(library)
+    assert _build(library).items_changed == () and _snapshot(library) == before
