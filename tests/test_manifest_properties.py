@@ -24,6 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from library_syncer.base import revision
 from library_syncer.manifest import vcsp as manifest
+from tests.test_manifest import _link_tree as link_tree
 
 FOLDERS = ["alpha", "beta gamma", "x#y", "ünï", "q?%25", "L" * 85 + "1", "L" * 85 + "2"]
 FILES = ["a.bin", "b b.txt", "c#1.bin", "ü.txt", "d%20.bin"]
@@ -41,6 +42,12 @@ def _put(path: Path, data: bytes) -> None:
 def _json_files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*.json")
             if ".library-syncer" not in p.parts}
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    """A tree hard-linked to `source`, without its JSON or hidden state (as rsync's link-dest)."""
+    link_tree(source, dest)
+    dest.mkdir(exist_ok=True)
 
 
 class LibraryMachine(RuleBasedStateMachine):
@@ -148,16 +155,7 @@ class LibraryMachine(RuleBasedStateMachine):
         """As the sync does: a new staging tree hard-linked to the last one, no JSON in it."""
         self.generation += 1
         staging = self.base / f"snap{self.generation}"
-        for path in sorted(self.root.rglob("*")):
-            rel = path.relative_to(self.root)
-            if rel.parts[0] == manifest.STATE_DIR_NAME or path.name.endswith(".json"):
-                continue
-            if path.is_dir():
-                (staging / rel).mkdir(parents=True, exist_ok=True)
-            else:
-                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.link(path, staging / rel)
-        staging.mkdir(exist_ok=True)
+        _link_tree(self.root, staging)
         previous, self.root = self.root, staging
         self._build(staging, previous=previous)
         shutil.rmtree(previous)
@@ -303,16 +301,7 @@ class TracedLibraryMachine(LibraryMachine):
         self._check(root, report)
         fresh = self.base / "fresh"
         shutil.rmtree(fresh, ignore_errors=True)
-        for path in root.rglob("*"):
-            rel = path.relative_to(root)
-            if rel.parts[0] == manifest.STATE_DIR_NAME or path.suffix == ".json":
-                continue
-            if path.is_dir():
-                (fresh / rel).mkdir(parents=True, exist_ok=True)
-            else:
-                (fresh / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.link(path, fresh / rel)
-        fresh.mkdir(exist_ok=True)
+        _link_tree(root, fresh)
         manifest.build(fresh, name="Prop", state_dir=self.base / "fresh-state",
                        previous=self.base / "nothing", workers=2, revision_doc=doc)
         shutil.rmtree(self.base / "fresh-state")
