@@ -8,11 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 
+from library_syncer.base import revision
 from library_syncer.base.errors import ExitStatus
 from library_syncer.manifest import vcsp as manifest
 from tests.harness import readable
@@ -66,13 +68,24 @@ def library(tmp_path: Path, fixtures_dir: Path) -> Path:
     return root
 
 
+def _versions(root: Path) -> dict[str, tuple[int, int]]:
+    return {n: (int(i["version"]), int(i["contentVersion"])) for n, i in _items(root).items()}
+
+
+def _lib_version(root: Path) -> int:
+    return int(_json(root / "lib.json")["version"])
+
+
 def test_first_build_lists_everything(library: Path) -> None:
+    started = time.time_ns() // 1000
     report = _build(library)
     assert report.problems == ()
-    assert report.items == 3 and report.library_version == 1
+    assert report.items == 3 and started <= report.library_version <= time.time_ns() // 1000
     lib = _json(library / "lib.json")
     assert lib["vcspVersion"] == "2" and lib["itemsHref"] == "items.json"
-    assert lib["id"].startswith("urn:uuid:") and lib["name"] == "Test library"
+    assert lib["version"] == lib["contentVersion"] == str(report.library_version)
+    assert lib["id"] == revision.library_id("Test library") and lib["name"] == "Test library"
+    assert lib["id"].startswith("urn:uuid:")
     assert lib["capabilities"] == {"transferIn": ["httpGet"], "transferOut": ["httpGet"]}
     items = _items(library)
     assert {n: i["type"] for n, i in items.items()} == {
@@ -84,11 +97,16 @@ def test_first_build_lists_everything(library: Path) -> None:
     assert tty["metadata"][0]["key"] == "type-metadata"
     assert meta["id"] == tty["id"] and meta["libraryIdParent"] == lib["id"]
     assert meta["isVappTemplate"] == "false"
-    for item in items.values():  # per-file etags of each file's own content
+    for folder, item in items.items():  # no trace: each file's mtime in microseconds
+        assert item["id"] == revision.item_id(lib["id"], folder)
+        tokens = []
         for entry in item["files"]:
             path = library / unquote(entry["hrefs"][0])
             assert isinstance(entry["size"], int) and entry["size"] == path.stat().st_size
-            assert entry["etag"] == hashlib.sha256(path.read_bytes()).hexdigest()
+            assert entry["etag"] == str(path.stat().st_mtime_ns // 1000)
+            assert entry["generationNum"] == int(entry["etag"])
+            tokens.append(int(entry["etag"]))
+        assert item["version"] == item["contentVersion"] == str(max(tokens))
     assert "metadata" not in items["tools"]
     assert report.files_hashed == 6
     assert report.content_bytes == sum(e["size"] for i in items.values() for e in i["files"])
@@ -125,33 +143,39 @@ def test_versions_move_only_with_content(library: Path) -> None:
     _build(library)
     first = _items(library)
     _write(library / "tools" / "readme.txt", "hello, changed\n")
+    before, lib_before = _versions(library), _lib_version(library)
     report = _build(library)
     items = _items(library)
     assert report.items_changed == ("tools",)
-    assert report.library_version == 2
-    assert items["tools"]["version"] == "2" and items["tools"]["contentVersion"] == "2"
+    assert report.library_version == _lib_version(library) > lib_before
+    assert _versions(library)["tools"] > before["tools"]
+    assert _versions(library)["tools"][1] > before["tools"][1]
     assert items[TTY] == first[TTY]
     assert items["tools"]["id"] == first["tools"]["id"]
     assert items["tools"]["created"] == first["tools"]["created"]
     # A description alone bumps `version`, not `contentVersion`.
+    before = _versions(library)["tools"]
     _write(library / "tools" / manifest.DESCRIPTION_FILE, "  Handy tools\n")
     report = _build(library)
     tools = _items(library)["tools"]
     assert tools["description"] == "Handy tools"
-    assert (tools["version"], tools["contentVersion"]) == ("3", "2")
+    assert _versions(library)["tools"][0] > before[0]
+    assert _versions(library)["tools"][1] == before[1]
     assert all(f["name"] != manifest.DESCRIPTION_FILE for f in tools["files"])
     _write(library / "tools" / manifest.DESCRIPTION_FILE, b"caf\xe9 tools")  # Latin-1, not UTF-8
     report = _build(library)
     assert _items(library)["tools"]["description"] == "caf\ufffd tools"
     assert any("not UTF-8; invalid bytes replaced" in w for w in report.warnings)
+    lib_before = _lib_version(library)
     _write(library / "tools" / manifest.DESCRIPTION_FILE, "Handy tools")
     report = _build(library)
-    assert report.library_version == 5
+    assert report.library_version > lib_before
     # Deleting an item removes it and bumps the library.
+    lib_before = _lib_version(library)
     shutil.rmtree(library / "ubuntu")
     report = _build(library)
     assert "ubuntu" not in _items(library) and report.items_changed == ("ubuntu",)
-    assert _json(library / "lib.json")["version"] == "6"
+    assert _lib_version(library) > lib_before
 
 
 def test_ids_and_versions_survive_loss_of_state(library: Path) -> None:
@@ -187,8 +211,7 @@ def test_hand_edited_items_json_is_reported_and_rebuilt(library: Path) -> None:
     report = _build(library)
     assert any("malformed" in w for w in report.warnings)
     items = _items(library)
-    assert set(items) == set(ids)
-    assert sum(items[n]["id"] == ids[n] for n in ids) == 2  # the damaged entry gets a new id
+    assert {n: i["id"] for n, i in items.items()} == ids  # ids never come from the state
 
 
 def test_hostile_previous_manifest_cannot_reach_outside(library: Path, tmp_path: Path) -> None:
@@ -233,7 +256,7 @@ def test_mf_mismatch_leaves_item_out_and_rest_updates(library: Path) -> None:
     assert report.problems == () and report.items_changed == (TTY,)
     back = _items(library)[TTY]
     assert back["id"] == first["id"] and back["created"] == first["created"]
-    assert _json(library / "lib.json")["version"] == "3"
+    assert int(back["version"]) > int(first["version"])
 
 
 def test_mf_missing_file_and_sha256_manifest(library: Path) -> None:
@@ -533,7 +556,7 @@ def test_sync_flow_snapshots_reuse_cache_and_keep_bytes(library: Path, tmp_path:
     _write(staging / "tools" / "readme.txt", "changed\n")
     report = _build(staging, state_dir=state, previous=published)
     assert report.files_hashed == 1 and report.items_changed == ("tools",)
-    assert _json(staging / "lib.json")["version"] == "2"
+    assert _lib_version(staging) > _lib_version(published)
 
 
 def test_sync_flow_recovers_ids_from_previous_when_state_lost(library: Path,
@@ -550,7 +573,7 @@ def test_sync_flow_recovers_ids_from_previous_when_state_lost(library: Path,
 
 def test_first_sync_without_a_published_snapshot(library: Path, tmp_path: Path) -> None:
     report = _build(library, state_dir=tmp_path / "state", previous=tmp_path / "no-snapshot-yet")
-    assert report.problems == () and report.items == 3 and report.library_version == 1
+    assert report.problems == () and report.items == 3 and report.library_version > 1
 
 
 def test_in_place_rewrite_with_restored_mtime_is_detected(library: Path) -> None:
@@ -588,3 +611,30 @@ def test_cli_build(library: Path, tmp_path: Path) -> None:
     assert result.returncode == ExitStatus.CONFIG
     assert "nowhere: the library folder does not exist" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_upgrade_from_sha256_etags_and_random_ids_moves_every_version_up(library: Path) -> None:
+    """What a site of an earlier release holds: state format 1 (etag = SHA-256), random ids,
+    small versions. The first build serves derived ids and decimal tokens; nothing goes back."""
+    _build(library)
+    state_file = library / manifest.STATE_DIR_NAME / manifest.STATE_FILE
+    state = _json(state_file)
+    old_versions = {}
+    for number, (key, item) in enumerate(sorted(state["items"].items())):
+        item["id"] = f"urn:uuid:00000000-0000-4000-8000-00000000000{number}"
+        item["version"], item["contentVersion"] = 7, 5
+        item["files"] = [[name, size, sha] for name, size, sha, _ in item["files"]]
+        old_versions[key] = 7
+    state["format"], state["library"]["version"], state["library"]["contentVersion"] = 1, 12, 9
+    state["library"]["id"] = "urn:uuid:00000000-0000-4000-8000-0000000000ff"
+    state_file.write_text(json.dumps(state))
+    report = _build(library)
+    lib = _json(library / "lib.json")
+    assert lib["id"] == revision.library_id("Test library") and int(lib["version"]) > 12
+    assert set(report.items_changed) == {TTY, "tools", "ubuntu"}
+    for folder, item in _items(library).items():
+        assert item["id"] == revision.item_id(lib["id"], folder)
+        assert int(item["version"]) > 7 and int(item["contentVersion"]) > 5
+        assert all(revision.is_token(f["etag"]) for f in item["files"])
+    before = _snapshot(library)
+    assert _build(library).items_changed == () and _snapshot(library) == before

@@ -122,6 +122,11 @@ def test_unpack_fixture_ova(fixtures_dir: Path, tmp_path: Path) -> None:
         if path.name in entries:
             assert hashlib.sha1(path.read_bytes()).hexdigest() == entries[path.name].digest
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in files)
+    # every member keeps the archive's time, small ones too (their etag derives from it when
+    # the upstream has no trace: every site must agree)
+    with tarfile.open(fixtures_dir / "ovf" / "ttylinux-pc_i486-16.1.ova") as archive:
+        times = {m.name: int(m.mtime) * 10**9 for m in archive.getmembers()}
+    assert {f.name: f.stat().st_mtime_ns for f in files} == times
 
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:

@@ -101,7 +101,8 @@ def test_a_crash_at_any_step_leaves_a_complete_library_and_the_next_run_heals(
     assert sync(config).returncode == 0
     assert sync(config).returncode == 0  # two snapshots: the next publication prunes one
     first = published(state)
-    assert _version(first) == 1 and len(_snapshots(state)) == 2
+    version = _version(first)
+    assert len(_snapshots(state)) == 2
     control_config = write_config(work_dir, sshd, client_key[0], state=control)
     assert sync(control_config).returncode == 0
     # v2: two items added (one an OVA: the archive store moves before the switch), one removed
@@ -119,9 +120,9 @@ def test_a_crash_at_any_step_leaves_a_complete_library_and_the_next_run_heals(
     now = published(state)
     assert snapshot_problems(now) == [], "a torn library is published"
     if switched:
-        assert now != first and _version(now) == 2
+        assert now != first and _version(now) > version
     else:
-        assert now == first and _version(now) == 1 and _content(now) == _content(first)
+        assert now == first and _version(now) == version and _content(now) == _content(first)
     crashed_snapshot = now.name
     write_config(work_dir, sshd, client_key[0], state=state)  # full speed
 
@@ -133,7 +134,7 @@ def test_a_crash_at_any_step_leaves_a_complete_library_and_the_next_run_heals(
     assert snapshot_problems(snap) == []
     assert _content(snap) == _content(published(control)), "not what a crash-free site has"
     assert _ids(snap) == _ids(published(control))
-    assert _version(snap) == 2 and record["library_version"] == 2
+    assert _version(snap) == record["library_version"] > version
     # The change is reported by the run that publishes it (after the switch: the crashed run).
     assert record["items_changed"] == ([] if switched else CHANGED), record
     if point not in ("dry-run", "transfer"):
@@ -149,4 +150,4 @@ def test_a_crash_at_any_step_leaves_a_complete_library_and_the_next_run_heals(
     again = sync(config)  # and it stays converged
 
     assert again.returncode == 0 and last_run(state)["items_changed"] == []
-    assert last_run(state)["library_version"] == 2
+    assert last_run(state)["library_version"] == record["library_version"]

@@ -5,6 +5,7 @@ Real sshd/rrsync/rsync, real filesystems (tmpfs mounts where a disk must fail)."
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -69,7 +70,8 @@ def test_metrics_describe_the_published_library_after_a_failed_run(
     config = write_config(work_dir, sshd, client_key[0], metrics=prom)
     assert sync(config).returncode == 0
     before = _gauges(prom)
-    assert before["library_syncer_library_version"] == 1
+    assert before["library_syncer_library_version"] == int(
+        json.loads((published(work_dir / "state") / "lib.json").read_text())["version"])
     assert before["library_syncer_library_items"] == 2
     listed = sum(f["size"] for item in items(published(work_dir / "state")).values()
                  for f in item["files"])

@@ -7,6 +7,7 @@ import logging
 
 from ..base.errors import ExitStatus
 from ..manifest import vcsp
+from ..server import trace
 
 log = logging.getLogger("library-syncer")
 
@@ -15,8 +16,11 @@ def build(args: argparse.Namespace) -> int:
     """Build, print a summary; exit with the verification status when an item was left out."""
     root = args.path
     name = args.name or root.resolve().name
+    # A tree holding an origin's revision document (a site's snapshot, an origin's library)
+    # derives its tokens from it, as the sync does.
     report = vcsp.build(root, name=name, state_dir=args.state,
-                            include_certs=not args.no_certs, workers=args.workers)
+                        include_certs=not args.no_certs, workers=args.workers,
+                        revision_doc=trace.read(root))
     for warning in report.warnings:
         log.warning("library-syncer: warning: %s", warning)
     for problem in report.problems:

@@ -4,9 +4,10 @@ Real components only: the server role's own sshd_config on a free 127.0.0.1 port
 an example library, a generated client key authorized as a site, the host key trusted, the client
 sync over SSH (rrsync -ro), the manifests, and Caddy serving the published snapshot. The demo then
 walks the library like a subscriber (lib.json → items.json → item.json → every file, checking
-sizes and SHA-256 etags), prints the lib.json URL and serves until Ctrl-C (or stops at once with
---once). Everything it starts is stopped, and everything it creates is removed (its work
-directory unless --workdir was given, and the login account when the demo created it).
+sizes, and that every etag and version is a decimal Java long as vCenter reads it), prints the
+lib.json URL and serves until Ctrl-C (or stops at once with --once). Everything it starts is
+stopped, and everything it creates is removed (its work directory unless --workdir was given,
+and the login account when the demo created it).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..base import config as config_module
-from ..base import execute
+from ..base import execute, revision
 from ..base.config import Config
 from ..base.config_toml import toml_string
 from ..base.errors import SyncerError, VerifyError
@@ -367,22 +368,29 @@ class WalkedItem:
 
 
 def walk(port: int) -> tuple[dict, list[WalkedItem]]:
-    """lib.json → items.json → each item.json → each file (size and SHA-256 etag checked)."""
+    """lib.json → items.json → each item.json → each file: sizes, and every version and etag
+    a decimal Java long (vCenter reads etags with Long.valueOf; docs/manifest.md, "Tokens")."""
     lib = _get_json(port, "lib.json")
+    if not (revision.is_token(lib["version"]) and revision.is_token(lib["contentVersion"])):
+        raise VerifyError("lib.json: version is not a decimal Java long")
     listing = _get_json(port, lib["itemsHref"])
     walked = []
     for entry in listing["items"]:
         item = _get_json(port, entry["selfHref"])
         if item["id"] != entry["id"] or item["version"] != entry["version"]:
             raise VerifyError(f"{entry['selfHref']}: differs from its items.json entry")
+        if not (revision.is_token(item["version"]) and revision.is_token(item["contentVersion"])):
+            raise VerifyError(f"{entry['selfHref']}: version is not a decimal Java long")
         total = 0
         for file in item["files"]:
             body = _get(port, file["hrefs"][0])
             if len(body) != file["size"]:
                 raise VerifyError(f"{file['hrefs'][0]}: {len(body)} bytes, item.json says "
                                   f"{file['size']}")
-            if hashlib.sha256(body).hexdigest() != file["etag"]:
-                raise VerifyError(f"{file['hrefs'][0]}: content does not match its etag")
+            if not revision.is_token(file["etag"]) or file.get("generationNum") != \
+                    int(file["etag"]):
+                raise VerifyError(f"{file['hrefs'][0]}: etag {file['etag']!r} is not a decimal "
+                                  "Java long equal to generationNum")
             total += len(body)
         walked.append(WalkedItem(item["name"], item["type"], len(item["files"]), total))
     return lib, walked

@@ -294,6 +294,7 @@ def _extract(archive: tarfile.TarFile, member: tarfile.TarInfo, name: str, dir_f
             except Exception as error:  # tarfile on a malformed member
                 raise OvaError(f"{where}: corrupt archive: {_why(error)}",
                                hint="re-export the template with ovftool") from None
+            out.flush()  # a write still buffered would land after the utime, and move the mtime
             ns = _mtime_ns(member)
             os.utime(out.fileno(), ns=(ns, ns))
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

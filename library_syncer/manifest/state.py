@@ -11,9 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
+from ..base import revision
 from .scan import ITEM_FILE, ITEMS_FILE, LIB_FILE
 
-STATE_FORMAT = 1
+# 2: files carry (name, size, sha256, token); 1 (read once, on upgrade): (name, size, sha256)
+STATE_FORMAT = 2
+
+FileRow = tuple[str, int, str, int]  # name, size, sha256 ("" when unknown), token (0: unknown)
 
 
 @dataclass
@@ -25,7 +29,7 @@ class Record:
     version: int
     content_version: int
     name: str = ""
-    files: tuple[tuple[str, int, str], ...] = ()  # (name, size, etag), sorted
+    files: tuple[FileRow, ...] = ()  # sorted by name
     type: str = ""
     description: str = ""
     vapp: bool = False
@@ -53,6 +57,18 @@ def _int(value: object) -> int:
     return number
 
 
+def _token(etag: object) -> int:
+    """A served etag as a token (0: not one of ours, e.g. the SHA-256 hex of older releases)."""
+    return int(etag) if revision.is_token(etag) else 0  # type: ignore[arg-type]
+
+
+def _state_file(row: list) -> FileRow:
+    if len(row) == 3:  # format 1: the etag was the SHA-256
+        return (str(row[0]), _int(row[1]), str(row[2]), 0)
+    name, size, sha, token = row
+    return (str(name), _int(size), str(sha), _int(token))
+
+
 def _record_from_item(item: dict) -> tuple[str, Record]:
     self_href = item["selfHref"]
     if not isinstance(self_href, str) or not self_href.endswith("/" + ITEM_FILE):
@@ -67,7 +83,7 @@ def _record_from_item(item: dict) -> tuple[str, Record]:
             value = json.loads(meta["value"])
             vapp = str(value.get("isVappTemplate")).lower() == "true"
             parent = str(value.get("libraryIdParent") or "")
-    files = tuple(sorted((str(f["name"]), _int(f["size"]), str(f.get("etag", "")))
+    files = tuple(sorted((str(f["name"]), _int(f["size"]), "", _token(f.get("etag")))
                          for f in item["files"]))
     version = _int(item["version"])
     return key, Record(id=str(item["id"]), created=str(item["created"]), version=version,
@@ -135,8 +151,6 @@ def _previous_from_json(previous: Path, warnings: list[str]) -> Previous:
         parents = sorted({r.parent for r in prev.items.values() if r.parent})
         if len(parents) == 1:
             prev.lib_id = parents[0]
-    # A library version is never below any item's: keeps versions monotonic if lib.json was lost.
-    prev.lib_version = max([prev.lib_version, *(r.version for r in prev.items.values())])
     return prev
 
 
@@ -145,7 +159,7 @@ def _previous_from_state(path: Path, warnings: list[str]) -> Previous | None:
     if data is None:
         return None
     try:
-        if data["format"] != STATE_FORMAT:
+        if data["format"] not in (1, STATE_FORMAT):
             raise ValueError(f"format {data['format']!r}")
         lib = data["library"]
         prev = Previous(lib_id=lib["id"], lib_created=lib["created"],
@@ -156,7 +170,7 @@ def _previous_from_state(path: Path, warnings: list[str]) -> Previous | None:
             prev.items[key] = Record(
                 id=raw["id"], created=raw["created"], version=_int(raw["version"]),
                 content_version=_int(raw["contentVersion"]), name=raw["name"],
-                files=tuple(tuple(f) for f in raw["files"]), type=raw["type"],
+                files=tuple(_state_file(f) for f in raw["files"]), type=raw["type"],
                 description=raw["description"], vapp=bool(raw["vapp"]))
         prev.published = set(data["published"])
     except (KeyError, TypeError, ValueError, AttributeError) as error:

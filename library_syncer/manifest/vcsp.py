@@ -6,7 +6,8 @@ read, keeps ids and versions stable across rebuilds and snapshots, and writes th
 item.json files, then items.json, then lib.json last. docs/manifest.md is the user-facing account.
 
 The parts live beside it: scan.py (items on disk, names, hrefs), hashing.py (digests and the hash
-cache), state.py (ids and versions of the last build); this module builds and writes.
+cache), state.py (ids and versions of the last build), tokens.py (etags and versions as vCenter
+reads them); this module builds and writes.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import json
 import os
 import shutil
 import stat
-import uuid
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..base import fsutil
+from ..base import fsutil, revision
 from ..base.errors import ExitStatus, SyncerError
 from ..base.text import printable
 from . import ovf
@@ -40,6 +41,7 @@ from .scan import (
     shorten,
 )
 from .state import STATE_FORMAT, Previous, Record, load_previous
+from .tokens import Tokens, file_rows
 
 __all__ = ["CACHE_FILE", "DESCRIPTION_FILE", "STATE_DIR_NAME", "STATE_FILE", "BuildReport",
            "HashCache", "ItemProblem", "LibraryPathError", "build", "href", "shorten"]
@@ -78,10 +80,6 @@ class Built:
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime(TIME_FORMAT)
-
-
-def _new_id() -> str:
-    return f"urn:uuid:{uuid.uuid4()}"
 
 
 def _descriptor_checks(cand: Candidate, digests: dict[str, FileDigest],
@@ -196,8 +194,10 @@ def _item_json(b: Built, rec: Record, lib_id: str) -> dict:
         "description": rec.description,
         "version": str(rec.version),
         "contentVersion": str(rec.content_version),
-        "files": [{"name": name, "size": size, "etag": etag,
-                   "hrefs": [href(b.cand.folder, name)]} for name, size, etag in b.files],
+        # etag as VMware's publishers write it: a decimal string, with generationNum beside it
+        # as a number (vCenter reads the etag with Long.valueOf: docs/manifest.md, "Tokens").
+        "files": [{"name": name, "size": size, "etag": str(token), "generationNum": token,
+                   "hrefs": [href(b.cand.folder, name)]} for name, size, _, token in rec.files],
         "id": rec.id,
         "name": rec.name,
         "properties": {},
@@ -213,25 +213,38 @@ def _dumps(obj: object) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _next_records(built: list[Built], prev: Previous, names: dict[str, str],
-                  now: str) -> tuple[dict[str, Record], list[str]]:
+def _next_records(built: list[Built], prev: Previous, names: dict[str, str], now: str,
+                  lib_id: str, tokens: Tokens) -> tuple[dict[str, Record], list[str]]:
     records: dict[str, Record] = {}
     changed: list[str] = []
     for b in built:
+        item_id = revision.item_id(lib_id, b.key)
         old = prev.items.get(b.key)
-        rec = Record(id=old.id if old else _new_id(), created=old.created if old else now,
-                     version=old.version if old else 1,
-                     content_version=old.content_version if old else 1,
-                     name=names[b.key], files=b.files, type=b.cand.type,
-                     description=b.cand.description, vapp=b.vapp)
+        if old is not None and old.id != item_id:
+            old = Record(id=old.id, created=now, version=old.version,
+                         content_version=old.content_version, files=old.files)  # upgrade
+        mtimes = {f.name: f.st.st_mtime_ns for f in b.cand.files}
+        files = file_rows(b.cand.folder, b.files, mtimes, old, tokens)
+        content_version, version = tokens.item(b.key, b.cand.folder, files)
+        rec = Record(id=item_id, created=old.created if old else now, version=version,
+                     content_version=content_version, name=names[b.key], files=files,
+                     type=b.cand.type, description=b.cand.description, vapp=b.vapp)
         if old is not None:
-            content = (old.files, old.type, old.vapp) != (b.files, b.cand.type, b.vapp)
-            meta = (old.name, old.description) != (rec.name, rec.description)
-            if content:
-                rec.content_version += 1
-            if content or meta:
-                rec.version += 1
-            if content or meta or b.key not in prev.published:
+            served = [(n, s, t) for n, s, _, t in files]
+            content = ([(n, s, t) for n, s, _, t in old.files], old.type, old.vapp) != \
+                (served, b.cand.type, b.vapp)
+            meta = (old.name, old.description, old.id) != (rec.name, rec.description, rec.id)
+            # Traced, the derived values only grow with the serials: taking them when higher keeps
+            # this site's tokens equal to those of a site built from nothing at this revision.
+            floor_cv = content_version if tokens.content is not None else 0
+            floor_v = version if tokens.content is not None else 0
+            rec.content_version = revision.grown(old.content_version, content_version) \
+                if content else max(old.content_version, floor_cv)
+            returned = b.key not in prev.published  # left out (broken), now back
+            rec.version = revision.grown(old.version, max(version, rec.content_version)) \
+                if content or meta or returned else max(old.version, floor_v, rec.content_version)
+            if content or meta or returned or \
+                    (rec.version, rec.content_version) != (old.version, old.content_version):
                 changed.append(rec.name)
         else:
             changed.append(rec.name)
@@ -338,7 +351,8 @@ def _remove_stale(root: Path, stale: Iterable[str]) -> None:
 def build(root: Path, *, name: str, state_dir: Path | None = None, previous: Path | None = None,
           include_certs: bool = True, workers: int = 0, description: str = "",
           cache: HashCache | None = None, cache_dir: Path | None = None,
-          previous_state: Path | None = None) -> BuildReport:
+          previous_state: Path | None = None,
+          revision_doc: revision.Revision | None = None) -> BuildReport:
     """Write lib.json, items.json and every item.json for the library folder `root`.
 
     Broken items are left out and reported in `problems`; the rest is published. Raises
@@ -349,6 +363,9 @@ def build(root: Path, *, name: str, state_dir: Path | None = None, previous: Pat
     and read from `previous/.library-syncer/` (or `previous_state`, a file), so a snapshot
     holds the state it was built with and the state advances only when the snapshot is
     published. The hash cache goes to `cache_dir` (default: beside the state).
+
+    `revision_doc` is the origin's revision document the tree holds (None: no trace, the Docker
+    original): the tokens derive from it (docs/manifest.md, "Tokens").
     """
     root = Path(root)
     _check_root(root)
@@ -385,25 +402,28 @@ def build(root: Path, *, name: str, state_dir: Path | None = None, previous: Pat
     problems = [p for c in cands for p in c.problems]
 
     now = _now()
+    lib_id = revision.library_id(name)
     names = assign_names([b.key for b in built], {k: r.name for k, r in prev.items.items()})
-    records, changed = _next_records(built, prev, names, now)
+    records, changed = _next_records(built, prev, names, now, lib_id, Tokens(root, revision_doc))
     removed = sorted(prev.published - set(records))
     changed += [prev.items[k].name for k in removed if k in prev.items]
 
-    lib_id = prev.lib_id or _new_id()
-    content_moved = bool(removed) or any(
+    same_library = prev.lib_id == lib_id
+    content_moved = bool(removed) or not same_library or any(
         prev.items.get(k) is None or prev.items[k].content_version != r.content_version
         or k not in prev.published for k, r in records.items())
-    lib_version = max(prev.lib_version, 1)
-    lib_content = max(prev.lib_content_version, 1)
     meta_moved = (prev.lib_name, prev.lib_description) != (name, description)
-    if prev.lib_id is not None:
-        if content_moved:
-            lib_content += 1
-        if changed or meta_moved or content_moved:
-            lib_version += 1
+    # Library versions are times (microseconds): they move on anything this site publishes,
+    # and a site rebuilt from nothing later still serves a higher one.
+    clock = time.time_ns() // 1000
+    lib_version, lib_content = prev.lib_version, prev.lib_content_version
+    if content_moved:
+        lib_content = revision.grown(lib_content, clock)
+    if changed or meta_moved or content_moved:
+        lib_version = revision.grown(lib_version, max(clock, lib_content))
     lib = {"vcspVersion": "2", "version": str(lib_version), "contentVersion": str(lib_content),
-           "name": name, "id": lib_id, "created": prev.lib_created or now,
+           "name": name, "id": lib_id,
+           "created": prev.lib_created if same_library and prev.lib_created else now,
            "capabilities": {"transferIn": ["httpGet"], "transferOut": ["httpGet"]},
            "itemsHref": ITEMS_FILE}
     if description:
@@ -428,5 +448,5 @@ def build(root: Path, *, name: str, state_dir: Path | None = None, previous: Pat
         problems=tuple(problems), warnings=tuple(printable(w) for w in warnings),
         files_hashed=stats.files,
         bytes_hashed=stats.bytes, content_bytes=sum(size for r in records.values()
-                                                    for _, size, _ in r.files))
+                                                    for _, size, _, _ in r.files))
 

@@ -5,6 +5,8 @@ which settled state of the library a site holds. The server role writes, inside 
 library, a hidden folder the manifests and the web page never list:
 
     <library>/.library-syncer/trace.json   origin, serial, time, every file (path, size, mtime ns)
+                                           and its content (SHA-256, serial of its last change):
+                                           the revision document, base/revision.py
     <library>/.library-syncer/serial       "<origin> <serial>": all a cheap change check reads
 
 A revision is declared only once the library has **settled**: no file or folder changed for
@@ -12,6 +14,10 @@ A revision is declared only once the library has **settled**: no file or folder 
 a file being copied in, a copy that restores an old mtime at the end (`cp -p`, rsync), a rename and
 a deletion (its folder's ctime) all move it, and ctime is what an NFS server reports too (inotify
 sees nothing there). So the scan is stat-only and stateless; a timer runs it every minute.
+
+Declaring hashes what is new: a file whose size and mtime are those of the previous revision keeps
+its digest; the others are read, then every file is stat'ed again, and a file that moved while
+it was read makes this tick "settling" (it is not settled), never a declaration.
 
 The serial only grows: the next one is above both the last one this host declared (kept in the
 server's state directory, so a deleted or restored trace cannot lower it) and the one on disk.
@@ -30,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..base import fsutil
+from ..base import fsutil, revision
 from ..base.config import Config
 from ..base.errors import SyncerError
 
@@ -38,9 +44,9 @@ TRACE_DIR = ".library-syncer"
 TRACE_FILE = "trace.json"
 SERIAL_FILE = "serial"
 STATE_FILE = "trace-state.json"
-FORMAT = 1
+FORMAT = revision.FORMAT
 
-Listing = dict[str, tuple[int, int]]  # path → (size, mtime_ns)
+Listing = revision.Listing
 
 
 @dataclass(frozen=True)
@@ -50,35 +56,7 @@ class Scan:
     entries: int
 
 
-@dataclass(frozen=True)
-class Trace:
-    origin: str
-    serial: int
-    time: str
-    files: Listing
-
-    def to_json(self) -> str:
-        rows = [[path, size, mtime] for path, (size, mtime) in sorted(self.files.items())]
-        return json.dumps({"format": FORMAT, "origin": self.origin, "serial": self.serial,
-                           "time": self.time, "files": rows}, separators=(",", ":")) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> Trace:
-        """Parse a trace (from our origin or an upstream); ValueError when it is not one."""
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError("not a format-1 trace")
-        origin, serial, when, rows = (data.get(k) for k in ("origin", "serial", "time", "files"))
-        if not isinstance(origin, str) or not origin or not isinstance(when, str) or \
-                type(serial) is not int or serial < 0 or not isinstance(rows, list):
-            raise ValueError("malformed trace header")
-        files: Listing = {}
-        for row in rows:
-            if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str)
-                    and all(type(v) is int and v >= 0 for v in row[1:])):
-                raise ValueError("malformed trace entry")
-            files[row[0]] = (row[1], row[2])
-        return cls(origin, serial, when, files)
+Trace = revision.Revision  # the document is defined once, in base/revision.py
 
 
 @dataclass(frozen=True)
@@ -170,16 +148,42 @@ def tick(config: Config, now: float | None = None) -> Outcome:
     current = read(library)
     serial = max(_last_serial(server.state_dir), current.serial if current else 0)
     origin = origin_name(config)
-    if current is not None and current.origin == origin and current.files == found.files:
+    if current is not None and current.origin == origin and current.files == found.files \
+            and current.content is not None:
         return Outcome("unchanged", current.serial, len(found.files), size)
     quiet = now - found.newest_change_ns / 1e9
     if quiet < server.settle:
         return Outcome("settling", serial, len(found.files), size, server.settle - quiet)
+    digests = _digests(library, found.files, current)
+    if digests is None or scan(library).files != found.files:
+        return Outcome("settling", serial, len(found.files), size, server.settle)
+    content = revision.next_content(found.files, digests, serial + 1,
+                                    current.content if current else None)
     trace = Trace(origin, serial + 1,
                   datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
-                  found.files)
+                  found.files, content)
     _declare(library, server.state_dir, trace)
     return Outcome("declared", trace.serial, len(found.files), size)
+
+
+def _digests(library: Path, files: Listing, current: Trace | None) -> dict[str, str] | None:
+    """SHA-256 of every file, read only where size or mtime differ from the previous revision;
+    None when a file changed or vanished while it was read (the library is not settled)."""
+    known = current.content.files if current is not None and current.content else {}
+    digests = {}
+    for path, facts in sorted(files.items()):
+        if path in known and current is not None and current.files.get(path) == facts:
+            digests[path] = known[path].sha256
+            continue
+        full = library / path
+        try:
+            digests[path] = revision.sha256_file(full)
+            st = os.stat(full, follow_symlinks=False)
+        except OSError:
+            return None
+        if (st.st_size, st.st_mtime_ns) != facts:
+            return None
+    return digests
 
 
 def _declare(library: Path, state_dir: Path, trace: Trace) -> None:

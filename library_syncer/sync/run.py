@@ -296,13 +296,14 @@ def _build_manifests(config: Config, layout: snapshot.Layout, staging: Path,
                      published: Path | None) -> vcsp.BuildReport:
     """The manifests of staging. The state (ids, versions, what is published) is written into
     staging's .library-syncer/, read from the published snapshot's: it advances only with the
-    switch. The hash cache stays in cache/ (a cache is truthful whatever happened)."""
+    switch. The hash cache stays in cache/ (a cache is truthful whatever happened). The tokens
+    derive from the origin's revision document staging holds (none from the Docker original)."""
     lib = config.library
     try:
         return vcsp.build(staging, name=lib.name, previous=published, cache_dir=layout.cache,
                           previous_state=_previous_state(layout, published),
                           include_certs=lib.include_certs, workers=lib.workers,
-                          description=lib.description)
+                          description=lib.description, revision_doc=trace_check.read(staging))
     except OSError as error:
         if error.errno == errno.ENOSPC:
             raise snapshot.disk_full(error, "writing the manifests") from None
