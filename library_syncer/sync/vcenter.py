@@ -391,7 +391,7 @@ def _request(config: Config, state: dict[str, Any]) -> None:
         state.update(outcome=FAILED, said=str(error))
         _write_state(config, state)
         log.warning("vCenter %s: subscribed library %s not asked to synchronise: %s; asked "
-                    "again at the next run", vc.address, name, error)
+                    "again at the next run", vc.address, name, str(error).rstrip("."))
         return
     state.update(pending=False, outcome=REQUESTED, said="", attempts=0, library_id=library_id)
     _write_state(config, state)
