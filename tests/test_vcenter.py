@@ -5,8 +5,11 @@ sync over a real sshd where the run matters, in-process where only the exchange 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import pwd
 import re
 import subprocess
 import sys
@@ -41,6 +44,8 @@ def _password_file(work_dir: Path, text: str = PASSWORD, mode: int = 0o600) -> P
     path = work_dir / "vcenter.password"
     path.write_text(text + "\n")
     path.chmod(mode)
+    with contextlib.suppress(KeyError):  # on a host with the package: the sync's own file
+        os.chown(path, pwd.getpwnam(check.SYNC_USER).pw_uid, -1)
     return path
 
 

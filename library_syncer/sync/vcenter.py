@@ -168,6 +168,8 @@ class Client:
             self._conn.request(method, path, body=data, headers=sent)
             response = self._conn.getresponse()
             raw = response.read(MAX_BODY)
+            if not response.isclosed():  # a larger answer than ours ever are: not reused
+                self._conn.close()
         except TimeoutError:
             self._conn.close()
             raise self._timed_out() from None
@@ -284,7 +286,6 @@ def session(vc: VcenterConfig) -> Iterator[Client]:
     client = Client(vc, time.monotonic() + vc.timeout)
     try:
         client.login(password)
-        del password
         yield client
     finally:
         client.logout()
