@@ -6,11 +6,13 @@ sync over a real sshd where the run matters, in-process where only the exchange 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import pwd
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -20,10 +22,13 @@ import pytest
 import trustme
 
 from library_syncer.base import config as config_module
+from library_syncer.base import config_toml
 from library_syncer.base.errors import ConfigError
 from library_syncer.host import check
 from library_syncer.server import trace
 from library_syncer.sync import vcenter
+from library_syncer.web import caddy
+from tests.harness.net import free_port
 from tests.harness.vcenter import FakeVcenter, Library
 from tests.test_sync_helpers import REPO, add_iso_item, cli, published, sync, write_config
 
@@ -217,14 +222,18 @@ def _notify(config, work_dir, caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+def _not_asked(why: str) -> list[str]:
+    """The one journal line of a request that failed."""
+    return [f"vCenter 127.0.0.1: subscribed library 'site templates' not asked to synchronise: "
+            f"{why}; asked again at the next run"]
+
+
 def test_a_refused_password_is_one_line(work_dir, fake, caplog):
     path = _password_file(work_dir, "wrong-password")
     config = _config(work_dir, fake, password_file=str(path))
     said = _notify(config, work_dir, caplog)
-    assert said == ["vCenter 127.0.0.1: subscribed library 'site templates' not asked to "
-                    f"synchronise: vCenter at 127.0.0.1:{fake.port} refused the user "
-                    f"'{USER}' or its password (HTTP 401; vcenter.user, vcenter.password_file); "
-                    "asked again at the next run"]
+    assert said == _not_asked(f"vCenter at 127.0.0.1:{fake.port} refused the user '{USER}' or "
+                              "its password (HTTP 401; vcenter.user, vcenter.password_file)")
     assert fake.paths() == ["POST /api/session"] and fake.synced == []
     assert "wrong-password" not in caplog.text
     assert vcenter.read_state(config)["pending"] is True
@@ -232,8 +241,6 @@ def test_a_refused_password_is_one_line(work_dir, fake, caplog):
 
 def test_a_wrong_thumbprint_is_refused_before_anything_is_sent(work_dir, fake, caplog):
     other = trustme.CA().issue_cert("vcenter.test")
-    import hashlib
-    import ssl
     der = ssl.PEM_cert_to_DER_cert(other.cert_chain_pems[0].bytes().decode())
     config = _config(work_dir, fake, thumbprint=hashlib.sha256(der).hexdigest())
     said = _notify(config, work_dir, caplog)
@@ -267,9 +274,8 @@ def test_a_vcenter_that_stalls_costs_the_timeout_and_no_more(work_dir, fake, cap
     started = time.monotonic()
     said = _notify(config, work_dir, caplog)
     elapsed = time.monotonic() - started
-    assert said == ["vCenter 127.0.0.1: subscribed library 'site templates' not asked to "
-                    f"synchronise: vCenter at 127.0.0.1:{fake.port} did not answer within 2 s "
-                    "(vcenter.timeout); asked again at the next run"]
+    assert said == _not_asked(f"vCenter at 127.0.0.1:{fake.port} did not answer within 2 s "
+                              "(vcenter.timeout)")
     assert 1.9 < elapsed < 6, elapsed
     assert vcenter.read_state(config)["pending"] is True
 
@@ -278,10 +284,9 @@ def test_a_password_file_others_may_read_is_refused(work_dir, fake, caplog):
     path = _password_file(work_dir, mode=0o640)
     config = _config(work_dir, fake, password_file=str(path))
     said = _notify(config, work_dir, caplog)
-    assert said == ["vCenter 127.0.0.1: subscribed library 'site templates' not asked to "
-                    f"synchronise: vcenter.password_file: {path} has mode 0640: others than its "
-                    f"owner may read or change it; chmod 600 {path} (the password is not used); "
-                    "asked again at the next run"]
+    assert said == _not_asked(f"vcenter.password_file: {path} has mode 0640: others than its "
+                              f"owner may read or change it; chmod 600 {path} (the password is "
+                              "not used)")
     assert fake.requests == []
     results = check.check_vcenter(config)
     assert [(r.status, r.fix) for r in results] == [
@@ -306,21 +311,12 @@ def test_a_library_found_by_id_or_ambiguous_by_name(work_dir, fake, caplog):
 # --- check: what vCenter subscribes to, against what this site serves ---------------------
 
 
-def _custom_tls(work_dir: Path) -> tuple[str, str]:
-    cert = trustme.CA().issue_cert("site.test")
-    cert.cert_chain_pems[0].write_to_path(str(work_dir / "site.pem"))
-    cert.private_key_pem.write_to_path(str(work_dir / "site.key"))
-    import hashlib
-    import ssl
-    der = ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
-    sha1 = hashlib.sha1(der).hexdigest().upper()
-    return str(work_dir / "site.pem"), ":".join(sha1[i:i + 2] for i in range(0, 40, 2))
-
-
 def _https_config(work_dir: Path, fake: FakeVcenter) -> config_module.Config:
-    from tests.harness.net import free_port
-
-    cert, _ = _custom_tls(work_dir)
+    """This site serves HTTPS with a custom certificate (read from its file: no Caddy runs)."""
+    site = trustme.CA().issue_cert("site.test")
+    cert = work_dir / "site.pem"
+    site.cert_chain_pems[0].write_to_path(str(cert))
+    site.private_key_pem.write_to_path(str(work_dir / "site.key"))
     config = _config(work_dir, fake)
     text = config.file.read_text().replace(
         '[web]\nhostname = "site.test"\n',
@@ -333,8 +329,6 @@ def _https_config(work_dir: Path, fake: FakeVcenter) -> config_module.Config:
 
 def test_check_compares_the_subscription_with_what_this_site_serves(work_dir, fake):
     config = _https_config(work_dir, fake)
-    from library_syncer.web import caddy
-
     url, served = caddy.subscription_url(config), caddy.tls_thumbprint(config)
     assert url.startswith("https://site.test:") and served
     library = fake.libraries[0]
@@ -402,8 +396,6 @@ def test_settings_are_checked_one_line_each(table, line):
 def test_a_thumbprint_is_kept_in_one_form_and_the_reference_documents_every_key(capsys):
     config = config_module.parse({"vcenter": {"thumbprint": "ab" * 32}}, Path("/etc/x.toml"))
     assert config.vcenter.thumbprint == ":".join(["AB"] * 32)
-    from library_syncer.base import config_toml
-
     reference = config_toml.generated_text(full=True)
     section = reference[reference.index("[vcenter]"):]
     for key in ("address", "port", "user", "password_file", "library", "library_id",
