@@ -350,7 +350,9 @@ def check_vcenter(config: Config) -> list[CheckResult]:
     if problem is None and account is not None and path.stat().st_uid != account.pw_uid:
         problem = f"{path} is not owned by {SYNC_USER}, who runs the sync and must read it"
     if problem:
-        return [CheckResult(FAIL, "vcenter", problem, f"chown {SYNC_USER}: {path} && "
+        create = "" if path.exists() else f"install -m 600 /dev/null {path}, write the " \
+                                          "password in it, "
+        return [CheckResult(FAIL, "vcenter", problem, f"{create}chown {SYNC_USER}: {path} && "
                                                       f"chmod 600 {path}")]
     results, state = [], vcenter.read_state(config)
     if state.get("pending") and state.get("outcome") == vcenter.FAILED:
