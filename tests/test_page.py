@@ -76,6 +76,25 @@ def test_page_shows_the_library_and_every_item(tmp_path: Path):
     assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []  # no temp left
 
 
+def test_page_names_the_origin_revision_the_site_holds(tmp_path: Path):
+    """Issue 20 item 5: the revision as `status` names it (the page is what operators show
+    their vCenter admins); an upstream without a trace is said as such."""
+    root = tmp_path / "lib"
+    write_library(root, 1, disk_size=1024)
+    held = page.OriginRevision("hq", 42, "2026-11-25T20:58:00+00:00")
+    assert str(held) == "revision 42 of hq"  # status's phrase
+    page.write_index(root, url=URL, synced_at=SYNCED, revision=held)
+    html = (root / "index.html").read_text()
+    assert re.search(r'<dd id="origin-revision" data-origin="hq" data-serial="42">42 of hq '
+                     r'<span class="muted">\(declared 2026-11-25T20:58:00\+00:00\)</span></dd>',
+                     html), html
+    page.write_index(root, url=URL, synced_at=SYNCED)
+    assert re.search(r'<dd id="origin-revision" class="muted">none declared \(the upstream '
+                     r"publishes no trace\)</dd>", (root / "index.html").read_text())
+    page.write_index(root, url=URL, revision=page.OriginRevision('<b>"x"</b>', 1))
+    assert "<b>" not in (root / "index.html").read_text()
+
+
 def test_page_escapes_what_the_manifests_say(tmp_path: Path):
     root = tmp_path / "lib"
     write_library(root, 1, disk_size=1024)
@@ -119,7 +138,8 @@ def test_page_served_and_seen_in_headless_chromium(work_dir: Path, browse: bool)
     config = make_config(work_dir, browse=browse)
     from library_syncer.web.caddy import subscription_url
 
-    page.write_index(state / "published", url=subscription_url(config), synced_at=SYNCED)
+    page.write_index(state / "published", url=subscription_url(config), synced_at=SYNCED,
+                     revision=page.OriginRevision("hq", 42, "2026-11-25T20:58:00+00:00"))
     server = start_caddy(config, work_dir)
     try:
         url = f"http://127.0.0.1:{server.port}/"
@@ -133,6 +153,10 @@ def test_page_served_and_seen_in_headless_chromium(work_dir: Path, browse: bool)
         names = [a.get("data-name") for tag, a in doc.tags if tag == "tr" and a.get("class")]
         assert names == ["médias", "ttylinux", "Web tier #2"]
         assert any(a.get("value") == subscription_url(config) for _, a in doc.tags)
+        # The origin revision the site holds, as the browser shows it.
+        held = re.search(r'<dd id="origin-revision"[^>]*>(.*?)</dd>', dom.stdout, re.S)
+        assert held and re.sub(r"<[^>]+>", "", held.group(1)) == \
+            "42 of hq (declared 2026-11-25T20:58:00+00:00)", dom.stdout
         shot = work_dir / "index.png"
         taken = _chromium(work_dir, url, f"--screenshot={shot}")
         assert taken.returncode == 0, taken.stderr[-2000:]

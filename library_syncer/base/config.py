@@ -425,6 +425,52 @@ class MetricsConfig:
     textfile: Path | None = setting(None, _optional_path, 'a file path or "" (off)')
 
 
+_HEX = re.compile(r"[0-9A-Fa-f]{2}(?::?[0-9A-Fa-f]{2})*")
+THUMBPRINT_EXPECTED = ("\"\" or the SHA-256 thumbprint of vCenter's certificate (64 hex "
+                       "digits, ':' optional; openssl x509 -noout -fingerprint -sha256)")
+
+
+def _sha256_thumbprint(value: Any) -> str:
+    """`AA:BB:…` (32 bytes), normalised to upper case with colons ("" = not set)."""
+    if value == "":
+        return value
+    if not isinstance(value, str) or not _HEX.fullmatch(value.strip()):
+        raise ValueError
+    digits = value.strip().replace(":", "").upper()
+    if len(digits) == 40:
+        raise ValueError("a SHA-256 thumbprint (64 hex digits): this one has 40, a SHA-1 one")
+    if len(digits) != 64:
+        raise ValueError
+    return ":".join(digits[i:i + 2] for i in range(0, 64, 2))
+
+
+def _vcenter_timeout(value: Any) -> float:
+    seconds = parse_duration(value)
+    if not 1 <= seconds <= 600:
+        raise ValueError
+    return seconds
+
+
+@dataclass(frozen=True)
+class VcenterConfig:
+    """The site's vCenter, asked to synchronise its subscribed library after a run that changed
+    the published one (sync/vcenter.py). Off while `address` is empty."""
+
+    address: str = setting("", _host, "vCenter's host name or IP address, or \"\" (off)")
+    port: int = setting(443, _int_range(1, 65535), "an integer 1-65535")
+    user: str = setting("", _str, 'a vCenter user such as "svc-library@vsphere.local"')
+    password_file: Path | None = setting(None, _optional_path, 'a file path or ""')
+    library: str = setting("", _str, "the subscribed library's name in vCenter, or \"\"")
+    library_id: str = setting("", _str, "the subscribed library's id in vCenter, or \"\"")
+    thumbprint: str = setting("", _sha256_thumbprint, THUMBPRINT_EXPECTED)
+    ca_file: Path | None = setting(None, _optional_path, 'a file path or ""')
+    timeout: float = setting(30.0, _vcenter_timeout, 'a duration from "1s" to "10min"')
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+
 @dataclass(frozen=True)
 class PathsConfig:
     state_dir: Path = setting(paths.DEFAULT_STATE_DIR, _path, "a directory path")
@@ -438,6 +484,7 @@ SECTIONS: dict[str, type] = {
     "web": WebConfig,
     "server": ServerConfig,
     "metrics": MetricsConfig,
+    "vcenter": VcenterConfig,
     "paths": PathsConfig,
 }
 
@@ -450,6 +497,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    vcenter: VcenterConfig = field(default_factory=VcenterConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     # Derived locations of the client's state (the layout lives in snapshot.py).
@@ -532,10 +580,34 @@ def _cross_checks(config: Config) -> list[ConfigProblem]:
         problems.append(ConfigProblem(file, "sync.peer", _describe(config.sync.peer),
                                       'nothing when sync.upstreams is set (list it there: '
                                       f'{{peer = "{config.sync.peer}"}})'))
+    problems += _vcenter_checks(config)
     if config.sync.retry_initial_delay > config.sync.retry_max_delay:
         problems.append(ConfigProblem(file, "sync.retry_initial_delay",
                                       str(config.sync.retry_initial_delay),
                                       "a delay no longer than sync.retry_max_delay"))
+    return problems
+
+
+def _vcenter_checks(config: Config) -> list[ConfigProblem]:
+    """[vcenter] is all or nothing: with an address, who logs in and which library."""
+    file, vc, problems = str(config.file), config.vcenter, []
+    if not vc.enabled:
+        return problems
+    if not vc.user.strip():
+        problems.append(ConfigProblem(file, "vcenter.user", "nothing",
+                                      "the vCenter user when vcenter.address is set"))
+    if vc.password_file is None:
+        problems.append(ConfigProblem(file, "vcenter.password_file", "nothing",
+                                      "the file holding that user's password when "
+                                      "vcenter.address is set"))
+    if bool(vc.library.strip()) == bool(vc.library_id.strip()):
+        found = "both" if vc.library.strip() else "nothing"
+        problems.append(ConfigProblem(file, "vcenter.library", found,
+                                      "the subscribed library's name, or its id in "
+                                      "vcenter.library_id (one of the two)"))
+    if vc.thumbprint and vc.ca_file is not None:
+        problems.append(ConfigProblem(file, "vcenter.ca_file", _describe(str(vc.ca_file)),
+                                      'nothing when vcenter.thumbprint is set (one of the two)'))
     return problems
 
 

@@ -116,6 +116,25 @@ DESCRIPTIONS: dict[str, str] = {
                            "period plus its random delay plus this.",
     "metrics": "Prometheus metrics for node_exporter's textfile collector.",
     "metrics.textfile": "Write metrics here after every sync (a .prom file; empty: off).",
+    "vcenter": "The site's own vCenter, asked to synchronise its subscribed library as soon as a "
+               "run changed the published one (client role; docs/vcenter.md). Off while "
+               "vcenter.address is empty.",
+    "vcenter.address": "vCenter's host name or IP address (the vSphere Automation REST API, "
+                       "vSphere 7.0 U2 or later).",
+    "vcenter.port": "vCenter's HTTPS port.",
+    "vcenter.user": "The vCenter user that asks for the sync (it needs only the \"Sync "
+                    "subscribed library\" privilege, as a global permission).",
+    "vcenter.password_file": "File holding that user's password on one line, readable by the "
+                             "sync's user only (mode 0600, owner library-syncer).",
+    "vcenter.library": "The subscribed library's name in vCenter (or set vcenter.library_id).",
+    "vcenter.library_id": "The subscribed library's id in vCenter, instead of its name.",
+    "vcenter.thumbprint": "Trust vCenter's certificate by its SHA-256 thumbprint (empty: by "
+                          "vcenter.ca_file, else by the system's CAs); checked before the "
+                          "password is sent.",
+    "vcenter.ca_file": "CA certificates (PEM) that sign vCenter's certificate, e.g. its VMCA "
+                       "root (empty: the system's CAs).",
+    "vcenter.timeout": "Give up on vCenter after this long (the whole exchange); a failed "
+                       "request is made again at the next run.",
     "paths": "Where state and runtime files live (systemd's StateDirectory/RuntimeDirectory).",
     "paths.state_dir": "Snapshots, the published symlink, caches, the last-run record.",
     "paths.runtime_dir": "Lock and rendered runtime configs.",

@@ -337,9 +337,74 @@ def check_report(config: Config) -> list[CheckResult]:
     return [CheckResult(OK, "report", f"last report taken by {to} at {last.get('at')}")]
 
 
+def check_vcenter(config: Config) -> list[CheckResult]:
+    """[vcenter] (sync/vcenter.py): the password file, the last sync request, and what vCenter's
+    subscribed library reads compared with what this site serves (log in, read, log out: nothing
+    is changed there). vCenter unreachable is a warning: this site works without it."""
+    from ..sync import vcenter
+
+    vc = config.vcenter
+    if not vc.enabled or vc.password_file is None:
+        return []
+    path, account = vc.password_file, _sync_account()
+    problem = vcenter.password_problem(path)
+    if problem is None and account is not None and path.stat().st_uid != account.pw_uid:
+        problem = f"{path} is not owned by {SYNC_USER}, who runs the sync and must read it"
+    if problem:
+        create = "" if path.exists() else f"install -m 600 /dev/null {path}, write the " \
+                                          "password in it, "
+        return [CheckResult(FAIL, "vcenter", problem, f"{create}chown {SYNC_USER}: {path} && "
+                                                      f"chmod 600 {path}")]
+    results, state = [], vcenter.read_state(config)
+    if state.get("pending") and state.get("outcome") == vcenter.FAILED:
+        results.append(CheckResult(WARN, "vcenter", f"the last sync request failed at "
+                                   f"{state.get('at')}: {state.get('said')}",
+                                   "it is made again at the next run; fix what it says"))
+    try:
+        sub = vcenter.subscription(config)
+    except vcenter.VcenterError as error:
+        return [*results, CheckResult(WARN, "vcenter", str(error),
+                                      "check the [vcenter] settings and the network to vCenter")]
+    site_url, name = caddy.subscription_url(config), f'"{sub.name}" ({sub.library_id})'
+    if sub.url and not _same_url(sub.url, site_url):
+        results.append(CheckResult(WARN, "vcenter", f"vCenter's library {name} subscribes to "
+                                   f"{sub.url}, this site serves {site_url}",
+                                   "correct the library's subscription URL in vCenter, or "
+                                   "web.hostname and the ports here"))
+    site_print = caddy.tls_thumbprint(config) if site_url.startswith("https:") else None
+    if site_print and sub.thumbprint and _bare(sub.thumbprint) != _bare(site_print):
+        return [*results, CheckResult(FAIL, "vcenter", f"vCenter's library {name} trusts the "
+                                      f"certificate {sub.thumbprint}, this site serves "
+                                      f"{site_print}: its syncs fail",
+                                      "in vCenter, edit the library's subscription and accept "
+                                      "this site's certificate")]
+    compared = ", same certificate" if site_print and sub.thumbprint else ""
+    return [*results, CheckResult(OK, "vcenter", f"{vc.address}: {vc.user} logs in; library "
+                                  f"{name} subscribes to {sub.url or '?'}{compared}")]
+
+
+def _bare(thumbprint: str) -> str:
+    return thumbprint.replace(":", "").upper()
+
+
+def _same_url(a: str, b: str) -> bool:
+    """The same URL up to the case of scheme and host and a default port left out."""
+    from urllib.parse import urlsplit
+
+    def key(url: str) -> tuple[str, str, int | None, str]:
+        parts = urlsplit(url.strip())
+        try:
+            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+        except ValueError:
+            port = None
+        return parts.scheme.lower(), (parts.hostname or "").rstrip("."), port, parts.path
+
+    return key(a) == key(b)
+
+
 CLIENT_CHECKS: list[Callable[[Config], list[CheckResult]]] = [
     check_key, check_host_key, check_server, check_web, check_web_service, check_disk,
-    check_timer, check_report,
+    check_timer, check_report, check_vcenter,
 ]
 
 # --- the server role ----------------------------------------------------------------------

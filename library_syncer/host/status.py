@@ -171,6 +171,32 @@ def vcenter(config: Config) -> dict[str, Any]:
     return info
 
 
+def sync_request(config: Config) -> dict[str, Any]:
+    """The last request to this site's vCenter to synchronise its subscribed library
+    (sync/vcenter.py; no secret: the password file is not even opened)."""
+    from ..sync import vcenter as vcenter_request
+
+    vc = config.vcenter
+    state = vcenter_request.read_state(config)
+    target = {"address": vc.address, "library": vc.library or vc.library_id}
+    if not state:
+        return {**target, **_cannot("no request yet (one follows the next run that changes "
+                                    "the library)")}
+    shown = ("pending", "version", "since", "at", "outcome", "said", "attempts")
+    return {**target, "available": True, **{k: state.get(k) for k in shown}}
+
+
+def _sync_request_line(request: dict[str, Any]) -> str:
+    if not request.get("available"):
+        return f"{request['address']}: {request['reason']}"
+    version = f"library version {request.get('version')}"
+    if request.get("pending"):
+        tried = f"; last try {request.get('at')} failed: {request.get('said')}" \
+            if request.get("outcome") == "failed" else ""
+        return f"PENDING since {request.get('since')} ({version}){tried}"
+    return f"requested {request.get('at')} from {request['address']} ({version})"
+
+
 def gather(file: Path | None) -> dict[str, Any]:
     config, note = load_settings(file)
     config = config_module.env_override_state(config)
@@ -185,6 +211,8 @@ def gather(file: Path | None) -> dict[str, Any]:
     report["library"] = published_library(config)
     report["schedule"] = schedule(config)
     report["vcenter"] = vcenter(config)
+    if config.vcenter.enabled:
+        report["vcenter"]["sync_request"] = sync_request(config)
     return report
 
 
@@ -261,5 +289,7 @@ def to_text(report: dict[str, Any]) -> str:
     lines.append(("vCenter URL", vc["url"]))
     if vc["tls"] != "off":
         lines.append(("thumbprint", vc["thumbprint"] or f"unknown: {vc['thumbprint_reason']}"))
+    if "sync_request" in vc:
+        lines.append(("vCenter sync", _sync_request_line(vc["sync_request"])))
     width = max(len(label) for label, _ in lines) + 1
     return "".join(f"{label + ':':<{width}} {value}\n" for label, value in lines)

@@ -38,7 +38,7 @@ from ..base import execute, fsutil
 from ..base.config import Config
 from ..base.errors import LockHeld, NetworkError
 from ..server.trace import SERIAL_FILE, TRACE_DIR
-from . import last_run, lock, report, rsync, snapshot, ssh, sshmux, trace_check
+from . import last_run, lock, report, rsync, snapshot, ssh, sshmux, trace_check, vcenter
 from . import run as sync_run
 from .trace_check import Revision
 
@@ -260,6 +260,8 @@ def run_if_changed(config: Config, *, retry: bool = True, allow_empty: bool = Fa
         with lock.hold(layout.lock):
             verdict = check(config, layout)
             _record(config, verdict)
+            if not verdict.moved:
+                vcenter.retry_pending(config)  # a request a run could not make
     except LockHeld as held:
         log.info("a sync is running; this check is skipped (%s)", held.message)
         return None

@@ -40,7 +40,7 @@ from ..base.errors import (
 from ..base.units import format_bytes, format_duration
 from ..manifest import vcsp
 from ..web import caddy, page
-from . import basis, last_run, lock, metrics, report, rsync, snapshot, sshmux, trace_check
+from . import basis, last_run, lock, metrics, report, rsync, snapshot, sshmux, trace_check, vcenter
 from .last_run import RunRecord
 from .progress import Reporter
 
@@ -312,9 +312,11 @@ def _build_manifests(config: Config, layout: snapshot.Layout, staging: Path,
 
 def _write_page(config: Config, staging: Path) -> None:
     """The human page (index.html) of the snapshot; never fatal."""
+    held = trace_check.read(staging)  # the origin's revision, named on the page as by status
+    revision = page.OriginRevision(held.origin, held.serial, held.time) if held else None
     try:
         page.write_index(staging, url=caddy.subscription_url(config),
-                         synced_at=datetime.now(timezone.utc))
+                         synced_at=datetime.now(timezone.utc), revision=revision)
     except (SyncerError, OSError) as error:
         log.warning("index.html not written: %s", error)
 
@@ -457,6 +459,7 @@ def _run_steps(config: Config, layout: snapshot.Layout, record: RunRecord, retry
     name = snapshot.new_name(layout)
     reporter.status("publishing")
     snapshot.publish(layout, name)
+    vcenter.after_publish(config, published, layout.current())  # [vcenter]: never raises
     with contextlib.suppress(FileNotFoundError):  # the state now travels in the snapshots
         (layout.cache / vcsp.STATE_FILE).unlink()
     removed = snapshot.prune(layout, config.sync.keep_snapshots)

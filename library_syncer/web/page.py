@@ -1,9 +1,10 @@
 """The human page at the site root: a static index.html rendered from the manifests.
 
-An administrator who opens the URL in a browser sees the library's name and version, when it was
-last synced, the URL to paste into vCenter, and every item with its type, size, version, vApp
-flag and files. It is written into the snapshot next to lib.json (atomically, before the switch),
-so it always describes exactly the snapshot that is served. No JavaScript, no external assets.
+An administrator who opens the URL in a browser sees the library's name and version, the origin
+revision the site holds (as `status` names it), when it was last synced, the URL to paste into
+vCenter, and every item with its type, size, version, vApp flag and files. It is written into
+the snapshot next to lib.json (atomically, before the switch), so it always describes exactly the
+snapshot that is served. No JavaScript, no external assets.
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ TYPE_LABELS = {
     "vcsp.iso": "ISO image",
     "vcsp.other": "Other file",
 }
+
+
+@dataclass(frozen=True)
+class OriginRevision:
+    """The origin's revision a snapshot holds (its trace: sync/trace_check.py reads it)."""
+
+    origin: str
+    serial: int
+    declared: str = ""  # when the origin declared it (ISO 8601), if known
+
+    def __str__(self) -> str:
+        return f"revision {self.serial} of {self.origin}"
 
 
 @dataclass(frozen=True)
@@ -117,8 +130,10 @@ def _items(root: Path, items_doc: Any) -> list[dict[str, Any]]:
     return sorted(complete, key=lambda i: str(i.get("name", "")).lower())
 
 
-def render_index(root: Path, *, url: str, synced_at: datetime | None = None) -> str:
-    """The page's HTML for the library whose lib.json is in `root`."""
+def render_index(root: Path, *, url: str, synced_at: datetime | None = None,
+                 revision: OriginRevision | None = None) -> str:
+    """The page's HTML for the library whose lib.json is in `root`; `revision`: the origin's
+    revision it holds (None: its upstream declares none, e.g. the Docker-based original)."""
     library = _load(root / "lib.json")
     if not isinstance(library, dict):
         raise VerifyError(f"{root / 'lib.json'}: not a JSON object")
@@ -135,13 +150,16 @@ def render_index(root: Path, *, url: str, synced_at: datetime | None = None) -> 
         synced_at=when.strftime("%Y-%m-%d %H:%M:%S UTC"),
         synced_iso=when.isoformat(timespec="seconds"),
         url=url,
+        revision=revision,
         items=[_item_row(item) for item in items],
         total=format_bytes(total),
     )
 
 
-def write_index(root: Path, *, url: str, synced_at: datetime | None = None) -> None:
+def write_index(root: Path, *, url: str, synced_at: datetime | None = None,
+                revision: OriginRevision | None = None) -> None:
     """Render root/index.html from root/lib.json, items.json and item.json, atomically."""
     root = Path(root)
-    fsutil.atomic_write(root / "index.html", render_index(root, url=url, synced_at=synced_at))
+    fsutil.atomic_write(root / "index.html", render_index(root, url=url, synced_at=synced_at,
+                                                          revision=revision))
     log.debug("wrote %s", root / "index.html")
