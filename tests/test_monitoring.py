@@ -285,3 +285,12 @@ def test_the_site_textfile_says_what_became_of_the_report(tmp_path: Path, said, 
     at = datetime(2026, 11, 27, 21, 0, 43, tzinfo=timezone.utc).timestamp()
     assert samples[("library_syncer_last_report_timestamp_seconds", None)] == at
     assert samples[("library_syncer_state_free_bytes", None)] == 123
+
+
+def test_the_package_installs_every_file_of_the_mixin():
+    listed = (MIXIN.parent.parent / "packaging" / "debian" / "library-syncer-common.install")
+    lines = [line.split() for line in listed.read_text().splitlines()]
+    shipped = {Path(src).name for src, *dest in lines
+               if src.startswith("docs/monitoring/")
+               and dest == ["usr/share/library-syncer/monitoring/"]}
+    assert shipped == {p.name for p in MIXIN.iterdir()}
