@@ -418,6 +418,7 @@ class ServerConfig:
                               "the running Python")
     metrics_textfile: Path | None = setting(None, _optional_path, 'a file path or "" (off)')
     report_grace: float = setting(6 * 3600.0, _duration, DURATION_EXPECTED)
+    fleet_page: Path | None = setting(None, _optional_path, 'a file path or "" (off)')
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,9 @@ DESCRIPTIONS: dict[str, str] = {
                                "node_exporter, rewritten after each report (empty: off).",
     "server.report_grace": "A site is overdue once it has not reported for its schedule's "
                            "period plus its random delay plus this.",
+    "server.fleet_page": "A static HTML page of the fleet (each site's revision, lag, last "
+                         "report; overdue first), rewritten after each report and each trace "
+                         "tick (empty: off).",
     "metrics": "Prometheus metrics for node_exporter's textfile collector.",
     "metrics.textfile": "Write metrics here after every sync (a .prom file; empty: off).",
     "vcenter": "The site's own vCenter, asked to synchronise its subscribed library as soon as a "

@@ -135,6 +135,7 @@ def _add_server_parser(subparsers) -> None:
     dispatch.add_argument("--keys", required=True, type=Path, help="the authorized_keys file")
     dispatch.add_argument("--grace", type=float, default=6 * 3600.0, help="server.report_grace")
     dispatch.add_argument("--metrics-textfile", type=Path, help="server.metrics_textfile")
+    dispatch.add_argument("--fleet-page", type=Path, help="server.fleet_page")
     trace = _sub(verbs, "trace", "library_syncer.cli.server:trace_command",
                  "declare a library revision once it has settled (nothing changed for "
                  "server.settle); sites take only declared revisions, so a new template "

@@ -14,7 +14,7 @@ import sys
 from ..base import config as config_module
 from ..base.errors import SyncerError
 from ..base.sshkeys import KeyRefused
-from ..server import reports, sshd, trace
+from ..server import fleet_page, reports, sshd, trace
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,22 @@ def revoke(args: argparse.Namespace) -> int:
     print(f"revoked site {entry.site}: {entry.key_type} {entry.fingerprint}")
     try:
         if reports.forget(cfg.server.state_dir, entry.site):
-            reports.refresh_metrics(cfg.server)
+            _refresh_views(cfg)
     except OSError as error:
         log.warning("its last report stays: %s", error)
     return 0
+
+
+def _refresh_views(cfg: config_module.Config) -> None:
+    """Rewrite what is written from the stored reports (server.metrics_textfile, .fleet_page);
+    a failure is a warning naming the file, never the command's failure."""
+    for setting, refresh in (("metrics_textfile", reports.refresh_metrics),
+                             ("fleet_page", fleet_page.refresh)):
+        try:
+            refresh(cfg.server)
+        except OSError as error:
+            log.warning("%s: not written: %s (server.%s)", getattr(cfg.server, setting),
+                        error.strerror or error, setting)
 
 
 def sites(args: argparse.Namespace) -> int:
@@ -72,10 +84,7 @@ def sites(args: argparse.Namespace) -> int:
     if not os.access(folder, os.R_OK | os.X_OK):
         raise SyncerError(f"{folder}: cannot read the reports", hint="run as root")
     origin, current, rows = reports.fleet(cfg.server)
-    try:
-        reports.refresh_metrics(cfg.server)
-    except OSError as error:
-        log.warning("%s: not written: %s", cfg.server.metrics_textfile, error.strerror or error)
+    _refresh_views(cfg)
     if args.json:
         print(json.dumps({"origin": origin, "serial": current[1] if current else None,
                           "sites": [reports.describe(r, origin) for r in rows]}, indent=2))
@@ -111,6 +120,10 @@ def trace_command(args: argparse.Namespace) -> int:
     log.info("%s", outcome.line())
     if sys.stdout.isatty() or args.verbose_trace:
         log.info("%s", trace_explained(outcome.state, cfg.server.settle))
+    # A site's deadline passes without a report arriving, and a new revision puts sites behind:
+    # the views written from the reports follow at each tick, not only at the next report.
+    if reports.reports_dir(cfg.server.state_dir).is_dir():
+        _refresh_views(cfg)
     return 0
 
 

@@ -154,11 +154,18 @@ def receive_report(args, words: list[str]) -> int:
     _syslog(syslog.LOG_INFO, f"report stored for site {site}")
     server = ServerConfig(library=Path(args.library), state_dir=Path(args.state_dir),
                           config_dir=Path(args.keys).parent, report_grace=args.grace,
-                          metrics_textfile=args.metrics_textfile)
+                          metrics_textfile=args.metrics_textfile, fleet_page=args.fleet_page)
     try:
         refresh_metrics(server)
     except OSError as error:
         _syslog(syslog.LOG_WARNING, f"{args.metrics_textfile}: not written: {error}")
+    if server.fleet_page is not None:
+        from .fleet_page import refresh
+
+        try:
+            refresh(server)
+        except OSError as error:
+            _syslog(syslog.LOG_WARNING, f"{server.fleet_page}: not written: {error}")
     return 0
 
 

@@ -137,6 +137,8 @@ def forced_command(config: Config | ServerConfig) -> str:
               ("server.config_dir", str(server.config_dir))]
     if server.metrics_textfile is not None:
         values.append(("server.metrics_textfile", str(server.metrics_textfile)))
+    if server.fleet_page is not None:
+        values.append(("server.fleet_page", str(server.fleet_page)))
     for key, value in values:
         if not _SHELL_SAFE.fullmatch(value) or not value.startswith("/"):
             raise ConfigError(ConfigProblem(
@@ -149,6 +151,8 @@ def forced_command(config: Config | ServerConfig) -> str:
              "--grace", f"{server.report_grace:.0f}"]
     if server.metrics_textfile is not None:
         words += ["--metrics-textfile", str(server.metrics_textfile)]
+    if server.fleet_page is not None:
+        words += ["--fleet-page", str(server.fleet_page)]
     return " ".join(words)
 
 
@@ -235,17 +239,18 @@ def write_config(config: Config | ServerConfig, output: Path, *, host_keys: bool
 def ensure_report_dirs(config: Config | ServerConfig) -> None:
     """`<state_dir>/reports`: the one place the account may write (0755, owned by it; the
     package's tmpfiles.d line creates the default one so). Reports hold no secrets and a
-    relay's sync reads them to forward them, hence readable. The metrics textfile's folder,
-    when missing, is made the account's too. Ownership is given only when this process may
-    (root with CAP_CHOWN); otherwise a wrong owner is a warning: pulls work, reports cannot be
-    stored until an operator runs the command it names."""
+    relay's sync reads them to forward them, hence readable. The folders of the metrics
+    textfile and the fleet page, when missing, are made the account's too. Ownership is given
+    only when this process may (root with CAP_CHOWN); otherwise a wrong owner is a warning:
+    pulls work, reports cannot be stored until an operator runs the command it names."""
     from .reports import reports_dir
 
     server = _server(config)
     server.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     folders = [reports_dir(server.state_dir)]
-    if server.metrics_textfile is not None and not server.metrics_textfile.parent.exists():
-        folders.append(server.metrics_textfile.parent)
+    for written in (server.metrics_textfile, server.fleet_page):  # by the account: its folder
+        if written is not None and not written.parent.exists():
+            folders.append(written.parent)
     try:
         uid = pwd.getpwnam(server.user).pw_uid
     except KeyError:

@@ -2,7 +2,9 @@
 
 Two things, kept apart: the published library (`library_syncer_library_*`, always read from the
 published snapshot itself, so a failed run leaves them as they are: the library did not change)
-and the last run (`library_syncer_last_run_*`).
+and the last run (`library_syncer_last_run_*`); then what became of the last run's report to its
+upstream (`library_syncer_last_report_*`, rewritten once it is sent) and the free space where
+snapshots are made (`library_syncer_state_free_bytes`, for an alert before a run fails on it).
 
 Point metrics.textfile at a `.prom` file in node_exporter's --collector.textfile.directory.
 """
@@ -11,15 +13,21 @@ from __future__ import annotations
 
 import calendar
 import json
+import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..base import fsutil
+from ..base.config import Config
 from .last_run import RunRecord
+
+log = logging.getLogger("library-syncer")
 
 OUTCOMES = ("ok", "verify", "partial", "network", "disk_full", "host_key", "failed",
             "interrupted", "error", "stale")
+REPORT_OUTCOMES = ("sent", "refused", "not_taken", "failed")  # sync/report.py's, as labels
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,9 @@ def _metric(lines: list[str], name: str, help: str, value: float | int | None,
               f"library_syncer_{name} {value}"]
 
 
-def render(record: RunRecord, library: Library) -> str:
+def render(record: RunRecord, library: Library, sent: dict | None = None,
+           free: int | None = None) -> str:
+    """`sent`: the last report's record (sync/report.py), `free`: bytes free for snapshots."""
     lines: list[str] = []
     _metric(lines, "last_run_timestamp_seconds", "When the last sync finished.",
             _timestamp(record.finished))
@@ -116,8 +126,42 @@ def render(record: RunRecord, library: Library) -> str:
     outcomes = OUTCOMES if record.outcome in OUTCOMES else (*OUTCOMES, record.outcome)
     lines += [f'library_syncer_last_run_outcome{{outcome="{o}"}} {int(o == record.outcome)}'
               for o in outcomes]
+    _metric(lines, "state_free_bytes",
+            "Bytes free (for this service) on the file system of paths.state_dir.", free)
+    if sent is not None:
+        said = str(sent.get("outcome") or "").replace(" ", "_")
+        _metric(lines, "last_report_timestamp_seconds",
+                "When this site last tried to report to its upstream.", _timestamp(sent.get("at")))
+        lines += ["# HELP library_syncer_last_report_outcome What became of the last report "
+                  "(1 = this one).", "# TYPE library_syncer_last_report_outcome gauge"]
+        lines += [f'library_syncer_last_report_outcome{{outcome="{o}"}} {int(o == said)}'
+                  for o in REPORT_OUTCOMES]
     return "\n".join(lines) + "\n"
 
 
-def write(textfile: Path, record: RunRecord, library: Library) -> None:
-    fsutil.atomic_write(Path(textfile), render(record, library))
+def write(textfile: Path, record: RunRecord, library: Library, sent: dict | None = None,
+          free: int | None = None) -> None:
+    fsutil.atomic_write(Path(textfile), render(record, library, sent, free))
+
+
+def free_bytes(folder: Path) -> int | None:
+    try:
+        found = os.statvfs(folder)
+    except OSError:
+        return None
+    return found.f_bavail * found.f_frsize
+
+
+def refresh(config: Config, record: RunRecord) -> None:
+    """Rewrite metrics.textfile (when set) for `record`: after the run, again after its report.
+    A failed write is a warning, never a failed run."""
+    if not config.metrics.textfile:
+        return
+    from . import report, snapshot
+
+    library = read_library(snapshot.Layout.of(config).current())
+    sent = report.last_report(config) if config.sync.report and config.sync.peer else None
+    try:
+        write(config.metrics.textfile, record, library, sent, free_bytes(config.state_dir))
+    except OSError as error:
+        log.warning("could not write the metrics: %s", error)

@@ -37,7 +37,7 @@ from ..base.text import printable
 from ..server import reports
 from ..server.dispatch import REPORT_COMMAND
 from ..server.trace import is_relay
-from . import ssh, sshmux, trace_check
+from . import metrics, ssh, sshmux, trace_check
 from .last_run import RunRecord
 from .metrics import read_library
 from .snapshot import Layout
@@ -200,6 +200,8 @@ def send(config: Config, record: RunRecord,
         log.debug("report not sent: %s", error)
         _remember(config, FAILED, str(error) or type(error).__name__)
         return False
+    finally:  # the metrics say what became of it (a refused report is worth an alert)
+        metrics.refresh(config, record)
 
 
 def _send(config: Config, record: RunRecord,

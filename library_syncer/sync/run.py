@@ -497,12 +497,7 @@ def _finish(config: Config, record: RunRecord, started: float,
         last_run.write_last_run(config, record)
     except OSError as write_error:
         log.warning("could not record the run: %s", write_error)
-    if config.metrics.textfile:
-        library = metrics.read_library(snapshot.Layout.of(config).current())
-        try:
-            metrics.write(config.metrics.textfile, record, library)
-        except OSError as write_error:
-            log.warning("could not write the metrics: %s", write_error)
+    metrics.refresh(config, record)
     level = logging.INFO if record.exit_status == 0 else logging.WARNING
     log.log(level, "%s", summary(record), extra={"fields": _journal_fields(record)})
 

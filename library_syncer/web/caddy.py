@@ -318,6 +318,7 @@ def render_caddyfile(config: Config, *, warn: bool = True) -> str:
             log.warning("%s", warning)
     web = config.web
     auth_hash = hash_password(_read_password(config)) if web.auth_password_file else ""
+    fleet = config.server.fleet_page
     return render.render(
         "Caddyfile.j2",
         source=str(config.file),
@@ -338,6 +339,8 @@ def render_caddyfile(config: Config, *, warn: bool = True) -> str:
         auth_hash=auth_hash,
         foreign_user=_caddy_quote(foreign_user_pattern(web.auth_user)),
         allow=list(web.allow),
+        fleet_root=_caddy_quote(str(fleet.parent)) if fleet else "",
+        fleet_file=_caddy_quote(f"/{fleet.name}") if fleet else "",
     )
 
 
