@@ -73,6 +73,38 @@ def test_a_site_publishes_the_declared_revision_and_never_a_template_still_arriv
     assert sorted(i["name"] for i in items) == ["ubuntu", "windows"]  # the trace is not an item
 
 
+def test_while_the_origin_settles_a_site_says_so_and_ends_at_once_with_try_later(
+        work_dir, sshd, client_key, server_library):
+    _disk(server_library, "ubuntu", random_bytes(2 * MB, 1))
+    assert _declare(work_dir, server_library) == 1
+    config = write_config(work_dir, sshd, client_key[0])
+    state = work_dir / "state"
+    assert sync(config).returncode == 0
+    before = os.readlink(state / "published")
+
+    # a template arrives; the origin's trace timer ticks before it settled
+    _disk(server_library, "windows", random_bytes(2 * MB, 2))
+    settings = work_dir / "server-hq.toml"
+    outcome = trace.tick(config_module.load(settings))
+    assert outcome.state == "settling"
+    result = sync(config)
+
+    assert result.returncode == 12, result.stderr
+    line = [x for x in result.stderr.splitlines() if "settling" in x][-1]
+    assert "the origin has not declared a revision yet (settling): hq's library changed since " \
+        "revision 1 of hq, revision 2 is due at " in line and " UTC at the earliest" in line
+    assert "retrying" not in result.stderr  # nothing is torn: not retried
+    record = last_run(state)
+    assert (record["outcome"], record["exit_status"], record["attempts"]) == ("settling", 12, 1)
+    assert record["bytes_received"] > 2 * MB  # what crossed the link is counted (and kept)
+    assert os.readlink(state / "published") == before  # nothing published
+
+    assert _declare(work_dir, server_library) == 2
+    assert sync(config).returncode == 0
+    assert _published_serial(state) == ("hq", 2)
+    assert not (published(state) / ".library-syncer" / trace.SETTLING_FILE).exists()
+
+
 def test_an_older_revision_or_another_origin_is_never_published(
         work_dir, sshd, client_key, server_library):
     _disk(server_library, "ubuntu", random_bytes(1 * MB, 3))

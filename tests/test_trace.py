@@ -69,6 +69,45 @@ def test_a_template_being_copied_in_is_not_a_revision_until_it_settles(tmp_path,
     assert trace.read(library).files["windows/windows-disk1.vmdk"] == (8192, 1_000_000_000)
 
 
+def test_while_settling_the_origin_tells_the_sites_which_revision_comes_and_when(
+        tmp_path, library):
+    config = _config(tmp_path, library)
+    trace.tick(config, now=_later())
+    assert trace.read_pending(library) is None
+    _item(library, "windows")
+    now = time.time()
+    outcome = trace.tick(config, now=now)
+    pending = trace.read_pending(library)
+    assert outcome.state == "settling"
+    assert (pending.origin, pending.serial) == ("hq", 2)
+    assert now < pending.due <= now + SETTLE + 1  # a second: the notice's time is in seconds
+    assert trace.scan(library).newest_change_ns / 1e9 < now  # the notice is no change itself
+
+    assert trace.tick(config, now=_later()).state == "declared"
+    assert trace.read_pending(library) is None
+
+
+def test_a_change_undone_before_it_settled_withdraws_the_notice(tmp_path, library):
+    config = _config(tmp_path, library)
+    trace.tick(config, now=_later())
+    disk = _item(library, "windows")
+    trace.tick(config)
+    assert trace.read_pending(library).serial == 2
+    shutil.rmtree(disk.parent)
+    outcome = trace.tick(config, now=_later())
+    assert (outcome.state, outcome.serial) == ("unchanged", 1)
+    assert trace.read_pending(library) is None
+
+
+@pytest.mark.parametrize("text", ["", "x" * 5000, '{"format": 1, "origin": "hq", "serial": 0, '
+                                  '"due": "2026-01-01T00:00:00+00:00"}',
+                                  '{"format": 2, "origin": "hq", "serial": 3, "due": "now"}'])
+def test_a_malformed_settling_notice_is_no_notice(tmp_path, text):
+    (tmp_path / trace.TRACE_DIR).mkdir()
+    (tmp_path / trace.TRACE_DIR / trace.SETTLING_FILE).write_text(text)
+    assert trace.read_pending(tmp_path) is None
+
+
 def test_a_deleted_item_is_a_change(tmp_path, library):
     config = _config(tmp_path, library)
     _item(library, "old")

@@ -23,6 +23,7 @@ class ExitStatus(IntEnum):
     CHECK = 9  # `check` found at least one problem
     PARTIAL = 10  # the transfer finished but some files could not be transferred
     STALE = 11  # the upstream offers an older revision (or another origin): nothing published
+    SETTLING = 12  # the origin's library changed and is not declared yet: try later (not a fault)
 
 
 class SyncerError(Exception):
@@ -79,6 +80,13 @@ class VerifyError(SyncerError):
 
 class StaleUpstream(SyncerError):
     exit_status = ExitStatus.STALE
+
+
+class Settling(SyncerError):
+    """The origin is settling: what it serves is not a declared revision yet. Nothing is wrong;
+    the next run (or poll) after its declaration picks it up."""
+
+    exit_status = ExitStatus.SETTLING
 
 
 class DiskFull(SyncerError):

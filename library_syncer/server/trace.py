@@ -8,6 +8,9 @@ library, a hidden folder the manifests and the web page never list:
                                            and its content (SHA-256, serial of its last change):
                                            the revision document, base/revision.py
     <library>/.library-syncer/serial       "<origin> <serial>": all a cheap change check reads
+    <library>/.library-syncer/settling     while the library changed since the last revision: the
+                                           serial to come and when, at the earliest (a site that
+                                           pulls meanwhile says so and tries later, sync/run.py)
 
 A revision is declared only once the library has **settled**: no file or folder changed for
 `server.settle`. "Changed" is the inode change time (ctime) of every entry, hidden ones included:
@@ -43,6 +46,8 @@ from ..base.errors import SyncerError
 TRACE_DIR = ".library-syncer"
 TRACE_FILE = "trace.json"
 SERIAL_FILE = "serial"
+SETTLING_FILE = "settling"
+MAX_SETTLING_BYTES = 4096  # read from an upstream: bounded
 STATE_FILE = "trace-state.json"
 FORMAT = revision.FORMAT
 
@@ -80,6 +85,39 @@ class Outcome:
             return (f"library changing: revision {self.serial + 1} is declared once nothing "
                     f"changed for the settle time (in {self.settles_in:.0f} s at the earliest)")
         return f"no change since revision {self.serial} ({what})"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The origin's word that its library changed since `serial - 1` was declared: revision
+    `serial` comes once it settled, at `due` (epoch seconds) at the earliest."""
+
+    origin: str
+    serial: int
+    due: float
+
+    def to_json(self) -> str:
+        due = datetime.fromtimestamp(self.due, timezone.utc).isoformat(timespec="seconds")
+        return json.dumps({"format": 1, "origin": self.origin, "serial": self.serial,
+                           "due": due}) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Pending:
+        data = json.loads(text)
+        origin, serial = data["origin"], data["serial"]
+        if data.get("format") != 1 or not isinstance(origin, str) or type(serial) is not int \
+                or not 0 < serial < revision.MAX_SERIAL:
+            raise ValueError("not a settling notice")
+        return cls(origin, serial, datetime.fromisoformat(data["due"]).timestamp())
+
+
+def read_pending(root: Path) -> Pending | None:
+    """The settling notice a tree holds (None: none, or not one)."""
+    try:
+        with open(root / TRACE_DIR / SETTLING_FILE, "rb") as notice:
+            return Pending.from_json(notice.read(MAX_SETTLING_BYTES).decode())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        return None
 
 
 def scan(library: Path) -> Scan:
@@ -150,20 +188,40 @@ def tick(config: Config, now: float | None = None) -> Outcome:
     origin = origin_name(config)
     if current is not None and current.origin == origin and current.files == found.files \
             and current.content is not None:
+        _settled(library)  # a change undone before it settled
         return Outcome("unchanged", current.serial, len(found.files), size)
     quiet = now - found.newest_change_ns / 1e9
     if quiet < server.settle:
-        return Outcome("settling", serial, len(found.files), size, server.settle - quiet)
+        return _settling(library, Outcome("settling", serial, len(found.files), size,
+                                          server.settle - quiet), origin, now)
     digests = _digests(library, found.files, current)
     if digests is None or scan(library).files != found.files:
-        return Outcome("settling", serial, len(found.files), size, server.settle)
+        return _settling(library, Outcome("settling", serial, len(found.files), size,
+                                          server.settle), origin, now)
     content = revision.next_content(found.files, digests, serial + 1,
                                     current.content if current else None)
     trace = Trace(origin, serial + 1,
                   datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
                   found.files, content)
     _declare(library, server.state_dir, trace)
+    _settled(library)
     return Outcome("declared", trace.serial, len(found.files), size)
+
+
+def _settling(library: Path, outcome: Outcome, origin: str, now: float) -> Outcome:
+    """Tell the sites pulling meanwhile that what they get is not a revision yet, and when one
+    comes (the folder's own writes are not a change: scan() skips it)."""
+    notice = Pending(origin, outcome.serial + 1, now + outcome.settles_in)
+    folder = library / TRACE_DIR
+    folder.mkdir(mode=0o755, exist_ok=True)
+    fsutil.atomic_write(folder / SETTLING_FILE, notice.to_json())
+    return outcome
+
+
+def _settled(library: Path) -> None:
+    """After the declaration (a site reading both sees a notice for a serial already declared,
+    which it ignores)."""
+    (library / TRACE_DIR / SETTLING_FILE).unlink(missing_ok=True)
 
 
 def _digests(library: Path, files: Listing, current: Trace | None) -> dict[str, str] | None:

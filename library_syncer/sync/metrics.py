@@ -26,7 +26,7 @@ from .last_run import RunRecord
 log = logging.getLogger("library-syncer")
 
 OUTCOMES = ("ok", "verify", "partial", "network", "disk_full", "host_key", "failed",
-            "interrupted", "error", "stale")
+            "interrupted", "error", "stale", "settling")
 REPORT_OUTCOMES = ("sent", "refused", "not_taken", "failed")  # sync/report.py's, as labels
 
 

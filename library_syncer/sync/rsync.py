@@ -64,12 +64,13 @@ def common_options(sync: SyncConfig, ssh_extra: Sequence[str] = ()) -> list[str]
 
 
 def filter_options(sync: SyncConfig) -> list[str]:
-    # From the upstream's hidden folder only the origin's trace comes down; the rest there (an
-    # upstream site's own manifest state and snapshot history) is excluded, which also keeps
-    # rsync's --delete away from this site's own state in staging.
+    # From the upstream's hidden folder only the origin's trace (and its settling notice) comes
+    # down; the rest there (an upstream site's own manifest state and snapshot history) is
+    # excluded, which also keeps rsync's --delete away from this site's own state in staging.
     hidden = f"/{trace.TRACE_DIR}"
     argv = [f"--filter=+ {hidden}/", f"--filter=+ {hidden}/{trace.TRACE_FILE}",
-            f"--filter=+ {hidden}/{trace.SERIAL_FILE}", f"--filter=- {hidden}/*"]
+            f"--filter=+ {hidden}/{trace.SERIAL_FILE}",
+            f"--filter=+ {hidden}/{trace.SETTLING_FILE}", f"--filter=- {hidden}/*"]
     argv += [f"--exclude={pattern}" for pattern in sync.exclude]
     argv += [f"--filter=H {name}" for name in SERVER_MANIFESTS]
     if sync.include:  # only the named item folders (and all they hold), nothing else on top

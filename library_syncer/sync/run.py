@@ -33,6 +33,7 @@ from ..base.errors import (
     ExitStatus,
     HostKeyError,
     NetworkError,
+    Settling,
     StaleUpstream,
     SyncerError,
     VerifyError,
@@ -50,6 +51,7 @@ OUTCOME_OF_STATUS = {
     ExitStatus.OK: "ok", ExitStatus.VERIFY: "verify", ExitStatus.PARTIAL: "partial",
     ExitStatus.NETWORK: "network", ExitStatus.DISK_FULL: "disk_full",
     ExitStatus.HOST_KEY: "host_key", ExitStatus.CONFIG: "config", ExitStatus.STALE: "stale",
+    ExitStatus.SETTLING: "settling",
 }
 MAX_ERROR_LINES = 5
 
@@ -152,6 +154,11 @@ def _with_retries(step, config: Config, transfer: Transfer, retry: bool) -> rsyn
             delay = min(delay * 2, sync.retry_max_delay)
             transfer.attempts += 1
             continue
+        except SyncerError as error:  # not worth retrying; what it moved is still counted
+            done: rsync.Stats = getattr(error, "stats", rsync.Stats())
+            transfer.bytes_received += done.bytes_received
+            transfer.bytes_sent += done.bytes_sent
+            raise
         transfer.bytes_received += stats.bytes_received
         transfer.bytes_sent += stats.bytes_sent
         return stats
@@ -203,7 +210,11 @@ def _dry_run_and_pull(config: Config, layout: snapshot.Layout, staging: Path,
     def pull_revision() -> rsync.Stats:
         stats = step(pull, reporter, result.needed)
         _unseed_vanished(staging, seeded, stats.vanished)
-        _check_revision(staging, published, sync)
+        try:
+            _check_revision(staging, published, sync)
+        except SyncerError as error:
+            error.stats = stats  # type: ignore[attr-defined]  # the bytes did cross the link
+            raise
         return stats
 
     result.stats = _with_retries(pull_revision, config, result, retry)
@@ -217,12 +228,14 @@ def _check_revision(staging: Path, published: Path | None, sync) -> None:
         return  # an upstream without a trace (the Docker-based original): as before
     problems = trace_check.differences(staging, offered, sync)
     if problems:
+        trace_check.refuse_settling(staging, offered, problems)  # not torn: try later
         raise rsync.TransientError(
             f"what arrived is not revision {offered.serial} of {offered.origin}: the library "
             f"changed upstream during the transfer ({trace_check.describe(problems)}); "
             "nothing is published")
     trace_check.refuse_rollback(offered, trace_check.read(published) if published else None,
                                 sync)
+    trace_check.drop_settling_notice(staging)
     log.debug("pulled revision %d of %s", offered.serial, offered.origin)
 
 
@@ -337,6 +350,8 @@ def summary(record: RunRecord) -> str:
         head = "sync ok"
     elif record.outcome == "verify" and record.snapshot:
         head = "sync ok except for items left out"
+    elif record.outcome == "settling":
+        head = "sync: nothing new yet, the origin is settling"
     parts = []
     if record.items is not None:
         parts.append(f"{record.items} item{'' if record.items == 1 else 's'} "
@@ -498,7 +513,7 @@ def _finish(config: Config, record: RunRecord, started: float,
     except OSError as write_error:
         log.warning("could not record the run: %s", write_error)
     metrics.refresh(config, record)
-    level = logging.INFO if record.exit_status == 0 else logging.WARNING
+    level = logging.INFO if record.exit_status in (0, ExitStatus.SETTLING) else logging.WARNING
     log.log(level, "%s", summary(record), extra={"fields": _journal_fields(record)})
 
 
@@ -523,10 +538,11 @@ def _budget_share(config: Config, index: int, count: int, started: float) -> Con
 def _fails_over(error: SyncerError) -> bool:
     """What makes a run try the next upstream: it could not be reached or refused this site's key
     (NetworkError, after its share of retries), or it offers an older revision or another origin
-    (StaleUpstream). A host key that is unknown or CHANGED stops the run (HostKeyError): moving on
+    (StaleUpstream), or it is between revisions (Settling: another upstream may hold the last
+    one). A host key that is unknown or CHANGED stops the run (HostKeyError): moving on
     would hide exactly what an attack looks like. Problems of the site itself (disk full, the
     settings) or of the content (verify) are the same whichever upstream serves."""
-    return isinstance(error, (NetworkError, StaleUpstream)) and \
+    return isinstance(error, (NetworkError, StaleUpstream, Settling)) and \
         not isinstance(error, HostKeyError)
 
 
@@ -534,10 +550,14 @@ def _all_failed(tried: list[tuple[Config, SyncerError]]) -> SyncerError:
     """One line for a run no upstream served. Every upstream stale: StaleUpstream (exit 11, the
     site keeps what it publishes); else NetworkError (exit 5: at least one could not serve)."""
     said = "; ".join(f"{_where(c.sync)}: {e.message}" for c, e in tried)
-    if all(isinstance(e, StaleUpstream) for _, e in tried):
+    settling = [e for _, e in tried if isinstance(e, Settling)]
+    if all(isinstance(e, (StaleUpstream, Settling)) for _, e in tried):
+        if settling:  # nothing is wrong: the origin's next revision is on its way
+            return Settling(f"no upstream holds a newer declared revision ({said})",
+                            hint=settling[0].hint)
         return StaleUpstream(f"every upstream is stale; keeping the published library ({said})",
                              hint="nothing to do here; the next run pulls again")
-    first = next(e for _, e in tried if not isinstance(e, StaleUpstream))
+    first = next(e for _, e in tried if not isinstance(e, (StaleUpstream, Settling)))
     return NetworkError(f"no upstream served ({said})", hint=first.hint)
 
 

@@ -8,6 +8,9 @@
 - **No rollback.** A site never publishes a revision older than the one it publishes now (a stale
   relay, a restored backup), and never a trace from another origin unless the operator named it
   in `sync.accept_origin`.
+- **Settling.** When the pull differs from the trace and the origin says its library changed and
+  is not declared yet (`.library-syncer/settling`), nothing is wrong and retrying cannot help:
+  the run says so, with when the revision is due, and ends with "try later" (exit status 12).
 - **No trace** (the Docker-based original, or a server before traces): today's behaviour.
 """
 
@@ -15,12 +18,14 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from ..base.config import SyncConfig
-from ..base.errors import StaleUpstream
-from ..server.trace import TRACE_DIR, TRACE_FILE, Trace
+from ..base.errors import Settling, StaleUpstream
+from ..server.trace import SETTLING_FILE, TRACE_DIR, TRACE_FILE, Trace, read_pending
 from .rsync import PARTIAL_DIR, SERVER_MANIFESTS
 
 MAX_SHOWN = 3
@@ -112,3 +117,25 @@ def refuse_rollback(offered: Trace, published: Trace | None, sync: SyncConfig) -
         raise StaleUpstream(f"the server offers {new}, older than {now} published here: "
                             "keeping it (a stale upstream or a restored backup?)",
                             hint="nothing to do here; the next run pulls again")
+
+
+def refuse_settling(staging: Path, offered: Trace, problems: list[str]) -> None:
+    """Raise Settling when the origin said its library is between revisions (a notice for a
+    serial above the offered one, from the same origin; an older notice is stale)."""
+    pending = read_pending(staging)
+    if pending is None or pending.origin != offered.origin or pending.serial <= offered.serial:
+        return
+    due = datetime.fromtimestamp(pending.due, timezone.utc)
+    when = (f"due at {due:%H:%M:%S} UTC at the earliest" if pending.due > time.time()
+            else "due at the origin's next trace tick")
+    raise Settling(
+        f"the origin has not declared a revision yet (settling): {pending.origin}'s library "
+        f"changed since {Revision(offered.origin, offered.serial)}, revision {pending.serial} "
+        f"is {when} ({describe(problems)}); nothing new published",
+        hint="nothing to do: the next run, or the change check where it polls, picks it up")
+
+
+def drop_settling_notice(staging: Path) -> None:
+    """What is published is a declared revision: the origin's notice, pulled alongside, is not
+    passed on (a relay would otherwise serve it to its sites over a consistent revision)."""
+    (staging / TRACE_DIR / SETTLING_FILE).unlink(missing_ok=True)
