@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from library_syncer import __version__
 from tests.harness import nspawn
 
 pytestmark = pytest.mark.system
@@ -137,13 +138,13 @@ def test_edited_settings_state_and_published_library_survive_the_split(
     assert _conffiles(box, "library-syncer") == {CONF: [release_example]}
     assert hashlib.md5(edited.encode()).hexdigest() != release_example
 
-    # 0.1.0 -> 0.2.0: the shipped file went from every setting to the minimal one, so dpkg sees
-    # an edited file and a new example (an operator would be asked; unattended upgrades keep
-    # the edit, --force-confold). 0.2.0 -> next: the same minimal file; even --force-confnew
-    # keeps the edit: no conflict at all.
+    # 0.1.0 -> this tree: the shipped file went from every setting to the minimal one (0.2.0),
+    # so dpkg sees an edited file and a new example (an operator would be asked; unattended
+    # upgrades keep the edit, --force-confold). This tree -> next: the same minimal file; even
+    # --force-confnew keeps the edit: no conflict at all.
     previous_example = release_example
     for folder, packages, version, conffiles in (
-            ("/srv/in", debs, "0.2.0", "--force-confold"),
+            ("/srv/in", debs, __version__, "--force-confold"),
             ("/srv/in-next", next_debs, nspawn.NEXT_VERSION, "--force-confnew")):
         output = _upgrade(box, folder, packages, version, conffiles)
         assert box.sh(f"cat {CONF}") == edited
