@@ -173,7 +173,9 @@ def test_edited_settings_state_and_published_library_survive_the_split(
         assert _timer_state(box) == ("enabled", "active")
         assert _show(box, SERVICE, "ExecMainStartTimestampMonotonic") == ran  # no sync ran
         assert box.run("library-syncer", "--version").stdout.split() == [
-            "library-syncer", "0.2.0"]
+            "library-syncer", __version__]
+        # 0.1.0's sysusers locked the account ("!*"); the sshd without PAM (0.3.0) needs "*"
+        assert box.run("getent", "shadow", "syncer").stdout.split(":")[1] == "*"
         box.run("library-syncer", "config", "validate", "-c", CONF)
         # docs/operations.md's way to slim the kept file down (its effective values against the
         # defaults) names exactly the operator's four edits.
