@@ -178,10 +178,12 @@ def test_edited_settings_state_and_published_library_survive_the_split(
         assert box.run("getent", "shadow", "syncer").stdout.split(":")[1] == "*"
         box.run("library-syncer", "config", "validate", "-c", CONF)
         # docs/operations.md's way to slim the kept file down (its effective values against the
-        # defaults) names exactly the operator's four edits.
+        # defaults) names exactly the operator's four edits, and the one default 0.1.0's file
+        # spelled out that a release changed since (fixed_random_delay: true from 0.3.0).
         assert _not_default(box) == {
             'name = "Paris library"', 'peer = "192.0.2.10"',
-            'schedule = "Tue *-*-* 02:30:00"', 'random_delay = "15min"'}
+            'schedule = "Tue *-*-* 02:30:00"', 'random_delay = "15min"',
+            "fixed_random_delay = false"}
 
     # A site that drops the client role (purge, not just remove): the settings file belongs to
     # -common and stays, edited; the client's state goes, as documented.
