@@ -203,7 +203,7 @@ def test_a_stopped_or_disabled_timer_stays_so_across_upgrades(
         box.run("systemctl", "disable", "--now", TIMER)
         expected = ("disabled", "inactive")
     assert _timer_state(box) == expected
-    for folder, packages, version in (("/srv/in", debs, "0.2.0"),
+    for folder, packages, version in (("/srv/in", debs, __version__),
                                       ("/srv/in-next", next_debs, nspawn.NEXT_VERSION)):
         _upgrade(box, folder, packages, version)
         assert _timer_state(box) == expected, version
