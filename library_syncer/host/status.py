@@ -8,7 +8,6 @@ nothing synced yet) is said as such instead of guessed.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from ..base.errors import ConfigError, SyncerError
 from ..base.units import format_bytes, format_duration
 from ..sync import timer
 from ..web import caddy
+from ..web import published as web_published
 
 TIMER_PROPERTIES = ("NextElapseUSecRealtime", "LastTriggerUSec", "RandomizedDelayUSec",
                     "FixedRandomDelay", "TimersCalendar", "ActiveState", "UnitFileState",
@@ -79,17 +79,17 @@ def published_library(config: Config) -> dict[str, Any]:
         return _cannot(_why(error))
     snapshot = (published.parent / target).resolve()
     try:
-        lib = json.loads((published / "lib.json").read_text())
-        items = json.loads((published / lib.get("itemsHref", "items.json")).read_text())
+        lib = web_published.read(published)
     except OSError as error:
         return {**_cannot(_why(error)), "snapshot": str(snapshot)}
-    except ValueError as error:
-        return {**_cannot(f"lib.json/items.json unreadable: {error}"), "snapshot": str(snapshot)}
+    except web_published.Unreadable as error:
+        return {**_cannot(f"lib.json/items.json unreadable: {error.detail}"),
+                "snapshot": str(snapshot)}
     from ..sync import trace_check
 
     held = trace_check.read(published)
-    return {"available": True, "name": lib.get("name"), "version": lib.get("version"),
-            "content_version": lib.get("contentVersion"), "items": len(items.get("items", [])),
+    return {"available": True, "name": lib.name, "version": lib.version,
+            "content_version": lib.content_version, "items": len(lib.items),
             "snapshot": str(snapshot), "origin": held.origin if held else None,
             "serial": held.serial if held else None}
 
