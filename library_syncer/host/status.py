@@ -18,7 +18,7 @@ from ..base.config import Config
 from ..base.errors import ConfigError, SyncerError
 from ..base.units import format_bytes, format_duration
 from ..sync import timer
-from ..web import caddy
+from ..web import caddy, certificate
 from ..web import published as web_published
 
 TIMER_PROPERTIES = ("NextElapseUSecRealtime", "LastTriggerUSec", "RandomizedDelayUSec",
@@ -163,7 +163,7 @@ def vcenter(config: Config) -> dict[str, Any]:
     if config.web.tls == "off":
         info["thumbprint"] = None
         return info
-    thumbprint = caddy.tls_thumbprint(config)
+    thumbprint = certificate.tls_thumbprint(config)
     info["thumbprint"] = thumbprint
     if thumbprint is None:
         info["thumbprint_reason"] = ("the web server does not answer and no certificate file "
