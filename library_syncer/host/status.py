@@ -18,8 +18,7 @@ from ..base.config import Config
 from ..base.errors import ConfigError, SyncerError
 from ..base.units import format_bytes, format_duration
 from ..sync import timer
-from ..web import caddy, certificate
-from ..web import published as web_published
+from ..web import caddy, certificate, published
 
 TIMER_PROPERTIES = ("NextElapseUSecRealtime", "LastTriggerUSec", "RandomizedDelayUSec",
                     "FixedRandomDelay", "TimersCalendar", "ActiveState", "UnitFileState",
@@ -70,24 +69,24 @@ def last_sync(config: Config) -> dict[str, Any]:
 
 
 def published_library(config: Config) -> dict[str, Any]:
-    published = config.published_dir
+    link = config.published_dir
     try:
-        target = os.readlink(published)
+        target = os.readlink(link)
     except FileNotFoundError:
-        return _cannot(f"nothing published yet ({published} does not exist)")
+        return _cannot(f"nothing published yet ({link} does not exist)")
     except OSError as error:
         return _cannot(_why(error))
-    snapshot = (published.parent / target).resolve()
+    snapshot = (link.parent / target).resolve()
     try:
-        lib = web_published.read(published)
+        lib = published.read(link)
     except OSError as error:
         return {**_cannot(_why(error)), "snapshot": str(snapshot)}
-    except web_published.Unreadable as error:
+    except published.Unreadable as error:
         return {**_cannot(f"lib.json/items.json unreadable: {error.detail}"),
                 "snapshot": str(snapshot)}
     from ..sync import trace_check
 
-    held = trace_check.read(published)
+    held = trace_check.read(link)
     return {"available": True, "name": lib.name, "version": lib.version,
             "content_version": lib.content_version, "items": len(lib.items),
             "snapshot": str(snapshot), "origin": held.origin if held else None,
