@@ -27,7 +27,7 @@ from library_syncer.base.errors import ConfigError
 from library_syncer.host import check
 from library_syncer.server import trace
 from library_syncer.sync import vcenter
-from library_syncer.web import caddy
+from library_syncer.web import caddy, certificate
 from tests.harness.net import free_port
 from tests.harness.vcenter import FakeVcenter, Library
 from tests.test_sync_helpers import REPO, add_iso_item, cli, published, sync, write_config
@@ -337,7 +337,7 @@ def _https_config(work_dir: Path, fake: FakeVcenter) -> config_module.Config:
 
 def test_check_compares_the_subscription_with_what_this_site_serves(work_dir, fake):
     config = _https_config(work_dir, fake)
-    url, served = caddy.subscription_url(config), caddy.tls_thumbprint(config)
+    url, served = caddy.subscription_url(config), certificate.tls_thumbprint(config)
     assert url.startswith("https://site.test:") and served
     library = fake.libraries[0]
     library.url, library.thumbprint = url, served
