@@ -76,9 +76,10 @@ class Verdict:
 
 
 def _rsync(argv: list[str], sync: SyncConfig) -> execute.CommandResult:
-    return runner.run(runner.Job(argv, capture=True, timeout=sync.connect_timeout
-                                 + sync.io_timeout + 30,
-                                 env={"TZ": "UTC"}))  # --list-only prints times in our zone
+    """One rsync of the check, its output captured and its time bounded; in UTC, as
+    --list-only prints times in the client's zone."""
+    timeout = sync.connect_timeout + sync.io_timeout + 30
+    return runner.run(runner.Job(argv, capture=True, timeout=timeout, env={"TZ": "UTC"}))
 
 
 def _fail(result: execute.CommandResult, sync: SyncConfig) -> None:
