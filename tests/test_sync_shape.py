@@ -104,12 +104,6 @@ def test_exactly_one_failover_loop() -> None:
     assert len(loops) == 1 and loops[0].startswith("sync/failover.py:"), loops
 
 
-def test_the_failover_rule_catches_a_second_loop() -> None:
-    second = ("def check(config):\n    upstreams = upstream_configs(config)\n"
-              "    for index in range(len(upstreams)):\n        try:\n            return go()\n"
-              "        except NetworkError:\n            continue\n")
-    assert len(failover_loops({**_package(), "sync/poll.py": second})) == 2
-
 
 # --- one function that starts rsync -------------------------------------------------------------
 
@@ -158,12 +152,6 @@ def test_exactly_one_function_starts_rsync() -> None:
     assert starters == [s for s in starters if s.startswith("sync/runner.py:")] and \
         len(starters) == 1, starters
 
-
-def test_the_starter_rule_catches_a_second_runner() -> None:
-    second = ("import os\nfrom ..base import execute\n\ndef _rsync(argv):\n"
-              "    env = {k: v for k, v in os.environ.items() if k != 'RSYNC_RSH'}\n"
-              "    return execute.run(argv, env=env)\n")
-    assert len(rsync_starters({**_package(), "sync/poll.py": second})) == 2
 
 
 # --- every rsync argv in sync/rsync.py ----------------------------------------------------------
@@ -215,11 +203,6 @@ def test_no_rsync_argv_is_built_outside_sync_rsync() -> None:
     assert rsync_options_outside(_package()) == []
 
 
-def test_the_argv_rule_catches_an_option_elsewhere() -> None:
-    elsewhere = ("def serial_argv(sync):\n"
-                 "    return [sync.rsync, f'--timeout={sync.io_timeout}', '--list-only']\n")
-    assert len(rsync_options_outside({**_package(), "sync/poll.py": elsewhere})) == 2
-
 
 # --- every state-folder path in base/statedir.py ------------------------------------------------
 
@@ -270,7 +253,32 @@ def test_no_state_folder_path_is_built_outside_its_owner() -> None:
     assert state_paths_outside(_package()) == []
 
 
-def test_the_state_rule_catches_a_path_built_elsewhere() -> None:
-    elsewhere = ("from pathlib import Path\n\ndef path(config):\n"
-                 "    return Path(config.state_dir) / FILE_NAME\n\nFILE_NAME = 'last-run.json'\n")
-    assert len(state_paths_outside({**_package(), "sync/last_run.py": elsewhere})) == 2
+# --- each rule can fail -------------------------------------------------------------------------
+
+# (rule, a module replaced by a source that breaks the rule, that source, what the rule finds)
+BROKEN = {
+    "a second failover loop": (
+        failover_loops, "sync/poll.py",
+        "def check(config):\n    upstreams = upstream_configs(config)\n"
+        "    for index in range(len(upstreams)):\n        try:\n            return go()\n"
+        "        except NetworkError:\n            continue\n", 2),
+    "a second rsync runner": (
+        rsync_starters, "sync/poll.py",
+        "import os\nfrom ..base import execute\n\ndef _rsync(argv):\n"
+        "    env = {k: v for k, v in os.environ.items() if k != 'RSYNC_RSH'}\n"
+        "    return execute.run(argv, env=env)\n", 2),
+    "rsync options elsewhere": (
+        rsync_options_outside, "sync/poll.py",
+        "def serial_argv(sync):\n"
+        "    return [sync.rsync, f'--timeout={sync.io_timeout}', '--list-only']\n", 2),
+    "a state path built elsewhere": (
+        state_paths_outside, "sync/last_run.py",
+        "from pathlib import Path\n\ndef path(config):\n"
+        "    return Path(config.state_dir) / FILE_NAME\n\nFILE_NAME = 'last-run.json'\n", 2),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_each_rule_catches_what_it_forbids(case: str) -> None:
+    rule, module, source, found = BROKEN[case]
+    assert len(rule({**_package(), module: source})) == found, rule({**_package(), module: source})
