@@ -57,7 +57,8 @@ from tests.test_sync_helpers import write_config  # noqa: E402
 # library_syncer/: bench/report.py marks them in docs/benchmarks.md when one of these changed
 # after they were measured.
 MEASURES = [
-    "sync/basis.py", "sync/run.py", "sync/rsync.py", "sync/snapshot.py",
+    "sync/basis.py", "sync/run.py", "sync/rsync.py", "sync/snapshot.py", "sync/transfer.py",
+    "sync/runner.py", "sync/staging.py",
 ]
 
 MIB = 1 << 20

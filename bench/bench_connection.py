@@ -39,7 +39,8 @@ from tests.harness import sshd as sshd_harness  # noqa: E402
 # library_syncer/: bench/report.py marks them in docs/benchmarks.md when one of these changed
 # after they were measured.
 MEASURES = [
-    "sync/sshmux.py", "sync/ssh.py", "sync/run.py", "sync/rsync.py",
+    "sync/sshmux.py", "sync/ssh.py", "sync/run.py", "sync/rsync.py", "sync/transfer.py",
+    "sync/runner.py", "sync/failover.py",
 ]
 
 MB = 1 << 20

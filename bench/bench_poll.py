@@ -51,7 +51,7 @@ from tests.harness import sshd as harness  # noqa: E402
 # after they were measured.
 MEASURES = [
     "sync/poll.py", "sync/rsync.py", "server/dispatch.py", "server/sshd.py",
-    "templates/sshd_config.j2",
+    "templates/sshd_config.j2", "sync/runner.py", "sync/failover.py",
 ]
 
 

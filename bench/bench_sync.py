@@ -59,7 +59,8 @@ from tests.test_sync_helpers import write_config  # noqa: E402
 MEASURES = [
     "sync/run.py", "sync/rsync.py", "sync/ssh.py", "sync/sshmux.py", "sync/snapshot.py",
     "sync/basis.py", "manifest/vcsp.py", "manifest/hashing.py", "manifest/scan.py",
-    "base/execute.py",
+    "base/execute.py", "sync/transfer.py", "sync/retry.py", "sync/runner.py", "sync/staging.py",
+    "sync/layout.py", "sync/ova.py", "sync/manifests.py",
 ]
 
 MIB = 1 << 20

@@ -57,6 +57,7 @@ from tests.harness import sshd as sshd_harness  # noqa: E402
 MEASURES = [
     "sync/run.py", "sync/rsync.py", "sync/ssh.py", "sync/sshmux.py", "sync/snapshot.py",
     "sync/basis.py", "server/dispatch.py", "server/sshd.py", "manifest/vcsp.py",
+    "sync/transfer.py", "sync/runner.py", "sync/failover.py", "sync/staging.py",
 ]
 
 MB = 1 << 20

@@ -49,7 +49,8 @@ from tests.harness import sshd as sshd_harness  # noqa: E402
 # after they were measured.
 MEASURES = [
     "sync/run.py", "sync/rsync.py", "sync/ssh.py", "sync/sshmux.py", "sync/snapshot.py",
-    "sync/trace_check.py", "server/dispatch.py", "server/trace.py",
+    "sync/trace_check.py", "server/dispatch.py", "server/trace.py", "sync/failover.py",
+    "sync/transfer.py", "sync/retry.py", "sync/runner.py",
 ]
 
 MB = 1 << 20

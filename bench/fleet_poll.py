@@ -53,7 +53,7 @@ from tests.harness import sshd as sshd_harness  # noqa: E402
 # after they were measured.
 MEASURES = [
     "sync/poll.py", "sync/run.py", "sync/rsync.py", "sync/report.py", "server/trace.py",
-    "server/reports.py", "server/dispatch.py",
+    "server/reports.py", "server/dispatch.py", "sync/failover.py", "sync/runner.py",
 ]
 
 MB = 1 << 20

@@ -48,7 +48,8 @@ from tests.harness import sshd as sshd_harness  # noqa: E402
 # after they were measured.
 MEASURES = [
     "sync/run.py", "sync/rsync.py", "sync/trace_check.py", "sync/snapshot.py", "sync/report.py",
-    "server/trace.py", "server/reports.py", "server/dispatch.py",
+    "server/trace.py", "server/reports.py", "server/dispatch.py", "sync/failover.py",
+    "sync/transfer.py", "sync/runner.py",
 ]
 
 MB = 1 << 20

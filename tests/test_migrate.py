@@ -11,7 +11,7 @@ from library_syncer.base.errors import ExitStatus
 from library_syncer.cli.main import main
 from library_syncer.host import migrate
 from library_syncer.sync import run as sync
-from library_syncer.sync.snapshot import Layout
+from library_syncer.sync.layout import Layout
 from tests.test_check import site  # noqa: F401 - the fixture
 
 

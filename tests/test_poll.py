@@ -128,7 +128,7 @@ def test_without_a_trace_the_listing_digest_decides(work_dir, origin):
     assert shown, said
     # `status` (this check's line) and `server sites` (the report's digest) show the same digits
     from library_syncer.sync import report as site_report
-    from library_syncer.sync.snapshot import Layout
+    from library_syncer.sync.layout import Layout
 
     reported = site_report.listing_digest(published(work_dir / "state"),
                                           Layout(work_dir / "state").ova_store)

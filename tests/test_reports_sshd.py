@@ -474,7 +474,7 @@ def test_a_relays_unchanged_check_forwards_new_site_reports_over_its_one_login(w
             assert sync_run.run(branch, retry=False).outcome == "ok"  # and reports to lyon
             reports.reports_dir(branch.server.state_dir).mkdir(parents=True)
             reports.store(branch.server.state_dir, "stray", json.dumps(_payload()).encode())
-            assert site_report.build(branch, last_run.load_last_run(branch)).get(
+            assert site_report.build(branch, last_run.read(branch)).get(
                 "downstream") is None
         finally:
             relay_server.server.stop()

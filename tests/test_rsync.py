@@ -21,9 +21,10 @@ from library_syncer.base.errors import (
     NetworkError,
     PartialTransfer,
 )
-from library_syncer.sync import hostkeys, lock, metrics, rsync, snapshot, ssh
+from library_syncer.sync import hostkeys, lock, metrics, rsync, snapshot, ssh, staging
 from library_syncer.sync import last_run as state
 from library_syncer.sync.last_run import RunRecord
+from library_syncer.sync.layout import Layout, new_name
 
 
 def _config(tmp_path: Path, **sync) -> config_module.Config:
@@ -152,7 +153,7 @@ def test_the_lock_names_its_holder(tmp_path):
         pass
 
 
-def _snapshot(layout: snapshot.Layout, name: str, files: dict[str, bytes]) -> None:
+def _snapshot(layout: Layout, name: str, files: dict[str, bytes]) -> None:
     layout.staging.mkdir()
     for rel, data in files.items():
         (layout.staging / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -161,14 +162,14 @@ def _snapshot(layout: snapshot.Layout, name: str, files: dict[str, bytes]) -> No
 
 
 def test_publish_switches_atomically_and_prune_keeps_the_previous(tmp_path):
-    layout = snapshot.Layout(tmp_path / "state")
+    layout = Layout(tmp_path / "state")
     layout.prepare()
     assert layout.current() is None
     names = []
     for number, files in enumerate([{"x/a.iso": b"1"},
                                     {"x/a.iso": b"2", "x/.rsync-partial/a.iso": b"p"},
                                     {"x/a.iso": b"3"}]):
-        names.append(snapshot.new_name(layout))
+        names.append(new_name(layout))
         assert names[-1].startswith(f"{number + 1:06d}-")
         _snapshot(layout, names[-1], files)
     assert os.readlink(layout.published) == f"snapshots/{names[2]}"
@@ -179,11 +180,11 @@ def test_publish_switches_atomically_and_prune_keeps_the_previous(tmp_path):
 
 
 def test_the_space_check_says_how_much_is_needed(tmp_path):
-    layout = snapshot.Layout(tmp_path)
-    free = snapshot.free_bytes(tmp_path)
-    snapshot.check_space(layout, 1, 0)
+    layout = Layout(tmp_path)
+    free = staging.free_bytes(tmp_path)
+    staging.check_space(layout, 1, 0)
     with pytest.raises(DiskFull) as error:
-        snapshot.check_space(layout, free * 2, 0)
+        staging.check_space(layout, free * 2, 0)
     assert f"{free * 2:,} bytes" in str(error.value)
 
 
@@ -196,12 +197,12 @@ def test_last_run_record_round_trips_and_metrics_are_prometheus_text(tmp_path):
                        items=3, items_changed=["a"], library_version=7, snapshot="s",
                        last_success="2026-01-01T00:00:42+00:00")
     record.error = RuntimeError("not stored")
-    state.write_last_run(cfg, record)
+    state.write(cfg, record)
     data = json.loads((tmp_path / "state" / "last-run.json").read_text())
     assert "error" not in data and data["library_version"] == 7
-    loaded = state.load_last_run(cfg)
+    loaded = state.read(cfg)
     assert loaded is not None and loaded.items_changed == ["a"] and loaded.error is None
-    assert state.read_last_run(cfg)["outcome"] == "ok"
+    assert state.read_json(cfg)["outcome"] == "ok"
 
     text = metrics.render(record, metrics.Library(version=7, items=3, size=2_000))
     assert "library_syncer_last_success_timestamp_seconds 1767225642.0" in text

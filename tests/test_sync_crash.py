@@ -4,9 +4,9 @@ earlier or later version, the next run converges to what a crash-free site publi
 record tells the truth (the change is reported by the run that publishes it), and no staging
 tree, unpublished snapshot or half-pruned one survives to cost disk.
 
-The kill comes from the run itself (`LIBRARY_SYNCER_CRASH_AT=<point>`, sync/snapshot.py's
-`crash_point`): the process group dies at once, rsync and ssh with it, as when systemd kills the
-unit or the power goes."""
+The kill comes from the run itself (`LIBRARY_SYNCER_CRASH_AT=<point>`, the one test seam in
+shipped code, sync/crash_seam.py): the process group dies at once, rsync and ssh with it, as when
+systemd kills the unit or the power goes."""
 
 from __future__ import annotations
 

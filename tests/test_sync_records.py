@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from library_syncer.base.errors import DiskFull
+from library_syncer.sync import layout as layout_module
 from library_syncer.sync import snapshot
+from library_syncer.sync import staging as staging_module
+from library_syncer.sync.layout import Layout
+from library_syncer.sync.ova import prepare_ovas
 from tests.fleet.checks import snapshot_problems
 from tests.test_sync_helpers import (
     add_iso_item,
@@ -99,7 +104,7 @@ def test_an_unreadable_last_run_record_is_said_and_last_success_recovered(
     config = write_config(work_dir, sshd, client_key[0])
     state = work_dir / "state"
     assert sync(config).returncode == 0
-    made = snapshot.made_at(published(state).name)
+    made = layout_module.made_at(published(state).name)
     (state / "last-run.json").write_text("{ torn")
     sshd.stop()
     try:
@@ -113,7 +118,7 @@ def test_an_unreadable_last_run_record_is_said_and_last_success_recovered(
     assert last_run(state)["last_success"] == made
 
 
-def _snapshot(layout: snapshot.Layout, name: str, data: bytes) -> None:
+def _snapshot(layout: Layout, name: str, data: bytes) -> None:
     (layout.staging / "x").mkdir(parents=True)
     (layout.staging / "x" / "a.iso").write_bytes(data)
     snapshot.publish(layout, name)
@@ -123,23 +128,23 @@ def test_an_unpublished_snapshot_is_taken_back_and_prune_keeps_what_was_publishe
     """A run that died between the rename and the switch left the newest snapshot unpublished.
     It never counts as published: prune keeps the published ones, and the next run takes the
     orphan back as its staging (complete: nothing fetched again)."""
-    layout = snapshot.Layout(tmp_path / "state")
+    layout = Layout(tmp_path / "state")
     layout.prepare()
-    first = snapshot.new_name(layout)
+    first = layout_module.new_name(layout)
     _snapshot(layout, first, b"1")
-    second = snapshot.new_name(layout)
+    second = layout_module.new_name(layout)
     _snapshot(layout, second, b"2")
-    orphan = snapshot.new_name(layout)  # the crash: renamed, never switched
+    orphan = layout_module.new_name(layout)  # the crash: renamed, never switched
     (layout.staging / "x").mkdir(parents=True)
     (layout.staging / "x" / "a.iso").write_bytes(b"3")
     os.replace(layout.staging, layout.snapshots / orphan)
     assert layout.unpublished() == [orphan]
 
-    staging = layout.begin()  # the next run
+    staging = staging_module.begin(layout)  # the next run
 
     assert (staging / "x" / "a.iso").read_bytes() == b"3"
     assert not (layout.snapshots / orphan).exists()
-    third = snapshot.new_name(layout)
+    third = layout_module.new_name(layout)
     snapshot.publish(layout, third)
     stale = "000002-20000101T000000Z"  # never published, older: an older version's crash
     (layout.snapshots / stale).mkdir()
@@ -167,11 +172,11 @@ def busy_mount(tmp_path):
 def test_a_snapshot_that_cannot_be_removed_is_said_and_not_reported_removed(tmp_path, busy_mount,
                                                                              caplog):
     mount, mounts = busy_mount
-    layout = snapshot.Layout(tmp_path / "state")
+    layout = Layout(tmp_path / "state")
     layout.prepare()
     names = []
     for data in (b"1", b"2", b"3"):
-        names.append(snapshot.new_name(layout))
+        names.append(layout_module.new_name(layout))
         _snapshot(layout, names[-1], data)
     mount(layout.snapshots / names[0] / "busy")  # rmdir fails: EBUSY
 
@@ -222,7 +227,7 @@ def test_disk_full_while_unpacking_an_ova_stops_the_run(tmp_path, fixtures_dir, 
     DiskFull (recognised by errno) instead of publishing the library without the item.
     (Today's code matched the message text, which this also passes: the errno is what counts.)"""
     mount, _ = busy_mount
-    layout = snapshot.Layout(tmp_path / "state")
+    layout = Layout(tmp_path / "state")
     layout.prepare()
     staging = tmp_path / "small"  # the space check sees the state's disk; staging fills up
     mount(staging, "4m")
@@ -236,8 +241,8 @@ def test_disk_full_while_unpacking_an_ova_stops_the_run(tmp_path, fixtures_dir, 
         except OSError:
             pass
 
-    with pytest.raises(snapshot.DiskFull) as error:
-        snapshot.prepare_ovas(layout, staging, None)
+    with pytest.raises(DiskFull) as error:
+        prepare_ovas(layout, staging, None)
 
     assert "unpacking appliance/appliance.ova: no space left on device" in str(error.value)
     assert "\n" not in str(error.value)

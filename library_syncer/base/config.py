@@ -21,6 +21,7 @@ from . import paths
 from .errors import ConfigError, ConfigProblem
 from .schedule import DEFAULT_SCHEDULE, to_on_calendar
 from .schedule import EXPECTED as SCHEDULE_EXPECTED
+from .statedir import StateDir
 from .units import (
     BWLIMIT_EXPECTED,
     DURATION_EXPECTED,
@@ -501,7 +502,7 @@ class Config:
     vcenter: VcenterConfig = field(default_factory=VcenterConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
-    # Derived locations of the client's state (the layout lives in snapshot.py).
+    # Derived locations of the client's state (named in statedir.py).
     @property
     def state_dir(self) -> Path:
         return self.paths.state_dir
@@ -513,7 +514,7 @@ class Config:
     @property
     def published_dir(self) -> Path:
         """The symlink Caddy serves: always points at one complete snapshot."""
-        return self.paths.state_dir / "published"
+        return StateDir.of(self).published
 
 
 # --- loading ------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from ..base import execute
 from ..base.config import Config
 from ..base.errors import ConfigError, SyncerError
 from ..base.units import format_bytes
-from ..sync import rsync, timer
+from ..sync import rsync, runner, timer
 from ..web import caddy, certificate
 
 SYNC_USER = "library-syncer"  # the service's account (packaging/debian/library-syncer.sysusers)
@@ -163,11 +163,11 @@ def _check_host_key(config: Config, several: bool = False) -> list[CheckResult]:
 
 def _check_server(config: Config) -> list[CheckResult]:
     """SSH handshake + rrsync listing: the server answers and accepts this site's key."""
-    argv = rsync.list_argv(config.sync)
+    job = runner.Job(rsync.list_argv(config.sync), capture=True,
+                     timeout=config.sync.connect_timeout + 30)
     target = f"{config.sync.user}@{config.sync.peer}:{config.sync.port}"
     try:
-        result = execute.run(argv, capture=True, check=False,
-                             timeout=config.sync.connect_timeout + 30)
+        result = runner.run(job)
     except SyncerError as error:
         return [CheckResult(FAIL, "server", f"{target}: {error}", "check sync.peer and sync.port")]
     if result.returncode == 0:

@@ -58,7 +58,7 @@ def last_sync(config: Config) -> dict[str, Any]:
     from ..sync import last_run
 
     try:
-        record = last_run.read_last_run(config)
+        record = last_run.read_json(config)
     except OSError as error:
         return _cannot(_why(error))
     except ValueError as error:

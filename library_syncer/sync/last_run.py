@@ -1,19 +1,27 @@
 """The last run's record: <state_dir>/last-run.json, written atomically at the end of every run
-that got the lock (`library-syncer status` and monitoring read it).
+that got the lock (`library-syncer status` and monitoring read it); what a run came to.
 """
 
 from __future__ import annotations
 
-import json
+import time
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..base import fsutil
+from ..base import statedir
 from ..base.config import Config
+from ..base.errors import ExitStatus, SyncerError
+from ..base.statedir import StateDir
 
-FILE_NAME = "last-run.json"
 FORMAT = 1
+OUTCOME_OF_STATUS = {
+    ExitStatus.OK: "ok", ExitStatus.VERIFY: "verify", ExitStatus.PARTIAL: "partial",
+    ExitStatus.NETWORK: "network", ExitStatus.DISK_FULL: "disk_full",
+    ExitStatus.HOST_KEY: "host_key", ExitStatus.CONFIG: "config", ExitStatus.STALE: "stale",
+    ExitStatus.SETTLING: "settling",
+}
 
 
 @dataclass
@@ -60,24 +68,45 @@ class RunRecord:
 
 
 def path(config: Config) -> Path:
-    return Path(config.state_dir) / FILE_NAME
+    return StateDir.of(config).last_run
 
 
-def write_last_run(config: Config, record: RunRecord) -> None:
-    fsutil.atomic_write(path(config), json.dumps(record.to_dict(), indent=2) + "\n")
+def write(config: Config, record: RunRecord) -> None:
+    statedir.write_json(path(config), record.to_dict(), indent=2)
 
 
-def read_last_run(config: Config) -> dict[str, Any] | None:
+def read_json(config: Config) -> dict[str, Any] | None:
     """The record as a dict; None if no run has recorded one. OSError/ValueError propagate."""
-    try:
-        data = json.loads(path(config).read_text())
-    except FileNotFoundError:
-        return None
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    return data
+    return statedir.read_json(path(config))
 
 
-def load_last_run(config: Config) -> RunRecord | None:
-    data = read_last_run(config)
+def read(config: Config) -> RunRecord | None:
+    """The record; None if no run has recorded one. OSError/ValueError/TypeError propagate."""
+    data = read_json(config)
     return RunRecord.from_dict(data) if data is not None else None
+
+
+
+
+def conclude(record: RunRecord, started: float, error: BaseException | None) -> None:
+    """Set what the run came to: its finish, duration, outcome and exit status from `error`
+    (None: success); last_success when it published."""
+    record.finished = now()
+    record.duration = round(time.monotonic() - started, 3)
+    if error is None:
+        record.outcome, record.exit_status = "ok", int(ExitStatus.OK)
+    elif isinstance(error, SyncerError):
+        status = error.exit_status
+        record.outcome = OUTCOME_OF_STATUS.get(status, "failed")
+        record.exit_status, record.message = int(status), str(error)
+    elif isinstance(error, KeyboardInterrupt):  # SIGTERM (cli/main.py) or Ctrl-C
+        record.outcome, record.exit_status, record.message = "interrupted", 130, "interrupted"
+    else:  # a bug, or a system error the code does not expect: what main() exits with
+        record.outcome, record.exit_status = "error", int(ExitStatus.FAILURE)
+        record.message = f"internal error: {type(error).__name__}: {error}"
+    if record.snapshot:
+        record.last_success = record.finished
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

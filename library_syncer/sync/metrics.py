@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import calendar
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ from ..base import fsutil
 from ..base.config import Config
 from ..web import published
 from .last_run import RunRecord
+from .layout import Layout
+from .staging import free_bytes
 
 log = logging.getLogger("library-syncer")
 
@@ -146,24 +147,20 @@ def write(textfile: Path, record: RunRecord, library: Library, sent: dict | None
     fsutil.atomic_write(Path(textfile), render(record, library, sent, free))
 
 
-def free_bytes(folder: Path) -> int | None:
-    try:
-        found = os.statvfs(folder)
-    except OSError:
-        return None
-    return found.f_bavail * found.f_frsize
-
-
 def refresh(config: Config, record: RunRecord) -> None:
     """Rewrite metrics.textfile (when set) for `record`: after the run, again after its report.
     A failed write is a warning, never a failed run."""
     if not config.metrics.textfile:
         return
-    from . import report, snapshot
+    from . import report  # it writes the metrics again after the report: imported late
 
-    library = read_library(snapshot.Layout.of(config).current())
+    library = read_library(Layout.of(config).current())
     sent = report.last_report(config) if config.sync.report and config.sync.peer else None
     try:
-        write(config.metrics.textfile, record, library, sent, free_bytes(config.state_dir))
+        free: int | None = free_bytes(config.state_dir)
+    except OSError:
+        free = None  # the metric is left out, the others are still written
+    try:
+        write(config.metrics.textfile, record, library, sent, free)
     except OSError as error:
         log.warning("could not write the metrics: %s", error)

@@ -30,23 +30,36 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..base import execute, fsutil
-from ..base.config import Config
-from ..base.errors import LockHeld, NetworkError
+from ..base import execute, statedir
+from ..base.config import Config, SyncConfig
+from ..base.errors import LockHeld, NetworkError, SyncerError
+from ..base.statedir import StateDir
 from ..server.trace import SERIAL_FILE, TRACE_DIR
-from . import last_run, lock, report, rsync, snapshot, ssh, sshmux, trace_check, vcenter
+from . import (
+    failover,
+    last_run,
+    lock,
+    report,
+    rsync,
+    runner,
+    ssh,
+    sshmux,
+    trace_check,
+    vcenter,
+)
 from . import run as sync_run
+from .layout import Layout
+from .ova import MEMBERS_SUFFIX
 from .trace_check import Revision
 
 log = logging.getLogger("library-syncer")
 
-STATE_FILE = "last-check.json"
 MANIFESTS = {"lib.json", "items.json", "index.html"}
-MEMBERS_SUFFIX = ".files.json"  # snapshot.prepare_ovas' record of an archive's unpacked files
 
 
 @dataclass(frozen=True)
@@ -56,38 +69,31 @@ class Verdict:
     why: str = ""  # why a sync is needed
     # The first upstreams of the list that did not answer, with their errors: the sync starts
     # at the one that did (a dead relay's retry share is not spent a second time).
-    unreachable: tuple[tuple[Config, NetworkError], ...] = ()
+    unreachable: tuple[failover.Tried, ...] = ()
 
 
 # --- what the origin shows ----------------------------------------------------------------------
 
 
-def _rsync(argv: list[str], sync) -> execute.CommandResult:
-    env = {k: v for k, v in os.environ.items() if k not in ("RSYNC_PROTECT_ARGS", "RSYNC_RSH")}
-    env["TZ"] = "UTC"  # --list-only prints times in the client's zone
-    return execute.run(argv, check=False, capture=True, env=env,
-                       timeout=sync.connect_timeout + sync.io_timeout + 30)
+def _rsync(argv: list[str], sync: SyncConfig) -> execute.CommandResult:
+    """One rsync of the check, its output captured and its time bounded; in UTC, as
+    --list-only prints times in the client's zone."""
+    timeout = sync.connect_timeout + sync.io_timeout + 30
+    return runner.run(runner.Job(argv, capture=True, timeout=timeout, env={"TZ": "UTC"}))
 
 
-def _fail(result: execute.CommandResult, sync) -> None:
+def _fail(result: execute.CommandResult, sync: SyncConfig) -> None:
     error = rsync.classify(result.returncode, result.tail, rsync.Stats(), sync)
     if error is not None:
         error.message = f"change check: {error.message}"
         raise error
 
 
-def serial_argv(sync, dest: Path, ssh_extra: list[str] | None = None) -> list[str]:
-    path = f"{sync.remote_path.rstrip('/')}/{TRACE_DIR}/{SERIAL_FILE}"
-    return [sync.rsync, f"--timeout={max(1, int(sync.io_timeout))}",
-            "-e", ssh.rsh(sync, ssh_extra or []),
-            f"{rsync.source(sync).rsplit(':', 1)[0]}:{path}", str(dest)]
-
-
-def origin_serial(sync, ssh_extra: list[str] | None = None) -> Revision | None:
+def origin_serial(sync: SyncConfig, ssh_extra: Sequence[str] = ()) -> Revision | None:
     """The origin's declared revision, read from its serial file (None: it declares none)."""
     with tempfile.TemporaryDirectory(prefix="library-syncer-check-") as tmp:
         dest = Path(tmp) / SERIAL_FILE
-        result = _rsync(serial_argv(sync, dest, ssh_extra), sync)
+        result = _rsync(rsync.serial_argv(sync, dest, ssh_extra), sync)
         if result.returncode == 23 and any("No such file" in line for line in result.tail):
             return None
         _fail(result, sync)
@@ -96,12 +102,6 @@ def origin_serial(sync, ssh_extra: list[str] | None = None) -> Revision | None:
             return Revision(origin, int(serial))
         except (OSError, ValueError, UnicodeDecodeError):
             return None  # unreadable: unknown, so the full sync decides
-
-
-def list_argv(sync, ssh_extra: list[str] | None = None) -> list[str]:
-    return [sync.rsync, "--list-only", "--recursive", "--no-human-readable",
-            f"--timeout={max(1, int(sync.io_timeout))}", "-e", ssh.rsh(sync, ssh_extra or []),
-            *rsync.filter_options(sync), rsync.source(sync)]
 
 
 def parse_listing(lines: list[str]) -> set[tuple[str, int, int]]:
@@ -120,8 +120,9 @@ def parse_listing(lines: list[str]) -> set[tuple[str, int, int]]:
     return rows
 
 
-def origin_listing(sync, ssh_extra: list[str] | None = None) -> set[tuple[str, int, int]]:
-    result = _rsync(list_argv(sync, ssh_extra), sync)
+def origin_listing(sync: SyncConfig, ssh_extra: Sequence[str] = ()
+                   ) -> set[tuple[str, int, int]]:
+    result = _rsync(rsync.listing_argv(sync, ssh_extra), sync)
     _fail(result, sync)
     return parse_listing(result.output.splitlines() if result.output else [])
 
@@ -160,37 +161,64 @@ def digest(rows: set[tuple[str, int, int]]) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def check(config: Config, layout: snapshot.Layout) -> Verdict:
+def check(config: Config, layout: Layout) -> Verdict:
     """Has the origin moved from what this site publishes? One SSH session, to the first
     upstream that answers (sync.upstreams in order; a failover costs one session more). A relay
     with news from its sites forwards them over the same connection when nothing moved."""
-    upstreams = sync_run.upstream_configs(config)
-    forward = report.has_news(config)
-    unreachable: list[tuple[Config, NetworkError]] = []
-    for index, upstream in enumerate(upstreams):
-        try:
-            # A forward rides on the check's connection: one login for both.
-            with sshmux.shared(upstream.sync, upstream.runtime_dir) if forward else \
-                    contextlib.nullcontext() as connection:
-                if connection is not None:
-                    connection.ensure()
-                extra = connection.rsh_options() if connection is not None else []
-                verdict = _check(upstream.sync, layout, extra)
-                if forward and not verdict.moved:  # else the full sync's own report carries them
-                    _forward(upstream, connection)
-            # The sync skips the upstreams before this one only if none of them could be
-            # reached at all: a passing glitch or a refusal is the run's to retry or judge.
-            skip = all(_unreachable(error) for _, error in unreachable)
-            return replace(verdict, unreachable=tuple(unreachable) if skip else ())
-        except NetworkError as error:
-            if index == len(upstreams) - 1:
-                raise
+    if not failover.upstream_configs(config):
+        raise NetworkError("change check: no upstream is configured")
+    return failover.walk(config, _Check(layout, report.has_news(config)))
+
+
+@dataclass(frozen=True)
+class _Check:
+    """The change check at each upstream (sync/failover.py): any network error asks the next
+    one; the last one's is the check's."""
+
+    layout: Layout
+    forward: bool  # this relay's sites reported since: their reports go up from the check
+
+    def connect(self, turn: failover.Turn
+                ) -> contextlib.AbstractContextManager[sshmux.SharedConnection | None]:
+        # A forward rides on the check's connection: one login for both.
+        if self.forward:
+            return sshmux.shared(turn.config.sync, turn.config.runtime_dir)
+        return contextlib.nullcontext()
+
+    def attempt(self, turn: failover.Turn, connection: sshmux.SharedConnection | None
+                ) -> Verdict:
+        if connection is not None:
+            connection.ensure()
+        extra = connection.rsh_options() if connection is not None else []
+        verdict = _check(turn.config.sync, self.layout, extra)
+        if self.forward and not verdict.moved:  # else the full sync's own report carries them
+            _forward(turn.config, connection)
+        return verdict
+
+    def fails_over(self, error: SyncerError) -> bool:
+        return isinstance(error, NetworkError)
+
+    def passed(self, turn: failover.Turn, error: SyncerError,
+               following: failover.Turn | None) -> None:
+        if following is not None:
             log.info("%s; asking the next upstream", error)
-            unreachable.append((upstream, error))
-    raise NetworkError("change check: no upstream is configured")
+
+    def exhausted(self, tried: Sequence[failover.Tried]) -> SyncerError:
+        return tried[-1][1]
+
+    def served(self, turn: failover.Turn, connection: sshmux.SharedConnection | None,
+               result: Verdict, tried: Sequence[failover.Tried]) -> Verdict:
+        # The sync skips the upstreams before this one only if none of them could be
+        # reached at all: a passing glitch or a refusal is the run's to retry or judge.
+        skip = all(_unreachable(error) for _, error in tried)
+        return replace(result, unreachable=tuple(tried) if skip else ())
+
+    def failed(self, turn: failover.Turn, connection: sshmux.SharedConnection | None,
+               error: BaseException) -> Verdict:
+        raise error
 
 
-def _unreachable(error: NetworkError) -> bool:
+def _unreachable(error: SyncerError) -> bool:
     """ssh could not reach the upstream (refused, timed out, no route, name unknown)."""
     return ssh.diagnose([error.message]) == "unreachable"
 
@@ -198,14 +226,15 @@ def _unreachable(error: NetworkError) -> bool:
 def _forward(upstream: Config, connection: sshmux.SharedConnection | None) -> None:
     """Send this relay's last report again, now with what its sites reported since."""
     try:
-        record = last_run.load_last_run(upstream)
+        record = last_run.read(upstream)
     except (OSError, ValueError, TypeError):
         record = None
     if record is not None and report.send(upstream, record, connection):
         log.info("forwarded this relay's site reports to %s", upstream.sync.peer)
 
 
-def _check(sync, layout: snapshot.Layout, ssh_extra: list[str] | None = None) -> Verdict:
+def _check(sync: SyncConfig, layout: Layout, ssh_extra: Sequence[str] = ()
+           ) -> Verdict:
     published = layout.current()
     held = trace_check.read(published) if published is not None else None
     if held is not None:
@@ -230,20 +259,21 @@ def _check(sync, layout: snapshot.Layout, ssh_extra: list[str] | None = None) ->
 
 
 def state_path(config: Config) -> Path:
-    return Path(config.state_dir) / STATE_FILE
+    return StateDir.of(config).last_check
 
 
 def _record(config: Config, verdict: Verdict) -> None:
     data = {"checked": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "moved": verdict.moved, "seen": verdict.seen}
     try:
-        fsutil.atomic_write(state_path(config), json.dumps(data) + "\n")
+        statedir.write_json(state_path(config), data)
     except OSError as error:
         log.warning("could not record the check: %s", error.strerror)
 
 
 def read_record(config: Config) -> dict | None:
-    return fsutil.read_json_object(state_path(config))
+    """The last check's record (`status`); None when there is none or it is unreadable."""
+    return statedir.read_json_or_none(state_path(config))
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -254,7 +284,7 @@ def run_if_changed(config: Config, *, retry: bool = True, allow_empty: bool = Fa
     """The check, then the full sync when the origin moved. None: no sync was needed (or a run
     holds the lock); else the sync's record."""
     sync_run.check_settings(config)
-    layout = snapshot.Layout.of(config)
+    layout = Layout.of(config)
     layout.prepare()
     try:
         with lock.hold(layout.lock):
@@ -270,7 +300,7 @@ def run_if_changed(config: Config, *, retry: bool = True, allow_empty: bool = Fa
         return None
     log.info("%s: syncing", verdict.why)
     if verdict.unreachable:
-        first = sync_run.upstream_configs(config)[len(verdict.unreachable)].sync
+        first = failover.upstream_configs(config)[len(verdict.unreachable)].sync
         log.info("starting at %s:%s (the upstreams before it did not answer the check)",
                  first.peer, first.port)
     try:

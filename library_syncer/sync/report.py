@@ -30,17 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..base import execute, fsutil
+from ..base import execute, fsutil, statedir
 from ..base.config import Config
 from ..base.errors import SyncerError
+from ..base.statedir import StateDir
 from ..base.text import printable
 from ..server import reports
 from ..server.dispatch import REPORT_COMMAND
 from ..server.trace import is_relay
 from . import metrics, ssh, sshmux, trace_check
 from .last_run import RunRecord
+from .layout import Layout
 from .metrics import read_library
-from .snapshot import Layout
 
 log = logging.getLogger("library-syncer")
 
@@ -53,8 +54,7 @@ SYSTEMD_ANALYZE = "systemd-analyze"
 # whatever the upstream answered (one that takes no reports, the Docker-based original, is not
 # asked again at every check, only when a site reports again or at the next full run); not set
 # when ssh could not reach it (255) or the exchange failed: the next check offers them again.
-FORWARD_MARK = "forwarded"
-RECORD = "last-report.json"  # in paths.state_dir: what became of the last report (`status`)
+# (StateDir.forward_mark). StateDir.last_report: what became of the last report (`status`).
 # sent; refused by our server (a fault); not taken (a server without reports: the original);
 # failed (ssh could not reach it, or the exchange broke: the next run tries again)
 SENT, REFUSED, NOT_TAKEN, FAILED = "sent", "refused", "not taken", "failed"
@@ -144,7 +144,7 @@ def _reports_fingerprint(config: Config) -> str:
 
 
 def _mark_path(config: Config) -> Path:
-    return Path(config.state_dir) / FORWARD_MARK
+    return StateDir.of(config).forward_mark
 
 
 def has_news(config: Config) -> bool:
@@ -241,11 +241,11 @@ def _remember(config: Config, outcome: str, said: str) -> None:
     data = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "outcome": outcome,
             "to": f"{config.sync.peer}:{config.sync.port}", "said": printable(said)[:300]}
     try:
-        fsutil.atomic_write(Path(config.state_dir) / RECORD, json.dumps(data) + "\n")
+        statedir.write_json(StateDir.of(config).last_report, data)
     except OSError as error:
         log.debug("could not record the report's outcome: %s", error.strerror)
 
 
 def last_report(config: Config) -> dict[str, Any] | None:
     """The record `_remember` wrote last, or None."""
-    return fsutil.read_json_object(Path(config.state_dir) / RECORD)
+    return statedir.read_json_or_none(StateDir.of(config).last_report)

@@ -23,6 +23,7 @@ from . import ssh
 log = logging.getLogger("library-syncer")
 
 PARTIAL_DIR = ".rsync-partial"
+CHECK_IO_TIMEOUT = 60  # seconds: `check`'s listing
 LISTING_FORMAT = "%i %l %n"  # itemized changes (11 characters), size, name
 # The server's own manifests and page are never copied nor trusted: the client writes its own.
 # "hide" rules act on the sender only, so a stale copy on our side is still deleted.
@@ -50,12 +51,15 @@ def source(sync: SyncConfig) -> str:
     return f"{_host(sync.peer)}:{path}"
 
 
+def _io_timeout(sync: SyncConfig) -> str:
+    return f"--timeout={max(1, int(sync.io_timeout))}"
+
+
 def common_options(sync: SyncConfig, ssh_extra: Sequence[str] = ()) -> list[str]:
     # --modify-window=-1: compare mtimes to the nanosecond. rsync's default (whole seconds)
     # never re-sends a same-size file rewritten within the second of the previous sync.
     argv = ["--recursive", "--times", "--modify-window=-1", "--perms", "--chmod=D0755,F0644",
-            "--no-inc-recursive", f"--timeout={max(1, int(sync.io_timeout))}",
-            "-e", ssh.rsh(sync, ssh_extra)]
+            "--no-inc-recursive", _io_timeout(sync), "-e", ssh.rsh(sync, ssh_extra)]
     if sync.bandwidth_limit not in ("0", ""):
         argv.append(f"--bwlimit={sync.bandwidth_limit}")
     if sync.compress:
@@ -99,8 +103,24 @@ def pull_argv(sync: SyncConfig, dest: Path, link_dests: list[Path], *,
 
 
 def list_argv(sync: SyncConfig) -> list[str]:
-    """List the server's library (`check`): the same connection, nothing transferred."""
-    return [sync.rsync, "--list-only", "--timeout=60", "-e", ssh.rsh(sync), source(sync)]
+    """List the top of the server's library (`check`): the handshake and the key, nothing
+    transferred. Its own I/O timeout: `check` answers within a minute whatever the settings."""
+    return [sync.rsync, "--list-only", f"--timeout={CHECK_IO_TIMEOUT}", "-e", ssh.rsh(sync),
+            source(sync)]
+
+
+def listing_argv(sync: SyncConfig, ssh_extra: Sequence[str] = ()) -> list[str]:
+    """The whole library as the pull would see it (the change check without a trace): every
+    file with its size and mtime, through the pull's own filters, nothing transferred."""
+    return [sync.rsync, "--list-only", "--recursive", "--no-human-readable", _io_timeout(sync),
+            "-e", ssh.rsh(sync, ssh_extra), *filter_options(sync), source(sync)]
+
+
+def serial_argv(sync: SyncConfig, dest: Path, ssh_extra: Sequence[str] = ()) -> list[str]:
+    """Fetch the origin's serial file (a few bytes: "<origin> <serial>") into `dest`."""
+    path = f"{sync.remote_path.rstrip('/')}/{trace.TRACE_DIR}/{trace.SERIAL_FILE}"
+    return [sync.rsync, _io_timeout(sync), "-e", ssh.rsh(sync, ssh_extra),
+            f"{source(sync).rsplit(':', 1)[0]}:{path}", str(dest)]
 
 
 # --- statistics -----------------------------------------------------------------------------

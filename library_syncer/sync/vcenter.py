@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..base import fsutil
+from ..base import fsutil, statedir
 from ..base.config import Config, VcenterConfig
+from ..base.statedir import StateDir
 from ..base.text import printable
 from ..web import certificate
 
 log = logging.getLogger("library-syncer")
 
-STATE_FILE = "vcenter.json"  # in paths.state_dir: the pending flag and the last outcome
 SESSION_HEADER = "vmware-api-session-id"
 SYNC_PRIVILEGE = 'ContentLibrary.SyncLibrary ("Content library > Sync subscribed library")'
 REQUESTED, FAILED = "requested", "failed"
@@ -321,16 +321,16 @@ def subscription(config: Config) -> Subscription:
 
 
 def state_path(config: Config) -> Path:
-    return Path(config.state_dir) / STATE_FILE
+    return StateDir.of(config).vcenter
 
 
 def read_state(config: Config) -> dict[str, Any]:
-    return fsutil.read_json_object(state_path(config)) or {}
+    return statedir.read_json_or_none(state_path(config)) or {}
 
 
 def _write_state(config: Config, state: dict[str, Any]) -> None:
     try:
-        fsutil.atomic_write(state_path(config), json.dumps(state, indent=2) + "\n")
+        statedir.write_json(state_path(config), state, indent=2)
     except OSError as error:
         log.warning("vCenter: could not record the request's state in %s: %s",
                     state_path(config), error.strerror)

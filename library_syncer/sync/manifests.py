@@ -1,0 +1,64 @@
+"""What a snapshot publishes besides the library: its VCSP manifests (manifest/vcsp.py) and its
+human page (web/page.py), both written into staging before the switch.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..base.config import Config
+from ..base.errors import SyncerError
+from ..manifest import vcsp
+from ..web import caddy, page
+from . import trace_check
+from .layout import Layout
+from .staging import disk_full
+
+log = logging.getLogger("library-syncer")
+
+
+def _previous_state(layout: Layout, published: Path | None) -> Path | None:
+    """The manifest state the build continues from: the published snapshot's own (it advances
+    only with the switch). A site upgraded from a version that kept it in cache/ uses that copy
+    once, until its first publication."""
+    if published is not None and (published / vcsp.STATE_DIR_NAME / vcsp.STATE_FILE).is_file():
+        return None  # the build's default: previous/.library-syncer/
+    legacy = legacy_state(layout)
+    return legacy if published is not None and legacy.is_file() else None
+
+
+def legacy_state(layout: Layout) -> Path:
+    """Where versions before the state travelled in the snapshots kept it."""
+    return layout.cache / vcsp.STATE_FILE
+
+
+def build(config: Config, layout: Layout, staging: Path, published: Path | None
+          ) -> vcsp.BuildReport:
+    """The manifests of staging. The state (ids, versions, what is published) is written into
+    staging's .library-syncer/, read from the published snapshot's: it advances only with the
+    switch. The hash cache stays in cache/ (a cache is truthful whatever happened). The tokens
+    derive from the origin's revision document staging holds (none from the Docker original)."""
+    lib = config.library
+    try:
+        return vcsp.build(staging, name=lib.name, previous=published, cache_dir=layout.cache,
+                          previous_state=_previous_state(layout, published),
+                          include_certs=lib.include_certs, workers=lib.workers,
+                          description=lib.description, revision_doc=trace_check.read(staging))
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise disk_full(error, "writing the manifests") from None
+        raise
+
+
+def write_page(config: Config, staging: Path) -> None:
+    """The human page (index.html) of the snapshot; never fatal."""
+    held = trace_check.read(staging)  # the origin's revision, named on the page as by status
+    revision = page.OriginRevision(held.origin, held.serial, held.time) if held else None
+    try:
+        page.write_index(staging, url=caddy.subscription_url(config),
+                         synced_at=datetime.now(timezone.utc), revision=revision)
+    except (SyncerError, OSError) as error:
+        log.warning("index.html not written: %s", error)

@@ -1,0 +1,45 @@
+"""The one place rsync is started: one process (`run`), or several at once (`run_all`, for
+parallel streams). The argv comes from sync/rsync.py; what its output and exit status mean is
+the caller's (rsync.Stats, rsync.classify).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..base import execute
+
+# rsync reads these from the environment: they would change how our argv is sent (a protected
+# argv is refused by rrsync) or replace our -e ssh command line.
+IGNORED_ENV = ("RSYNC_PROTECT_ARGS", "RSYNC_RSH")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One rsync process: its argv and how its output is taken."""
+
+    argv: Sequence[str]
+    on_line: Callable[[str], None] | None = None  # each output line, as it comes
+    capture: bool = False  # stdout whole in the result (a listing); stderr still streamed
+    timeout: float | None = None
+    env: Mapping[str, str] = field(default_factory=dict)  # set on top of ours
+
+
+def run(job: Job) -> execute.CommandResult:
+    """Start rsync and wait for it; a failure is in the result's exit status, never raised."""
+    env = {k: v for k, v in os.environ.items() if k not in IGNORED_ENV}
+    env.update(job.env)
+    return execute.run(job.argv, on_line=job.on_line, capture=job.capture, check=False,
+                       timeout=job.timeout, env=env)
+
+
+def run_all(jobs: Sequence[Job], parallel: int | None = None) -> list[execute.CommandResult]:
+    """Several rsync processes at once (at most `parallel`; default all), each as `run` does;
+    the results in the order of `jobs`, once every one has ended."""
+    if not jobs:
+        return []
+    with ThreadPoolExecutor(max_workers=parallel or len(jobs)) as pool:
+        return list(pool.map(run, jobs))

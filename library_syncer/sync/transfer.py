@@ -1,0 +1,202 @@
+"""The transfer of a run: the dry run (what must be fetched: the space check, the bases), then
+the pull into staging, both over the run's one SSH connection and retried as sync/retry.py says.
+What arrives must be exactly the revision the origin declares (sync/trace_check.py).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import shutil
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from ..base.config import SyncConfig
+from ..base.errors import SyncerError
+from ..base.units import format_bytes
+from . import basis, rsync, runner, staging, trace_check
+from .crash_seam import crash_point
+from .layout import Layout
+from .progress import Reporter
+from .retry import Transfer, with_retries
+from .sshmux import SharedConnection
+
+log = logging.getLogger("library-syncer")
+
+MAX_ERROR_LINES = 5
+
+
+@dataclass(kw_only=True)
+class RsyncStep:
+    """One rsync of the run over its connection; an option the server refuses is dropped for
+    the rest of the run (rsync.PeerOptions) and the step run again without it."""
+
+    argv: list[str]
+    sync: SyncConfig
+    peer: rsync.PeerOptions
+    connection: SharedConnection | None
+    reporter: Reporter | None = None
+    needed: int | None = None  # what the changed files need (the disk-full message)
+    dry_run: bool = False
+
+    def run(self) -> rsync.Stats:
+        if self.connection:
+            self.connection.ensure()
+        return self.peer.run(self.argv, self._once)
+
+    def _once(self, argv: list[str]) -> rsync.Stats:
+        stats = rsync.Stats()
+        try:
+            result = runner.run(runner.Job(argv, on_line=partial(self._line, stats)))
+        finally:
+            if self.reporter:
+                self.reporter.done()
+        error = rsync.classify(result.returncode, result.tail, stats, self.sync, self.needed)
+        if self.dry_run and error is None:
+            crash_point("dry-run")
+        if result.returncode == 24:
+            log.warning("some files vanished on the server during the transfer (not an error)")
+        if error is not None:
+            error.stats = stats  # type: ignore[attr-defined]
+            raise error
+        return stats
+
+    def _line(self, stats: rsync.Stats, line: str) -> None:
+        if stats.feed(line):
+            return
+        progress = rsync.parse_progress(line)
+        if progress is not None:
+            if 0 < progress.percent < 100:  # mid-transfer
+                crash_point("transfer")
+            if self.reporter:
+                self.reporter.update(progress)
+            return
+        log.debug("rsync: %s", line)
+
+
+@dataclass(kw_only=True)
+class PullStep(RsyncStep):
+    """The pull: what arrived must be the origin's declared revision, and a basis whose file
+    vanished at the server is not published as that file."""
+
+    staging: Path
+    published: Path | None
+    seeded: list[str]
+
+    def run(self) -> rsync.Stats:
+        stats = super().run()
+        _unseed_vanished(self.staging, self.seeded, stats.vanished)
+        try:
+            _check_revision(self.staging, self.published, self.sync)
+        except SyncerError as error:
+            error.stats = stats  # type: ignore[attr-defined]  # the bytes did cross the link
+            raise
+        return stats
+
+
+def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | None,
+             retry: bool, reporter: Reporter | None, result: Transfer,
+             connection: SharedConnection | None) -> Transfer:
+    """Dry run (what must be fetched: the space check), then the pull into the staging `tree`,
+    both over the run's one SSH connection. `result` is filled as it goes (attempts and bytes
+    are known even when it fails)."""
+    link_dests = [p for p in (published,) if p is not None]
+    if any(layout.ova_store.iterdir()):
+        link_dests.append(layout.ova_store)
+    ssh_extra = connection.rsh_options() if connection else []
+    _drop_unincluded(tree, sync.include)
+    peer = rsync.PeerOptions(sync)
+
+    dry = RsyncStep(argv=rsync.pull_argv(sync, tree, link_dests, dry_run=True,
+                                         ssh_extra=ssh_extra),
+                    sync=sync, peer=peer, connection=connection, dry_run=True)
+    plan = with_retries(dry, sync, result, retry)
+    result.needed = plan.transferred_size
+    if plan.transferred_size:  # nothing to fetch costs no space: never refuse a no-op run
+        staging.check_space(layout, plan.transferred_size, sync.min_free_space)
+    log.debug("dry run: %d file(s), %d bytes to fetch", plan.files_transferred,
+              plan.transferred_size)
+    if plan.transferred_size:
+        log.info("fetching %d changed file(s), %s (library %s)", plan.files_transferred,
+                 format_bytes(plan.transferred_size), format_bytes(plan.total_size))
+    seeded = _seed_bases(layout, tree, published, plan.listed) if sync.find_basis else []
+    if reporter:
+        reporter.status(f"transferring {format_bytes(plan.transferred_size)}")
+    pull = PullStep(argv=rsync.pull_argv(sync, tree, link_dests, ssh_extra=ssh_extra),
+                    sync=sync, peer=peer, connection=connection, reporter=reporter,
+                    needed=result.needed, staging=tree, published=published, seeded=seeded)
+    result.stats = with_retries(pull, sync, result, retry)
+    return _report_transfer(result)
+
+
+def _check_revision(tree: Path, published: Path | None, sync: SyncConfig) -> None:
+    """The pull must be exactly the origin's declared revision (when it declares one), and not
+    an older one than the site publishes (sync/trace_check.py)."""
+    offered = trace_check.read(tree)
+    if offered is None:
+        return  # an upstream without a trace (the Docker-based original): as before
+    problems = trace_check.differences(tree, offered, sync)
+    if problems:
+        trace_check.refuse_settling(tree, offered, problems)  # not torn: try later
+        raise rsync.TransientError(
+            f"what arrived is not revision {offered.serial} of {offered.origin}: the library "
+            f"changed upstream during the transfer ({trace_check.describe(problems)}); "
+            "nothing is published")
+    trace_check.refuse_rollback(offered, trace_check.read(published) if published else None,
+                                sync)
+    trace_check.drop_settling_notice(tree)
+    log.debug("pulled revision %d of %s", offered.serial, offered.origin)
+
+
+def _drop_unincluded(tree: Path, include: tuple[str, ...]) -> None:
+    """A staging tree left by a run with other sync.include patterns: rsync protects what its
+    filters exclude from --delete, so items no longer included are removed here."""
+    if not include or not tree.is_dir():
+        return
+    for item in tree.iterdir():
+        if item.is_dir() and not item.is_symlink() and not item.name.startswith(".") and \
+                not any(fnmatch.fnmatchcase(item.name, p) for p in include):
+            log.info("%s is not in sync.include any more: not published", item.name)
+            shutil.rmtree(item)
+
+
+def _unseed_vanished(tree: Path, seeded: list[str], vanished: list[str]) -> None:
+    """A file deleted at the server after the dry run is not sent: its basis, still linked at the
+    new path, must not be published as if it were that file."""
+    for rel in seeded:
+        if any(path == rel or path.endswith("/" + rel) for path in vanished):
+            (tree / rel).unlink(missing_ok=True)
+            log.info("%s vanished on the server during the transfer: not published", rel)
+
+
+def _seed_bases(layout: Layout, tree: Path, published: Path | None,
+                listed: list[str]) -> list[str]:
+    """Give every new file an older copy the site has as its basis (renamed items, new
+    template versions): rsync then fetches only what differs from it (sync/basis.py)."""
+    listing = basis.parse_listing(listed)
+    new = [f for f in listing if f.new and f.size >= basis.MIN_SIZE]
+    if not new:
+        return []
+    pool = basis.candidates(published, layout.ova_store, {f.path for f in listing})
+    chosen = basis.choose(new, listing, pool)
+    seeded = basis.seed(tree, chosen)
+    for rel in seeded:
+        log.debug("basis for %s: %s", rel, chosen[rel].rel)
+    if seeded:
+        log.info("%d new file(s) fetched as differences from a copy this site has: %s", len(seeded),
+                 ", ".join(f"{rel} (from {chosen[rel].rel})" for rel in seeded[:3])
+                 + (f" and {len(seeded) - 3} more" if len(seeded) > 3 else ""))
+    return seeded
+
+
+def _report_transfer(result: Transfer) -> Transfer:
+    """rsync's own error lines and skipped links, once, after the transfer."""
+    for line in result.stats.errors[:MAX_ERROR_LINES]:
+        log.warning("%s", line)
+    if len(result.stats.errors) > MAX_ERROR_LINES:
+        log.warning("… and %d more rsync messages", len(result.stats.errors) - MAX_ERROR_LINES)
+    if result.stats.skipped:
+        log.warning("%d link(s) or special file(s) on the server were not transferred (only "
+                    "regular files are)", result.stats.skipped)
+    return result
