@@ -98,7 +98,7 @@ def generate_small(root: Path, files: int) -> None:
 def timed_build(root: Path, state: Path, **kwargs) -> tuple[float, int, manifest.BuildReport]:
     before = _rchar()
     started = time.perf_counter()
-    report = manifest.build(root, name="Bench", state_dir=state, **kwargs)
+    report = manifest.build(root, name="Bench", state=manifest.StatePlace.folder(state), **kwargs)
     elapsed = time.perf_counter() - started
     assert report.problems == (), report.problems
     return elapsed, _rchar() - before, report

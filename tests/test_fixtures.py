@@ -80,7 +80,8 @@ def test_a_library_of_the_built_items_publishes_without_problems(fixtures_dir: P
     shutil.copytree(fixtures_dir / "ovf" / "ttylinux-template", library / "ttylinux")
     shutil.copytree(fixtures_dir / "ovf" / "signed-template", library / "signed")
     shutil.copytree(fixtures_dir / "iso", library / "tools")
-    report = manifest.build(library, name="Built", state_dir=tmp_path / "state")
+    report = manifest.build(library, name="Built",
+                            state=manifest.StatePlace.folder(tmp_path / "state"))
     assert report.problems == ()
     items = {i["name"]: i for i in json.loads((library / "items.json").read_text())["items"]}
     assert {n: i["type"] for n, i in items.items()} == {

@@ -20,6 +20,8 @@ from library_syncer.manifest import vcsp as manifest
 from tests.harness import readable
 from tests.harness.wait import wait_for
 
+in_folder = manifest.StatePlace.folder  # the state read and written in one folder
+
 TTY = "ttylinux-template"
 DISK = "ttylinux-pc_i486-16.1-disk1.vmdk"
 MF = "ttylinux-pc_i486-16.1.mf"
@@ -227,7 +229,7 @@ def test_hostile_previous_manifest_cannot_reach_outside(library: Path, tmp_path:
 
 
 def test_state_dir_inside_the_library_is_never_listed(library: Path) -> None:
-    report = _build(library, state_dir=library / "cache")
+    report = _build(library, state=in_folder(library / "cache"))
     assert report.items == 3 and "cache" not in _items(library)
     assert (library / "cache" / manifest.STATE_FILE).is_file()
     assert not (library / "cache" / "item.json").exists()
@@ -464,7 +466,8 @@ def test_unreadable_file_is_a_problem(work_dir: Path) -> None:
     secret.chmod(0o000)
     code = ("import sys, os; os.setgid(65534); os.setuid(65534); "
             "from pathlib import Path; from library_syncer.manifest import vcsp as manifest; "
-            "r = manifest.build(Path(sys.argv[1]), name='x', state_dir=Path(sys.argv[2])); "
+            "r = manifest.build(Path(sys.argv[1]), name='x', "
+            "state=manifest.StatePlace.folder(Path(sys.argv[2]))); "
             "print('\\n'.join(str(p) for p in r.problems))")
     state = tmp_path / "state"
     state.mkdir(mode=0o777)
@@ -528,7 +531,7 @@ def _after_fs_clock(folder: Path, ctime_ns: int) -> None:
 
 def test_sync_flow_snapshots_reuse_cache_and_keep_bytes(library: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    first = _build(library, state_dir=state)
+    first = _build(library, state=in_folder(state))
     assert first.files_hashed == 6
     published = library
     for generation in range(3):  # three no-change syncs, each a new staging tree
@@ -541,7 +544,7 @@ def test_sync_flow_snapshots_reuse_cache_and_keep_bytes(library: Path, tmp_path:
         assert (st.st_dev, st.st_ino) == (before.st_dev, before.st_ino)  # the same inode
         assert st.st_ctime_ns > before.st_ctime_ns  # linking touched its ctime: the cache's
         # exception for hard-linked files is what this loop exercises
-        report = _build(staging, state_dir=state, previous=published)
+        report = _build(staging, state=in_folder(state), previous=published)
         assert report.files_hashed == 0, "hard-linked files must come from the cache"
         assert report.items_changed == ()
         snap = {k: v[0] for k, v in _snapshot(staging).items()}
@@ -554,25 +557,26 @@ def test_sync_flow_snapshots_reuse_cache_and_keep_bytes(library: Path, tmp_path:
     _link_tree(published, staging)
     (staging / "tools" / "readme.txt").unlink()
     _write(staging / "tools" / "readme.txt", "changed\n")
-    report = _build(staging, state_dir=state, previous=published)
+    report = _build(staging, state=in_folder(state), previous=published)
     assert report.files_hashed == 1 and report.items_changed == ("tools",)
     assert _lib_version(staging) > _lib_version(published)
 
 
 def test_sync_flow_recovers_ids_from_previous_when_state_lost(library: Path,
                                                               tmp_path: Path) -> None:
-    _build(library, state_dir=tmp_path / "state")
+    _build(library, state=in_folder(tmp_path / "state"))
     staging = tmp_path / "staging"
     staging.mkdir()
     _link_tree(library, staging)
-    report = _build(staging, state_dir=tmp_path / "new-state", previous=library)
+    report = _build(staging, state=in_folder(tmp_path / "new-state"), previous=library)
     assert report.items_changed == () and report.files_hashed == 6
     assert {k: v[0] for k, v in _snapshot(staging).items()} == \
         {k: v[0] for k, v in _snapshot(library).items()}
 
 
 def test_first_sync_without_a_published_snapshot(library: Path, tmp_path: Path) -> None:
-    report = _build(library, state_dir=tmp_path / "state", previous=tmp_path / "no-snapshot-yet")
+    report = _build(library, state=in_folder(tmp_path / "state"),
+                    previous=tmp_path / "no-snapshot-yet")
     assert report.problems == () and report.items == 3 and report.library_version > 1
 
 

@@ -26,6 +26,8 @@ from library_syncer.base import revision
 from library_syncer.manifest import vcsp as manifest
 from tests.test_manifest import _link_tree as link_tree
 
+in_folder = manifest.StatePlace.folder  # the state read and written in one folder
+
 FOLDERS = ["alpha", "beta gamma", "x#y", "ünï", "q?%25", "L" * 85 + "1", "L" * 85 + "2"]
 FILES = ["a.bin", "b b.txt", "c#1.bin", "ü.txt", "d%20.bin"]
 contents = st.binary(min_size=0, max_size=48)
@@ -161,7 +163,7 @@ class LibraryMachine(RuleBasedStateMachine):
         shutil.rmtree(previous)
 
     def _build(self, root: Path, previous: Path) -> None:
-        report = manifest.build(root, name="Prop", state_dir=self.state, previous=previous,
+        report = manifest.build(root, name="Prop", state=in_folder(self.state), previous=previous,
                                 workers=2)
         assert report.problems == ()
         assert all("\n" not in w for w in report.warnings)
@@ -295,14 +297,14 @@ class TracedLibraryMachine(LibraryMachine):
 
     def _build(self, root: Path, previous: Path) -> None:
         doc = self._declare(root)
-        report = manifest.build(root, name="Prop", state_dir=self.state, previous=previous,
+        report = manifest.build(root, name="Prop", state=in_folder(self.state), previous=previous,
                                 workers=2, revision_doc=doc)
         assert report.problems == ()
         self._check(root, report)
         fresh = self.base / "fresh"
         shutil.rmtree(fresh, ignore_errors=True)
         _link_tree(root, fresh)
-        manifest.build(fresh, name="Prop", state_dir=self.base / "fresh-state",
+        manifest.build(fresh, name="Prop", state=in_folder(self.base / "fresh-state"),
                        previous=self.base / "nothing", workers=2, revision_doc=doc)
         shutil.rmtree(self.base / "fresh-state")
         assert _served(fresh) == _served(root)

@@ -175,7 +175,7 @@ def test_the_manifests_never_list_the_trace(tmp_path, library):
     from library_syncer.manifest import vcsp
 
     trace.tick(_config(tmp_path, library), now=_later())
-    vcsp.build(library, name="lib", state_dir=tmp_path / "manifest-state")
+    vcsp.build(library, name="lib", state=vcsp.StatePlace.folder(tmp_path / "manifest-state"))
     listed = json.dumps(json.loads((library / "items.json").read_text()))
     assert ".library-syncer" not in listed and "trace" not in listed
     assert [i["name"] for i in json.loads((library / "items.json").read_text())["items"]] == [

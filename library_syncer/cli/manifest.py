@@ -18,7 +18,8 @@ def build(args: argparse.Namespace) -> int:
     name = args.name or root.resolve().name
     # A tree holding an origin's revision document (a site's snapshot, an origin's library)
     # derives its tokens from it, as the sync does.
-    report = vcsp.build(root, name=name, state_dir=args.state,
+    state = vcsp.StatePlace.folder(args.state) if args.state else None  # else: with the tree
+    report = vcsp.build(root, name=name, state=state,
                         include_certs=not args.no_certs, workers=args.workers,
                         revision_doc=trace.read(root))
     for warning in report.warnings:

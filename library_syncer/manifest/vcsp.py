@@ -348,37 +348,48 @@ def _remove_stale(root: Path, stale: Iterable[str]) -> None:
             folder.rmdir()
 
 
-def build(root: Path, *, name: str, state_dir: Path | None = None, previous: Path | None = None,
-          include_certs: bool = True, workers: int = 0, description: str = "",
-          cache: HashCache | None = None, cache_dir: Path | None = None,
-          previous_state: Path | None = None,
+@dataclass(frozen=True)
+class StatePlace:
+    """Where a build finds the state it continues from (ids, versions, what was published) and
+    where it writes the new one, with the hash cache. The caller decides; the build only
+    follows it."""
+
+    read: Path  # the state file to continue from (absent: a first build)
+    write: Path  # the folder the new state goes to
+    cache: Path  # the folder of the hash cache
+
+    @classmethod
+    def folder(cls, state_dir: Path) -> StatePlace:
+        """Read and written in one folder (`manifest build --state DIR`, an origin)."""
+        return cls(Path(state_dir) / STATE_FILE, Path(state_dir), Path(state_dir))
+
+    @classmethod
+    def travelling(cls, root: Path, previous: Path | None, cache: Path) -> StatePlace:
+        """With the snapshots (the sync): written into `root/.library-syncer/`, read from the
+        previous snapshot's, so the state advances only when the snapshot is published."""
+        source = previous if previous is not None else root
+        return cls(source / STATE_DIR_NAME / STATE_FILE, root / STATE_DIR_NAME, cache)
+
+
+def build(root: Path, *, name: str, state: StatePlace | None = None,
+          previous: Path | None = None, include_certs: bool = True, workers: int = 0,
+          description: str = "", cache: HashCache | None = None,
           revision_doc: revision.Revision | None = None) -> BuildReport:
     """Write lib.json, items.json and every item.json for the library folder `root`.
 
     Broken items are left out and reported in `problems`; the rest is published. Raises
     LibraryPathError when `root` is not a folder. See docs/manifest.md.
 
-    Where the state (ids, versions, what was published) lives: with `state_dir`, it is read and
-    written there. Without, it travels with the library: written to `root/.library-syncer/`
-    and read from `previous/.library-syncer/` (or `previous_state`, a file), so a snapshot
-    holds the state it was built with and the state advances only when the snapshot is
-    published. The hash cache goes to `cache_dir` (default: beside the state).
-
-    `revision_doc` is the origin's revision document the tree holds (None: no trace, the Docker
-    original): the tokens derive from it (docs/manifest.md, "Tokens").
+    `state`: where the state is read and written (default: travelling with `root`, read from
+    `previous`'s). `previous`: the tree published before (its files are the hash cache's link
+    source). `revision_doc` is the origin's revision document the tree holds (None: no trace,
+    the Docker original): the tokens derive from it (docs/manifest.md, "Tokens").
     """
     root = Path(root)
     _check_root(root)
+    state = state or StatePlace.travelling(root, previous, root / STATE_DIR_NAME)
     previous = Path(previous) if previous is not None else root
-    if state_dir is not None:
-        state_dir = Path(state_dir)
-        state_in = state_dir / STATE_FILE
-    else:
-        state_dir = root / STATE_DIR_NAME
-        state_in = previous / STATE_DIR_NAME / STATE_FILE
-    if previous_state is not None:
-        state_in = Path(previous_state)
-    cache_dir = Path(cache_dir) if cache_dir is not None else state_dir
+    state_dir, state_in, cache_dir = state.write, state.read, state.cache
     state_dir.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
     for own in (LIB_FILE, ITEMS_FILE):  # before anything reads them

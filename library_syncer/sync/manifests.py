@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,14 +21,16 @@ from .staging import disk_full
 log = logging.getLogger("library-syncer")
 
 
-def _previous_state(layout: Layout, published: Path | None) -> Path | None:
-    """The manifest state the build continues from: the published snapshot's own (it advances
-    only with the switch). A site upgraded from a version that kept it in cache/ uses that copy
-    once, until its first publication."""
-    if published is not None and (published / vcsp.STATE_DIR_NAME / vcsp.STATE_FILE).is_file():
-        return None  # the build's default: previous/.library-syncer/
+def _state(layout: Layout, staging: Path, published: Path | None) -> vcsp.StatePlace:
+    """The state travels with the snapshots: written into staging's .library-syncer/, read
+    from the published snapshot's (it advances only with the switch). A site upgraded from a
+    version that kept it in cache/ continues from that copy once, until its first publication.
+    The hash cache stays in cache/ (a cache is truthful whatever happened)."""
+    place = vcsp.StatePlace.travelling(staging, published, layout.cache)
     legacy = legacy_state(layout)
-    return legacy if published is not None and legacy.is_file() else None
+    if published is not None and not place.read.is_file() and legacy.is_file():
+        return replace(place, read=legacy)
+    return place
 
 
 def legacy_state(layout: Layout) -> Path:
@@ -37,15 +40,12 @@ def legacy_state(layout: Layout) -> Path:
 
 def build(config: Config, layout: Layout, staging: Path, published: Path | None
           ) -> vcsp.BuildReport:
-    """The manifests of staging. The state (ids, versions, what is published) is written into
-    staging's .library-syncer/, read from the published snapshot's: it advances only with the
-    switch. The hash cache stays in cache/ (a cache is truthful whatever happened). The tokens
-    derive from the origin's revision document staging holds (none from the Docker original)."""
+    """The manifests of staging (its state: _state). The tokens derive from the origin's
+    revision document staging holds (none from the Docker original)."""
     lib = config.library
     try:
-        return vcsp.build(staging, name=lib.name, previous=published, cache_dir=layout.cache,
-                          previous_state=_previous_state(layout, published),
-                          include_certs=lib.include_certs, workers=lib.workers,
+        return vcsp.build(staging, name=lib.name, state=_state(layout, staging, published),
+                          previous=published, include_certs=lib.include_certs, workers=lib.workers,
                           description=lib.description, revision_doc=trace_check.read(staging))
     except OSError as error:
         if error.errno == errno.ENOSPC:

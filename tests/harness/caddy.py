@@ -195,7 +195,8 @@ def write_library(root: Path, version: int, *, disk_size: int = 6 * 2**20,
     iso.mkdir()
     (iso / "tools.iso").write_bytes(b"ISO" * 1000)
     state = state_dir or root.parent / f".manifest-state-{root.name}"
-    report = manifest.build(root, name="Site templates", state_dir=state, previous=previous)
+    report = manifest.build(root, name="Site templates", state=manifest.StatePlace.folder(state),
+                            previous=previous)
     assert not report.problems, report.problems
     assert (root / "lib.json").exists()
 
