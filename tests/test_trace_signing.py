@@ -104,3 +104,20 @@ def test_without_a_key_revisions_stay_unsigned(origin):
     assert trace.tick(_config(origin, None), now=time.time() + SETTLE + 1).state == "declared"
     assert trace.read(origin / "library").serial == 1
     assert not (origin / "library" / trace.TRACE_DIR / statement.FILE_NAME).exists()
+
+
+def test_check_warns_on_unsigned_revisions_and_shows_the_signed_one(origin):
+    from library_syncer.host import check
+
+    unsigned = _config(origin, None)
+    trace.tick(unsigned, now=time.time() + SETTLE + 1)
+    (warned,) = check.check_signing(unsigned)
+    assert warned.status == check.WARN and "server keygen" in warned.fix
+    signed = _config(origin, origin / "keys" / "revision")
+    trace.tick(signed, now=time.time())
+    (ok,) = check.check_signing(signed)
+    assert ok.status == check.OK and "revision 1 signed by SHA256:" in ok.message
+    statement_file = origin / "library" / trace.TRACE_DIR / statement.FILE_NAME
+    statement_file.write_bytes(statement_file.read_bytes().replace(b'"serial":1', b'"serial":2'))
+    (failed,) = check.check_signing(signed)
+    assert failed.status == check.FAIL

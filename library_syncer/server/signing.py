@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..base import execute, fsutil, sshkeys
+from ..base import execute, fsutil, sshkeys, statement
 from ..base.errors import SyncerError
 from ..base.statement import NAMESPACE
 
@@ -76,3 +77,21 @@ def allowed_signers_line(origin: str, key: sshkeys.PublicKey,
         day = datetime.fromtimestamp(valid_after, timezone.utc).strftime("%Y%m%d")
         options += f',valid-after="{day}"'
     return f"{origin} {options} {key.type} {key.blob}"
+
+
+def own_statement(library: Path, key: Path, origin: str, now: float | None = None
+                  ) -> statement.Statement:
+    """The statement in `library`, verified against `key` alone as a site pinning it would
+    (signature, origin, expiry, the document it names); StatementRefused otherwise."""
+    from . import trace
+
+    name = statement.FILE_NAME
+    found = trace.read_files(library, name, trace.TRACE_FILE, limit=statement.MAX_DOCUMENT_BYTES)
+    if name not in found:
+        raise statement.StatementRefused("no signed statement in the library yet")
+    with tempfile.TemporaryDirectory(prefix="library-syncer-signers.") as tmp:
+        pinned = Path(tmp) / "origin_keys"
+        pinned.write_text(allowed_signers_line(origin, public_key(key)) + "\n")
+        verified = statement.verify_file(found[name], pinned, origin, now=now)
+    statement.check_document(verified, found.get(trace.TRACE_FILE, b""))
+    return verified
