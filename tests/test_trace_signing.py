@@ -121,3 +121,26 @@ def test_check_warns_on_unsigned_revisions_and_shows_the_signed_one(origin):
     statement_file.write_bytes(statement_file.read_bytes().replace(b'"serial":1', b'"serial":2'))
     (failed,) = check.check_signing(signed)
     assert failed.status == check.FAIL
+
+
+def test_server_keygen_prints_the_setting_and_the_line_sites_pin(tmp_path, capsys):
+    """The command an operator runs: a key the trace can sign with, the line sites pin."""
+    import argparse
+
+    from library_syncer.cli import server as server_cli
+
+    settings = tmp_path / "settings.toml"
+    settings.write_text(f'[server]\nname = "hq"\nconfig_dir = "{tmp_path / "server"}"\n')
+    assert server_cli.keygen(argparse.Namespace(config=settings, output=None)) == 0
+    key = tmp_path / "server" / server_cli.KEYGEN_NAME
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == f'sign with it: in {settings}, [server] signing_key = "{key}"'
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    pinned = tmp_path / "origin_keys"
+    pinned.write_text(out[-1] + "\n")
+    assert out[-1].startswith(f'hq namespaces="{statement.NAMESPACE}",valid-after="')
+    line = b'{"probe":1}\n'
+    statement.check_signature(line, signing.sign(line, key), pinned, "hq",
+                              now=time.time() + DAY)
+    with pytest.raises(SyncerError, match="already there"):
+        server_cli.keygen(argparse.Namespace(config=settings, output=None))
