@@ -52,8 +52,12 @@ def _files(library: Path) -> tuple[bytes, bytes]:
 def test_a_declared_revision_is_signed_and_verifies(origin):
     key = origin / "keys" / "revision"
     now = time.time() + SETTLE + 1
-    assert trace.tick(_config(origin, key), now=now).state == "declared"
+    outcome = trace.tick(_config(origin, key), now=now)
+    assert outcome.state == "declared"
     signed, document = _files(origin / "library")
+    line, _ = statement.split(signed)
+    until = statement.Statement.parse(line).valid_until
+    assert outcome.line().endswith(f"; signed, valid until {until}")
     found = statement.verify_file(signed, _pinned(origin, key), "hq", now=now)
     assert (found.serial, found.expires) == (1, pytest.approx(now + 7 * DAY, abs=1))
     assert statement.check_document(found, document).serial == 1

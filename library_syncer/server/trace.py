@@ -89,11 +89,13 @@ class Outcome:
     files: int
     size: int
     settles_in: float = 0.0  # seconds, when settling
+    signed_until: str = ""  # when declared with server.signing_key: the statement's expiry
 
     def line(self) -> str:
         what = f"{self.files} files, {self.size:,} bytes"
         if self.state == "declared":
-            return f"revision {self.serial} declared ({what})"
+            signed = f"; signed, valid until {self.signed_until}" if self.signed_until else ""
+            return f"revision {self.serial} declared ({what}){signed}"
         if self.state == "relay":
             return (f"relay: exporting the published snapshot (revision {self.serial} of its "
                     "origin); a relay declares no revisions of its own")
@@ -257,7 +259,8 @@ def tick(config: Config, now: float | None = None) -> Outcome:
     signed = _signed_statement(config, document, trace, now)  # before any write: a key that
     _declare(library, server.state_dir, trace, document, signed)  # cannot sign declares nothing
     _settled(library)
-    return Outcome("declared", trace.serial, len(found.files), size)
+    until = statement.Statement.parse(statement.split(signed)[0]).valid_until if signed else ""
+    return Outcome("declared", trace.serial, len(found.files), size, signed_until=until)
 
 
 def _base_serial(state_dir: Path, current: Trace | None) -> int:
