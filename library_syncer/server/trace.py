@@ -306,21 +306,27 @@ def _keep_signed(config: Config, library: Path, held: tuple[bytes, Trace], now: 
         return
     document, trace = held
     validity = config.server.statement_validity
-    try:
-        line, _ = statement.split(read_files(library, STATEMENT_FILE,
-                                             limit=statement.MAX_STATEMENT_BYTES)[STATEMENT_FILE])
-        found = statement.Statement.parse(line)
-        if found == statement.Statement.for_document(
-                document, trace, signing.public_key(key).fingerprint, found.signed_at,
-                found.expires - found.signed_at) and \
-                now - found.signed_at < validity / RESIGN_PARTS and found.expires > now:
-            return
-    except (KeyError, ValueError):
-        pass  # none there, or not one: sign
+    if _statement_current(library, document, trace, signing.public_key(key).fingerprint, now,
+                          validity):
+        return
     signed = _signed_statement(config, document, trace, now)
     with trace_files.folder(library, TRACE_DIR, create=True) as folder:
         trace_files.write(folder, STATEMENT_FILE, signed or b"")  # type: ignore[arg-type]
     log.info("revision %d signed, valid for %s", trace.serial, _span(validity))
+
+
+def _statement_current(library: Path, document: bytes, trace: Trace, fingerprint: str,
+                       now: float, validity: float) -> bool:
+    """The library's statement names this document and key, and is young enough to keep."""
+    raw = read_files(library, STATEMENT_FILE, limit=statement.MAX_STATEMENT_BYTES)
+    try:
+        found = statement.Statement.parse(statement.split(raw[STATEMENT_FILE])[0])
+    except (KeyError, ValueError):
+        return False  # none there, or not one
+    expected = statement.Statement.for_document(document, trace, fingerprint, found.signed_at,
+                                                found.expires - found.signed_at)
+    return found == expected and now - found.signed_at < validity / RESIGN_PARTS and \
+        found.expires > now
 
 
 def _span(seconds: float) -> str:
