@@ -321,7 +321,7 @@ def test_server_role_names_each_symlink_in_the_library(server_site, server_libra
     assert result.returncode == 0, result.stdout + result.stderr
     fix = "; fix: replace it with the file or folder itself, or remove it"
     tail = ": sites do not get its content, and rrsync's error messages name its target"
-    assert _lines(result, "warn") == [
+    assert [line for line in _lines(result, "warn") if " library: " in line] == [
         f"warn  library: symlink {server_library}/etc-dir -> /etc (outside the library){tail}{fix}",
         f"warn  library: symlink {server_library}/ttylinux/escape.ovf -> {outside} (outside the "
         f"library){tail}{fix}",
@@ -331,7 +331,8 @@ def test_server_role_names_each_symlink_in_the_library(server_site, server_libra
     # Capped: one line per link up to the limit, then a count.
     for n in range(12):
         (server_library / "ttylinux" / f"link-{n:02d}").symlink_to("escape.ovf")
-    warned = _lines(run_cli("check", "-c", str(server_site)), "warn")
+    warned = [line for line in _lines(run_cli("check", "-c", str(server_site)), "warn")
+              if " library: " in line]
     assert len(warned) == 11 and warned[-1] == (
         f"warn  library: 5 more symlinks in {server_library}; fix: find {server_library} -type l")
 

@@ -97,7 +97,8 @@ def _store_tree(server: ServerConfig, now: float) -> None:
             downstream.append({**_report(1 if below in BEHIND else 2, **failed),
                                "path": [below], "received": _iso(when)})
         payload = {"format": 1, **_report(1 if site in BEHIND else 2), "downstream": downstream}
-        reports.store(server.state_dir, site, json.dumps(payload).encode(), now=now)
+        reports.store(server.state_dir, site, json.dumps(payload).encode(), now=now,
+                      relay=site in BELOW)
 
 
 def _chromium(work_dir: Path, url: str, *args: str) -> subprocess.CompletedProcess:

@@ -45,7 +45,7 @@ def test_a_relay_forwards_its_sites_and_their_sites_with_paths(tmp_path):
     reports.reports_dir(tmp_path).mkdir()
     below = [{"path": ["b12"], "received": RECEIVED, "outcome": "network",
               "finished": RECEIVED}]
-    reports.store(tmp_path, "lyon-2", _report(downstream=below), now=T0)
+    reports.store(tmp_path, "lyon-2", _report(downstream=below), now=T0, relay=True)
     reports.store(tmp_path, "paris", _report(), now=T0)
     rows = reports.forwardable(tmp_path)
     assert [r["path"] for r in rows] == [["lyon-2"], ["paris"], ["lyon-2", "b12"]]
@@ -154,7 +154,8 @@ def test_a_site_that_reported_through_two_paths_is_one_line(tmp_path):
                   now=T0 - 3600, key=LEAF_KEY)
     reports.store(relay, "leaf-7", _report(serial=4), now=T0 - 60, key=LEAF_KEY)
     forwarded = {**json.loads(_report(serial=4)), "downstream": reports.forwardable(relay)}
-    reports.store(origin, "relay", site_report.encode(forwarded), now=T0, key=RELAY_KEY)
+    reports.store(origin, "relay", site_report.encode(forwarded), now=T0, key=RELAY_KEY,
+                  relay=True)
     rows = reports.rows(origin, ("hq", 4), 600, now=T0 + 10)
     assert [(r.path, r.report["serial"], r.lag) for r in rows] == [
         (("relay",), 4, 0), (("relay", "leaf-7"), 4, 0)]

@@ -25,7 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from library_syncer.base import config as config_module
 from library_syncer.host import check
-from library_syncer.server import dispatch, reports, trace
+from library_syncer.server import dispatch, reports, sessions, trace
+from library_syncer.server import sshd as sshd_role
 from library_syncer.sync import last_run, poll
 from library_syncer.sync import report as site_report
 from library_syncer.sync import run as sync_run
@@ -205,9 +206,16 @@ def test_a_key_reports_only_for_its_own_site_whatever_the_payload_says(rig):
     assert claimed.returncode != 0
     assert claimed.stderr.decode().strip() == \
         'library-syncer: report refused: report: unknown key "site"'
-    # Forwarded reports naming another site land below the sender, never as that site.
+    # A key not authorized as a relay's: its own report is stored, forwarded rows are not.
     forwarded = rig.send("paris", _payload(downstream=[_forwarded("rome")]))
     assert forwarded.returncode == 0, forwarded.stderr
+    assert "1 downstream report(s) ignored" in forwarded.stdout.decode()
+    rows = reports.rows(rig.state, ("hq", 1), 3600)
+    assert [r.path for r in rows] == [("paris",), ("rome",)]
+    # A relay's forwarded reports naming another site land below it, never as that site.
+    sshd_role.mark_relay(rig.server.server_config, "paris")
+    forwarded = rig.send("paris", _payload(downstream=[_forwarded("rome")]))
+    assert forwarded.returncode == 0 and b"ignored" not in forwarded.stdout
     assert (rig.stored / "rome.json").read_bytes() == rome_before
     rows = reports.rows(rig.state, ("hq", 1), 3600)
     assert [r.path for r in rows] == [("paris",), ("paris", "rome"), ("rome",)]
@@ -250,6 +258,15 @@ HOSTILE = {
          "received": "2026-11-27T21:00:00+00:00"} for i in range(reports.MAX_DOWNSTREAM + 1)]
     )).encode(), "downstream: more than 100 reports"),
     "empty": (b"", "not JSON"),
+    # issue 23: these crashed the dispatcher (OverflowError) instead of being refused
+    "a time out of range": (json.dumps(_payload(finished="0001-01-01T00:00:00+01:00")).encode(),
+                            "finished: out of range"),
+    "a 400-digit duration": (json.dumps(_payload(duration=10**400)).encode(),
+                             "duration: expected a number"),
+    "a 400-digit interval": (json.dumps(_payload(interval=10**400)).encode(),
+                             "interval: expected a number"),
+    "a serial past the bound": (json.dumps(_payload(serial=2**63 - 1)).encode(),
+                                "serial: expected an integer 0-999999999999999"),
 }
 
 
@@ -420,7 +437,9 @@ def _origin_with_relay_key(work_dir: Path, fixtures_dir: Path) -> tuple[Path, Ri
     library.mkdir(mode=0o755)
     add_ovf_item(library, fixtures_dir)
     _declare(work_dir, library)
-    return library, _start(work_dir / "origin", library, ("lyon",))
+    origin = _start(work_dir / "origin", library, ("lyon",))
+    sshd_role.mark_relay(origin.server.server_config, "lyon")
+    return library, origin
 
 
 def test_a_relay_forwards_its_sites_reports_and_the_origin_sees_the_tree(work_dir,
@@ -494,3 +513,44 @@ def test_a_relays_unchanged_check_forwards_new_site_reports_over_its_one_login(w
         assert (origin.stored / "lyon.json").read_bytes() == stored
     finally:
         origin.server.stop()
+
+
+def _held_slots(rig: Rig, site: str) -> int:
+    """How many of the site key's session slots a process holds now (flock probes)."""
+    import fcntl
+    import hashlib
+
+    blob = Path(f"{rig.keys[site]}.pub").read_text().split()[1]
+    prefix = hashlib.sha256(blob.encode()).hexdigest()[:32]
+    held = 0
+    for path in (rig.state / sessions.SESSIONS_DIR).glob(f"{prefix}.*"):
+        with open(path, "rb") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held += 1
+    return held
+
+
+def test_one_key_holds_at_most_eight_sessions_at_once(rig):
+    """Stalled sessions (a report that never arrives) hold their key's slots; the ninth session
+    of that key is refused in one line, another key is not affected, and a slot frees when its
+    session ends (issue 23: one key could hold any number of ~22 MiB sessions)."""
+    stalled = [subprocess.Popen(rig.argv("rome"), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for _ in range(sessions.MAX_PER_KEY)]
+    try:
+        wait_for(lambda: _held_slots(rig, "rome") == sessions.MAX_PER_KEY, 15,
+                 "every stalled session to hold its slot")
+        refused = rig.ssh("rome", data=json.dumps(_payload()).encode())
+        assert refused.returncode == 1
+        assert refused.stderr.decode().strip() == (
+            "library-syncer: session refused: this key already holds 8 sessions; try again "
+            "when one ended")
+        assert rig.send("paris", _payload()).returncode == 0
+    finally:
+        for process in stalled:
+            process.kill()
+            process.communicate()
+    wait_for(lambda: _held_slots(rig, "rome") == 0, 15, "the slots to be released")
+    assert rig.send("rome", _payload()).returncode == 0

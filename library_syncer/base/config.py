@@ -204,6 +204,14 @@ def _poll_interval(value: Any) -> float:
     return seconds
 
 
+def _statement_validity(value: Any) -> float:
+    """From an hour (a signing origin must not be down for longer) to a year."""
+    seconds = parse_duration(value)
+    if not 3600 <= seconds <= 366 * 86400:
+        raise ValueError
+    return seconds
+
+
 def _schedule(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError
@@ -358,6 +366,8 @@ class SyncConfig:
     report: bool = setting(True, _bool, "true or false")
     rsync: str = setting("rsync", _rsh_command, "a command name or path")
     ssh: str = setting("ssh", _rsh_command, "a command name or path")
+    origin_keys: Path | None = setting(None, _optional_path,
+                                       'an allowed-signers file or "" (accept unsigned)')
 
     def upstream_list(self) -> tuple[Upstream, ...]:
         """The servers to pull from, in order, port and user filled in: sync.upstreams, or the
@@ -420,6 +430,10 @@ class ServerConfig:
     metrics_textfile: Path | None = setting(None, _optional_path, 'a file path or "" (off)')
     report_grace: float = setting(6 * 3600.0, _duration, DURATION_EXPECTED)
     fleet_page: Path | None = setting(None, _optional_path, 'a file path or "" (off)')
+    signing_key: Path | None = setting(None, _optional_path,
+                                       'a private key file or "" (revisions unsigned)')
+    statement_validity: float = setting(7 * 86400.0, _statement_validity,
+                                        'a duration from "1h" to "366d"')
 
 
 @dataclass(frozen=True)

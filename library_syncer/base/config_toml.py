@@ -117,6 +117,15 @@ DESCRIPTIONS: dict[str, str] = {
     "server.fleet_page": "A static HTML page of the fleet (each site's revision, lag, last "
                          "report; overdue first), rewritten after each report and each trace "
                          "tick (empty: off).",
+    "server.signing_key": "The origin's revision-signing key (create: library-syncer server "
+                          "keygen); each revision and its expiry are signed with it (empty: "
+                          "revisions unsigned; docs/trust.md).",
+    "server.statement_validity": "How long a signed statement is valid; the trace timer signs "
+                                 "it again after a seventh of this (a frozen upstream is found "
+                                 "out within this time).",
+    "sync.origin_keys": "The origin keys this site accepts (an ssh-keygen allowed-signers file, "
+                        "docs/trust.md); empty: unsigned revisions accepted. Sites verify "
+                        "from a later release (docs/trust.md).",
     "metrics": "Prometheus metrics for node_exporter's textfile collector.",
     "metrics.textfile": "Write metrics here after every sync (a .prom file; empty: off).",
     "vcenter": "The site's own vCenter, asked to synchronise its subscribed library as soon as a "

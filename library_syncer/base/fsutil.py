@@ -17,6 +17,15 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def write_synced(fd: int, data: bytes, mode: int) -> None:
+    """Write `data` to the new file `fd` (closed after), give it `mode`, fsync it."""
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fchmod(handle.fileno(), mode)
+        os.fsync(handle.fileno())
+
+
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, *,
                  sync_dir: bool = True) -> None:
     """Write `data` to `path` so readers see the old content or the new, never a mix.
@@ -29,11 +38,7 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644, *,
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
+        write_synced(fd, data, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ MAX_SERIAL = 10**15  # far above any real serial; keeps BASE + serial inside a J
 BASE = 10**18  # every token derived from a serial is above every token derived from a time
 LONG_MAX = 2**63 - 1  # java.lang.Long.MAX_VALUE: vCenter parses every etag with Long.valueOf
 CHUNK = 4 << 20
+ORIGIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # as server.name and site names
 
 Listing = dict[str, tuple[int, int]]  # path → (size, mtime_ns)
 # uuid5 namespace of every id this tool derives (a fixed random uuid, never to change).
@@ -121,9 +123,9 @@ class Revision:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError("not a format-1 trace")
         origin, serial, when, rows = (data.get(k) for k in ("origin", "serial", "time", "files"))
-        if not isinstance(origin, str) or not origin or not isinstance(when, str) or \
-                not isinstance(rows, list):
-            raise ValueError("malformed trace header")
+        if not isinstance(origin, str) or not ORIGIN_RE.fullmatch(origin) or \
+                not isinstance(when, str) or len(when) > 40 or not isinstance(rows, list):
+            raise ValueError("malformed trace header")  # names are printed and made labels
         serial = _serial(serial)
         files: Listing = {}
         for row in rows:

@@ -112,6 +112,21 @@ def _add_server_parser(subparsers) -> None:
     authorize.add_argument("--from", dest="sources", metavar="CIDR[,CIDR]",
                            help="accept the key only from these addresses or networks "
                            "(sshd's from=), e.g. 192.0.2.0/24")
+    authorize.add_argument("--relay", action="store_true",
+                           help="the site is a relay: its reports may carry its own sites'")
+    relay = _sub(verbs, "relay", "library_syncer.cli.server:relay",
+                 "let an authorized site's key forward its own sites' reports (a relay)",
+                 f"{PROG} server relay lyon")
+    _add_config_option(relay)
+    relay.add_argument("site", help="the site name given to authorize")
+    relay.add_argument("--off", action="store_true", help="no longer a relay")
+    keygen = _sub(verbs, "keygen", "library_syncer.cli.server:keygen",
+                  "create the origin's revision-signing key (server.signing_key) and print "
+                  "the line every site pins", f"{PROG} server keygen")
+    _add_config_option(keygen)
+    keygen.add_argument("--output", type=Path,
+                        help="the new key's file (default: server.signing_key, else "
+                             "revision_signing_key in server.config_dir)")
     revoke = _sub(verbs, "revoke", "library_syncer.cli.server:revoke",
                   "remove a site's key", f"{PROG} server revoke paris")
     _add_config_option(revoke)

@@ -14,6 +14,7 @@ import sys
 from ..base import config as config_module
 from ..base.errors import SyncerError
 from ..base.sshkeys import KeyRefused
+from ..base.text import printable
 from ..server import fleet_page, reports, sshd, trace
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,40 @@ def authorize(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as error:
         raise KeyRefused(f"{source}: cannot read: {getattr(error, 'strerror', None) or error}",
                          hint="give the site's .pub file") from None
-    entry = sshd.authorize(cfg, text, args.site, source, sources)
+    entry = sshd.authorize(cfg, text, args.site, source, sources, relay=args.relay)
     limit = f" from {','.join(entry.sources)}" if entry.sources else ""
-    print(f"authorized site {entry.site}: {entry.key_type} {entry.fingerprint}{limit}")
+    role = " (a relay)" if entry.relay else ""
+    print(f"authorized site {entry.site}{role}: {entry.key_type} {entry.fingerprint}{limit}")
+    return 0
+
+
+def relay(args: argparse.Namespace) -> int:
+    """`server relay SITE [--off]`: may the site's key forward its sites' reports."""
+    cfg = config_module.load(args.config)
+    entry = sshd.mark_relay(cfg, args.site, not args.off)
+    state = "a relay: its reports may carry its sites'" if entry.relay else \
+        "not a relay: downstream reports from its key are ignored"
+    print(f"site {entry.site} ({entry.fingerprint}) is {state}")
+    return 0
+
+
+KEYGEN_NAME = "revision_signing_key"
+
+
+def keygen(args: argparse.Namespace) -> int:
+    """`server keygen [--output PATH]`: the origin's signing key, and what sites pin."""
+    import time
+
+    from ..server import signing
+
+    cfg = config_module.load(args.config)
+    path = args.output or cfg.server.signing_key or cfg.server.config_dir / KEYGEN_NAME
+    key = signing.keygen(path, trace.origin_name(cfg))
+    print(f"created {path} ({key.type} {key.fingerprint})")
+    if cfg.server.signing_key != path:
+        print(f"sign with it: in {cfg.file}, [server] signing_key = \"{path}\"")
+    print("every site pins this line in its sync.origin_keys file (docs/trust.md):")
+    print(signing.allowed_signers_line(trace.origin_name(cfg), key, valid_after=time.time()))
     return 0
 
 
@@ -84,6 +116,7 @@ def sites(args: argparse.Namespace) -> int:
     if not os.access(folder, os.R_OK | os.X_OK):
         raise SyncerError(f"{folder}: cannot read the reports", hint="run as root")
     origin, current, rows = reports.fleet(cfg.server)
+    origin = printable(origin)  # the trace's; base/revision.py validates it, this is belt
     _refresh_views(cfg)
     if args.json:
         print(json.dumps({"origin": origin, "serial": current[1] if current else None,
@@ -91,7 +124,7 @@ def sites(args: argparse.Namespace) -> int:
         return 0
     sites = f"{len(rows)} site{'' if len(rows) == 1 else 's'} reported"
     if current is not None:
-        print(f"origin {current[0]}, revision {current[1]}; {sites}")
+        print(f"origin {origin}, revision {current[1]}; {sites}")
     else:
         print(f"{origin}: no trace in {cfg.server.library}; {sites}")
     for row in rows:
@@ -109,7 +142,8 @@ def keys(args: argparse.Namespace) -> int:
     width = max(len(e.site) for e in entries)
     for entry in entries:
         limit = f"  from {','.join(entry.sources)}" if entry.sources else ""
-        print(f"{entry.site:<{width}}  {entry.fingerprint}  {entry.key_type}{limit}")
+        role = "  relay" if entry.relay else ""
+        print(f"{entry.site:<{width}}  {entry.fingerprint}  {entry.key_type}{limit}{role}")
     return 0
 
 

@@ -514,6 +514,33 @@ def check_fleet(config: Config) -> list[CheckResult]:
                                      f"{revision}")]
 
 
+def check_signing(config: Config) -> list[CheckResult]:
+    """The origin signs its revisions (docs/trust.md); unsigned ones still work (a warning)."""
+    from ..base.statement import StatementRefused
+    from ..server import signing, trace
+
+    key = config.server.signing_key
+    if trace.is_relay(config):
+        return [CheckResult(SKIP, "signing", "a relay passes the origin's signed statements "
+                                             "on; it signs nothing")]
+    if key is None:
+        return [CheckResult(WARN, "signing", "revisions are not signed (server.signing_key is "
+                            "empty): sites cannot tell this origin's revisions from what a "
+                            "relay or a writer of the library made up",
+                            "library-syncer server keygen, then pin its line on every site "
+                            "(docs/trust.md)")]
+    try:
+        found = signing.own_statement(config.server.library, key, trace.origin_name(config))
+    except SyncerError as error:
+        return [CheckResult(FAIL, "signing", error.message, error.hint or "")]
+    except StatementRefused as refused:
+        return [CheckResult(FAIL, "signing", f"{refused}", "systemctl start "
+                            "library-syncer-trace.service; journalctl -u "
+                            "library-syncer-trace.service")]
+    return [CheckResult(OK, "signing", f"revision {found.serial} signed by {found.key}, valid "
+                                       f"until {found.valid_until}")]
+
+
 def check_sshd_config(config: Config) -> list[CheckResult]:
     from ..server import sshd
 
@@ -552,8 +579,8 @@ def check_server_unit(config: Config) -> list[CheckResult]:
 
 
 SERVER_CHECKS: list[Callable[[Config], list[CheckResult]]] = [
-    check_server_account, check_library, check_sites, check_fleet, check_sshd_config,
-    check_server_unit,
+    check_server_account, check_library, check_sites, check_fleet, check_signing,
+    check_sshd_config, check_server_unit,
 ]
 
 

@@ -16,6 +16,10 @@ sshd_config, and `command=` on each authorized_keys line). The client's request 
   rrsync reads `SSH_ORIGINAL_COMMAND` itself, so every pull and every refusal is rrsync's own,
   byte for byte, as before the dispatcher existed.
 
+Before either, the session takes one of its key's slots and bounds its memory
+(server/sessions.py: at most 8 sessions per key, 1 GiB of address space each), so one key
+cannot hold the server's memory with stalled sessions.
+
 This module imports nothing heavy before the exec: a pull costs one Python start-up more than
 before, and nothing else.
 """
@@ -28,6 +32,8 @@ import signal
 import sys
 import time
 from pathlib import Path
+
+from . import sessions
 
 REPORT_COMMAND = "library-syncer-report"
 REPORT_FORMATS = ("1",)
@@ -87,6 +93,19 @@ def site_of_session(keys_file: Path) -> str:
     return key_of_session(keys_file).site
 
 
+def _auth_info() -> str | None:
+    """What sshd says about this session's authentication (ExposeAuthInfo), from a file this
+    account owns; None when there is none."""
+    auth = os.environ.get("SSH_USER_AUTH", "")
+    try:
+        if not auth or os.stat(auth).st_uid != os.getuid():
+            return None
+        with open(auth, "rb") as handle:
+            return handle.read(65536).decode("ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def key_of_session(keys_file: Path):
     """The authorized_keys entry (sshd.SiteKey: site name, key) this session logged in with."""
     from ..base.config import ServerConfig
@@ -94,17 +113,11 @@ def key_of_session(keys_file: Path):
     from .reports import ReportRefused
     from .sshd import AUTHORIZED_KEYS, read_authorized
 
-    auth = os.environ.get("SSH_USER_AUTH", "")
-    try:
-        if not auth or os.stat(auth).st_uid != os.getuid():
-            raise OSError
-        text = Path(auth).read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError):
-        raise ReportRefused("the server cannot tell which key logged in (ExposeAuthInfo)") \
-            from None
-    blobs = {parts[2] for parts in (line.split() for line in text.splitlines())
-             if len(parts) >= 3 and parts[0] == "publickey"}
-    if len(blobs) != 1:
+    text = _auth_info()
+    if text is None:
+        raise ReportRefused("the server cannot tell which key logged in (ExposeAuthInfo)")
+    blob = sessions.key_of(text)
+    if blob is None:
         raise ReportRefused("reports need a session authenticated by exactly one key")
     if keys_file.name != AUTHORIZED_KEYS:
         raise ReportRefused("the server's key file is not an authorized_keys file")
@@ -112,7 +125,6 @@ def key_of_session(keys_file: Path):
         entries = read_authorized(ServerConfig(config_dir=keys_file.parent))
     except SyncerError:
         raise ReportRefused("the server's authorized_keys cannot be read") from None
-    (blob,) = blobs
     for entry in entries:
         if entry.blob == blob:
             return entry
@@ -140,7 +152,8 @@ def receive_report(args, words: list[str]) -> int:
         entry = key_of_session(args.keys)
         site = entry.site
         payload = read_bounded(sys.stdin.fileno(), MAX_BYTES, READ_TIMEOUT)
-        store(args.state_dir, site, payload, key=entry.fingerprint)
+        ignored = store(args.state_dir, site, payload, key=entry.fingerprint,
+                        relay=entry.relay).ignored
     except ReportRefused as refused:
         print(f"library-syncer: report refused: {refused}", file=sys.stderr, flush=True)
         _syslog(syslog.LOG_NOTICE, f"report from site {site} refused: {refused}")
@@ -150,8 +163,17 @@ def receive_report(args, words: list[str]) -> int:
               flush=True)
         _syslog(syslog.LOG_WARNING, f"report from site {site} not stored: {error}")
         return 1
-    print(f"report stored for site {site}", flush=True)
-    _syslog(syslog.LOG_INFO, f"report stored for site {site}")
+    except Exception as error:  # a report is refused, never a crash of the forced command
+        print("library-syncer: report refused: the server could not read it", file=sys.stderr,
+              flush=True)
+        _syslog(syslog.LOG_ERR, f"report from site {site} refused: {type(error).__name__}")
+        return 1
+    note = "" if not ignored else (
+        f"; {ignored} downstream report(s) ignored: this key is not a relay's "
+        f"(on this server: library-syncer server relay {site})")
+    print(f"report stored for site {site}{note}", flush=True)
+    _release_slot()
+    _syslog(syslog.LOG_INFO, f"report stored for site {site}{note}")
     server = ServerConfig(library=Path(args.library), state_dir=Path(args.state_dir),
                           config_dir=Path(args.keys).parent, report_grace=args.grace,
                           metrics_textfile=args.metrics_textfile, fleet_page=args.fleet_page)
@@ -169,8 +191,39 @@ def receive_report(args, words: list[str]) -> int:
     return 0
 
 
+_slot: int | None = None  # this session's slot (server/sessions.py), held until it ends
+
+
+def limit_session(state_dir: Path) -> None:
+    """Bound this session's memory and take one of its key's slots (sessions.TooManySessions
+    when none is free); the slot's descriptor stays open through the exec."""
+    global _slot
+    sessions.bound_memory()
+    text = _auth_info()
+    blob = sessions.key_of(text) if text is not None else None
+    if blob is not None:
+        _slot = sessions.claim(state_dir, blob)
+
+
+def _release_slot() -> None:
+    """The report is answered: what follows (the metrics, the fleet page) is bounded work, and
+    the site may start its next session at once."""
+    global _slot
+    if _slot is not None:
+        os.close(_slot)
+        _slot = None
+
+
 def command(args) -> int:
     """`library-syncer server dispatch …`: what sshd runs for every session of the account."""
+    try:
+        limit_session(args.state_dir)
+    except sessions.TooManySessions as refused:
+        import syslog
+
+        print(f"library-syncer: session refused: {refused}", file=sys.stderr, flush=True)
+        _syslog(syslog.LOG_NOTICE, f"session refused: {refused}")
+        return 1
     original = os.environ.get("SSH_ORIGINAL_COMMAND")
     words = original.split() if original is not None else []
     if words and words[0] == REPORT_COMMAND:

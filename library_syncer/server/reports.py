@@ -9,7 +9,10 @@ authorized_keys line of the key that logged in, one file per site, overwritten b
                                                "downstream": [{"path": […], "key": …, …}]}
 
 A relay forwards the reports its own sites sent it (`downstream`, each with its path below the
-relay). They are stored inside the relay's own file, so a relay speaks only for the subtree
+relay). Only a key authorized as a relay's (`server authorize --relay`, `server relay SITE`:
+`role=relay` on its authorized_keys line) may: the rows another key sends are dropped (its own
+report is stored, the reply says so), so a leaf cannot add rows for other sites. They are
+stored inside the relay's own file, so a relay speaks only for the subtree
 below it: whatever names it forwards appear as `origin → relay → NAME`, never as a site of the
 origin's own, and cannot overwrite another key's record.
 
@@ -37,6 +40,7 @@ from typing import Any
 
 from ..base import fsutil
 from ..base.config import ServerConfig
+from ..base.revision import MAX_SERIAL
 
 FORMAT = 1
 REPORTS_DIR = "reports"
@@ -81,7 +85,10 @@ def _time(value: Any, key: str) -> str:
         raise ReportRefused(f"{key}: expected an ISO 8601 time") from None
     if parsed.tzinfo is None:
         raise ReportRefused(f"{key}: expected a time with its UTC offset")
-    return parsed.astimezone(timezone.utc).isoformat(timespec="seconds")
+    try:  # year 1 with a positive offset is before datetime.min in UTC
+        return parsed.astimezone(timezone.utc).isoformat(timespec="seconds")
+    except OverflowError:
+        raise ReportRefused(f"{key}: out of range") from None
 
 
 def _int(value: Any, key: str, high: int = 2**63 - 1) -> int:
@@ -91,7 +98,8 @@ def _int(value: Any, key: str, high: int = 2**63 - 1) -> int:
 
 
 def _number(value: Any, key: str, high: float = 10 * 365 * 86400.0) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value <= high:
+    # The range first: a 400-digit integer compares, but cannot become a float.
+    if type(value) not in (int, float) or not 0 <= value <= high or not math.isfinite(value):
         raise ReportRefused(f"{key}: expected a number 0-{high:.0f}")
     return float(value)
 
@@ -112,7 +120,7 @@ FIELDS: dict[str, tuple[Any, bool]] = {
     "bytes_received": (_int, False),
     "library_version": (_optional(_int), False),
     "origin": (_optional(lambda v, k: _text(v, k, SITE_RE)), False),
-    "serial": (_optional(_int), False),
+    "serial": (_optional(lambda v, k: _int(v, k, MAX_SERIAL - 1)), False),
     "listing_digest": (_optional(lambda v, k: _text(v, k, DIGEST_RE)), False),
     "version": (lambda v, k: _text(v, k, VERSION_RE), False),
     "schedule": (_text, False),
@@ -213,21 +221,29 @@ def _now_iso(now: float | None = None) -> str:
     return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds")
 
 
+@dataclass(frozen=True)
+class Stored:
+    path: Path
+    ignored: int  # downstream rows dropped: the key is not a relay's
+
+
 def store(state_dir: Path, site: str, payload: bytes, now: float | None = None,
-          key: str | None = None) -> Path:
+          key: str | None = None, relay: bool = False) -> Stored:
     """Validate `payload` and store it as `site`'s report (the name bound to the key, checked
     again here so nothing else can become a file name; `key`: that key's fingerprint, the
-    site's identity across paths); returns the file written."""
+    site's identity across paths; `relay`: the key may forward downstream rows, else they are
+    dropped and counted)."""
     if not SITE_RE.fullmatch(site):
         raise ReportRefused("this key has no valid site name")
     if key is not None and not KEY_RE.fullmatch(key):
         raise ReportRefused("this key has no valid fingerprint")
     report, downstream = parse(payload)
+    ignored = 0 if relay else len(downstream)
     record = {"format": FORMAT, "site": site, "key": key, "received": _now_iso(now),
-              "report": report, "downstream": downstream}
+              "report": report, "downstream": downstream if relay else []}
     path = reports_dir(state_dir) / f"{site}.json"
     fsutil.atomic_write(path, json.dumps(record, separators=(",", ":")) + "\n", FILE_MODE)
-    return path
+    return Stored(path, ignored)
 
 
 def forget(state_dir: Path, site: str) -> bool:
@@ -421,7 +437,7 @@ def render_metrics(site_rows: list[SiteRow], origin: str, current: tuple[str, in
         metric = f"library_syncer_site_{name}"
         lines.extend([f"# HELP {metric} {help}", f"# TYPE {metric} gauge"])
         for labels, value in samples:
-            text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+            text = ",".join(f'{k}="{label_value(v)}"' for k, v in labels.items())
             lines.append(f"{metric}{{{text}}} {value}")
 
     def labels(row: SiteRow, **more: str) -> dict[str, str]:
@@ -430,7 +446,8 @@ def render_metrics(site_rows: list[SiteRow], origin: str, current: tuple[str, in
     if current is not None:
         lines += ["# HELP library_syncer_origin_serial The revision the origin declares now.",
                   "# TYPE library_syncer_origin_serial gauge",
-                  f'library_syncer_origin_serial{{origin="{current[0]}"}} {current[1]}']
+                  f'library_syncer_origin_serial{{origin="{label_value(current[0])}"}} '
+                  f"{current[1]}"]
     family("serial_lag", "Revisions the site is behind the origin's current one.",
            [(labels(r), r.lag) for r in site_rows if r.lag is not None])
     family("last_report_timestamp_seconds", "When the site's last report was received.",
@@ -448,6 +465,12 @@ def render_metrics(site_rows: list[SiteRow], origin: str, current: tuple[str, in
     family("overdue", "1 when the site has not reported for longer than its schedule allows.",
            [(labels(r), int(r.overdue)) for r in site_rows])
     return "\n".join(lines) + "\n"
+
+
+def label_value(text: str) -> str:
+    """A label value as the exposition format quotes it: a name that came from elsewhere (an
+    upstream's trace) cannot end the label or the line and forge another series."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def write_metrics(textfile: Path, text: str) -> None:

@@ -40,6 +40,7 @@ HOST_KEY_TYPES = ("ed25519", "rsa")  # ed25519 for current clients, RSA for old 
 SITE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 SITE_EXPECTED = "letters, digits, '.', '_' or '-' (up to 63, starting with a letter or digit)"
 SITE_PREFIX = "site="
+RELAY_MARK = "role=relay"  # after site=: the key may forward its sites' reports (reports.py)
 
 
 
@@ -63,6 +64,7 @@ class SiteKey:
     blob: str
     sources: tuple[str, ...] = ()
     dropped: tuple[str, ...] = field(default=(), compare=False)  # options read, not kept
+    relay: bool = False  # authorized as a relay: may forward downstream reports
 
     @property
     def fingerprint(self) -> str:
@@ -71,7 +73,8 @@ class SiteKey:
     def line(self, server: ServerConfig) -> str:
         source = f'from="{",".join(self.sources)}",' if self.sources else ""
         return (f'restrict,{source}command="{forced_command(server)}" '
-                f"{self.key_type} {self.blob} {SITE_PREFIX}{self.site}")
+                f"{self.key_type} {self.blob} {SITE_PREFIX}{self.site}"
+                f"{' ' + RELAY_MARK if self.relay else ''}")
 
 
 def parse_sources(text: str, where: str = "--from") -> tuple[str, ...]:
@@ -244,10 +247,11 @@ def ensure_report_dirs(config: Config | ServerConfig) -> None:
     only when this process may (root with CAP_CHOWN); otherwise a wrong owner is a warning:
     pulls work, reports cannot be stored until an operator runs the command it names."""
     from .reports import reports_dir
+    from .sessions import SESSIONS_DIR
 
     server = _server(config)
     server.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    folders = [reports_dir(server.state_dir)]
+    folders = [reports_dir(server.state_dir), server.state_dir / SESSIONS_DIR]
     for written in (server.metrics_textfile, server.fleet_page):  # by the account: its folder
         if written is not None and not written.parent.exists():
             folders.append(written.parent)
@@ -393,7 +397,8 @@ def read_authorized(config: Config | ServerConfig) -> list[SiteKey]:
                 sources += patterns
             elif name.lower() not in _REDUNDANT_OPTIONS:
                 dropped.append(name if value is None else f'{name}="{value}"')
-        entries.append(SiteKey(site, key.type, key.blob, sources, tuple(dropped)))
+        relay = RELAY_MARK in sshkeys.split_words(line)
+        entries.append(SiteKey(site, key.type, key.blob, sources, tuple(dropped), relay))
     return entries
 
 
@@ -429,14 +434,15 @@ def _keys_lock(server: ServerConfig):
 
 
 def authorize(config: Config | ServerConfig, pubkey_text: str, site: str,
-              source: str = "key", sources: tuple[str, ...] = ()) -> SiteKey:
-    """Add one site's public key, usable only from `sources` when given (see parse_sources);
-    refuses invalid keys, private keys and duplicates."""
+              source: str = "key", sources: tuple[str, ...] = (), relay: bool = False
+              ) -> SiteKey:
+    """Add one site's public key, usable only from `sources` when given (see parse_sources),
+    as a relay's when `relay`; refuses invalid keys, private keys and duplicates."""
     server = _server(config)
     if not SITE_RE.fullmatch(site):
         raise KeyRefused(f'--site: found "{site}", expected {SITE_EXPECTED}')
     key = sshkeys.parse_public_key(pubkey_text, source)
-    entry = SiteKey(site, key.type, key.blob, tuple(sources))
+    entry = SiteKey(site, key.type, key.blob, tuple(sources), relay=relay)
     with _keys_lock(server):
         entries = read_authorized(server)
         for other in entries:
@@ -460,6 +466,21 @@ def revoke(config: Config | ServerConfig, site: str) -> SiteKey:
             known = ", ".join(e.site for e in entries) or "none"
             raise KeyRefused(f'no site named "{site}" (authorized: {known})')
         _write_authorized(server, kept)
+    return next(e for e in entries if e.site == site)
+
+
+def mark_relay(config: Config | ServerConfig, site: str, relay: bool = True) -> SiteKey:
+    """Let a site's key forward its own sites' reports (or no longer)."""
+    from dataclasses import replace
+
+    server = _server(config)
+    with _keys_lock(server):
+        entries = read_authorized(server)
+        if not any(e.site == site for e in entries):
+            known = ", ".join(e.site for e in entries) or "none"
+            raise KeyRefused(f'no site named "{site}" (authorized: {known})')
+        entries = [replace(e, relay=relay) if e.site == site else e for e in entries]
+        _write_authorized(server, entries)
     return next(e for e in entries if e.site == site)
 
 

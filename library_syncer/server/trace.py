@@ -22,15 +22,25 @@ Declaring hashes what is new: a file whose size and mtime are those of the previ
 its digest; the others are read, then every file is stat'ed again, and a file that moved while
 it was read makes this tick "settling" (it is not settled), never a declaration.
 
-The serial only grows: the next one is above both the last one this host declared (kept in the
-server's state directory, so a deleted or restored trace cannot lower it) and the one on disk.
-Both files are written atomically (trace first): a site pulling meanwhile sees the old trace or
-the new one, never a mix.
+The serial only grows: the next one is above the last one this host declared (kept in the
+server's state directory, so a deleted or restored trace cannot lower it). The serial of the
+trace on disk counts only when that state is missing (a reinstalled origin): whoever can write
+the library must not be able to push the serial to its bound (revision.MAX_SERIAL), after which
+no revision could be declared. The files are written atomically (trace first): a site pulling
+meanwhile sees the old trace or the new one, never a mix. The folder and its files are read and
+written without following links, every read within a bound (server/trace_files.py).
+
+With server.signing_key set, each revision is also signed (`statement`, base/statement.py): at
+its declaration, and again whenever the statement is older than a seventh of
+server.statement_validity (daily by default), the key changed, or it is missing, so a site
+always holds a statement far from its expiry while the origin runs, revision or not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import socket
 import stat
@@ -39,16 +49,22 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..base import fsutil, revision
+from ..base import fsutil, revision, statement
 from ..base.config import Config
 from ..base.errors import SyncerError
+from . import trace_files
+
+log = logging.getLogger(__name__)
 
 TRACE_DIR = ".library-syncer"
 TRACE_FILE = "trace.json"
 SERIAL_FILE = "serial"
 SETTLING_FILE = "settling"
 MAX_SETTLING_BYTES = 4096  # read from an upstream: bounded
+STATEMENT_FILE = statement.FILE_NAME
 STATE_FILE = "trace-state.json"
+MAX_STATE_BYTES = 4096
+RESIGN_PARTS = 7  # a statement is signed again once a seventh of its validity has passed
 FORMAT = revision.FORMAT
 
 Listing = revision.Listing
@@ -73,11 +89,13 @@ class Outcome:
     files: int
     size: int
     settles_in: float = 0.0  # seconds, when settling
+    signed_until: str = ""  # when declared with server.signing_key: the statement's expiry
 
     def line(self) -> str:
         what = f"{self.files} files, {self.size:,} bytes"
         if self.state == "declared":
-            return f"revision {self.serial} declared ({what})"
+            signed = f"; signed, valid until {self.signed_until}" if self.signed_until else ""
+            return f"revision {self.serial} declared ({what}){signed}"
         if self.state == "relay":
             return (f"relay: exporting the published snapshot (revision {self.serial} of its "
                     "origin); a relay declares no revisions of its own")
@@ -114,9 +132,12 @@ class Pending:
 def read_pending(root: Path) -> Pending | None:
     """The settling notice a tree holds (None: none, or not one)."""
     try:
-        with open(root / TRACE_DIR / SETTLING_FILE, "rb") as notice:
-            return Pending.from_json(notice.read(MAX_SETTLING_BYTES).decode())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        with trace_files.folder(root, TRACE_DIR, create=False) as folder:
+            notice = None if folder is None else \
+                trace_files.read(folder, SETTLING_FILE, MAX_SETTLING_BYTES)
+        return None if notice is None else Pending.from_json(notice.decode())
+    except (OSError, SyncerError, ValueError, KeyError, TypeError, AttributeError,
+            UnicodeDecodeError):
         return None
 
 
@@ -142,20 +163,47 @@ def scan(library: Path) -> Scan:
     return Scan(files, newest, entries)
 
 
-def read(library: Path) -> Trace | None:
-    """The trace in `library` (None when there is none or it cannot be read as one)."""
+def read_files(library: Path, *names: str, limit: int) -> dict[str, bytes]:
+    """The named files of the trace folder that are there (each a regular file within
+    `limit` bytes; a link, a larger file or a folder that is a link: left out)."""
+    found = {}
     try:
-        return Trace.from_json((library / TRACE_DIR / TRACE_FILE).read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+        with trace_files.folder(library, TRACE_DIR, create=False) as folder:
+            for name in names if folder is not None else ():
+                with contextlib.suppress(trace_files.TooLarge):
+                    data = trace_files.read(folder, name, limit)
+                    if data is not None:
+                        found[name] = data
+    except (OSError, SyncerError):
+        return {}
+    return found
+
+
+def read_document(library: Path) -> tuple[bytes, Trace] | None:
+    """trace.json's bytes and the revision they hold (None: none, or not one)."""
+    data = read_files(library, TRACE_FILE, limit=statement.MAX_DOCUMENT_BYTES).get(TRACE_FILE)
+    try:
+        return None if data is None else (data, Trace.from_json(data.decode()))
+    except (ValueError, UnicodeDecodeError):
         return None
 
 
-def _last_serial(state_dir: Path) -> int:
+def read(library: Path) -> Trace | None:
+    """The trace in `library` (None when there is none or it cannot be read as one)."""
+    found = read_document(library)
+    return found[1] if found else None
+
+
+def _last_serial(state_dir: Path) -> int | None:
+    """The last serial this host declared; None when it has no record (a new host)."""
     try:
-        value = json.loads((state_dir / STATE_FILE).read_text()).get("serial", 0)
-        return value if type(value) is int else 0
+        with open(state_dir / STATE_FILE, "rb") as handle:
+            value = json.loads(handle.read(MAX_STATE_BYTES)).get("serial", 0)
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError, AttributeError):
         return 0
+    return value if type(value) is int and 0 <= value < revision.MAX_SERIAL else 0
 
 
 def origin_name(config: Config) -> str:
@@ -183,13 +231,17 @@ def tick(config: Config, now: float | None = None) -> Outcome:
     now = time.time() if now is None else now
     found = scan(library)
     size = sum(s for s, _ in found.files.values())
-    current = read(library)
-    serial = max(_last_serial(server.state_dir), current.serial if current else 0)
+    held = read_document(library)
+    current = held[1] if held else None
+    serial = _base_serial(server.state_dir, current)
     origin = origin_name(config)
     if current is not None and current.origin == origin and current.files == found.files \
             and current.content is not None:
         _settled(library)  # a change undone before it settled
+        _keep_signed(config, library, held, now)  # type: ignore[arg-type]
         return Outcome("unchanged", current.serial, len(found.files), size)
+    if held is not None and held[1].origin == origin:
+        _keep_signed(config, library, held, now)  # settling may last: the statement may not
     quiet = now - found.newest_change_ns / 1e9
     if quiet < server.settle:
         return _settling(library, Outcome("settling", serial, len(found.files), size,
@@ -203,25 +255,101 @@ def tick(config: Config, now: float | None = None) -> Outcome:
     trace = Trace(origin, serial + 1,
                   datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
                   found.files, content)
-    _declare(library, server.state_dir, trace)
+    document = trace.to_json().encode()
+    signed = _signed_statement(config, document, trace, now)  # before any write: a key that
+    _declare(library, server.state_dir, trace, document, signed)  # cannot sign declares nothing
     _settled(library)
-    return Outcome("declared", trace.serial, len(found.files), size)
+    until = statement.Statement.parse(statement.split(signed)[0]).valid_until if signed else ""
+    return Outcome("declared", trace.serial, len(found.files), size, signed_until=until)
+
+
+def _base_serial(state_dir: Path, current: Trace | None) -> int:
+    """The serial the next revision follows: this host's record; the trace on disk's only when
+    there is no record. SyncerError when no serial is left below revision.MAX_SERIAL."""
+    last = _last_serial(state_dir)
+    on_disk = current.serial if current else 0
+    if last is None:
+        last = on_disk
+    elif on_disk > last:
+        log.warning("the trace in the library says revision %d, this host declared %d last: "
+                    "not declared here, ignored (%s is the record)", on_disk, last,
+                    state_dir / STATE_FILE)
+    if last + 1 >= revision.MAX_SERIAL:
+        raise SyncerError(f"serial {last}: no serial left below {revision.MAX_SERIAL}",
+                          hint=f"the trace's serial was forged; remove {state_dir / STATE_FILE}"
+                          " and the library's .library-syncer folder, then declare again")
+    return last
+
+
+def _signed_statement(config: Config, document: bytes, trace: Trace, now: float
+                      ) -> bytes | None:
+    """The statement file of `trace` signed by server.signing_key (None: no key set)."""
+    from . import signing
+
+    key = config.server.signing_key
+    if key is None:
+        return None
+    fingerprint = signing.public_key(key).fingerprint
+    line = statement.Statement.for_document(document, trace, fingerprint, now,
+                                            config.server.statement_validity).to_bytes()
+    return statement.join(line, signing.sign(line, key))
+
+
+def _keep_signed(config: Config, library: Path, held: tuple[bytes, Trace], now: float) -> None:
+    """Sign the current revision again when its statement is missing, names another document
+    or key, or a seventh of its validity has passed (the serial stays: nothing moves on the
+    sites but the expiry)."""
+    from . import signing
+
+    key = config.server.signing_key
+    if key is None:
+        return
+    document, trace = held
+    validity = config.server.statement_validity
+    if _statement_current(library, document, trace, signing.public_key(key).fingerprint, now,
+                          validity):
+        return
+    signed = _signed_statement(config, document, trace, now)
+    with trace_files.folder(library, TRACE_DIR, create=True) as folder:
+        trace_files.write(folder, STATEMENT_FILE, signed or b"")  # type: ignore[arg-type]
+    log.info("revision %d signed, valid for %s", trace.serial, _span(validity))
+
+
+def _statement_current(library: Path, document: bytes, trace: Trace, fingerprint: str,
+                       now: float, validity: float) -> bool:
+    """The library's statement names this document and key, and is young enough to keep."""
+    raw = read_files(library, STATEMENT_FILE, limit=statement.MAX_STATEMENT_BYTES)
+    try:
+        found = statement.Statement.parse(statement.split(raw[STATEMENT_FILE])[0])
+    except (KeyError, ValueError):
+        return False  # none there, or not one
+    expected = statement.Statement.for_document(document, trace, fingerprint, found.signed_at,
+                                                found.expires - found.signed_at)
+    return found == expected and now - found.signed_at < validity / RESIGN_PARTS and \
+        found.expires > now
+
+
+def _span(seconds: float) -> str:
+    from ..base.units import format_duration
+
+    return format_duration(seconds)
 
 
 def _settling(library: Path, outcome: Outcome, origin: str, now: float) -> Outcome:
     """Tell the sites pulling meanwhile that what they get is not a revision yet, and when one
     comes (the folder's own writes are not a change: scan() skips it)."""
     notice = Pending(origin, outcome.serial + 1, now + outcome.settles_in)
-    folder = library / TRACE_DIR
-    folder.mkdir(mode=0o755, exist_ok=True)
-    fsutil.atomic_write(folder / SETTLING_FILE, notice.to_json())
+    with trace_files.folder(library, TRACE_DIR, create=True) as folder:
+        trace_files.write(folder, SETTLING_FILE, notice.to_json().encode())  # type: ignore
     return outcome
 
 
 def _settled(library: Path) -> None:
     """After the declaration (a site reading both sees a notice for a serial already declared,
     which it ignores)."""
-    (library / TRACE_DIR / SETTLING_FILE).unlink(missing_ok=True)
+    with trace_files.folder(library, TRACE_DIR, create=False) as folder:
+        if folder is not None:
+            trace_files.remove(folder, SETTLING_FILE)
 
 
 def _digests(library: Path, files: Listing, current: Trace | None) -> dict[str, str] | None:
@@ -244,11 +372,16 @@ def _digests(library: Path, files: Listing, current: Trace | None) -> dict[str, 
     return digests
 
 
-def _declare(library: Path, state_dir: Path, trace: Trace) -> None:
-    folder = library / TRACE_DIR
-    folder.mkdir(mode=0o755, exist_ok=True)
+def _declare(library: Path, state_dir: Path, trace: Trace, document: bytes,
+             signed: bytes | None) -> None:
     state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    # The state first: a crash after it skips a serial, never repeats one.
-    fsutil.atomic_write(state_dir / STATE_FILE, json.dumps({"serial": trace.serial}) + "\n")
-    fsutil.atomic_write(folder / TRACE_FILE, trace.to_json())
-    fsutil.atomic_write(folder / SERIAL_FILE, f"{trace.origin} {trace.serial}\n")
+    with trace_files.folder(library, TRACE_DIR, create=True) as folder:
+        assert folder is not None
+        # The state first: a crash after it skips a serial, never repeats one.
+        fsutil.atomic_write(state_dir / STATE_FILE, json.dumps({"serial": trace.serial}) + "\n")
+        trace_files.write(folder, TRACE_FILE, document)
+        if signed is not None:  # after the document: its digest names the new one
+            trace_files.write(folder, STATEMENT_FILE, signed)
+        else:  # a key taken away: no statement of an older revision stays behind
+            trace_files.remove(folder, STATEMENT_FILE)
+        trace_files.write(folder, SERIAL_FILE, f"{trace.origin} {trace.serial}\n".encode())

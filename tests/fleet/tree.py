@@ -100,9 +100,10 @@ class TreeRun(FleetRun):
         config = self.server_config()
         self.sshd_dir.mkdir(mode=0o755, exist_ok=True)
         self.write_origin_settings()
-        for site in self.sites:
+        for site in self.sites:  # the nodes right below the origin may be relays
             server_role.authorize(config, Path(f"{site.key}.pub").read_text(),
-                                  self.names[site.index])
+                                  self.names[site.index],
+                                  relay=self.upstream[site.index] is None)
         rendered = self.sshd_dir / "run" / "sshd_config"
         server_role.write_config(config, rendered, host_keys=True, check=True)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
