@@ -24,6 +24,7 @@ class ExitStatus(IntEnum):
     PARTIAL = 10  # the transfer finished but some files could not be transferred
     STALE = 11  # the upstream offers an older revision (or another origin): nothing published
     SETTLING = 12  # the origin's library changed and is not declared yet: try later (not a fault)
+    UNSIGNED = 13  # sync.origin_keys is set and the upstream's revision is not signed by one
 
 
 class SyncerError(Exception):
@@ -87,6 +88,13 @@ class Settling(SyncerError):
     the next run (or poll) after its declaration picks it up."""
 
     exit_status = ExitStatus.SETTLING
+
+
+class Unsigned(SyncerError):
+    """The upstream offers a revision the pinned origin keys do not vouch for (no statement, a
+    bad signature, another key or namespace, expired, or a document it does not name)."""
+
+    exit_status = ExitStatus.UNSIGNED
 
 
 class DiskFull(SyncerError):

@@ -20,7 +20,7 @@ OUTCOME_OF_STATUS = {
     ExitStatus.OK: "ok", ExitStatus.VERIFY: "verify", ExitStatus.PARTIAL: "partial",
     ExitStatus.NETWORK: "network", ExitStatus.DISK_FULL: "disk_full",
     ExitStatus.HOST_KEY: "host_key", ExitStatus.CONFIG: "config", ExitStatus.STALE: "stale",
-    ExitStatus.SETTLING: "settling",
+    ExitStatus.SETTLING: "settling", ExitStatus.UNSIGNED: "unsigned",
 }
 
 

@@ -27,7 +27,8 @@ from .staging import free_bytes
 log = logging.getLogger("library-syncer")
 
 OUTCOMES = ("ok", "verify", "partial", "network", "disk_full", "host_key", "failed",
-            "interrupted", "error", "stale", "settling")
+            "interrupted", "error", "stale", "settling",
+            "unsigned")
 REPORT_OUTCOMES = ("sent", "refused", "not_taken", "failed")  # sync/report.py's, as labels
 
 

@@ -74,7 +74,8 @@ def filter_options(sync: SyncConfig) -> list[str]:
     hidden = f"/{trace.TRACE_DIR}"
     argv = [f"--filter=+ {hidden}/", f"--filter=+ {hidden}/{trace.TRACE_FILE}",
             f"--filter=+ {hidden}/{trace.SERIAL_FILE}",
-            f"--filter=+ {hidden}/{trace.SETTLING_FILE}", f"--filter=- {hidden}/*"]
+            f"--filter=+ {hidden}/{trace.SETTLING_FILE}",
+            f"--filter=+ {hidden}/{trace.STATEMENT_FILE}", f"--filter=- {hidden}/*"]
     argv += [f"--exclude={pattern}" for pattern in sync.exclude]
     argv += [f"--filter=H {name}" for name in SERVER_MANIFESTS]
     if sync.include:  # only the named item folders (and all they hold), nothing else on top

@@ -31,6 +31,7 @@ from ..base.errors import (
     Settling,
     StaleUpstream,
     SyncerError,
+    Unsigned,
     VerifyError,
 )
 from ..manifest import vcsp
@@ -366,10 +367,12 @@ def _fails_over(error: SyncerError) -> bool:
     """What makes a run try the next upstream: it could not be reached or refused this site's key
     (NetworkError, after its share of retries), or it offers an older revision or another origin
     (StaleUpstream), or it is between revisions (Settling: another upstream may hold the last
-    one). A host key that is unknown or CHANGED stops the run (HostKeyError): moving on
-    would hide exactly what an attack looks like. Problems of the site itself (disk full, the
+    one), or its revision is not signed by a pinned origin key (Unsigned: a relay that
+    altered or lost the statement; another upstream may carry it whole). A host key that is
+    unknown or CHANGED stops the run (HostKeyError): moving on would hide exactly what an
+    attack looks like. Problems of the site itself (disk full, the
     settings) or of the content (verify) are the same whichever upstream serves."""
-    return isinstance(error, (NetworkError, StaleUpstream, Settling)) and \
+    return isinstance(error, (NetworkError, StaleUpstream, Settling, Unsigned)) and \
         not isinstance(error, HostKeyError)
 
 
@@ -384,5 +387,9 @@ def _all_failed(tried: Sequence[failover.Tried]) -> SyncerError:
                             hint=settling[0].hint)
         return StaleUpstream(f"every upstream is stale; keeping the published library ({said})",
                              hint="nothing to do here; the next run pulls again")
-    first = next(e for _, e in tried if not isinstance(e, (StaleUpstream, Settling)))
+    unsigned = [e for _, e in tried if isinstance(e, Unsigned)]
+    if unsigned and all(isinstance(e, (StaleUpstream, Settling, Unsigned)) for _, e in tried):
+        return Unsigned(f"no upstream offers a revision the origin signed ({said})",
+                        hint=unsigned[0].hint)
+    first = next(e for _, e in tried if not isinstance(e, (StaleUpstream, Settling, Unsigned)))
     return NetworkError(f"no upstream served ({said})", hint=first.hint)

@@ -11,6 +11,10 @@
 - **Settling.** When the pull differs from the trace and the origin says its library changed and
   is not declared yet (`.library-syncer/settling`), nothing is wrong and retrying cannot help:
   the run says so, with when the revision is due, and ends with "try later" (exit status 12).
+- **Signed** (with `sync.origin_keys`): the revision must come with the origin's statement
+  (base/statement.py), signed by a pinned key for that origin in our namespace, not expired, and
+  naming exactly the trace.json that came with it; no statement, or no trace at all, is refused
+  (Unsigned, exit status 13), and the next upstream is tried. Without pinned keys: as before.
 - **No trace** (the Docker-based original, or a server before traces): today's behaviour.
 """
 
@@ -23,9 +27,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
+from ..base import statement
 from ..base.config import SyncConfig
-from ..base.errors import Settling, StaleUpstream
-from ..server.trace import SETTLING_FILE, TRACE_DIR, TRACE_FILE, Trace, read_pending
+from ..base.errors import Settling, StaleUpstream, Unsigned
+from ..server.trace import (
+    SETTLING_FILE,
+    STATEMENT_FILE,
+    TRACE_DIR,
+    TRACE_FILE,
+    Trace,
+    read_files,
+    read_pending,
+)
 from .rsync import PARTIAL_DIR, SERVER_MANIFESTS
 
 MAX_SHOWN = 3
@@ -139,3 +152,26 @@ def drop_settling_notice(staging: Path) -> None:
     """What is published is a declared revision: the origin's notice, pulled alongside, is not
     passed on (a relay would otherwise serve it to its sites over a consistent revision)."""
     (staging / TRACE_DIR / SETTLING_FILE).unlink(missing_ok=True)
+
+
+def refuse_unsigned(tree: Path, offered: Trace | None, sync: SyncConfig) -> None:
+    """With sync.origin_keys, raise Unsigned unless `tree` holds a revision the pinned keys
+    vouch for (docs/trust.md). The statement's content digests are the next step's."""
+    if sync.origin_keys is None:
+        return
+    hint = ("the upstream must carry the origin's signed statement (an origin with "
+            "server.signing_key; relays pass it on); see docs/trust.md")
+    if offered is None:
+        raise Unsigned("the upstream declares no revision, and this site accepts signed "
+                       f"revisions only (sync.origin_keys = {sync.origin_keys})", hint=hint)
+    found = {**read_files(tree, STATEMENT_FILE, limit=statement.MAX_STATEMENT_BYTES),
+             **read_files(tree, TRACE_FILE, limit=statement.MAX_DOCUMENT_BYTES)}
+    if STATEMENT_FILE not in found or TRACE_FILE not in found:
+        raise Unsigned(f"revision {offered.serial} of {offered.origin} comes without the "
+                       "origin's signed statement", hint=hint)
+    try:
+        signed = statement.verify_file(found[STATEMENT_FILE], sync.origin_keys, offered.origin)
+        statement.check_document(signed, found[TRACE_FILE])
+    except statement.StatementRefused as error:
+        raise Unsigned(f"revision {offered.serial} of {offered.origin} refused: {error}",
+                       hint=hint) from None

@@ -134,6 +134,7 @@ def _check_revision(tree: Path, published: Path | None, sync: SyncConfig) -> Non
     """The pull must be exactly the origin's declared revision (when it declares one), and not
     an older one than the site publishes (sync/trace_check.py)."""
     offered = trace_check.read(tree)
+    trace_check.refuse_unsigned(tree, offered, sync)  # with sync.origin_keys only
     if offered is None:
         return  # an upstream without a trace (the Docker-based original): as before
     problems = trace_check.differences(tree, offered, sync)
