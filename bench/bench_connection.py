@@ -41,6 +41,9 @@ from tests.harness import sshd as sshd_harness  # noqa: E402
 MEASURES = [
     "sync/sshmux.py", "sync/ssh.py", "sync/run.py", "sync/rsync.py",
 ]
+# The network the figures were measured on (issue 24: the packet-level WAN replaced the
+# latency relay above TCP): a change there also marks the figures.
+HARNESS = ["tests/fleet/netns.py", "tests/harness/wan.py", "tests/harness/wanemu.c"]
 
 MB = 1 << 20
 ACCEPTED = "Accepted publickey"

@@ -101,20 +101,11 @@ def test_cubic_on_the_satellite_link_is_near_mathis() -> None:
     with wan.WanPair.from_profile(profile, tag="tc") as pair:
         result = iperf3(pair, seconds=40, congestion="cubic")
     mathis = profile.mathis_bps()
-    cubic_model = cubic_rfc9438_bps(profile)
+    cubic_model = profile.cubic_bps()
     assert 0.5 * mathis <= result.bps <= 2.0 * cubic_model, \
         f"{result.bps / 1e3:.0f} kbit/s; Mathis {mathis / 1e3:.0f}, CUBIC {cubic_model / 1e3:.0f}"
     assert result.bps < 0.1 * profile.rate_bps
     assert result.emulator["ab"]["lost"] > 5  # losses happened: the bound is theirs
-
-
-def cubic_rfc9438_bps(profile: wan.WanProfile, mss: int = wan.MSS) -> float:
-    """RFC 9438's average CUBIC window under random loss, (C(3+β)/(4(1-β)))^¼ · RTT^¾ / p^¾
-    segments per RTT, as a rate."""
-    c, beta = 0.4, 0.7
-    rtt, p = profile.rtt_ms / 1000, profile.loss_pct / 100
-    window = (c * (3 + beta) / (4 * (1 - beta))) ** 0.25 * rtt ** 0.75 / p ** 0.75
-    return window * mss * 8 / rtt
 
 
 def test_the_emulator_runs_in_namespaces_it_was_given_only() -> None:

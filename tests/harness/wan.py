@@ -86,6 +86,14 @@ class WanProfile:
         """Mathis et al.'s bound for one Reno-like flow: MSS/RTT × 1.22/sqrt(p)."""
         return mss * 8 / (self.rtt_ms / 1000) * 1.22 / (self.loss_pct / 100) ** 0.5
 
+    def cubic_bps(self, mss: int = MSS) -> float:
+        """RFC 9438's average CUBIC window under random loss, (C(3+β)/(4(1-β)))^¼ · RTT^¾ / p^¾
+        segments per RTT (C = 0.4, β = 0.7), as a rate: above Mathis' bound on long paths."""
+        c, beta = 0.4, 0.7
+        rtt, p = self.rtt_ms / 1000, self.loss_pct / 100
+        window = (c * (3 + beta) / (4 * (1 - beta))) ** 0.25 * rtt ** 0.75 / p ** 0.75
+        return window * mss * 8 / rtt
+
     def goodput_ceiling_bps(self) -> float:
         return self.rate_bps * MSS / MTU
 
