@@ -32,7 +32,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("wanemu.c")
@@ -280,13 +280,6 @@ class WanPair:
         for ns in (self.ns_a, self.ns_b):
             delete_namespace(ns)
 
-    def reshape(self, down: Direction, up: Direction) -> None:
-        """Replace the link's model (packets in flight on the old one are lost)."""
-        assert self.emulator is not None
-        self.emulator.stop()
-        self.down, self.up = down, up
-        self.emulator = Emulator(self.ns_a, "wan0", self.ns_b, "wan0", down, up, self.seed)
-
     def run(self, ns: str, argv: list[str], timeout: float = 600,
             **kw) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
@@ -297,6 +290,3 @@ class WanPair:
         self.processes.append(process)
         return process
 
-
-def with_loss(profile: WanProfile, loss_pct: float) -> WanProfile:
-    return replace(profile, loss_pct=loss_pct)
