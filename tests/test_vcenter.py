@@ -27,7 +27,7 @@ from library_syncer.base.errors import ConfigError
 from library_syncer.host import check
 from library_syncer.server import trace
 from library_syncer.sync import vcenter
-from library_syncer.web import caddy
+from library_syncer.web import caddy, certificate
 from tests.harness.net import free_port
 from tests.harness.vcenter import FakeVcenter, Library
 from tests.test_sync_helpers import REPO, add_iso_item, cli, published, sync, write_config
@@ -96,8 +96,9 @@ def test_a_change_asks_once_a_run_without_change_asks_nothing(
     assert find == {"name": "site templates", "type": "SUBSCRIBED"}
     assert all(r.headers.get("vmware-api-session-id") for r in fake.requests[1:])
     assert fake.sessions == set()  # logged out
+    version = _library_version(work_dir)
     assert "vCenter 127.0.0.1: asked subscribed library 'site templates' to synchronise " \
-           "(library version 1)" in first.stderr
+           f"(library version {version})" in first.stderr
     state = json.loads((work_dir / "state" / "vcenter.json").read_text())
     assert state["pending"] is False and state["outcome"] == "requested"
 
@@ -116,14 +117,20 @@ def test_a_change_asks_once_a_run_without_change_asks_nothing(
     status_json = _cli("status", "--json", "-c", str(settings))
     shown = _cli("config", "show", "-c", str(settings))
     assert shown.returncode == 0 and status.returncode == 0, status.stderr + shown.stderr
-    assert re.search(r"^vCenter sync:\s+requested \S+ from 127\.0\.0\.1 \(library version 2\)$",
-                     status.stdout, re.M), status.stdout
+    assert _library_version(work_dir) > version
+    assert re.search(r"^vCenter sync:\s+requested \S+ from 127\.0\.0\.1 \(library version "
+                     rf"{_library_version(work_dir)}\)$", status.stdout, re.M), status.stdout
     request = json.loads(status_json.stdout)["vcenter"]["sync_request"]
     assert request["pending"] is False and request["library"] == "site templates"
     for text in (first.stderr, quiet.stderr, status.stdout, status_json.stdout, shown.stdout):
         assert PASSWORD not in text
         assert not any(sid in text for sid in session_ids)
         assert "Authorization" not in text and "Basic " not in text
+
+
+def _library_version(work_dir: Path) -> int:
+    """lib.json's version as published (a time in microseconds: docs/manifest.md)."""
+    return int(json.loads((published(work_dir / "state") / "lib.json").read_text())["version"])
 
 
 def test_a_failed_request_fails_nothing_and_is_made_again_at_the_next_run(
@@ -144,8 +151,9 @@ def test_a_failed_request_fails_nothing_and_is_made_again_at_the_next_run(
     assert fake.synced == []
     assert json.loads((work_dir / "state" / "vcenter.json").read_text())["pending"] is True
     status = _cli("status", "-c", str(settings)).stdout
-    assert re.search(r"^vCenter sync:\s+PENDING since \S+ \(library version 1\); last try \S+ "
-                     r"failed: asking for a sync", status, re.M), status
+    assert re.search(r"^vCenter sync:\s+PENDING since \S+ \(library version "
+                     rf"{_library_version(work_dir)}\); last try \S+ failed: asking for a sync",
+                     status, re.M), status
     # check: a warning for the failed request (the site works), vCenter itself answers now
     results = check.check_vcenter(config_module.load(settings))
     assert [r.status for r in results] == [check.WARN, check.OK], results
@@ -329,7 +337,7 @@ def _https_config(work_dir: Path, fake: FakeVcenter) -> config_module.Config:
 
 def test_check_compares_the_subscription_with_what_this_site_serves(work_dir, fake):
     config = _https_config(work_dir, fake)
-    url, served = caddy.subscription_url(config), caddy.tls_thumbprint(config)
+    url, served = caddy.subscription_url(config), certificate.tls_thumbprint(config)
     assert url.startswith("https://site.test:") and served
     library = fake.libraries[0]
     library.url, library.thumbprint = url, served

@@ -22,6 +22,8 @@ import trustme
 
 from library_syncer.base.errors import ConfigError
 from library_syncer.web import caddy as web
+from library_syncer.web import certificate
+from library_syncer.web import password as web_password
 from tests.harness import caddy as harness
 from tests.harness import readable
 from tests.harness.caddy import SENTINEL, fetch, make_config, make_state, start_caddy
@@ -322,7 +324,7 @@ FAILED_LOGIN_CPU = 0.05
 def test_a_failed_login_costs_little_cpu(served, password_file):
     """Wrong passwords and wrong user names, each one new (Caddy caches pairs it has seen)."""
     server = served(auth_password_file=str(password_file))
-    assert f"$2b${web.BCRYPT_COST:02d}$" in server.caddyfile.read_text()
+    assert f"$2b${web_password.BCRYPT_COST:02d}$" in server.caddyfile.read_text()
     assert fetch(server.port, "/lib.json", auth=("vcsp", PASSWORD)).status == 200
     tries = 20
     for user in ("vcsp", "admin", "vcs", "vcspx", ""):
@@ -360,7 +362,7 @@ def test_foreign_user_pattern_matches_exactly_that_users_credentials(user):
     import random
     import re
 
-    pattern = re.compile(web.foreign_user_pattern(user))
+    pattern = re.compile(web_password.foreign_user_pattern(user))
     rng = random.Random(user)
     for _ in range(500):
         password = bytes(rng.randrange(256) for _ in range(rng.randrange(12))).decode("latin-1")
@@ -409,13 +411,13 @@ def test_https_with_a_custom_certificate(served, work_dir, tls_files):
     served_der = ssl.PEM_cert_to_DER_cert(cert_file.read_text().split("-----END")[0] +
                                           "-----END CERTIFICATE-----\n")
     expected = hashlib.sha1(served_der).hexdigest().upper()
-    thumbprint = web.tls_thumbprint(server.config)
+    thumbprint = certificate.tls_thumbprint(server.config)
     assert thumbprint is not None and thumbprint.replace(":", "") == expected
     assert len(thumbprint) == 59
     assert web.subscription_url(server.config) == \
         f"https://library.test:{server.config.web.https_port}/lib.json"
     server.stop()  # not running: the thumbprint comes from the certificate file
-    assert web.tls_thumbprint(server.config) == thumbprint
+    assert certificate.tls_thumbprint(server.config) == thumbprint
 
 
 def test_https_with_caddys_internal_ca(served, work_dir):
@@ -437,8 +439,8 @@ def test_https_with_caddys_internal_ca(served, work_dir):
     _check_files(server.port, work_dir / "state", host="library.test", tls=trusted)
     with pytest.raises(ssl.SSLError):  # Caddy has no certificate for that name at all
         fetch(server.port, "/lib.json", host="wrong.test", tls=trusted)
-    assert web.tls_thumbprint(server.config) is not None
-    assert web.tls_thumbprint(make_config(work_dir)) is None  # plain HTTP has none
+    assert certificate.tls_thumbprint(server.config) is not None
+    assert certificate.tls_thumbprint(make_config(work_dir)) is None  # plain HTTP has none
 
 
 def test_reload_does_not_drop_a_download_in_flight(served, work_dir):

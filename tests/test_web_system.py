@@ -115,8 +115,8 @@ def test_internal_tls_keeps_caddys_data_in_its_own_state_directory(box):
     assert box.run("test", "-f", "/var/lib/library-syncer-web/caddy/pki/authorities/local/"
                    "root.crt", check=False).returncode == 0
     thumbprint = box.run("python3", "-c", "from library_syncer.base import config; "
-                         "from library_syncer.web import caddy as web; "
-                         "print(web.tls_thumbprint(config.load()))").stdout.strip()
+                         "from library_syncer.web import certificate; "
+                         "print(certificate.tls_thumbprint(config.load()))").stdout.strip()
     assert len(thumbprint) == 59 and thumbprint.count(":") == 19
 
 

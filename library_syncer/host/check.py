@@ -28,7 +28,7 @@ from ..base.config import Config
 from ..base.errors import ConfigError, SyncerError
 from ..base.units import format_bytes
 from ..sync import rsync, timer
-from ..web import caddy
+from ..web import caddy, certificate
 
 SYNC_USER = "library-syncer"  # the service's account (packaging/debian/library-syncer.sysusers)
 OK, FAIL, SKIP, WARN = "ok", "FAIL", "skip", "warn"  # WARN: works, but should change
@@ -371,7 +371,7 @@ def check_vcenter(config: Config) -> list[CheckResult]:
                                    f"{sub.url}, this site serves {site_url}",
                                    "correct the library's subscription URL in vCenter, or "
                                    "web.hostname and the ports here"))
-    site_print = caddy.tls_thumbprint(config) if site_url.startswith("https:") else None
+    site_print = certificate.tls_thumbprint(config) if site_url.startswith("https:") else None
     if site_print and sub.thumbprint and _bare(sub.thumbprint) != _bare(site_print):
         return [*results, CheckResult(FAIL, "vcenter", f"vCenter's library {name} trusts the "
                                       f"certificate {sub.thumbprint}, this site serves "

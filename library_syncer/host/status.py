@@ -8,7 +8,6 @@ nothing synced yet) is said as such instead of guessed.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from ..base.config import Config
 from ..base.errors import ConfigError, SyncerError
 from ..base.units import format_bytes, format_duration
 from ..sync import timer
-from ..web import caddy
+from ..web import caddy, certificate, published
 
 TIMER_PROPERTIES = ("NextElapseUSecRealtime", "LastTriggerUSec", "RandomizedDelayUSec",
                     "FixedRandomDelay", "TimersCalendar", "ActiveState", "UnitFileState",
@@ -70,26 +69,26 @@ def last_sync(config: Config) -> dict[str, Any]:
 
 
 def published_library(config: Config) -> dict[str, Any]:
-    published = config.published_dir
+    link = config.published_dir
     try:
-        target = os.readlink(published)
+        target = os.readlink(link)
     except FileNotFoundError:
-        return _cannot(f"nothing published yet ({published} does not exist)")
+        return _cannot(f"nothing published yet ({link} does not exist)")
     except OSError as error:
         return _cannot(_why(error))
-    snapshot = (published.parent / target).resolve()
+    snapshot = (link.parent / target).resolve()
     try:
-        lib = json.loads((published / "lib.json").read_text())
-        items = json.loads((published / lib.get("itemsHref", "items.json")).read_text())
+        lib = published.read(link)
     except OSError as error:
         return {**_cannot(_why(error)), "snapshot": str(snapshot)}
-    except ValueError as error:
-        return {**_cannot(f"lib.json/items.json unreadable: {error}"), "snapshot": str(snapshot)}
+    except published.Unreadable as error:
+        return {**_cannot(f"lib.json/items.json unreadable: {error.detail}"),
+                "snapshot": str(snapshot)}
     from ..sync import trace_check
 
-    held = trace_check.read(published)
-    return {"available": True, "name": lib.get("name"), "version": lib.get("version"),
-            "content_version": lib.get("contentVersion"), "items": len(items.get("items", [])),
+    held = trace_check.read(link)
+    return {"available": True, "name": lib.name, "version": lib.version,
+            "content_version": lib.content_version, "items": len(lib.items),
             "snapshot": str(snapshot), "origin": held.origin if held else None,
             "serial": held.serial if held else None}
 
@@ -163,7 +162,7 @@ def vcenter(config: Config) -> dict[str, Any]:
     if config.web.tls == "off":
         info["thumbprint"] = None
         return info
-    thumbprint = caddy.tls_thumbprint(config)
+    thumbprint = certificate.tls_thumbprint(config)
     info["thumbprint"] = thumbprint
     if thumbprint is None:
         info["thumbprint_reason"] = ("the web server does not answer and no certificate file "

@@ -12,7 +12,6 @@ Point metrics.textfile at a `.prom` file in node_exporter's --collector.textfile
 from __future__ import annotations
 
 import calendar
-import json
 import logging
 import os
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from ..base import fsutil
 from ..base.config import Config
+from ..web import published
 from .last_run import RunRecord
 
 log = logging.getLogger("library-syncer")
@@ -42,6 +42,8 @@ class Library:
 
 
 def read_library(snapshot: Path | None) -> Library:
+    """The published library's figures and the origin revision it holds (sync/report.py reads
+    its version too)."""
     if snapshot is None:
         return Library()
     from . import trace_check
@@ -49,13 +51,13 @@ def read_library(snapshot: Path | None) -> Library:
     held = trace_check.read(snapshot)
     revision = {"origin": held.origin, "serial": held.serial} if held else {}
     try:
-        lib = json.loads((snapshot / "lib.json").read_text())
-        entries = json.loads((snapshot / "items.json").read_text())["items"]
-        return Library(version=int(lib["version"]), items=len(entries),
-                       size=sum(int(f["size"]) for item in entries for f in item["files"]),
-                       **revision)
-    except (OSError, ValueError, TypeError, KeyError):
+        found = published.read(snapshot)
+        version = int(found.version or "")  # none in lib.json: ValueError, not known
+    except (OSError, ValueError):
         return Library(**revision)
+    if found.size is None:  # a file size the manifests do not give: none of it is trusted
+        return Library(**revision)
+    return Library(version=version, items=len(found.items), size=found.size, **revision)
 
 
 def _label(text: str) -> str:

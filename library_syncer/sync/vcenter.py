@@ -23,7 +23,6 @@ nothing asks nothing. Neither the password nor the session id is ever logged.
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.client
 import json
 import logging
@@ -41,6 +40,7 @@ from urllib.parse import quote
 from ..base import fsutil
 from ..base.config import Config, VcenterConfig
 from ..base.text import printable
+from ..web import certificate
 
 log = logging.getLogger("library-syncer")
 
@@ -96,11 +96,6 @@ def read_password(path: Path) -> str:
 # --- the HTTPS client ----------------------------------------------------------------------
 
 
-def sha256_thumbprint(der: bytes) -> str:
-    digest = hashlib.sha256(der).hexdigest().upper()
-    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
-
-
 def _context(vc: VcenterConfig) -> ssl.SSLContext:
     if vc.thumbprint:  # pinned: the pin is compared after the handshake, before any request
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -123,7 +118,7 @@ class _PinnedConnection(http.client.HTTPSConnection):
         super().connect()
         if self.pin:
             der = self.sock.getpeercert(binary_form=True) or b""
-            seen = sha256_thumbprint(der)
+            seen = certificate.thumbprint(der, "sha256")
             if seen != self.pin:
                 self.close()
                 raise VcenterError(f"the certificate of {self.host}:{self.port} has SHA-256 "

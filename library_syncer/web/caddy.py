@@ -1,19 +1,17 @@
-"""Publishing the library with Caddy: the Caddyfile, its checks, the vCenter URL and thumbprint.
+"""Publishing the library with Caddy: the Caddyfile, its checks and the vCenter URL.
 
 Caddy serves only `config.published_dir` (the symlink to the current snapshot). Its admin API
 listens on a private unix socket in the web unit's own runtime directory, so `caddy reload`
 works and two instances on a host never clash. Everything that can be checked before Caddy
-starts is checked here, each problem naming its setting.
+starts is checked here, each problem naming its setting. The password's hash is
+web/password.py's; the thumbprint vCenter asks about, web/certificate.py's.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import ipaddress
 import logging
 import os
-import re
 import socket
 import ssl
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 from ..base import execute, fsutil, render
 from ..base.config import Config, is_hostname
 from ..base.errors import ConfigError, ConfigProblem, SyncerError
+from . import password
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +28,6 @@ ADMIN_SOCKET = "caddy-admin.sock"
 # sync parses what the server sends and must not reach the TLS key, the password or the admin
 # socket; Caddy must not reach the site's SSH key.
 WEB_USER = WEB_GROUP = "library-syncer-web"
-THUMBPRINT_TIMEOUT = 3.0
-_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
 # --- derived values -----------------------------------------------------------------------
@@ -51,7 +48,8 @@ def admin_address(config: Config) -> str:
     return f"unix/{web_runtime_dir(config) / ADMIN_SOCKET}"
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
+    """An IP address, not a name (certificates and TLS name them differently)."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -167,7 +165,7 @@ def _cert_warnings(config: Config) -> list[str]:
     if expired.returncode != 0:
         warnings.append(f"{config.file}: web.cert_file: {web.cert_file} has expired")
     if web.hostname:
-        flag = "-checkip" if _is_ip(web.hostname) else "-checkhost"
+        flag = "-checkip" if is_ip(web.hostname) else "-checkhost"
         covered = execute.run(["openssl", "x509", "-noout", flag, web.hostname.rstrip("."),
                                "-in", web.cert_file], check=False, capture=True)
         if "does match" not in covered.output:
@@ -181,9 +179,9 @@ def check(config: Config) -> tuple[list[ConfigProblem], list[str]]:
     web, file = config.web, str(config.file)
     problems: list[ConfigProblem] = []
     warnings: list[str] = []
-    if web.hostname and not (is_hostname(web.hostname) or _is_ip(web.hostname)):
+    if web.hostname and not (is_hostname(web.hostname) or is_ip(web.hostname)):
         problems.append(ConfigProblem(file, "web.hostname", f'"{web.hostname}"', "a host name"))
-    if web.tls == "acme" and web.hostname and _is_ip(web.hostname):
+    if web.tls == "acme" and web.hostname and is_ip(web.hostname):
         problems.append(ConfigProblem(file, "web.hostname", f'"{web.hostname}"',
                                       'a DNS name when web.tls = "acme" (no ACME '
                                       'certificates for IP addresses)'))
@@ -215,96 +213,6 @@ def check(config: Config) -> tuple[list[ConfigProblem], list[str]]:
     return problems, warnings
 
 
-def _read_password(config: Config) -> str:
-    path = config.web.auth_password_file
-    assert path is not None
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(ConfigProblem(str(config.file), "web.auth_password_file", f'"{path}"',
-                                        "a UTF-8 text file")) from None
-    lines = text.splitlines()
-    password = lines[0] if lines else ""
-    if not password or "\0" in password or any(line.strip() for line in lines[1:]):
-        raise ConfigError(ConfigProblem(str(config.file), "web.auth_password_file", f'"{path}"',
-                                        "a file holding the password on one line"))
-    return password
-
-
-# bcrypt's cost (log2 of its rounds). Every failed login costs the server one hash: Caddy
-# caches only the pairs it has seen, and an attacker sends new ones. `caddy hash-password`
-# always uses cost 14: ≈0.95 s of CPU per try, measured with Debian's Caddy. Cost 6 costs
-# ≈4 ms. A higher cost only slows guessing from a stolen hash, and the hash is kept only where
-# the password file itself is readable (the web user, root): see docs/web.md.
-BCRYPT_COST = 6
-_BCRYPT_PREFIX = b"$2b$"
-_CRYPT_DATA_SIZE = 32768  # sizeof(struct crypt_data) in libxcrypt
-
-
-def hash_password(password: str, cost: int = BCRYPT_COST) -> str:
-    """bcrypt of `password` at `cost`, by the C library's crypt (libxcrypt, in every Debian).
-
-    `caddy hash-password` cannot choose the cost. The password never appears on a command
-    line; Go's bcrypt, which Caddy uses to compare, accepts `$2b$` hashes of any cost.
-    """
-    import ctypes
-
-    try:
-        libcrypt = ctypes.CDLL("libcrypt.so.1")
-    except OSError as error:
-        raise SyncerError(f"cannot hash the web password: libcrypt.so.1: {error}",
-                          hint="apt-get install libcrypt1") from None
-    libcrypt.crypt_gensalt_rn.restype = ctypes.c_char_p
-    libcrypt.crypt_gensalt_rn.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p,
-                                          ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    libcrypt.crypt_rn.restype = ctypes.c_char_p
-    libcrypt.crypt_rn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p,
-                                  ctypes.c_int]
-    salt_buffer = ctypes.create_string_buffer(128)
-    # No random bytes given: libxcrypt takes them from the kernel (getrandom).
-    salt = libcrypt.crypt_gensalt_rn(_BCRYPT_PREFIX, cost, None, 0, salt_buffer, 128)
-    data = ctypes.create_string_buffer(_CRYPT_DATA_SIZE)
-    hashed = libcrypt.crypt_rn(password.encode(), salt, data, _CRYPT_DATA_SIZE) if salt else None
-    if not hashed or not hashed.startswith(_BCRYPT_PREFIX):
-        raise SyncerError("cannot hash the web password: libcrypt refused bcrypt",
-                          hint="report this with the output of `ldd --version`")
-    return hashed.decode("ascii")
-
-
-_BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
-
-def base64_prefix_pattern(prefix: bytes) -> str:
-    """A regular expression matching exactly the base64 texts whose decoding starts with
-    `prefix` (anchored at the start, open at the end; RE2 syntax, no backslashes)."""
-    whole = len(prefix) - len(prefix) % 3
-    pattern = base64.b64encode(prefix[:whole]).decode()
-    rest = prefix[whole:]
-    if rest:
-        bits = int.from_bytes(rest + b"\0" * (3 - len(rest)), "big")  # one 24-bit group
-        fixed = len(rest) * 8 // 6  # characters wholly given by the prefix: 1 or 2
-        for index in range(fixed):
-            pattern += _BASE64[(bits >> (18 - 6 * index)) & 63]
-        known = len(rest) * 8 - 6 * fixed  # leading bits of the next character: 2 or 4
-        mask = ((1 << known) - 1) << (6 - known)
-        top = (bits >> (18 - 6 * fixed)) & mask
-        pattern += "[" + "".join(c for v, c in enumerate(_BASE64) if v & mask == top) + "]"
-    return pattern
-
-
-def foreign_user_pattern(user: str) -> str:
-    """The Authorization header of Basic credentials for `user` (any password), as a regexp.
-
-    Caddy compares credentials for an unknown user against a built-in cost-14 bcrypt hash
-    (≈0.8 s of CPU, so that timing does not reveal user names). The Caddyfile strips every
-    Authorization header that does not match this before basicauth sees it: a wrong user
-    name then costs nothing and gets the same 401 as no credentials.
-    """
-    return ("^[Bb][Aa][Ss][Ii][Cc] " + base64_prefix_pattern(f"{user}:".encode())
-            + "[A-Za-z0-9+/]*=*$")
-
-
 # --- rendering ----------------------------------------------------------------------------
 
 
@@ -317,7 +225,7 @@ def render_caddyfile(config: Config, *, warn: bool = True) -> str:
         for warning in warnings:
             log.warning("%s", warning)
     web = config.web
-    auth_hash = hash_password(_read_password(config)) if web.auth_password_file else ""
+    auth_hash = password.hash_password(password.read(config)) if web.auth_password_file else ""
     fleet = config.server.fleet_page
     return render.render(
         "Caddyfile.j2",
@@ -337,7 +245,7 @@ def render_caddyfile(config: Config, *, warn: bool = True) -> str:
         auth=bool(auth_hash),
         auth_user=_caddy_quote(web.auth_user),
         auth_hash=auth_hash,
-        foreign_user=_caddy_quote(foreign_user_pattern(web.auth_user)),
+        foreign_user=_caddy_quote(password.foreign_user_pattern(web.auth_user)),
         allow=list(web.allow),
         fleet_root=_caddy_quote(str(fleet.parent)) if fleet else "",
         fleet_file=_caddy_quote(f"/{fleet.name}") if fleet else "",
@@ -352,53 +260,6 @@ def validate(config: Config, path: Path, *, env: dict[str, str] | None = None) -
         reason = next((line for line in reversed(result.tail) if line.startswith("Error")),
                       result.tail[-1] if result.tail else "no output")
         raise ConfigError(ConfigProblem(str(path), "", "", f"caddy validate: {reason}"))
-
-
-# --- the thumbprint vCenter asks about ----------------------------------------------------
-
-
-def _format_thumbprint(der: bytes) -> str:
-    digest = hashlib.sha1(der).hexdigest().upper()
-    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
-
-
-def _served_certificate(config: Config, timeout: float) -> bytes:
-    web = config.web
-    host = web.listen or "127.0.0.1"
-    if ipaddress.ip_address(host).is_unspecified:
-        host = "::1" if ":" in host else "127.0.0.1"
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # we only read the certificate, we trust nothing here
-    name = public_host(config)
-    with socket.create_connection((host, web.https_port), timeout=timeout) as raw, \
-            context.wrap_socket(raw, server_hostname=None if _is_ip(name) else name) as tls:
-        der = tls.getpeercert(binary_form=True)
-    if not der:
-        raise OSError("no certificate")
-    return der
-
-
-def tls_thumbprint(config: Config, timeout: float = THUMBPRINT_TIMEOUT) -> str | None:
-    """SHA-1 thumbprint (AA:BB:…) of the certificate subscribers get; None without TLS.
-
-    Asks the running server first (that is what vCenter sees, whatever the mode); when it is
-    not running, a custom certificate is read from its file; otherwise None.
-    """
-    if config.web.tls == "off":
-        return None
-    try:
-        return _format_thumbprint(_served_certificate(config, timeout))
-    except (OSError, ssl.SSLError, ValueError):
-        pass
-    if config.web.tls == "custom":
-        try:
-            match = _PEM_CERT.search(config.web.cert_file.read_text(errors="replace"))
-            if match:
-                return _format_thumbprint(ssl.PEM_cert_to_DER_cert(match.group(0)))
-        except (OSError, ValueError):
-            pass
-    return None
 
 
 # --- the command --------------------------------------------------------------------------
