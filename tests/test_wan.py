@@ -95,14 +95,17 @@ def test_small_buffer_drops_at_the_tail() -> None:
 def test_cubic_on_the_satellite_link_is_near_mathis() -> None:
     """Profile C (20 Mbit/s, 600 ms RTT, 1% loss): one CUBIC flow is bounded by loss, not by the
     link. Mathis' bound MSS/RTT × 1.22/sqrt(p) is 0.24 Mbit/s; CUBIC's own model (RFC 9438,
-    C = 0.4, β = 0.7) gives 0.44 Mbit/s at this RTT. The flow must land between half of Mathis
-    and twice CUBIC's model, far below the 20 Mbit/s link."""
+    C = 0.4, β = 0.7, the larger of its cubic and Reno-friendly windows) 0.44 Mbit/s at this RTT,
+    and Linux's CUBIC runs at 1.4–2× that model here (bench/wan_validate.py: 0.61–0.88 Mbit/s
+    over 40 s runs). The flow must land between half of Mathis' bound and three times CUBIC's
+    model, and below 10% of the link: a link losing too little, or latency added above TCP
+    (recovering each loss over a short round trip), runs at several Mbit/s."""
     profile = wan.PROFILES["C"]
     with wan.WanPair.from_profile(profile, tag="tc") as pair:
         result = iperf3(pair, seconds=40, congestion="cubic")
     mathis = profile.mathis_bps()
-    cubic_model = profile.cubic_bps()
-    assert 0.5 * mathis <= result.bps <= 2.0 * cubic_model, \
+    cubic_model = max(profile.cubic_bps(), mathis)
+    assert 0.5 * mathis <= result.bps <= 3.0 * cubic_model, \
         f"{result.bps / 1e3:.0f} kbit/s; Mathis {mathis / 1e3:.0f}, CUBIC {cubic_model / 1e3:.0f}"
     assert result.bps < 0.1 * profile.rate_bps
     assert result.emulator["ab"]["lost"] > 5  # losses happened: the bound is theirs
