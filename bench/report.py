@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import report_wan  # noqa: E402
+
 DOC = ROOT / "docs" / "benchmarks.md"
 RESULTS = ROOT / "bench" / "results"
 SCRIPTS = {"fleet_monthly": "fleet"}  # a benchmark recorded by a script of another name
@@ -520,6 +523,8 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
     "fleet_poll": fleet_poll,
 }
 RENDERERS["fleet_failover"] = fleet_failover
+RENDERERS["wan_validate"] = lambda result: report_wan.wan_validate(result, table, provenance)
+RENDERERS["wan_baseline"] = lambda result: report_wan.wan_baseline(result, table, provenance)
 
 
 # --- which code the figures measured ----------------------------------------------------------
@@ -539,22 +544,42 @@ def git(*args: str, root: Path = ROOT) -> subprocess.CompletedProcess[str]:
             from None
 
 
-def measures(benchmark: str, root: Path = ROOT) -> list[str]:
-    """The MEASURES of the script that records `benchmark`, read without importing it."""
+def _script_list(benchmark: str, name: str, root: Path) -> list[str] | None:
+    """The list `name` of the script that records `benchmark`, read without importing it."""
     script = root / "bench" / f"{SCRIPTS.get(benchmark, benchmark)}.py"
     if not script.is_file():
         raise ProvenanceError(f"bench/{script.name}: missing (results of {benchmark} name it)")
     for node in ast.parse(script.read_text()).body:
-        if isinstance(node, ast.Assign) and [getattr(t, "id", "") for t in node.targets] == \
-                ["MEASURES"]:
-            files = list(ast.literal_eval(node.value))
-            missing = [f for f in files if not (root / "library_syncer" / f).exists()]
-            if missing:
-                raise ProvenanceError(f"bench/{script.name}: MEASURES names "
-                                      f"{', '.join(missing)}, not in library_syncer/")
-            return files
-    raise ProvenanceError(f"bench/{script.name}: no MEASURES list (the files under "
-                          f"library_syncer/ its figures depend on)")
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if [getattr(t, "id", "") for t in targets] == [name] and node.value is not None:
+                return list(ast.literal_eval(node.value))
+    return None
+
+
+def measures(benchmark: str, root: Path = ROOT) -> list[str]:
+    """The MEASURES of the script that records `benchmark`: files under library_syncer/."""
+    script = f"bench/{SCRIPTS.get(benchmark, benchmark)}.py"
+    files = _script_list(benchmark, "MEASURES", root)
+    if files is None:
+        raise ProvenanceError(f"{script}: no MEASURES list (the files under "
+                              f"library_syncer/ its figures depend on)")
+    missing = [f for f in files if not (root / "library_syncer" / f).exists()]
+    if missing:
+        raise ProvenanceError(f"{script}: MEASURES names {', '.join(missing)}, "
+                              f"not in library_syncer/")
+    return files
+
+
+def harness(benchmark: str, root: Path = ROOT) -> list[str]:
+    """The script's HARNESS (optional): test-harness files, from the top of the repository,
+    that its figures depend on as much as on the product (the emulated network, say)."""
+    files = _script_list(benchmark, "HARNESS", root) or []
+    missing = [f for f in files if not (root / f).exists()]
+    if missing:
+        raise ProvenanceError(f"bench/{SCRIPTS.get(benchmark, benchmark)}.py: HARNESS names "
+                              f"{', '.join(missing)}, not in the repository")
+    return files
 
 
 def commit_problem(commit: str, root: Path = ROOT) -> str | None:
@@ -570,19 +595,22 @@ def commit_problem(commit: str, root: Path = ROOT) -> str | None:
 
 
 def changed_since(result: Result, root: Path = ROOT) -> list[str]:
-    """The files of MEASURES whose content differs from the results' commit: committed since
-    or changed in the checkout (a change taken back again is no change)."""
+    """The files of MEASURES (under library_syncer/) and HARNESS (from the top) whose content
+    differs from the results' commit: committed since or changed in the checkout (a change
+    taken back again is no change)."""
     problem = commit_problem(result["commit"], root)
     if problem:
         raise ProvenanceError(f"bench/results ({result['benchmark']}): {problem}")
-    files = measures(result["benchmark"], root)
-    diff = git("diff", "--name-only", result["commit"], "--",
-               *(f"library_syncer/{f}" for f in files), root=root)
+    files = [f"library_syncer/{f}" for f in measures(result["benchmark"], root)]
+    files += harness(result["benchmark"], root)
+    if not files:
+        return []
+    diff = git("diff", "--name-only", result["commit"], "--", *files, root=root)
     if diff.returncode != 0:
         raise ProvenanceError(f"git diff {result['commit'][:10]}: "
                               f"{(diff.stderr.strip().splitlines() or ['failed'])[0]}")
-    changed = {line.removeprefix("library_syncer/") for line in diff.stdout.splitlines()}
-    return [f for f in files if f in changed]
+    changed = set(diff.stdout.splitlines())
+    return [f.removeprefix("library_syncer/") for f in files if f in changed]
 
 
 def older_code(result: Result, changed: list[str]) -> str:

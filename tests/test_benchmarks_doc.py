@@ -89,9 +89,10 @@ def test_figures_on_older_code_say_so_next_to_them(path: Path) -> None:
     """The section opens with the mark exactly when a file its benchmark measures differs
     from the results' commit (asked of git file by file, not as report.py asks)."""
     result = json.loads(path.read_text())
-    files = report.measures(result["benchmark"])
-    due = [f for f in files
-           if _git("diff", "--quiet", result["commit"], "--", f"library_syncer/{f}").returncode]
+    files = [f"library_syncer/{f}" for f in report.measures(result["benchmark"])]
+    files += report.harness(result["benchmark"])
+    due = [f.removeprefix("library_syncer/") for f in files
+           if _git("diff", "--quiet", result["commit"], "--", f).returncode]
     body = next(m.group("body") for m in report.SECTION.finditer(report.DOC.read_text())
                 if m.group("name") == path.stem)
     first = body.splitlines()[0]
@@ -105,7 +106,10 @@ def test_figures_on_older_code_say_so_next_to_them(path: Path) -> None:
 def test_every_benchmark_declares_what_it_measures() -> None:
     for benchmark in report.RENDERERS:
         files = report.measures(benchmark)
-        assert files and all((ROOT / "library_syncer" / f).is_file() for f in files), benchmark
+        harness = report.harness(benchmark)  # a harness-only benchmark measures no product code
+        assert files or harness, benchmark
+        assert all((ROOT / "library_syncer" / f).is_file() for f in files), benchmark
+        assert all((ROOT / f).is_file() for f in harness), benchmark
 
 
 def _toy_repo(root: Path) -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.fleet import library, scenarios
-from tests.fleet.netns import Fleet, LinkProfile, list_namespaces
+from tests.fleet.netns import LOSS_TOLERANT, Fleet, LinkProfile, list_namespaces
 from tests.fleet.sites import ROOT, FleetRun
 from tests.harness import sshd as sshd_harness
 from tests.harness.net import free_port
@@ -47,7 +47,7 @@ def fleet_run(fixtures_dir: Path) -> Iterator[FleetRun]:
     lib = work / "library"
     library.make_library(lib, items=ITEMS, disk_size=DISK, fixtures_dir=fixtures_dir)
     try:
-        with Fleet(len(PROFILES), tag="t") as fleet:
+        with Fleet(len(PROFILES), tag="t", **LOSS_TOLERANT) as fleet:
             run = FleetRun(fleet, work, lib)
             for profile in PROFILES:
                 run.add_site(profile, io_timeout=5, retry_budget=300)

@@ -16,7 +16,7 @@ import pytest
 
 from tests.fleet import failover_scenario as scenario
 from tests.fleet import library
-from tests.fleet.netns import Fleet, LinkProfile, list_namespaces
+from tests.fleet.netns import LOSS_TOLERANT, Fleet, LinkProfile, list_namespaces
 from tests.harness import sshd as sshd_harness
 
 pytestmark = pytest.mark.fleet
@@ -34,7 +34,7 @@ def tree(fixtures_dir: Path) -> Iterator[scenario.FailoverTree]:
     lib = work / "library"
     library.make_library(lib, items=ITEMS, disk_size=DISK, fixtures_dir=fixtures_dir)
     try:
-        with Fleet(4, tag="fo") as fleet:
+        with Fleet(4, tag="fo", **LOSS_TOLERANT) as fleet:
             run = scenario.FailoverTree(fleet, work, lib, settle=2.0, report_grace=1.0)
             first = scenario.build_failover(run, relay_profile=RELAY,
                                             site_profiles=[[SITE], [SITE]],

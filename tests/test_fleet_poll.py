@@ -22,7 +22,7 @@ import pytest
 
 from tests.fleet import library, tree_scenarios
 from tests.fleet import poll_scenario as poll
-from tests.fleet.netns import Fleet, LinkProfile, list_namespaces
+from tests.fleet.netns import LOSS_TOLERANT, Fleet, LinkProfile, list_namespaces
 from tests.fleet.tree import TreeRun
 from tests.harness import sshd as sshd_harness
 
@@ -40,7 +40,7 @@ def tree(fixtures_dir: Path) -> Iterator[TreeRun]:
     lib = work / "library"
     library.make_library(lib, items=2, disk_size=1 * MB, fixtures_dir=fixtures_dir)
     try:
-        with Fleet(3, tag="tp") as fleet:
+        with Fleet(3, tag="tp", **LOSS_TOLERANT) as fleet:
             run = TreeRun(fleet, work, lib, settle=2.0, report_grace=1.0)
             for outcome in tree_scenarios.build(run, relay_profile=RELAY, site_profiles=[SITES],
                                                 short_schedule=60):

@@ -19,7 +19,7 @@ import pytest
 
 from tests.fleet import library
 from tests.fleet import tree_scenarios as scenarios
-from tests.fleet.netns import Fleet, LinkProfile, list_namespaces
+from tests.fleet.netns import LOSS_TOLERANT, Fleet, LinkProfile, list_namespaces
 from tests.fleet.tree import TreeRun
 from tests.harness import sshd as sshd_harness
 
@@ -39,7 +39,7 @@ def tree(fixtures_dir: Path) -> Iterator[TreeRun]:
     lib = work / "library"
     library.make_library(lib, items=ITEMS, disk_size=DISK, fixtures_dir=fixtures_dir)
     try:
-        with Fleet(6, tag="tt") as fleet:
+        with Fleet(6, tag="tt", **LOSS_TOLERANT) as fleet:
             run = TreeRun(fleet, work, lib, settle=2.0, report_grace=1.0)
             first = scenarios.build(run, relay_profile=RELAY, site_profiles=[SITES, SITES],
                                     short_schedule=OVERDUE_AFTER, random_delay=2)

@@ -1,19 +1,25 @@
-"""A fleet of network namespaces: one server, N sites, joined through a bridge namespace.
+"""A fleet of network namespaces: one server, N sites, joined through a router namespace.
 
-    [srv ns] wan0 198.18.0.1 ──veth── srv ┐
-                                          ├─ br0 [bridge ns]
-    [site-i ns] wan0 198.18.0.(10+i) ──veth── s<i> ┘
+    [srv ns] wan0 198.18.0.1 ──veth── srv ── br0 198.18.0.254 ┐
+                                                               │ [router ns] (forwarding,
+    [site-i ns] wan0 (TUN) 198.18.0.(10+i) ◀─ wanemu ─▶ s<i> (TUN) ┘  proxy ARP on br0)
 
-Every interface and address lives inside a namespace this module created: the veth pairs are
-created inside the bridge namespace with their peer moved straight into the target namespace,
-so nothing ever appears in the host's namespace and the host's interfaces and routes are never
-touched. Addresses come from 198.18.0.0/15 (RFC 2544, reserved for benchmarking).
+Each site's link is a packet-level WAN (tests/harness/wan.py): a TUN device in the site
+namespace and one in the router namespace, joined by a `wanemu` process that applies the
+profile's rate, one-way delay (RTT/2 each way), random loss and a drop-tail buffer (one
+bandwidth-delay product) to every IP packet, below TCP. TCP therefore sees the real round trip
+and recovers each loss over it, as on a real WAN. The server's own link is an unshaped veth.
 
-Per-link profile: rate with `tbf` on both ends of the site's veth (download shaped on the bridge
-side, upload on the site side); loss with nftables `numgen random` drops at the receiving end of
-each direction (site input for downloads, server input for uploads, so TCP sees a genuine loss
-in the network rather than a local send error); latency with tests/fleet/relay.py, which the
-site runner starts in the site namespace. `flap()` sets the site's interface down and up.
+The senders' congestion control is pinned per route on both ends (`congctl lock`): the origin's
+(`origin_cc`, CUBIC by default: Debian's default) and the sites' (`site_cc`, CUBIC), so results
+never depend on this host's default (BBR here).
+
+Every interface and address lives inside a namespace this module created: the veth pair is
+created inside the router namespace with its peer moved straight into the server namespace and
+the TUN devices are created inside their namespaces, so nothing ever appears in the host's
+namespace and the host's interfaces and routes are never touched. Addresses come from
+198.18.0.0/15 (RFC 2544, reserved for benchmarking). `flap()` sets the site's interface down and
+up.
 
 Cleanup: `Fleet` is a context manager; it also registers itself with an atexit hook and SIGTERM/
 SIGHUP handlers (turned into SystemExit so `finally` blocks run), and `sweep()` removes leftovers
@@ -35,12 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from library_syncer.base import execute
+from tests.harness import iperf, wan
 
 PREFIX = "lsfleet"
 SUBNET = "198.18.0"  # inside 198.18.0.0/15, the benchmarking range; /24 is plenty for 200 sites
 SERVER_IP = f"{SUBNET}.1"
+ROUTER_IP = f"{SUBNET}.254"
 WAN = "wan0"
-FRAME_OVERHEAD = 14 + 20 + 32  # Ethernet, IPv4, TCP with the timestamp option
+FRAME_OVERHEAD = 20 + 32  # IPv4, TCP with timestamps (a TUN device has no Ethernet header)
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,10 @@ class LinkProfile:
         rate = f"{self.rate_kbit / 1000:g} Mbit/s" if self.rate_kbit else "unshaped"
         return f"{self.name}: {rate}, {self.rtt_ms:g} ms RTT, {self.loss_pct:g}% loss"
 
+    def wan(self) -> wan.WanProfile:
+        """The packet-level link: RTT/2 each way, the loss each way, a one-BDP buffer."""
+        return wan.WanProfile(self.name, self.rate_kbit, self.rtt_ms, self.loss_pct)
+
 
 PROFILES = {
     "lan": LinkProfile("lan"),
@@ -63,6 +75,13 @@ PROFILES = {
     "office": LinkProfile("office", 10_000, 80, 0.5),
     "satellite": LinkProfile("satellite", 5_000, 600, 1.0),
 }
+
+
+# The default suite's fleets send with BBR at both ends: their tests check correctness (every
+# site converges, nothing torn, flaps survived) under real packet loss and full round trips, and
+# a CUBIC sender on the lossy profiles would take several minutes per scenario (Mathis: 0.3 Mbit/s
+# on the dsl profile). The benchmarks keep Fleet's default, CUBIC (Debian's), and say so.
+LOSS_TOLERANT = {"origin_cc": "bbr", "site_cc": "bbr"}
 
 
 def ip(*args: str, check: bool = True) -> execute.CommandResult:
@@ -161,6 +180,9 @@ class Fleet:
     tag: str = ""
     processes: list[subprocess.Popen] = field(default_factory=list, repr=False)
     profiles: dict[int, LinkProfile] = field(default_factory=dict)
+    origin_cc: str = "cubic"  # the server's senders (Debian's default; this host's is BBR)
+    site_cc: str = "cubic"
+    emulators: dict[int, wan.Emulator] = field(default_factory=dict, repr=False)
     _created: list[str] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -197,7 +219,7 @@ class Fleet:
 
     def create(self) -> None:
         if os.geteuid() != 0:
-            raise AssertionError("the fleet simulation needs root (ip netns, tc, nft)")
+            raise AssertionError("the fleet simulation needs root (ip netns, TUN devices)")
         sweep()
         _install_handlers()
         _LIVE.append(self)
@@ -205,12 +227,16 @@ class Fleet:
             self._add_ns(self.bridge_ns)
             ip("-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
             ip("-n", self.bridge_ns, "link", "set", "br0", "up")
+            # the router: answers the server's ARP for every site (proxy ARP) and forwards
+            in_ns(self.bridge_ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+            in_ns(self.bridge_ns, "sysctl", "-q", "-w", "net.ipv4.conf.br0.proxy_arp=1")
+            ip("-n", self.bridge_ns, "addr", "add", f"{ROUTER_IP}/24", "dev", "br0")
             self._add_ns(self.server_ns)
             self._join(self.server_ns, "srv", SERVER_IP)
+            self.pin_origin(self.origin_cc)
             for i in range(self.sites):
                 self._add_ns(self.site_ns(i))
-                self._join(self.site_ns(i), f"s{i}", self.site_ip(i))
-            self._server_loss_table()
+                self._tun_link(i)
         except BaseException:
             self.destroy()
             raise
@@ -228,7 +254,32 @@ class Fleet:
         ip("-n", ns, "addr", "add", f"{address}/24", "dev", WAN)
         ip("-n", ns, "link", "set", WAN, "up")
 
+    def _tun_link(self, i: int) -> None:
+        """Site i's WAN: a TUN device at each end (site and router), unshaped until shape()."""
+        ns, port = self.site_ns(i), f"s{i}"
+        wan.add_tun(self.bridge_ns, port)
+        ip("-n", self.bridge_ns, "route", "add", f"{self.site_ip(i)}/32", "dev", port)
+        wan.add_tun(ns, WAN)
+        ip("-n", ns, "addr", "add", f"{self.site_ip(i)}/24", "dev", WAN)
+        self._site_route(i)
+        self._emulate(i, LinkProfile("unshaped"))
+
+    def _site_route(self, i: int) -> None:
+        wan.pin_congestion_control(self.site_ns(i), f"{SUBNET}.0/24", WAN, self.site_cc,
+                                   src=self.site_ip(i))
+
+    def _emulate(self, i: int, profile: LinkProfile) -> None:
+        old = self.emulators.pop(i, None)
+        if old:
+            old.stop()
+        link = profile.wan().direction()
+        self.emulators[i] = wan.Emulator(self.bridge_ns, f"s{i}", self.site_ns(i), WAN,
+                                         link, link, seed=i + 1)
+
     def destroy(self) -> None:
+        for emulator in self.emulators.values():
+            emulator.stop()
+        self.emulators.clear()
         for process in self.processes:
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -259,61 +310,34 @@ class Fleet:
 
     # --- link profiles ---------------------------------------------------------------------
     def shape(self, i: int, profile: LinkProfile) -> None:
-        """Rate (both directions) and loss (both directions) of site i's link; replaces any."""
+        """Rate, delay and loss (both directions) of site i's link; replaces any (packets in
+        flight on the old link are lost, as when a line is re-provisioned)."""
         self.profiles[i] = profile
-        for ns, dev in ((self.bridge_ns, f"s{i}"), (self.site_ns(i), WAN)):
-            ip("-n", ns, "link", "set", dev, "txqueuelen", "1000")
-            tc_del = ["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"]
-            execute.run(tc_del, check=False, capture=True)
-            if profile.rate_kbit:
-                execute.run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf",
-                             "rate", f"{profile.rate_kbit}kbit", "burst", _burst(profile),
-                             "latency", "100ms"], capture=True)
-        self._site_loss(i, profile.loss_pct)
+        self._emulate(i, profile)
 
-    def _server_loss_table(self) -> None:
-        script = "table inet lsfleet {\n chain input {\n  type filter hook input priority 0;" \
-                 " policy accept;\n }\n}\n"
-        in_ns(self.server_ns, "nft", "-f", "-", input=script.encode())
+    def link_counters(self, i: int) -> dict[str, dict[str, int]]:
+        """The emulator's counters: "ab" is the download direction, "ba" the upload."""
+        return self.emulators[i].stats()
 
-    def _site_loss(self, i: int, loss_pct: float) -> None:
-        per_10k = round(loss_pct * 100)
-        site = self.site_ns(i)
-        in_ns(site, "nft", "delete", "table", "inet", "lsfleet", check=False)
-        rule = f"numgen random mod 10000 < {per_10k} counter drop" if per_10k else "counter"
-        script = ("table inet lsfleet {\n chain input {\n  type filter hook input priority 0;"
-                  f" policy accept;\n  iifname \"{WAN}\" {rule}\n }}\n}}\n")
-        in_ns(site, "nft", "-f", "-", input=script.encode())
-        # Upload direction: dropped as it arrives at the server, matched by the site's address.
-        handles = json.loads(in_ns(self.server_ns, "nft", "-j", "-a", "list", "chain", "inet",
-                                   "lsfleet", "input").output)["nftables"]
-        for entry in handles:
-            rule_entry = entry.get("rule")
-            if rule_entry and rule_entry.get("comment") == f"site{i}":
-                in_ns(self.server_ns, "nft", "delete", "rule", "inet", "lsfleet", "input",
-                      "handle", str(rule_entry["handle"]))
-        if per_10k:
-            in_ns(self.server_ns, "nft", "add", "rule", "inet", "lsfleet", "input", "ip",
-                  "saddr", self.site_ip(i), "numgen", "random", "mod", "10000", "<",
-                  str(per_10k), "drop", "comment", f'"site{i}"')
+    def pin_origin(self, congestion: str) -> None:
+        """The server's senders to every site on `congestion` (new connections from now on)."""
+        wan.pin_congestion_control(self.server_ns, f"{SUBNET}.0/24", WAN, congestion,
+                                   src=SERVER_IP)
+
+    def iperf_path(self, i: int) -> iperf.Path_:
+        """The server → site i direction, for tests/harness/iperf.py."""
+        return iperf.Path_(self.server_ns, SERVER_IP, self.site_ns(i), self.emulators[i],
+                           self.pin_origin, lambda: self.pin_origin(self.origin_cc))
 
     def dropped_packets(self, i: int) -> int:
-        """Packets the loss rule dropped on the way to site i (downloads)."""
-        data = json.loads(in_ns(self.site_ns(i), "nft", "-j", "list", "chain", "inet",
-                                "lsfleet", "input").output)["nftables"]
-        total = 0
-        for entry in data:
-            for expr in entry.get("rule", {}).get("expr", []):
-                if "counter" in expr and any("drop" in e for e in entry["rule"]["expr"]):
-                    total += expr["counter"]["packets"]
-        return total
+        """Packets the link lost at random on the way to site i (downloads)."""
+        return self.link_counters(i)["ab"]["lost"]
 
     # --- flaps -----------------------------------------------------------------------------
     def link(self, i: int, up: bool) -> None:
         ip("-n", self.site_ns(i), "link", "set", WAN, "up" if up else "down")
         if up:  # a downed interface loses its routes; its address stays
-            ip("-n", self.site_ns(i), "route", "replace", f"{SUBNET}.0/24", "dev", WAN,
-               check=False)
+            self._site_route(i)
 
     def flap(self, i: int, down_seconds: float) -> None:
         self.link(i, False)
@@ -334,7 +358,7 @@ class Fleet:
 
     # --- counters --------------------------------------------------------------------------
     def wire_bytes(self, i: int) -> tuple[int, int]:
-        """(received, sent) bytes at site i's WAN interface, Ethernet frames included."""
+        """(received, sent) bytes at site i's WAN interface: whole IP packets."""
         stats = self.wire_stats(i)
         return stats["rx"]["bytes"], stats["tx"]["bytes"]
 
@@ -344,14 +368,9 @@ class Fleet:
         return data[0]["stats64"]
 
     def tcp_payload_received(self, i: int) -> int:
-        """Bytes received minus Ethernet+IPv4+TCP(timestamps) headers: what TCP delivered."""
+        """Bytes received minus IPv4+TCP(timestamps) headers: what TCP delivered."""
         rx = self.wire_stats(i)["rx"]
         return rx["bytes"] - rx["packets"] * FRAME_OVERHEAD
-
-
-def _burst(profile: LinkProfile) -> str:
-    """Token bucket depth: 10 ms of traffic, at least a few full frames."""
-    return str(max(profile.rate_kbit * 1000 // 8 // 100, 16 * 1514))
 
 
 def main() -> int:

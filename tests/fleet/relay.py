@@ -1,4 +1,4 @@
-"""A delaying TCP relay: the latency half of a WAN link (this kernel has no netem qdisc).
+"""A delaying TCP relay; in the fleet (since issue 24) a plain forwarder with no delay.
 
 Each accepted connection is forwarded to an upstream address. Every chunk read from one side is
 stamped with `now + delay` and put on that direction's queue; the writer sends it when due. Many
@@ -6,11 +6,13 @@ chunks are in flight at once, so throughput is limited by the link and not by on
 (a bandwidth-delay buffer, as a long cable is), and order is kept because each direction has one
 FIFO queue and one writer. Run with `python -m tests.fleet.relay LISTEN=UPSTREAM ... --delay-ms N`
 inside a site's network namespace: each site's client talks to 127.0.0.1 there, and the relay
-carries the bytes over the shaped, lossy link to the server namespace.
+carries the bytes over the site's link to the server namespace.
 
-Limitation (documented in docs/fleet.md): the delay is added above TCP, so the TCP connection that
-crosses the lossy link recovers losses on its own short round trip; protocol round trips (ssh
-handshake, rsync's file list exchange) do see the full RTT.
+The fleet runs it with `--delay-ms 0`: the link itself is packet-level now (tests/harness/wan.py:
+rate, delay and loss below TCP), so the relay's TCP connection to the server sees the full round
+trip and recovers every loss over it. With a delay, the relay adds latency above TCP: a TCP
+connection crossing a lossy link would recover its losses on its own short round trip, which made
+lossy profiles look far better than a real WAN (docs/fleet.md, docs/wan.md).
 """
 
 from __future__ import annotations

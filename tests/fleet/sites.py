@@ -5,8 +5,9 @@ library_syncer.server renders (as `library-syncer server render` does), each sit
 with `server.authorize` — on 198.18.0.1:2222, and a plain HTTP server on :8080 over the same library
 for the "full re-download" baseline (what a vCenter subscription does).
 
-Site namespace i: the delaying relay on 127.0.0.1:2222 and :8080 (→ the server through the
-shaped, lossy link), its own key, known_hosts, settings file and state directory, and the client:
+Site namespace i: a forwarding relay (tests/fleet/relay.py, no delay) on 127.0.0.1:2222 and
+:8080 (→ the server through the site's packet-level link, tests/harness/wan.py), its own
+key, known_hosts, settings file and state directory, and the client:
 `ip netns exec <site> library-syncer sync --config site-i.toml`.
 """
 
@@ -171,11 +172,11 @@ class FleetRun:
         self.write_config(site)
         self.sites.append(site)
         self.fleet.shape(i, profile)
-        delay = profile.rtt_ms / 2
+        # a plain forwarder (no delay of its own): the delay is the packet-level link's
         self.fleet.spawn(ns, [sys.executable, "-m", "tests.fleet.relay",
                               f"127.0.0.1:{SSH_PORT}={SERVER_IP}:{SSH_PORT}",
                               f"127.0.0.1:{HTTP_PORT}={SERVER_IP}:{HTTP_PORT}",
-                              "--delay-ms", str(delay)],
+                              "--delay-ms", "0"],
                          log=site_dir / "relay.log", env={**os.environ, "PYTHONPATH": str(ROOT)})
         _wait_port(ns, "127.0.0.1", SSH_PORT)
         return site

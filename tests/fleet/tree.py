@@ -7,8 +7,9 @@
                sites' reports (forwarded upstream by its next sync)
     [s<i> ns]  site: `library-syncer sync` from its relay
 
-All namespaces hang off the one bridge of `Fleet`; each node's link is shaped as in the flat fleet
-(tbf rate, nftables loss, the latency relay in the node's namespace). The latency relay of every
+All namespaces hang off the one router of `Fleet`; each node's link is the packet-level WAN of the
+flat fleet (rate, delay, loss below TCP: tests/harness/wan.py); a site's traffic to its relay
+crosses both nodes' links. The forwarding relay (tests/fleet/relay.py, no delay) of every
 node forwards 127.0.0.1:2222 to its upstream (the origin for a relay, the relay for a site) and
 127.0.0.1:2223 to the origin, so a site can be switched to pull from the origin directly (`flat`)
 for the bytes-leaving-the-origin comparison in the same run.
@@ -161,7 +162,7 @@ class TreeRun(FleetRun):
         self.fleet.spawn(ns, [sys.executable, "-m", "tests.fleet.relay",
                               f"127.0.0.1:{SSH_PORT}={target}:{SSH_PORT}",
                               f"127.0.0.1:{FLAT_PORT}={SERVER_IP}:{SSH_PORT}",
-                              "--delay-ms", str(profile.rtt_ms / 2)],
+                              "--delay-ms", "0"],  # the delay is the packet-level link's
                          log=site_dir / "relay.log", env={**os.environ, "PYTHONPATH": str(ROOT)})
         _wait_port(ns, "127.0.0.1", SSH_PORT)
         return site
