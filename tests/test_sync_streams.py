@@ -24,8 +24,9 @@ from tests.test_sync_faults import _descendants, _start_sync
 from tests.test_sync_helpers import published, random_bytes, sha256, sync, write_config
 
 MB = 1 << 20
-# 68 MiB in five large files (over streams.MIN_BYTES) and a small one (the normal pass's).
-LARGE = {"alpha": 20, "bravo": 16, "charlie": 14, "delta": 10, "echo": 8}
+# 96 MiB in six large files (over streams.MIN_BYTES; four shares of at least
+# streams.MIN_SHARE) and a small one (the normal pass's).
+LARGE = {"alpha": 24, "bravo": 20, "charlie": 18, "delta": 16, "echo": 10, "foxtrot": 8}
 
 
 def _library(library: Path) -> None:
@@ -90,6 +91,10 @@ def test_small_runs_and_single_files_keep_one_connection():
     many_small = {f"i{n}/f.ovf": MB - 1 for n in range(100)}  # under MIN_FILE each
     assert streams.plan(_listing(many_small), 4) == []
     assert len(streams.plan(_listing({"a/d.vmdk": 40 * MB, "b/d.vmdk": 40 * MB}), 4)) == 2
+    # one file dominates: the other share would not be worth its handshake
+    assert streams.plan(_listing({"a/d.vmdk": 100 * MB, "b/d.vmdk": 2 * MB}), 4) == []
+    # 64 MiB in many files: no more streams than shares of 16 MiB
+    assert len(streams.plan(_listing({f"i{n}/d.vmdk": 4 * MB for n in range(16)}), 8)) == 4
 
 
 def test_the_bandwidth_limit_is_shared_among_the_streams():
@@ -160,7 +165,7 @@ def test_a_small_run_keeps_one_connection(work_dir, sshd, client_key, server_lib
 def test_a_killed_stream_is_made_good_by_the_normal_pass_and_the_limit_is_shared(
         work_dir, sshd, client_key, server_library):
     _library(server_library)
-    # 16 MiB/s for the run: 4 MiB/s for each of four streams (alpha's 20 MiB take 5 s).
+    # 16 MiB/s for the run: 4 MiB/s for each of four streams (a share of 26 MiB takes 6 s).
     config = write_config(work_dir, sshd, client_key[0], streams=4, report=False,
                           bandwidth_limit="16M")
     process = _start_sync(config)

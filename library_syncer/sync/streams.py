@@ -36,6 +36,7 @@ log = logging.getLogger("library-syncer")
 
 MIN_BYTES = 64 << 20  # what a run must fetch in large files before it opens more connections
 MIN_FILE = basis.MIN_SIZE  # smaller files stay with the normal pass (their set-up dominates)
+MIN_SHARE = 16 << 20  # a stream's bytes at least: less is not worth its own handshake
 
 
 @dataclass(frozen=True)
@@ -48,18 +49,23 @@ class Share:
 
 def plan(listed: Iterable[str], streams: int) -> list[Share]:
     """The shares for the dry run's listing (LISTING_FORMAT lines): none (the run keeps its one
-    connection) unless at least two streams are allowed, at least two large files are fetched
-    and they hold MIN_BYTES. Largest file first onto the lightest share (balanced by bytes)."""
+    connection) unless the large files fetched hold MIN_BYTES and make at least two shares of
+    MIN_SHARE. As many shares as sync.streams, the files and MIN_SHARE allow; largest file
+    first onto the lightest share (balanced by bytes); a share left under MIN_SHARE (beside one
+    file that dominates) goes back to the normal pass."""
     files = [f for f in basis.parse_listing(listed) if f.fetched and f.size >= MIN_FILE]
-    count = min(streams, len(files))
-    if count < 2 or sum(f.size for f in files) < MIN_BYTES:
+    total = sum(f.size for f in files)
+    count = min(streams, len(files), total // MIN_SHARE)
+    if count < 2 or total < MIN_BYTES:
         return []
     heap: list[tuple[int, int, list[str]]] = [(0, index, []) for index in range(count)]
     for file in sorted(files, key=lambda f: (-f.size, f.path)):
         size, index, paths = heapq.heappop(heap)
         paths.append(file.path)
         heapq.heappush(heap, (size + file.size, index, paths))
-    return [Share(tuple(paths), size) for size, _, paths in sorted(heap, key=lambda s: s[1])]
+    shares = [Share(tuple(paths), size) for size, _, paths in sorted(heap, key=lambda s: s[1])
+              if size >= MIN_SHARE]
+    return shares if len(shares) >= 2 else []
 
 
 def fetch(sync: SyncConfig, tree: Path, link_dests: list[Path], shares: Sequence[Share],
