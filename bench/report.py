@@ -514,6 +514,43 @@ def fleet_poll(result: Result) -> str:
     return "\n".join([table(head, rows), "", summary, "", cost, "", provenance(result)])
 
 
+# --- bench_streams ----------------------------------------------------------------------------
+
+
+def _stream_runs(result: Result, key: tuple[str, str], rtt: float) -> list[Result]:
+    return [r for r in result["figures"]["runs"]
+            if (r["library"], r["case"]) == key and r["rtt_ms"] == rtt]
+
+
+def bench_streams(result: Result) -> str:
+    f = result["figures"]
+    rtt = f["rtt_ms"]
+    keys = sorted({(r["library"], r["case"]) for r in f["runs"]},
+                  key=lambda k: (k[0] != "large", not k[1].startswith("plain"), k[1]))
+    rows, walls = [], {}
+    for key in keys:
+        near, far = _stream_runs(result, key, 0.0), _stream_runs(result, key, rtt)
+        walls[key] = statistics.median(r["seconds"] for r in far)
+        rate = statistics.median(r["mib_per_s"] for r in far) if key[0] == "large" else None
+        rows.append([key[0], key[1], span([float(r["logins"]) for r in far], lambda v: f"{v:.0f}"),
+                     secs(statistics.median(r["seconds"] for r in near)), secs(walls[key]),
+                     f"{rate:.1f}" if rate is not None else "",
+                     secs(statistics.median(r["first_byte"] for r in far)),
+                     f"{f['round_trips'][f'{key[0]}: {key[1]}']:.1f}"])
+    head = ["library", "case", "logins", "median wall, no delay", f"median wall, RTT {rtt:.0f} ms",
+            "MiB/s (whole run)", "first byte", "round trips before it"]
+    one = next((k for k in keys if k == ("large", "product, 1 stream")), None)
+    many = next((k for k in keys if k[0] == "large" and k[1].endswith("streams")), None)
+    ratio = (f" {f['streams']} streams / 1 stream, whole run at {rtt:.0f} ms: "
+             f"{x(walls[many] / walls[one])}.") if one and many else ""
+    summary = (f"Loopback sshd (forced `rrsync -ro`) behind tests/fleet/relay.py (delay above "
+               f"TCP, no rate limit, no loss); large: a first copy of {f['files']} new files of "
+               f"{f['file_mib']} MiB; small: one 2 MiB file; {f['rounds']} rounds, medians, "
+               f"each run a fresh site. Round trips: (first byte at {rtt:.0f} ms - first byte "
+               f"with no delay) / RTT; a real link adds one per serial TCP handshake.{ratio}")
+    return "\n\n".join([table(head, rows), summary, provenance(result)])
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "bench_sync": bench_sync, "bench_manifest": bench_manifest,
     "bench_server_scale": bench_server_scale, "bench_trace": bench_trace,
@@ -525,6 +562,7 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
 RENDERERS["fleet_failover"] = fleet_failover
 RENDERERS["wan_validate"] = lambda result: report_wan.wan_validate(result, table, provenance)
 RENDERERS["wan_baseline"] = lambda result: report_wan.wan_baseline(result, table, provenance)
+RENDERERS["bench_streams"] = bench_streams
 
 
 # --- which code the figures measured ----------------------------------------------------------

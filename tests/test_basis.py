@@ -26,8 +26,8 @@ def test_parse_listing_reads_itemized_lines_of_files_only():
              "Number of files: 4 (reg: 2, dir: 2)", "cL+++++++++ 0 a/link -> x"]
     assert basis.parse_listing(lines) == [
         Listed("a/small.txt", 3, new=False),
-        Listed("new-item/disk 1.vmdk", 3_000_000, new=True),
-        Listed("a/changed.ovf", 12, new=False),
+        Listed("new-item/disk 1.vmdk", 3_000_000, new=True, fetched=True),
+        Listed("a/changed.ovf", 12, new=False, fetched=True),
     ]
 
 

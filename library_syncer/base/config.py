@@ -355,6 +355,7 @@ class SyncConfig:
     find_basis: bool = setting(True, _bool, "true or false")
     accept_origin: str = setting("", _site_name, 'an origin name, or "" for none')
     share_connection: bool = setting(True, _bool, "true or false")
+    streams: int = setting(4, _int_range(1, 16), "an integer 1-16 (1: one connection always)")
     connect_timeout: float = setting(30.0, _duration, DURATION_EXPECTED)
     io_timeout: float = setting(300.0, _duration, DURATION_EXPECTED)
     retry_budget: float = setting(1800.0, _duration, DURATION_EXPECTED)

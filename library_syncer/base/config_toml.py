@@ -62,6 +62,9 @@ DESCRIPTIONS: dict[str, str] = {
                           "from another (a moved origin; set for one run).",
     "sync.share_connection": "One SSH connection (one handshake) for the whole run (OpenSSH "
                              "connection sharing).",
+    "sync.streams": "Large runs (64 MiB or more of large files to fetch) fetch their largest "
+                    "files over up to this many SSH connections at once, then the normal "
+                    "pass; the bandwidth limit is shared among them (1: always one).",
     "sync.connect_timeout": "Give up connecting after this long.",
     "sync.io_timeout": "Give up when no data moves for this long.",
     "sync.retry_budget": "Keep retrying a failed transfer for up to this long.",

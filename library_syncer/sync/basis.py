@@ -47,6 +47,7 @@ class Listed:
     path: str  # relative, POSIX
     size: int
     new: bool  # not in staging nor in any --link-dest: rsync would send it whole
+    fetched: bool = False  # rsync would fetch it (new or changed: `>f`), not link or skip it
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ def parse_listing(lines: Iterable[str]) -> list[Listed]:
         size, _, path = rest.lstrip().partition(" ")
         if not size.isdigit() or not path or "\\#" in path:
             continue  # rsync escapes unprintable bytes as \#ooo: not the name on disk
-        files.append(Listed(path, int(size), new=flags[2:] == "+++++++++"))
+        files.append(Listed(path, int(size), new=flags[2:] == "+++++++++",
+                            fetched=flags[0] == ">"))
     return files
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..base.config import SyncConfig
 from ..base.errors import DiskFull, HostKeyError, NetworkError, PartialTransfer, SyncerError
+from ..base.units import bwlimit_bytes_per_second
 from ..server import trace
 from . import ssh
 
@@ -55,13 +56,16 @@ def _io_timeout(sync: SyncConfig) -> str:
     return f"--timeout={max(1, int(sync.io_timeout))}"
 
 
-def common_options(sync: SyncConfig, ssh_extra: Sequence[str] = ()) -> list[str]:
+def common_options(sync: SyncConfig, ssh_extra: Sequence[str] = (),
+                   bwlimit: str | None = None) -> list[str]:
+    """`bwlimit`: instead of sync.bandwidth_limit (a stream's share of it)."""
     # --modify-window=-1: compare mtimes to the nanosecond. rsync's default (whole seconds)
     # never re-sends a same-size file rewritten within the second of the previous sync.
     argv = ["--recursive", "--times", "--modify-window=-1", "--perms", "--chmod=D0755,F0644",
             "--no-inc-recursive", _io_timeout(sync), "-e", ssh.rsh(sync, ssh_extra)]
-    if sync.bandwidth_limit not in ("0", ""):
-        argv.append(f"--bwlimit={sync.bandwidth_limit}")
+    rate = sync.bandwidth_limit if bwlimit is None else bwlimit
+    if rate not in ("0", ""):
+        argv.append(f"--bwlimit={rate}")
     if sync.compress:
         argv += ["--compress", "--compress-choice=zstd"]
     return argv
@@ -90,16 +94,47 @@ def pull_argv(sync: SyncConfig, dest: Path, link_dests: list[Path], *,
     and delta-transferring changed files against them; interrupted files resume from the
     partial dir. `ssh_extra`: options for ssh (the run's shared connection)."""
     argv = [sync.rsync, *common_options(sync, ssh_extra), "--delete",
-            f"--partial-dir={PARTIAL_DIR}", *filter_options(sync)]
-    argv += [f"--link-dest={Path(d).resolve()}" for d in link_dests]
-    if sync.block_size and not dry_run:
-        argv.append(f"--block-size={sync.block_size}")
+            *_into_staging(sync, link_dests, dry_run)]
     if dry_run:
         # Every file with its itemized change and size (name2: unchanged ones too): what is new
         # gets a basis (sync/basis.py), and the listing says what the server has now.
         argv += ["--dry-run", "--info=stats2,name2", f"--out-format={LISTING_FORMAT}"]
     else:
         argv += ["--info=progress2,stats2"]
+    return [*argv, source(sync), f"{dest}/"]
+
+
+def _into_staging(sync: SyncConfig, link_dests: list[Path], dry_run: bool) -> list[str]:
+    """What every pull into staging shares: resumable, filtered, the site's copies as bases."""
+    argv = [f"--partial-dir={PARTIAL_DIR}", *filter_options(sync)]
+    argv += [f"--link-dest={Path(d).resolve()}" for d in link_dests]
+    if sync.block_size and not dry_run:
+        argv.append(f"--block-size={sync.block_size}")
+    return argv
+
+
+# A stream's own TCP connection: never the run's shared master, nor one from ~/.ssh/config.
+STREAM_SSH = ("-o", "ControlMaster=no", "-o", "ControlPath=none")
+
+
+def bwlimit_share(rate: str, streams: int) -> str:
+    """Each of `streams` concurrent pulls' share of the rate `rate` (KiB/s, at least 1), so that
+    their sum stays within it; "0" (unlimited) stays unlimited."""
+    if rate in ("0", "") or streams <= 1:
+        return rate
+    return str(max(1, bwlimit_bytes_per_second(rate) // streams // 1024))
+
+
+def stream_argv(sync: SyncConfig, dest: Path, link_dests: list[Path], files_from: Path,
+                streams: int) -> list[str]:
+    """One of `streams` concurrent pulls (sync/streams.py) of the files named in `files_from`
+    (NUL-separated, relative to the library) into `dest`: the pull's options, filters and bases
+    without --delete (the normal pass that follows deletes), over its own SSH connection, with
+    its share of the bandwidth limit."""
+    argv = [sync.rsync, *common_options(sync, STREAM_SSH,
+                                        bwlimit_share(sync.bandwidth_limit, streams)),
+            *_into_staging(sync, link_dests, dry_run=False),
+            f"--files-from={files_from}", "--from0", "--info=progress2,stats2"]
     return [*argv, source(sync), f"{dest}/"]
 
 

@@ -1,5 +1,6 @@
 """The transfer of a run: the dry run (what must be fetched: the space check, the bases), then
 the pull into staging, both over the run's one SSH connection and retried as sync/retry.py says.
+A large run first fetches its largest files over several connections (sync/streams.py).
 What arrives must be exactly the revision the origin declares (sync/trace_check.py).
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from ..base.config import SyncConfig
 from ..base.errors import SyncerError
 from ..base.units import format_bytes
-from . import basis, rsync, runner, staging, trace_check
+from . import basis, rsync, runner, staging, streams, trace_check
 from .crash_seam import crash_point
 from .layout import Layout
 from .progress import Reporter
@@ -121,8 +122,11 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
         log.info("fetching %d changed file(s), %s (library %s)", plan.files_transferred,
                  format_bytes(plan.transferred_size), format_bytes(plan.total_size))
     seeded = _seed_bases(layout, tree, published, plan.listed) if sync.find_basis else []
+    shares = streams.plan(plan.listed, sync.streams)
     if reporter:
-        reporter.status(f"transferring {format_bytes(plan.transferred_size)}")
+        over = f" over {len(shares)} connections" if shares else ""
+        reporter.status(f"transferring {format_bytes(plan.transferred_size)}{over}")
+    streams.fetch(sync, tree, link_dests, shares, peer, result)  # large runs only; never fails
     pull = PullStep(argv=rsync.pull_argv(sync, tree, link_dests, ssh_extra=ssh_extra),
                     sync=sync, peer=peer, connection=connection, reporter=reporter,
                     needed=result.needed, staging=tree, published=published, seeded=seeded)
