@@ -19,6 +19,7 @@ from library_syncer.base import statement
 from library_syncer.server import signing, trace
 from tests.fleet.checks import snapshot_problems
 from tests.test_sync_helpers import last_run, published, random_bytes, sync, write_config
+from tests.test_sync_trace import _disk
 
 MB = 1 << 20
 UNSIGNED = 13
@@ -35,13 +36,6 @@ def _declare(settings: Path) -> int:
     outcome = trace.tick(config_module.load(settings), now=time.time() + 61)
     assert outcome.state == "declared", outcome
     return outcome.serial
-
-
-def _disk(library: Path, item: str, data: bytes) -> None:
-    path = library / item / f"{item}.vmdk"
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    path.write_bytes(data)
-    os.chmod(path, 0o644)
 
 
 def _pin(work_dir: Path, *keys: Path) -> Path:

@@ -40,15 +40,20 @@ def _published_serial(state: Path) -> tuple[str, int]:
     return data["origin"], data["serial"]
 
 
-def test_a_site_publishes_the_declared_revision_and_never_a_template_still_arriving(
-        work_dir, sshd, client_key, server_library):
+def _site_at_revision_1(work_dir, sshd, client_key, server_library) -> tuple[Path, Path, str]:
+    """The origin declared revision 1; a site published it: its settings, state, snapshot."""
     _disk(server_library, "ubuntu", random_bytes(2 * MB, 1))
     assert _declare(work_dir, server_library) == 1
     config = write_config(work_dir, sshd, client_key[0])
     state = work_dir / "state"
     assert sync(config).returncode == 0
     assert _published_serial(state) == ("hq", 1)
-    before = os.readlink(state / "published")
+    return config, state, os.readlink(state / "published")
+
+
+def test_a_site_publishes_the_declared_revision_and_never_a_template_still_arriving(
+        work_dir, sshd, client_key, server_library):
+    config, state, before = _site_at_revision_1(work_dir, sshd, client_key, server_library)
 
     # an administrator is copying a new template in: not declared yet
     _disk(server_library, "windows", random_bytes(3 * MB, 2)[: 2 * MB])
@@ -75,12 +80,7 @@ def test_a_site_publishes_the_declared_revision_and_never_a_template_still_arriv
 
 def test_while_the_origin_settles_a_site_says_so_and_ends_at_once_with_try_later(
         work_dir, sshd, client_key, server_library):
-    _disk(server_library, "ubuntu", random_bytes(2 * MB, 1))
-    assert _declare(work_dir, server_library) == 1
-    config = write_config(work_dir, sshd, client_key[0])
-    state = work_dir / "state"
-    assert sync(config).returncode == 0
-    before = os.readlink(state / "published")
+    config, state, before = _site_at_revision_1(work_dir, sshd, client_key, server_library)
 
     # a template arrives; the origin's trace timer ticks before it settled
     _disk(server_library, "windows", random_bytes(2 * MB, 2))
