@@ -19,10 +19,10 @@ from library_syncer.base import config as config_module
 from library_syncer.base.config import ServerConfig
 from library_syncer.cli.main import main
 from library_syncer.server import fleet_page, reports, trace
+from tests.harness import chromium
 from tests.harness import sshd as harness
 from tests.harness.caddy import fetch, make_config, make_state, start_caddy
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DAY = 86400
 DIRECT = ("madrid", "oslo", "paris", "prague", "rome", "vienna")
 BELOW = {"lyon": ("b10", "b11", "b12", "b13", "b14", "b15"),
@@ -102,12 +102,7 @@ def _store_tree(server: ServerConfig, now: float) -> None:
 
 
 def _chromium(work_dir: Path, url: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--no-first-run", f"--user-data-dir={work_dir / 'chromium'}", "--window-size=1280,1250",
-         *args, url],
-        capture_output=True, text=True, timeout=120)
+    return chromium.run(work_dir, url, *args, window="1280,1250")
 
 
 def test_a_20_site_tree_shows_the_overdue_site_first_in_chromium(work_dir: Path):

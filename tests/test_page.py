@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from datetime import datetime, timezone
 from html.parser import HTMLParser
@@ -14,11 +13,11 @@ import pytest
 
 from library_syncer.base.errors import VerifyError
 from library_syncer.web import page
+from tests.harness import chromium
 from tests.harness.caddy import fetch, make_config, make_state, start_caddy, write_library
 
 URL = "https://library.test:8443/lib.json"
 SYNCED = datetime(2026, 11, 25, 21, 0, 5, tzinfo=timezone.utc)
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 class _Collector(HTMLParser):
@@ -124,12 +123,7 @@ def test_page_reports_missing_or_broken_manifests(tmp_path: Path):
 
 
 def _chromium(work_dir: Path, url: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--no-first-run", f"--user-data-dir={work_dir / 'chromium'}", "--window-size=1200,900",
-         *args, url],
-        capture_output=True, text=True, timeout=120)
+    return chromium.run(work_dir, url, *args)
 
 
 @pytest.mark.parametrize("browse", [True, False])
