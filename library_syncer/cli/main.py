@@ -70,6 +70,9 @@ def _add_sync_parser(subparsers) -> None:
                              "(what the timer's runs use)")
     parser.add_argument("--allow-empty", action="store_true",
                         help="publish even if the server's library is now empty")
+    parser.add_argument("--allow-untraced", action="store_true",
+                        help="follow an upstream that declares no revision although this site "
+                             "publishes one (the origin moved back to a server without traces)")
     parser.add_argument("--if-changed", action="store_true",
                         help="first check whether the origin moved (one SSH session reading its "
                              "serial); sync only if it did (what library-syncer-poll.timer runs)")

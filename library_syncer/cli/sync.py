@@ -30,7 +30,8 @@ def sync(args: argparse.Namespace) -> int:
 
         record = poll.run_if_changed(config, retry=not args.no_retry, allow_empty=allow_empty)
     else:
-        record = run.run(config, retry=not args.no_retry, allow_empty=allow_empty)
+        record = run.run(config, retry=not args.no_retry, allow_empty=allow_empty,
+                         allow_untraced=getattr(args, "allow_untraced", False))
     if record is not None and record.error is not None:
         raise record.error
     return int(ExitStatus.OK)

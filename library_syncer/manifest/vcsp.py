@@ -18,7 +18,7 @@ import shutil
 import stat
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -65,6 +65,9 @@ class BuildReport:
     files_hashed: int
     bytes_hashed: int
     content_bytes: int  # total size of the listed files
+    # SHA-256 of every file the build read (path relative to the library): what the sync
+    # compares with the origin's declared content without reading a file twice.
+    digests: dict[str, str] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- building
@@ -398,9 +401,7 @@ def build(root: Path, *, name: str, state: StatePlace | None = None,
 
     cands = scan(root, include_certs, warnings, exclude=state_dir.resolve())
     if cache is None:
-        linked = previous.resolve() if previous.resolve() != root.resolve() else None
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        cache = HashCache.load(cache_dir / CACHE_FILE, warnings, link_source=linked, root=root)
+        cache = open_cache(root, previous, cache_dir, warnings)
     ok = [c for c in cands if not c.problems]
     results, stats = hash_files(_mf_jobs(ok), cache, workers)
     mfs = {c.key: _mf_entries(c, results[(c.key, c.mf)]) for c in ok if c.mf}
@@ -459,5 +460,24 @@ def build(root: Path, *, name: str, state: StatePlace | None = None,
         problems=tuple(problems), warnings=tuple(printable(w) for w in warnings),
         files_hashed=stats.files,
         bytes_hashed=stats.bytes, content_bytes=sum(size for r in records.values()
-                                                    for _, size, _, _ in r.files))
+                                                    for _, size, _, _ in r.files),
+        digests=_digests(root, cands, results))
+
+
+def open_cache(root: Path, previous: Path, cache_dir: Path, warnings: list[str]) -> HashCache:
+    """The hash cache of a build of `root` whose previous tree is `previous` (its hard links
+    are trusted on size and mtime: manifest/hashing.py)."""
+    linked = previous.resolve() if previous.resolve() != root.resolve() else None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return HashCache.load(cache_dir / CACHE_FILE, warnings, link_source=linked, root=root)
+
+
+def _digests(root: Path, cands: list[Candidate], results: dict) -> dict[str, str]:
+    found = {}
+    for cand in cands:
+        for f in cand.files:
+            result = results.get((cand.key, f.name))
+            if isinstance(result, FileDigest) and "sha256" in result.digests:
+                found[f.path.relative_to(root).as_posix()] = result.digests["sha256"]
+    return found
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..base.config import Config
 from ..base.errors import SyncerError
 from ..manifest import vcsp
+from ..manifest.hashing import HashCache
 from ..web import caddy, page
 from . import trace_check
 from .layout import Layout
@@ -39,14 +40,21 @@ def legacy_state(layout: Layout) -> Path:
 
 
 def build(config: Config, layout: Layout, staging: Path, published: Path | None
-          ) -> vcsp.BuildReport:
-    """The manifests of staging (its state: _state). The tokens derive from the origin's
+          ) -> tuple[vcsp.BuildReport, HashCache]:
+    """The manifests of staging (its state: _state), and the hash cache the build used (the
+    content check reads what the build did not with it). The tokens derive from the origin's
     revision document staging holds (none from the Docker original)."""
     lib = config.library
+    warnings: list[str] = []
     try:
-        return vcsp.build(staging, name=lib.name, state=_state(layout, staging, published),
-                          previous=published, include_certs=lib.include_certs, workers=lib.workers,
-                          description=lib.description, revision_doc=trace_check.read(staging))
+        cache = vcsp.open_cache(staging, published or staging, layout.cache, warnings)
+        for warning in warnings:
+            log.warning("warning: %s", warning)
+        report = vcsp.build(staging, name=lib.name, state=_state(layout, staging, published),
+                            previous=published, include_certs=lib.include_certs,
+                            workers=lib.workers, description=lib.description, cache=cache,
+                            revision_doc=trace_check.read(staging))
+        return report, cache
     except OSError as error:
         if error.errno == errno.ENOSPC:
             raise disk_full(error, "writing the manifests") from None

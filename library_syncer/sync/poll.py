@@ -5,8 +5,8 @@ the full verification run. The check costs the origin one SSH session over the s
 restricted account (rrsync -ro allows nothing but rsync):
 
 - **with a trace** (the published snapshot holds the origin's trace.json): rsync fetches the
-  origin's `.library-syncer/serial` ("<origin> <serial>", a few bytes) into a temporary folder and
-  compares it with the published revision;
+  origin's `.library-syncer/serial` ("<origin> <serial>", a few bytes, bounded: sync/declared.py)
+  and compares it with the published revision (an older one: a stale relay, nothing to do);
 - **without one** (the Docker-based original, a server before traces): `rsync --list-only` of
   the library, with the pull's own filters, compared by a digest of (path, size, mtime) with what
   is published (the snapshot's files, its OVAs as the archives they came as).
@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -39,8 +38,9 @@ from ..base import execute, statedir
 from ..base.config import Config, SyncConfig
 from ..base.errors import LockHeld, NetworkError, SyncerError
 from ..base.statedir import StateDir
-from ..server.trace import SERIAL_FILE, TRACE_DIR
+from ..server.trace import TRACE_DIR
 from . import (
+    declared,
     failover,
     last_run,
     lock,
@@ -90,18 +90,12 @@ def _fail(result: execute.CommandResult, sync: SyncConfig) -> None:
 
 
 def origin_serial(sync: SyncConfig, ssh_extra: Sequence[str] = ()) -> Revision | None:
-    """The origin's declared revision, read from its serial file (None: it declares none)."""
-    with tempfile.TemporaryDirectory(prefix="library-syncer-check-") as tmp:
-        dest = Path(tmp) / SERIAL_FILE
-        result = _rsync(rsync.serial_argv(sync, dest, ssh_extra), sync)
-        if result.returncode == 23 and any("No such file" in line for line in result.tail):
-            return None
-        _fail(result, sync)
-        try:
-            origin, serial = dest.read_text().split()
-            return Revision(origin, int(serial))
-        except (OSError, ValueError, UnicodeDecodeError):
-            return None  # unreadable: unknown, so the full sync decides
+    """The origin's declared revision, read from its serial file (None: it declares none, or
+    its serial file is not one: unknown, so the full sync decides)."""
+    found = declared.fetch(sync, ssh_extra)
+    if found is None or found.origin is None or found.serial is None:
+        return None
+    return Revision(found.origin, found.serial)
 
 
 def parse_listing(lines: list[str]) -> set[tuple[str, int, int]]:
@@ -245,6 +239,9 @@ def _check(sync: SyncConfig, layout: Layout, ssh_extra: Sequence[str] = ()
                                               f"{now})")
         if offered == now:
             return Verdict(False, str(offered))
+        if offered.origin == now.origin and offered.serial < now.serial:
+            # A stale relay: a full run would pull and refuse it at every poll.
+            return Verdict(False, f"{offered}, older than {now} published (a stale upstream)")
         return Verdict(True, str(offered), f"the origin moved to {offered} (published: {now})")
     rows = origin_listing(sync, ssh_extra)
     seen = f"listing {digest(rows)[:12]}, {len(rows)} files"

@@ -138,6 +138,17 @@ def stream_argv(sync: SyncConfig, dest: Path, link_dests: list[Path], files_from
     return [*argv, source(sync), f"{dest}/"]
 
 
+def refetch_argv(sync: SyncConfig, dest: Path, files_from: Path,
+                 ssh_extra: Sequence[str] = ()) -> list[str]:
+    """Pull the files named in `files_from` again over what `dest` holds at their paths,
+    comparing whole-file checksums, not size and time (--checksum): a file with the same
+    content is left as it is (a hard link stays one), another gets rsync's delta against it."""
+    argv = [sync.rsync, *common_options(sync, ssh_extra), "--checksum",
+            *_into_staging(sync, [], dry_run=False), f"--files-from={files_from}", "--from0",
+            "--info=stats2"]
+    return [*argv, source(sync), f"{dest}/"]
+
+
 def list_argv(sync: SyncConfig) -> list[str]:
     """List the top of the server's library (`check`): the handshake and the key, nothing
     transferred. Its own I/O timeout: `check` answers within a minute whatever the settings."""
@@ -152,11 +163,15 @@ def listing_argv(sync: SyncConfig, ssh_extra: Sequence[str] = ()) -> list[str]:
             "-e", ssh.rsh(sync, ssh_extra), *filter_options(sync), source(sync)]
 
 
-def serial_argv(sync: SyncConfig, dest: Path, ssh_extra: Sequence[str] = ()) -> list[str]:
-    """Fetch the origin's serial file (a few bytes: "<origin> <serial>") into `dest`."""
-    path = f"{sync.remote_path.rstrip('/')}/{trace.TRACE_DIR}/{trace.SERIAL_FILE}"
-    return [sync.rsync, _io_timeout(sync), "-e", ssh.rsh(sync, ssh_extra),
-            f"{source(sync).rsplit(':', 1)[0]}:{path}", str(dest)]
+def declared_argv(sync: SyncConfig, dest: Path, max_size: int,
+                  ssh_extra: Sequence[str] = ()) -> list[str]:
+    """Fetch the upstream's serial file ("<origin> <serial>") and statement, if it has them,
+    into the folder `dest`: nothing else of its trace folder, nothing over `max_size` bytes."""
+    folder = f"{sync.remote_path.rstrip('/')}/{trace.TRACE_DIR}/"
+    return [sync.rsync, "--recursive", f"--max-size={max_size}", _io_timeout(sync),
+            "-e", ssh.rsh(sync, ssh_extra), f"--filter=+ /{trace.SERIAL_FILE}",
+            f"--filter=+ /{trace.STATEMENT_FILE}", "--filter=- *",
+            f"{source(sync).rsplit(':', 1)[0]}:{folder}", f"{dest}/"]
 
 
 # --- statistics -----------------------------------------------------------------------------

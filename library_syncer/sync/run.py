@@ -36,6 +36,7 @@ from ..base.errors import (
 )
 from ..manifest import vcsp
 from . import (
+    content,
     failover,
     journal,
     last_run,
@@ -89,7 +90,8 @@ def check_settings(config: Config) -> None:
 
 
 def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
-        allow_empty: bool = False, unreachable: Sequence[failover.Tried] = ()) -> RunRecord:
+        allow_empty: bool = False, allow_untraced: bool = False,
+        unreachable: Sequence[failover.Tried] = ()) -> RunRecord:
     """One sync. Returns the run's record; a failure after the lock is in `record.error` (the
     published snapshot is then unchanged, except for VerifyError: the good items were
     published). Raises ConfigError, HostKeyError or LockHeld before anything starts.
@@ -106,7 +108,8 @@ def run(config: Config, *, retry: bool = True, reporter: Reporter | None = None,
         record = _new_record(config, layout, unreachable)
         started = time.monotonic()
         reporter = reporter or Reporter()
-        pull = _Pull(config, layout, record, started, retry, reporter, allow_empty)
+        pull = _Pull(config, layout, record, started, retry, reporter,
+                     _Allowed(allow_empty, allow_untraced))
         failover.walk(config, pull, unreachable, started)
         if record.error is None:  # once the upstream's connection is closed
             reporter.status(summary(record))
@@ -122,6 +125,14 @@ def run_once(config: Config, *, retry: bool = True) -> str:
 
 
 @dataclass(frozen=True)
+class _Allowed:
+    """What the operator allowed for this run only (sync --allow-empty, --allow-untraced)."""
+
+    empty: bool = False
+    untraced: bool = False
+
+
+@dataclass(frozen=True)
 class _Pull:
     """The run at each upstream (sync/failover.py): its steps inside the upstream's connection;
     the record, the journal line and the report once one served or the run ends."""
@@ -132,7 +143,7 @@ class _Pull:
     started: float
     retry: bool
     reporter: Reporter
-    allow_empty: bool
+    allowed: _Allowed
 
     def connect(self, turn: failover.Turn
                 ) -> AbstractContextManager[sshmux.SharedConnection | None]:
@@ -142,7 +153,7 @@ class _Pull:
 
     def attempt(self, turn: failover.Turn, connection: sshmux.SharedConnection | None) -> None:
         _steps(turn.config, self.layout, self.record, self.retry, self.reporter,
-               self.allow_empty, connection)
+               self.allowed, connection)
 
     def fails_over(self, error: SyncerError) -> bool:
         return _fails_over(error)
@@ -180,23 +191,27 @@ class _Pull:
 
 
 def _steps(config: Config, layout: Layout, record: RunRecord, retry: bool, reporter: Reporter,
-           allow_empty: bool, connection: sshmux.SharedConnection | None) -> None:
+           allowed: _Allowed, connection: sshmux.SharedConnection | None) -> None:
     """The run at one upstream, step by step."""
     published = layout.current()
     tree = staging.begin(layout)
     clock = _Phases()
-    done = _transfer(config, layout, tree, published, record, retry, reporter, connection)
+    done = _transfer(config, layout, tree, published, record, retry, reporter, connection,
+                     allowed.untraced)
     clock.lap("transfer")
     crash_point("transferred")
-    if not allow_empty:
+    if not allowed.empty:
         _refuse_emptied(published, tree)
     _record_transfer(record, done)
     reporter.status("unpacking OVAs and building the manifests")
     ovas = _unpack_ovas(layout, tree, published)
     clock.lap("OVAs")
     crash_point("ovas")
-    built = manifests.build(config, layout, tree, published)
+    built, cache = manifests.build(config, layout, tree, published)
     clock.lap("manifests")
+    content.refuse_altered(tree, layout, built.digests, cache, config.sync,
+                           config.library.workers)
+    clock.lap("content check")
     problems = _say_problems(ovas, built)
     manifests.write_page(config, tree)
     clock.lap("page")
@@ -215,12 +230,13 @@ def _steps(config: Config, layout: Layout, record: RunRecord, retry: bool, repor
 
 def _transfer(config: Config, layout: Layout, tree: Path, published: Path | None,
               record: RunRecord, retry: bool, reporter: Reporter,
-              connection: sshmux.SharedConnection | None) -> Transfer:
+              connection: sshmux.SharedConnection | None, allow_untraced: bool) -> Transfer:
     """The dry run and the pull into staging (sync/transfer.py); what crossed the link is
     counted in the record whatever happened."""
     done = Transfer()
     try:
-        return transfer(config.sync, layout, tree, published, retry, reporter, done, connection)
+        return transfer(config.sync, layout, tree, published, retry, reporter, done, connection,
+                        allow_untraced)
     finally:
         record.attempts += done.attempts  # over every upstream tried
         record.bytes_received += done.bytes_received

@@ -39,9 +39,12 @@ from ..server.trace import (
     read_files,
     read_pending,
 )
+from . import declared
 from .rsync import PARTIAL_DIR, SERVER_MANIFESTS
 
 MAX_SHOWN = 3
+_UNSIGNED_HINT = ("the upstream must carry the origin's signed statement (an origin with "
+                  "server.signing_key; relays pass it on); see docs/trust.md")
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ def read(root: Path) -> Trace | None:
         return None
 
 
-def _excluded(path: str, sync: SyncConfig) -> bool:
+def excluded(path: str, sync: SyncConfig) -> bool:
     """The client's filters, as rsync applies them to what it receives."""
     parts = PurePosixPath(path).parts
     if sync.include and (len(parts) < 2 or not any(
@@ -92,7 +95,7 @@ def _received(staging: Path) -> dict[str, tuple[int, int]]:
 
 def differences(staging: Path, trace: Trace, sync: SyncConfig) -> list[str]:
     """Every way the staging tree differs from the trace (empty: it is that revision)."""
-    expected = {p: v for p, v in trace.files.items() if not _excluded(p, sync)}
+    expected = {p: v for p, v in trace.files.items() if not excluded(p, sync)}
     received = _received(staging)
     problems = []
     for path, (size, mtime) in sorted(expected.items()):
@@ -105,8 +108,14 @@ def differences(staging: Path, trace: Trace, sync: SyncConfig) -> list[str]:
             problems.append(f"{path} is not the revision's (another modification time)")
     problems += [f"{path} is not in the revision" for path in sorted(set(received) - set(expected))
                  if path not in ("lib.json", "items.json", "index.html")
-                 and not path.endswith("/item.json")]
+                 and not _item_manifest(path)]
     return problems
+
+
+def _item_manifest(path: str) -> bool:
+    """An item's own item.json (rewritten by this site's build; rsync hides the server's): one
+    below an item's folder is a file like any other, which the revision must declare."""
+    return path.count("/") == 1 and path.endswith("/item.json")
 
 
 def describe(problems: list[str]) -> str:
@@ -115,7 +124,7 @@ def describe(problems: list[str]) -> str:
     return shown + more
 
 
-def refuse_rollback(offered: Trace, published: Trace | None, sync: SyncConfig) -> None:
+def refuse_rollback(offered: Trace | Revision, published: Trace | None, sync: SyncConfig) -> None:
     """Raise StaleUpstream for an older revision or another origin than the published one."""
     if published is None:
         return
@@ -154,13 +163,59 @@ def drop_settling_notice(staging: Path) -> None:
     (staging / TRACE_DIR / SETTLING_FILE).unlink(missing_ok=True)
 
 
+def refuse_untraced(published: Trace | None, allow_untraced: bool) -> None:
+    """Rollback by omission: once a site publishes a declared revision, an upstream that
+    declares none (its trace folder removed, or an older server) is not followed silently."""
+    if published is None or allow_untraced:
+        return
+    now = Revision(published.origin, published.serial)
+    raise StaleUpstream(
+        f"the upstream declares no revision, and this site publishes {now}: keeping it",
+        hint="if the origin really stopped declaring revisions (moved back to a server without "
+             "traces), run library-syncer sync --allow-untraced once")
+
+
+def refuse_declared(found: declared.Declared | None, published: Trace | None,
+                    sync: SyncConfig, allow_untraced: bool) -> None:
+    """Before the pull, from the upstream's serial and statement alone (sync/declared.py): a
+    stale, untraced or (with sync.origin_keys) unsigned upstream costs this small read, not a
+    transfer. The pull is checked again in full."""
+    if sync.origin_keys is not None:
+        offered = _verified(found, sync.origin_keys)
+        origin, serial = offered.origin, offered.serial
+    elif found is None or found.origin is None or found.serial is None:
+        if found is None:  # a trace folder without a readable serial is left to the pull
+            refuse_untraced(published, allow_untraced)
+        return
+    else:
+        origin, serial = found.origin, found.serial
+    refuse_rollback(Revision(origin, serial), published, sync)
+
+
+def _verified(found: declared.Declared | None, keys: Path) -> statement.Statement:
+    if found is None:
+        raise Unsigned("the upstream declares no revision, and this site accepts signed "
+                       f"revisions only (sync.origin_keys = {keys})", hint=_UNSIGNED_HINT)
+    if found.statement is None:
+        said = f"revision {found.serial} of {found.origin}" if found.origin else \
+            "the upstream's revision"
+        raise Unsigned(f"{said} comes without the origin's signed statement",
+                       hint=_UNSIGNED_HINT)
+    try:
+        line, _ = statement.split(found.statement)
+        origin = statement.Statement.parse(line).origin
+        return statement.verify_file(found.statement, keys, origin)
+    except statement.StatementRefused as error:
+        raise Unsigned(f"the upstream's statement is refused: {error}",
+                       hint=_UNSIGNED_HINT) from None
+
+
 def refuse_unsigned(tree: Path, offered: Trace | None, sync: SyncConfig) -> None:
     """With sync.origin_keys, raise Unsigned unless `tree` holds a revision the pinned keys
     vouch for (docs/trust.md). The statement's content digests are the next step's."""
     if sync.origin_keys is None:
         return
-    hint = ("the upstream must carry the origin's signed statement (an origin with "
-            "server.signing_key; relays pass it on); see docs/trust.md")
+    hint = _UNSIGNED_HINT
     if offered is None:
         raise Unsigned("the upstream declares no revision, and this site accepts signed "
                        f"revisions only (sync.origin_keys = {sync.origin_keys})", hint=hint)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 from ..base.config import SyncConfig
 from ..base.errors import SyncerError
 from ..base.units import format_bytes
-from . import basis, rsync, runner, staging, streams, trace_check
+from . import basis, declared, rsync, runner, staging, streams, trace_check
 from .crash_seam import crash_point
 from .layout import Layout
 from .progress import Reporter
@@ -77,19 +79,41 @@ class RsyncStep:
 
 
 @dataclass(kw_only=True)
+class DeclaredStep:
+    """Before anything is pulled: what the upstream declares (its serial, its statement) must
+    not be older than what the site publishes, nor (with sync.origin_keys) unsigned: a stale
+    or forged upstream costs one small read (sync/declared.py, trace_check.refuse_declared)."""
+
+    sync: SyncConfig
+    connection: SharedConnection | None
+    published: Path | None
+    allow_untraced: bool
+
+    def run(self) -> rsync.Stats:
+        if self.connection:
+            self.connection.ensure()
+        found = declared.fetch(self.sync, self.connection.rsh_options()
+                               if self.connection else [])
+        held = trace_check.read(self.published) if self.published is not None else None
+        trace_check.refuse_declared(found, held, self.sync, self.allow_untraced)
+        return rsync.Stats()
+
+
+@dataclass(kw_only=True)
 class PullStep(RsyncStep):
     """The pull: what arrived must be the origin's declared revision, and a basis whose file
     vanished at the server is not published as that file."""
 
     staging: Path
     published: Path | None
-    seeded: list[str]
+    seeded: dict[str, Seeded]
+    allow_untraced: bool
 
     def run(self) -> rsync.Stats:
         stats = super().run()
-        _unseed_vanished(self.staging, self.seeded, stats.vanished)
+        _unseed_vanished(self.staging, list(self.seeded), stats.vanished)
         try:
-            _check_revision(self.staging, self.published, self.sync)
+            _check_revision(self.staging, self.published, self.sync, self.allow_untraced)
         except SyncerError as error:
             error.stats = stats  # type: ignore[attr-defined]  # the bytes did cross the link
             raise
@@ -98,16 +122,19 @@ class PullStep(RsyncStep):
 
 def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | None,
              retry: bool, reporter: Reporter | None, result: Transfer,
-             connection: SharedConnection | None) -> Transfer:
-    """Dry run (what must be fetched: the space check), then the pull into the staging `tree`,
-    both over the run's one SSH connection. `result` is filled as it goes (attempts and bytes
-    are known even when it fails)."""
+             connection: SharedConnection | None, allow_untraced: bool = False) -> Transfer:
+    """The upstream's declaration (one small read), the dry run (what must be fetched: the
+    space check), then the pull into the staging `tree`, all over the run's one SSH
+    connection. `result` is filled as it goes (attempts and bytes are known even when it
+    fails)."""
     link_dests = [p for p in (published,) if p is not None]
     if any(layout.ova_store.iterdir()):
         link_dests.append(layout.ova_store)
     ssh_extra = connection.rsh_options() if connection else []
     _drop_unincluded(tree, sync.include)
     peer = rsync.PeerOptions(sync)
+    with_retries(DeclaredStep(sync=sync, connection=connection, published=published,
+                              allow_untraced=allow_untraced), sync, result, retry)
 
     dry = RsyncStep(argv=rsync.pull_argv(sync, tree, link_dests, dry_run=True,
                                          ssh_extra=ssh_extra),
@@ -121,7 +148,7 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
     if plan.transferred_size:
         log.info("fetching %d changed file(s), %s (library %s)", plan.files_transferred,
                  format_bytes(plan.transferred_size), format_bytes(plan.total_size))
-    seeded = _seed_bases(layout, tree, published, plan.listed) if sync.find_basis else []
+    seeded = _seed_bases(layout, tree, published, plan.listed) if sync.find_basis else {}
     shares = streams.plan(plan.listed, sync.streams)
     if reporter:
         over = f" over {len(shares)} connections" if shares else ""
@@ -129,18 +156,75 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
     streams.fetch(sync, tree, link_dests, shares, peer, result)  # large runs only; never fails
     pull = PullStep(argv=rsync.pull_argv(sync, tree, link_dests, ssh_extra=ssh_extra),
                     sync=sync, peer=peer, connection=connection, reporter=reporter,
-                    needed=result.needed, staging=tree, published=published, seeded=seeded)
+                    needed=result.needed, staging=tree, published=published, seeded=seeded,
+                    allow_untraced=allow_untraced)
     result.stats = with_retries(pull, sync, result, retry)
+    _refetch_kept_bases(sync, tree, published, seeded, peer, connection, result, retry)
     return _report_transfer(result)
 
 
-def _check_revision(tree: Path, published: Path | None, sync: SyncConfig) -> None:
+@dataclass(frozen=True)
+class Seeded:
+    """A basis linked into staging at a new file's path."""
+
+    identity: tuple[int, int]  # the basis's (device, inode)
+    source: str  # its path in the published snapshot (or the archive store)
+
+
+def _refetch_kept_bases(sync: SyncConfig, tree: Path, published: Path | None,
+                        seeded: dict[str, Seeded], peer: rsync.PeerOptions,
+                        connection: SharedConnection | None, result: Transfer,
+                        retry: bool) -> None:
+    """A basis rsync left in place had the new file's size and modification time, so the quick
+    check took it for the new file (a renamed item; reproducible builds make such pairs of
+    different files too). Unless the origin declares the basis's own digest for the new path,
+    it is compared again by whole-file checksum, never published under the new name unchecked."""
+    kept = [rel for rel, basis_of in sorted(seeded.items())
+            if _identity(tree / rel) == basis_of.identity
+            and not _declared_same(tree, published, rel, basis_of.source)]
+    if not kept:
+        return
+    log.info("%d new file(s) had their basis's size and time: compared by checksum (%s)",
+             len(kept), ", ".join(kept[:3]) + (" …" if len(kept) > 3 else ""))
+    with tempfile.TemporaryDirectory(prefix="library-syncer-refetch-") as lists:
+        files_from = Path(lists) / "kept"
+        files_from.write_bytes(b"".join(os.fsencode(rel) + b"\0" for rel in kept))
+        step = RsyncStep(argv=rsync.refetch_argv(sync, tree, files_from, connection.rsh_options()
+                                                 if connection else []),
+                         sync=sync, peer=peer, connection=connection)
+        with_retries(step, sync, result, retry)
+
+
+def _declared_same(tree: Path, published: Path | None, rel: str, source: str) -> bool:
+    """The revision pulled declares for `rel` the digest the published revision declared for
+    `source` (the basis, checked when it was published): the same bytes, nothing to ask."""
+    offered = trace_check.read(tree)
+    held = trace_check.read(published) if published is not None else None
+    if offered is None or held is None or offered.content is None or held.content is None:
+        return False
+    new, old = offered.content.files.get(rel), held.content.files.get(source)
+    return new is not None and old is not None and new.sha256 == old.sha256
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_revision(tree: Path, published: Path | None, sync: SyncConfig,
+                    allow_untraced: bool = False) -> None:
     """The pull must be exactly the origin's declared revision (when it declares one), and not
-    an older one than the site publishes (sync/trace_check.py)."""
+    an older one than the site publishes (sync/trace_check.py); its bytes are compared after
+    the manifest build (sync/content.py)."""
     offered = trace_check.read(tree)
     trace_check.refuse_unsigned(tree, offered, sync)  # with sync.origin_keys only
-    if offered is None:
-        return  # an upstream without a trace (the Docker-based original): as before
+    if offered is None:  # an upstream without a trace (the Docker-based original): as before,
+        held = trace_check.read(published) if published is not None else None
+        trace_check.refuse_untraced(held, allow_untraced)  # unless the site had a revision
+        return
     problems = trace_check.differences(tree, offered, sync)
     if problems:
         trace_check.refuse_settling(tree, offered, problems)  # not torn: try later
@@ -176,21 +260,23 @@ def _unseed_vanished(tree: Path, seeded: list[str], vanished: list[str]) -> None
 
 
 def _seed_bases(layout: Layout, tree: Path, published: Path | None,
-                listed: list[str]) -> list[str]:
+                listed: list[str]) -> dict[str, Seeded]:
     """Give every new file an older copy the site has as its basis (renamed items, new
-    template versions): rsync then fetches only what differs from it (sync/basis.py)."""
+    template versions): rsync then fetches only what differs from it (sync/basis.py).
+    Returns each seeded path with its basis."""
     listing = basis.parse_listing(listed)
     new = [f for f in listing if f.new and f.size >= basis.MIN_SIZE]
     if not new:
-        return []
+        return {}
     pool = basis.candidates(published, layout.ova_store, {f.path for f in listing})
     chosen = basis.choose(new, listing, pool)
-    seeded = basis.seed(tree, chosen)
+    seeded = {rel: Seeded(identity, chosen[rel].rel) for rel in basis.seed(tree, chosen)
+              if (identity := _identity(tree / rel)) is not None}
     for rel in seeded:
         log.debug("basis for %s: %s", rel, chosen[rel].rel)
     if seeded:
         log.info("%d new file(s) fetched as differences from a copy this site has: %s", len(seeded),
-                 ", ".join(f"{rel} (from {chosen[rel].rel})" for rel in seeded[:3])
+                 ", ".join(f"{rel} (from {chosen[rel].rel})" for rel in list(seeded)[:3])
                  + (f" and {len(seeded) - 3} more" if len(seeded) > 3 else ""))
     return seeded
 
