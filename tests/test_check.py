@@ -131,8 +131,13 @@ def test_healthy_site(site):
         _lines(result, "ok    disk: ")[0],
         "skip  timer: systemd is not running here: cannot see whether library-syncer.timer "
         "is enabled",
+        _lines(result, "warn  trust: ")[0],
+        "skip  last run: no run yet (systemctl start library-syncer)",
         "skip  report: no report sent yet (one goes upstream after each run)",
     ]
+    # without pinned origin keys the site works as before, and says what it does not verify
+    assert _lines(result, "warn  trust: ")[0].startswith(
+        "warn  trust: revisions are not verified against the origin's key")
     web_config = site.config.web
     assert _lines(result, "ok    web: ")[0] == (
         f"ok    web: Caddyfile validates; vCenter URL "
@@ -301,14 +306,14 @@ def test_basic_auth_without_an_allow_list_is_a_warning(site):
     result = _check(site)
     assert result.returncode == 0, result.stdout + result.stderr  # a warning fails nothing
     port = site.config.web.https_port
-    assert _lines(result, "warn") == [
+    assert _lines(result, "warn  web") == [
         f"warn  web: basic authentication without web.allow: anyone who reaches port {port} can "
         "make Caddy check passwords (a CPU-bound bcrypt per failed try); fix: set web.allow to "
         'the vCenter addresses, e.g. allow = ["192.0.2.7/32"]']
     site.write(**site_settings(site.work, site.sshd, site.key,
                                web={"auth_password_file": str(password),
                                     "allow": ["192.0.2.7/32"]}))
-    assert _lines(_check(site), "warn") == []
+    assert _lines(_check(site), "warn  web") == []
 
 
 def test_server_role_names_each_symlink_in_the_library(server_site, server_library, work_dir):

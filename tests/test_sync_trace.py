@@ -60,8 +60,9 @@ def test_a_site_publishes_the_declared_revision_and_never_a_template_still_arriv
     result = sync(config)
 
     assert result.returncode == 5, result.stderr
-    assert "what arrived is not revision 1 of hq: the library changed upstream" in \
-        result.stderr and "windows/windows.vmdk is not in the revision" in result.stderr
+    assert "what arrived is not revision 1 of hq (" in result.stderr and \
+        "the library changed upstream during the transfer" in result.stderr and \
+        "windows/windows.vmdk is not in the revision" in result.stderr
     assert os.readlink(state / "published") == before  # nothing published
     assert "windows" not in json.dumps(json.loads((published(state) / "items.json").read_text()))
 

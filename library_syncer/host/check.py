@@ -26,6 +26,7 @@ from ..base import config as config_module
 from ..base import execute
 from ..base.config import Config
 from ..base.errors import ConfigError, SyncerError
+from ..base.text import printable
 from ..base.units import format_bytes
 from ..sync import rsync, runner, timer
 from ..web import caddy, certificate
@@ -402,9 +403,70 @@ def _same_url(a: str, b: str) -> bool:
     return key(a) == key(b)
 
 
+# The last run's outcome as a check line: (status, what to do).
+_LAST_RUN = {
+    "unsigned": (FAIL, "an upstream altered or withheld the origin's signature or bytes, or the "
+                       "origin's key changed: see docs/trust.md (a new origin key is pinned in "
+                       "sync.origin_keys)"),
+    "stale": (WARN, "the upstream is behind what this site publishes (a stale relay, a "
+                    "restored backup): the site keeps its library; see journalctl -u "
+                    "library-syncer"),
+    "network": (WARN, "the next run retries; if this stays, check the link and the server"),
+    "interrupted": (WARN, "the next run resumes where it stopped"),
+    "verify": (WARN, "the other items were published; fix the items named on the server"),
+}
+
+
+def check_last_run(config: Config) -> list[CheckResult]:
+    """The last run: what it published, or why it did not (a refused revision is a failure:
+    it may be an attack, and it stops this site from following the origin)."""
+    from ..sync import last_run
+
+    try:
+        record = last_run.read(config)
+    except (OSError, ValueError, TypeError):
+        return [CheckResult(WARN, "last run", f"{last_run.path(config)} is unreadable",
+                            "the next run writes it again")]
+    if record is None:
+        return [CheckResult(SKIP, "last run", "no run yet (systemctl start library-syncer)")]
+    revision = f"revision {record.serial} of {record.origin}" if record.origin else \
+        "an untraced library"
+    if record.outcome in ("ok", "settling"):
+        return [CheckResult(OK, "last run", f"{record.outcome} at {record.finished}; publishes "
+                                            f"{revision}")]
+    status, fix = _LAST_RUN.get(record.outcome, (FAIL, "journalctl -u library-syncer"))
+    return [CheckResult(status, "last run", f"{record.outcome} at {record.finished}: "
+                                            f"{printable(record.message)[:300]} (still publishes "
+                                            f"{revision})", fix)]
+
+
+def check_trust(config: Config) -> list[CheckResult]:
+    """Whether this site verifies the origin's signature (docs/trust.md); without pinned keys
+    it works as before, with a warning (the Docker-based original signs nothing)."""
+    keys = config.sync.origin_keys
+    if keys is None:
+        return [CheckResult(WARN, "trust", "revisions are not verified against the origin's key "
+                                           "(sync.origin_keys is empty): a relay or a writer of "
+                                           "the origin's library could alter what this site "
+                                           "publishes",
+                            "pin the origin's key (library-syncer server keygen prints the "
+                            "line; docs/trust.md)")]
+    try:
+        names = sorted({line.split()[0] for line in keys.read_text().splitlines()
+                        if line.strip() and not line.startswith("#")})
+    except (OSError, UnicodeDecodeError, IndexError) as error:
+        return [CheckResult(FAIL, "trust", f"sync.origin_keys: {keys} is unreadable ({error})",
+                            "write the origin's allowed-signers line there (docs/trust.md)")]
+    if not names:
+        return [CheckResult(FAIL, "trust", f"sync.origin_keys: {keys} names no origin key",
+                            "write the origin's allowed-signers line there (docs/trust.md)")]
+    return [CheckResult(OK, "trust", f"publishes only revisions signed by a key {keys} pins "
+                                     f"for {', '.join(names)}")]
+
+
 CLIENT_CHECKS: list[Callable[[Config], list[CheckResult]]] = [
     check_key, check_host_key, check_server, check_web, check_web_service, check_disk,
-    check_timer, check_report, check_vcenter,
+    check_timer, check_trust, check_last_run, check_report, check_vcenter,
 ]
 
 # --- the server role ----------------------------------------------------------------------

@@ -55,6 +55,8 @@ def with_retries(step: Step, sync: SyncConfig, transfer: Transfer, retry: bool) 
             if not retry or elapsed + wait > sync.retry_budget:
                 tried = (f"after {transfer.attempts} attempts in {format_duration(elapsed)}"
                          if transfer.attempts > 1 else "(not retried)")
+                if error.lasting is not NetworkError:
+                    raise error.lasting(f"{error.message} {tried}", hint=error.hint) from None
                 raise NetworkError(f"{error.message} {tried}",
                                    hint="check the link and the server; the next run resumes "
                                         "where this one stopped") from None

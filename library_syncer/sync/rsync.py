@@ -263,7 +263,10 @@ def parse_progress(line: str) -> Progress | None:
 
 
 class TransientError(NetworkError):
-    """A failure worth retrying (the partial progress is kept)."""
+    """A failure worth retrying (the partial progress is kept). `lasting`: what it is when no
+    retry is left (default: a network error)."""
+
+    lasting: type[SyncerError] = NetworkError
 
 
 def _last(tail: list[str]) -> str:

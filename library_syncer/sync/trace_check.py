@@ -201,13 +201,14 @@ def _verified(found: declared.Declared | None, keys: Path) -> statement.Statemen
             "the upstream's revision"
         raise Unsigned(f"{said} comes without the origin's signed statement",
                        hint=_UNSIGNED_HINT)
+    said = "the upstream's statement"
     try:
         line, _ = statement.split(found.statement)
-        origin = statement.Statement.parse(line).origin
-        return statement.verify_file(found.statement, keys, origin)
+        claimed = statement.Statement.parse(line)  # unverified: it only names the refusal
+        said = f"revision {claimed.serial} of {claimed.origin}"
+        return statement.verify_file(found.statement, keys, claimed.origin)
     except statement.StatementRefused as error:
-        raise Unsigned(f"the upstream's statement is refused: {error}",
-                       hint=_UNSIGNED_HINT) from None
+        raise Unsigned(f"{said} refused: {error}", hint=_UNSIGNED_HINT) from None
 
 
 def refuse_unsigned(tree: Path, offered: Trace | None, sync: SyncConfig) -> None:

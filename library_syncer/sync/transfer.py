@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from ..base.config import SyncConfig
-from ..base.errors import SyncerError
+from ..base.errors import SyncerError, Unsigned
 from ..base.units import format_bytes
 from . import basis, declared, rsync, runner, staging, streams, trace_check
 from .crash_seam import crash_point
@@ -228,10 +228,15 @@ def _check_revision(tree: Path, published: Path | None, sync: SyncConfig,
     problems = trace_check.differences(tree, offered, sync)
     if problems:
         trace_check.refuse_settling(tree, offered, problems)  # not torn: try later
-        raise rsync.TransientError(
-            f"what arrived is not revision {offered.serial} of {offered.origin}: the library "
-            f"changed upstream during the transfer ({trace_check.describe(problems)}); "
-            "nothing is published")
+        torn = rsync.TransientError(
+            f"what arrived is not revision {offered.serial} of {offered.origin} "
+            f"({trace_check.describe(problems)}): the library changed upstream during the "
+            "transfer, or the upstream does not serve the revision it declares; nothing is "
+            "published", hint="the next run pulls again (the next upstream, if this one "
+                              "keeps serving it); see docs/trust.md")
+        if sync.origin_keys is not None:  # a signed revision the upstream keeps not serving
+            torn.lasting = Unsigned
+        raise torn
     trace_check.refuse_rollback(offered, trace_check.read(published) if published else None,
                                 sync)
     trace_check.drop_settling_notice(tree)
