@@ -65,6 +65,11 @@ CASES: dict[str, tuple[str, list[dict], list[dict], dict[str, str], dict[str, st
         "1h", _outcome("library_syncer_last_run_outcome", SITE, "host_key", "1+0x20"),
         _outcome("library_syncer_last_run_outcome", SITE, "host_key", "0+0x20"),
         {**SITE, "outcome": "host_key"}, {"": "1"}),
+    "LibrarySyncerRevisionRefused": (
+        "1h", _outcome("library_syncer_last_run_outcome", SITE, "unsigned", "1+0x20"),
+        # refused once, then a good run: quiet
+        _outcome("library_syncer_last_run_outcome", SITE, "unsigned", "1x4 0x16"),
+        {**SITE, "outcome": "unsigned"}, {"": "1"}),
     "LibrarySyncerUpstreamStale": (
         "7h", _outcome("library_syncer_last_run_outcome", SITE, "stale", "1+0x100"),
         # stale for 3 h, then the upstream caught up: quiet
@@ -103,6 +108,10 @@ CASES: dict[str, tuple[str, list[dict], list[dict], dict[str, str], dict[str, st
         "1h", _outcome("library_syncer_site_last_outcome", FLEET, "verify", "1+0x20"),
         [_series("library_syncer_site_last_outcome", FLEET, "1+0x20", outcome="ok")],
         {**FLEET, "outcome": "verify"}, {"": "1"}),
+    "LibrarySyncerSiteRevisionRefused": (
+        "1h", _outcome("library_syncer_site_last_outcome", FLEET, "unsigned", "1+0x20"),
+        [_series("library_syncer_site_last_outcome", FLEET, "1+0x20", outcome="stale")],
+        {**FLEET, "outcome": "unsigned"}, {"": "1"}),
     "LibrarySyncerSiteUpstreamStale": (
         "7h", _outcome("library_syncer_site_last_outcome", FLEET, "stale", "1+0x100"),
         _outcome("library_syncer_site_last_outcome", FLEET, "stale", "1x36 0x64"),
