@@ -352,9 +352,9 @@ def test_a_run_makes_one_ssh_handshake_and_leaves_no_master_behind(
     separate = write_config(work_dir, sshd, client_key[0], share_connection=False)
     before = _logins(sshd)
     assert sync(separate).returncode == 0
-    # without sharing: the dry run, the pull and the report (refused by this plain rrsync
-    # server, quietly) each log in
-    assert _logins(sshd) - before == 3
+    # without sharing: the declaration read, the dry run, the pull and the report (refused by
+    # this plain rrsync server, quietly) each log in
+    assert _logins(sshd) - before == 4
 
 
 def _ps() -> list[str]:
