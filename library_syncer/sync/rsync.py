@@ -138,6 +138,20 @@ def stream_argv(sync: SyncConfig, dest: Path, link_dests: list[Path], files_from
     return [*argv, source(sync), f"{dest}/"]
 
 
+def refetch_argv(sync: SyncConfig, dest: Path, files_from: Path,
+                 ssh_extra: Sequence[str] = ()) -> list[str]:
+    """Fetch again the files named in `files_from` (NUL-separated, relative to the library: the
+    scrub's rotted files, sync/repair.py) into `dest`, each as its differences from the private
+    copy already there. No --link-dest: the published copies are the rotted ones, and rsync links
+    a --link-dest file of the same size and mtime even over a destination file. No --delete."""
+    argv = [sync.rsync, *common_options(sync, ssh_extra), f"--partial-dir={PARTIAL_DIR}",
+            *filter_options(sync)]
+    if sync.block_size:
+        argv.append(f"--block-size={sync.block_size}")
+    argv += [f"--files-from={files_from}", "--from0", "--info=stats2"]
+    return [*argv, source(sync), f"{dest}/"]
+
+
 def list_argv(sync: SyncConfig) -> list[str]:
     """List the top of the server's library (`check`): the handshake and the key, nothing
     transferred. Its own I/O timeout: `check` answers within a minute whatever the settings."""

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 from ..base.config import SyncConfig
 from ..base.errors import SyncerError
 from ..base.units import format_bytes
-from . import basis, rsync, runner, staging, streams, trace_check
+from . import basis, repair, rsync, runner, staging, streams, trace_check
 from .crash_seam import crash_point
 from .layout import Layout
 from .progress import Reporter
@@ -84,10 +86,13 @@ class PullStep(RsyncStep):
     staging: Path
     published: Path | None
     seeded: list[str]
+    layout: Layout
+    rotted: tuple[str, ...] = ()  # the scrub's repair list (sync/repair.py)
 
     def run(self) -> rsync.Stats:
         stats = super().run()
         _unseed_vanished(self.staging, self.seeded, stats.vanished)
+        stats = _fetch_rotted(self, stats)
         try:
             _check_revision(self.staging, self.published, self.sync)
         except SyncerError as error:
@@ -129,7 +134,8 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
     streams.fetch(sync, tree, link_dests, shares, peer, result)  # large runs only; never fails
     pull = PullStep(argv=rsync.pull_argv(sync, tree, link_dests, ssh_extra=ssh_extra),
                     sync=sync, peer=peer, connection=connection, reporter=reporter,
-                    needed=result.needed, staging=tree, published=published, seeded=seeded)
+                    needed=result.needed, staging=tree, published=published, seeded=seeded,
+                    layout=layout, rotted=repair.pending(layout))
     result.stats = with_retries(pull, sync, result, retry)
     return _report_transfer(result)
 
@@ -152,6 +158,41 @@ def _check_revision(tree: Path, published: Path | None, sync: SyncConfig) -> Non
                                 sync)
     trace_check.drop_settling_notice(tree)
     log.debug("pulled revision %d of %s", offered.serial, offered.origin)
+
+
+def _fetch_rotted(pull: PullStep, pulled: rsync.Stats) -> rsync.Stats:
+    """The published files the scrub found rotted (sync/repair.py): the pull linked each from the
+    published snapshot like any unchanged file, so each is replaced by a private copy and fetched
+    again over the run's connection without --link-dest: only the blocks that differ cross.
+    Returns the pull's statistics with this fetch's bytes added."""
+    copies = repair.private_copies(pull.layout, pull.staging, pull.published, pull.rotted,
+                                   pull.sync.min_free_space) if pull.rotted else []
+    if not copies:
+        return pulled
+    ssh_extra = pull.connection.rsh_options() if pull.connection else []
+    with tempfile.TemporaryDirectory(prefix="library-syncer-repair-") as folder:
+        files_from = Path(folder) / "rotted"
+        files_from.write_bytes(b"".join(os.fsencode(c.path) + b"\0" for c in copies))
+        again = RsyncStep(argv=rsync.refetch_argv(pull.sync, pull.staging, files_from, ssh_extra),
+                          sync=pull.sync, peer=pull.peer, connection=pull.connection)
+        try:
+            fetched = again.run()
+        except SyncerError as error:  # both passes' bytes crossed the link
+            error.stats = _added(pulled, getattr(error, "stats", rsync.Stats()))  # type: ignore[attr-defined]
+            raise
+    repair.drop_unfetched(pull.staging, copies)
+    log.info("fetched %d rotted file(s) again as their differences: %s received",
+             len(copies), format_bytes(fetched.bytes_received))
+    return _added(pulled, fetched)
+
+
+def _added(stats: rsync.Stats, more: rsync.Stats) -> rsync.Stats:
+    """`stats` with the wire and delta figures of `more` added (the files stay the pull's)."""
+    stats.bytes_received += more.bytes_received
+    stats.bytes_sent += more.bytes_sent
+    stats.literal += more.literal
+    stats.matched += more.matched
+    return stats
 
 
 def _drop_unincluded(tree: Path, include: tuple[str, ...]) -> None:
