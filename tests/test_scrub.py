@@ -21,6 +21,7 @@ from tests.test_sync_helpers import (
     sync,
     write_config,
 )
+from tests.test_sync_signed import signed_site  # noqa: F401 - the fixture
 from tests.test_sync_trace import _declare, _disk
 
 MB = 1 << 20
@@ -213,6 +214,25 @@ def test_a_file_unpacked_from_an_ova_is_repaired_through_its_archive(
     assert _record(state)["rotted"] == ["appliance/ttylinux-pc_i486-16.1-disk1.vmdk"]
     assert sha256(published(state) / "appliance" / disk.name) == whole
     assert "unpacked appliance/ttylinux.ova" in result.stderr
+
+
+def test_a_rotted_trace_is_found_by_its_statement_and_pulled_again(
+        signed_site, server_library):  # noqa: F811 - the fixture
+    """Where the origin signs, the statement names trace.json's SHA-256: a flipped byte in the
+    published trace.json is rot like any other (left there, every later run of a site that pins
+    the origin's key would refuse the document the pull links from the published snapshot)."""
+    site, _, state = signed_site
+    document = published(state) / ".library-syncer" / "trace.json"
+    _flip(document, 20)
+
+    result = _scrub(site)
+
+    assert result.returncode == 14, result.stderr
+    assert "trace.json: not the document revision 1 of the statement" in result.stderr
+    assert _record(state)["rotted"] == [".library-syncer/trace.json"]
+    assert (published(state) / ".library-syncer" / "trace.json").read_bytes() == \
+        (server_library / ".library-syncer" / "trace.json").read_bytes()
+    assert sync(site).returncode == 0
 
 
 def test_a_link_in_the_snapshot_is_never_followed(work_dir, tmp_path):

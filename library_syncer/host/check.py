@@ -426,11 +426,14 @@ def check_scrub(config: Config) -> list[CheckResult]:
                                            "published file monthly; now: library-syncer sync "
                                            "--scrub)")]
     read = f"{last.files:,} files, {format_bytes(last.bytes)} read at {last.finished}"
-    if last.rotted:
+    disk = "the disk of paths.state_dir may be failing: smartctl -a, the kernel log"
+    if last.rotted and last.repair == scrub_record.REPAIRED:
         return [CheckResult(WARN, "scrub", f"{len(last.rotted)} rotted file(s), repaired in "
-                                           f"snapshot {last.repair_snapshot} ({read})",
-                            "the disk of paths.state_dir may be failing: smartctl -a, the "
-                            "kernel log")]
+                                           f"snapshot {last.repair_snapshot} ({read})", disk)]
+    if last.rotted:  # a later run pulled them again; no scrub has read them since
+        return [CheckResult(WARN, "scrub", f"{len(last.rotted)} rotted file(s) found ({read}), "
+                                           "pulled again by a later run",
+                            f"{disk}; library-syncer sync --scrub reads them again")]
     if _days_since(last.finished) > SCRUB_STALE_DAYS:
         return [CheckResult(WARN, "scrub", f"the last scrub is older than {SCRUB_STALE_DAYS} "
                                            f"days ({read})",

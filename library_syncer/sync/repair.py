@@ -17,9 +17,9 @@ It changes only under the run lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
-import shutil
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,12 +30,13 @@ from ..base import statedir
 from ..base.statedir import StateDir
 from . import ova
 from .layout import Layout
-from .staging import check_space
+from .staging import check_space, disk_full
 
 log = logging.getLogger("library-syncer")
 
 FORMAT = 1
 MAX_PATHS = 100_000  # far above any library's rotted files; bounds what a run reads
+CHUNK = 4 << 20  # the copy's one buffer
 
 
 @dataclass(frozen=True)
@@ -141,13 +142,45 @@ def _private_copy(source: Path, dest: Path, rel: str) -> Copy:
     mtime_ns = 0 if os.lstat(source).st_mtime_ns != 0 else 1_000_000_000
     dest.unlink()  # the link to the published file: never written through
     try:
-        shutil.copyfile(source, dest, follow_symlinks=False)
+        reader = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as error:
-        dest.unlink(missing_ok=True)
-        log.warning("%s: cannot be read (%s); fetched whole", rel, error.strerror or error)
-        return Copy(rel, mtime_ns)
-    os.chmod(dest, 0o644)
-    os.utime(dest, ns=(mtime_ns, mtime_ns))
+        return _no_basis(rel, error, mtime_ns)
+    try:
+        writer = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644)
+        try:
+            while True:
+                try:
+                    block = os.read(reader, CHUNK)
+                except OSError as error:
+                    os.close(writer)
+                    dest.unlink()
+                    return _no_basis(rel, error, mtime_ns)
+                if not block:
+                    break
+                _write_all(writer, block, rel)
+            os.utime(writer, ns=(mtime_ns, mtime_ns))
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(writer)
+    finally:
+        os.close(reader)
+    return Copy(rel, mtime_ns)
+
+
+def _write_all(fd: int, block: bytes, rel: str) -> None:
+    view = memoryview(block)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(error, f"copying {rel} to repair it") from None
+        raise
+
+
+def _no_basis(rel: str, error: OSError, mtime_ns: int) -> Copy:
+    log.warning("%s cannot be read (%s); fetched whole", rel, error.strerror or error)
     return Copy(rel, mtime_ns)
 
 

@@ -25,6 +25,7 @@ not disturb it (its snapshot stays until a second publication prunes it).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -179,8 +180,8 @@ def sha256_of(path: Path, throttle: _Throttle) -> tuple[str, int]:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        _advise(fd, os.POSIX_FADV_DONTNEED)
+        _advise(fd, os.POSIX_FADV_SEQUENTIAL)
         digest, total = hashlib.sha256(), 0
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
@@ -188,10 +189,15 @@ def sha256_of(path: Path, throttle: _Throttle) -> tuple[str, int]:
             digest.update(view[:count])
             total += count
             throttle.spent(count)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        _advise(fd, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
     return digest.hexdigest(), total
+
+
+def _advise(fd: int, advice: int) -> None:
+    with contextlib.suppress(OSError):  # advice only: a file system may not take it
+        os.posix_fadvise(fd, 0, 0, advice)
 
 
 def verify(snapshot: Path, expected: Reference, rate: int = 0,
