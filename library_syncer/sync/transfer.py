@@ -160,41 +160,6 @@ def _check_revision(tree: Path, published: Path | None, sync: SyncConfig) -> Non
     log.debug("pulled revision %d of %s", offered.serial, offered.origin)
 
 
-def _fetch_rotted(pull: PullStep, pulled: rsync.Stats) -> rsync.Stats:
-    """The published files the scrub found rotted (sync/repair.py): the pull linked each from the
-    published snapshot like any unchanged file, so each is replaced by a private copy and fetched
-    again over the run's connection without --link-dest: only the blocks that differ cross.
-    Returns the pull's statistics with this fetch's bytes added."""
-    copies = repair.private_copies(pull.layout, pull.staging, pull.published, pull.rotted,
-                                   pull.sync.min_free_space) if pull.rotted else []
-    if not copies:
-        return pulled
-    ssh_extra = pull.connection.rsh_options() if pull.connection else []
-    with tempfile.TemporaryDirectory(prefix="library-syncer-repair-") as folder:
-        files_from = Path(folder) / "rotted"
-        files_from.write_bytes(b"".join(os.fsencode(c.path) + b"\0" for c in copies))
-        again = RsyncStep(argv=rsync.refetch_argv(pull.sync, pull.staging, files_from, ssh_extra),
-                          sync=pull.sync, peer=pull.peer, connection=pull.connection)
-        try:
-            fetched = again.run()
-        except SyncerError as error:  # both passes' bytes crossed the link
-            error.stats = _added(pulled, getattr(error, "stats", rsync.Stats()))  # type: ignore[attr-defined]
-            raise
-    repair.drop_unfetched(pull.staging, copies)
-    log.info("fetched %d rotted file(s) again as their differences: %s received",
-             len(copies), format_bytes(fetched.bytes_received))
-    return _added(pulled, fetched)
-
-
-def _added(stats: rsync.Stats, more: rsync.Stats) -> rsync.Stats:
-    """`stats` with the wire and delta figures of `more` added (the files stay the pull's)."""
-    stats.bytes_received += more.bytes_received
-    stats.bytes_sent += more.bytes_sent
-    stats.literal += more.literal
-    stats.matched += more.matched
-    return stats
-
-
 def _drop_unincluded(tree: Path, include: tuple[str, ...]) -> None:
     """A staging tree left by a run with other sync.include patterns: rsync protects what its
     filters exclude from --delete, so items no longer included are removed here."""
@@ -234,6 +199,42 @@ def _seed_bases(layout: Layout, tree: Path, published: Path | None,
                  ", ".join(f"{rel} (from {chosen[rel].rel})" for rel in seeded[:3])
                  + (f" and {len(seeded) - 3} more" if len(seeded) > 3 else ""))
     return seeded
+
+
+def _fetch_rotted(pull: PullStep, pulled: rsync.Stats) -> rsync.Stats:
+    """The published files the scrub found rotted (sync/repair.py): the pull linked each from the
+    published snapshot like any unchanged file, so each is replaced by a private copy and fetched
+    again over the run's connection without --link-dest: only the blocks that differ cross.
+    Returns the pull's statistics with this fetch's bytes added."""
+    copies = repair.private_copies(pull.layout, pull.staging, pull.published, pull.rotted,
+                                   pull.sync.min_free_space) if pull.rotted else []
+    if not copies:
+        return pulled
+    ssh_extra = pull.connection.rsh_options() if pull.connection else []
+    with tempfile.TemporaryDirectory(prefix="library-syncer-repair-") as folder:
+        files_from = Path(folder) / "rotted"
+        files_from.write_bytes(b"".join(os.fsencode(c.path) + b"\0" for c in copies))
+        again = RsyncStep(argv=rsync.refetch_argv(pull.sync, pull.staging, files_from, ssh_extra),
+                          sync=pull.sync, peer=pull.peer, connection=pull.connection)
+        try:
+            fetched = again.run()
+        except SyncerError as error:  # both passes' bytes crossed the link
+            so_far = _added(pulled, getattr(error, "stats", rsync.Stats()))
+            error.stats = so_far  # type: ignore[attr-defined]
+            raise
+    repair.drop_unfetched(pull.staging, copies)
+    log.info("fetched %d rotted file(s) again as their differences: %s received",
+             len(copies), format_bytes(fetched.bytes_received))
+    return _added(pulled, fetched)
+
+
+def _added(stats: rsync.Stats, more: rsync.Stats) -> rsync.Stats:
+    """`stats` with the wire and delta figures of `more` added (the files stay the pull's)."""
+    stats.bytes_received += more.bytes_received
+    stats.bytes_sent += more.bytes_sent
+    stats.literal += more.literal
+    stats.matched += more.matched
+    return stats
 
 
 def _report_transfer(result: Transfer) -> Transfer:
