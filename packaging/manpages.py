@@ -103,7 +103,9 @@ def pages(date: str) -> dict[str, str]:
              "Synced snapshots and the published library.",
              ".SH EXIT STATUS", "0 success, 2 bad command line, 3 settings, 4 locked, "
              "5 network, 6 verification, 7 disk full, 8 host key, 9 check failed, "
-             "10 partial transfer, 1 internal error."]
+             "10 partial transfer, 11 stale upstream, 12 settling (try later), 13 unsigned, "
+             "14 scrub: rot found and repaired, 15 scrub: rot not repaired yet, "
+             "1 internal error."]
     result[f"{PROG}.1"] = _page(PROG, parser.description or "", body, names, date)
     for command, sub in commands.items():
         verbs = _subparsers(sub)

@@ -20,6 +20,7 @@ from library_syncer.base.config import ServerConfig
 from library_syncer.server import reports
 from library_syncer.sync import metrics
 from library_syncer.sync.last_run import RunRecord
+from library_syncer.sync.scrub_record import ScrubRecord
 
 MIXIN = Path(__file__).resolve().parent.parent / "docs" / "monitoring"
 RULES = MIXIN / "library-syncer.rules.yml"
@@ -90,6 +91,19 @@ CASES: dict[str, tuple[str, list[dict], list[dict], dict[str, str], dict[str, st
         [_series("library_syncer_last_report_outcome", SITE, "0+0x20", outcome="refused"),
          _series("library_syncer_last_report_outcome", SITE, "1+0x20", outcome="sent")],
         {**SITE, "outcome": "refused"}, {"": "1"}),
+    "LibrarySyncerScrubFoundRot": (
+        "1h", [_series("library_syncer_scrub_rotted_files", SITE, "2+0x20")],
+        [_series("library_syncer_scrub_rotted_files", SITE, "0+0x20")], SITE, {"": "2"}),
+    "LibrarySyncerScrubRepairPending": (
+        "2h", [_series("library_syncer_scrub_repair_pending_files", SITE, "1+0x30")],
+        # pending for 30 min, then the next run repaired it: quiet
+        [_series("library_syncer_scrub_repair_pending_files", SITE, "1x6 0x24")],
+        SITE, {"": "1"}),
+    "LibrarySyncerScrubStale": (
+        "2h", [_series("library_syncer_scrub_last_run_timestamp_seconds", SITE,
+                       "-3542400+0x30")],
+        [_series("library_syncer_scrub_last_run_timestamp_seconds", SITE, "-2592000+0x30")],
+        SITE, {"humanizeDuration": "41d 2h 0m 0s"}),
     "LibrarySyncerSiteOverdue": (
         "1h", [_series("library_syncer_site_overdue", FLEET, "1+0x20")],
         [_series("library_syncer_site_overdue", FLEET, "0+0x20")], FLEET, {"": "1"}),
@@ -224,8 +238,11 @@ def _written(tmp_path: Path) -> set[str]:
                        last_success="2026-11-27T21:00:42+00:00", upstream="hq:2222",
                        upstream_index=0)
     library = metrics.Library(version=3, items=1, size=100, origin="hq", serial=4)
+    scrub = metrics.Scrub(ScrubRecord(started="2026-11-28T00:10:00+00:00", snapshot="000002-x",
+                                      finished="2026-11-28T00:12:00+00:00", files=3, bytes=10,
+                                      rotted=["a/a.vmdk"], repair="repaired"), 0)
     site = metrics.render(record, library, {"at": "2026-11-27T21:00:43+00:00",
-                                            "outcome": "refused"}, 10**9)
+                                            "outcome": "refused"}, 10**9, scrub)
     state = tmp_path / "server"
     reports.reports_dir(state).mkdir(parents=True)
     now = time.time()
@@ -250,7 +267,8 @@ def _queried(text: str) -> set[str]:
 def test_rules_and_dashboard_name_only_metrics_the_code_writes(tmp_path: Path):
     written = _written(tmp_path)
     assert {"library_syncer_last_report_outcome", "library_syncer_state_free_bytes",
-            "library_syncer_site_overdue", "library_syncer_origin_serial"} <= written
+            "library_syncer_site_overdue", "library_syncer_origin_serial",
+            "library_syncer_scrub_rotted_files"} <= written
     recorded = {rule["record"] for rule in _rules() if "record" in rule}
     exprs = " ".join(rule["expr"] for rule in _rules())
     assert _queried(exprs) - written - recorded == set()

@@ -28,6 +28,8 @@ TIMER = "library-syncer.timer"
 SERVICE = "library-syncer.service"
 POLL_TIMER = "library-syncer-poll.timer"
 POLL_SERVICE = "library-syncer-poll.service"
+SCRUB_TIMER = "library-syncer-scrub.timer"
+SCRUB_SERVICE = "library-syncer-scrub.service"
 # Paths whose content changes with any package operation: left out of the before/after compare.
 VOLATILE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/cache", "/var/log",
             "/var/lib/dpkg", "/var/lib/apt", "/srv/in", "/srv/in-next", "/srv/fixtures",
@@ -84,6 +86,15 @@ def test_the_timer_is_listed_straight_after_install(box: nspawn.Container) -> No
     assert re.search(r" - +- +library-syncer\.timer +library-syncer\.service$", line), line
     assert _show(box, TIMER, "ActiveState") == "active"
     assert _show(box, TIMER, "UnitFileState") == "enabled"
+
+
+def test_the_scrub_timer_is_started_at_install_and_ran_nothing(box: nspawn.Container) -> None:
+    """Monthly, with a fixed random delay; started like the sync timer, its service never."""
+    assert _show(box, SCRUB_TIMER, "ActiveState") == "active"
+    assert _show(box, SCRUB_TIMER, "UnitFileState") == "enabled"
+    assert "OnCalendar=*-*-01 00:00:00" in _show(box, SCRUB_TIMER, "TimersCalendar")
+    assert _show(box, SCRUB_TIMER, "RandomizedDelayUSec") == "3d"
+    assert _show(box, SCRUB_SERVICE, "ExecMainStartTimestampMonotonic") == "0"
 
 
 def test_users_and_directories(box: nspawn.Container) -> None:
@@ -306,6 +317,44 @@ def test_full_loop_sync_from_the_server_unit_over_loopback(box: nspawn.Container
     # The hardened unit's files belong to its user; the published tree is world-readable.
     assert box.sh("stat -c '%U %A' /var/lib/library-syncer/published/lib.json").strip() \
         == "library-syncer -rw-r--r--"
+
+
+ROT = """import os, sys
+path = sys.argv[1]
+st = os.stat(path)
+with open(path, "r+b") as handle:
+    handle.seek(4096)
+    byte = handle.read(1)
+    handle.seek(4096)
+    handle.write(bytes([byte[0] ^ 0xFF]))
+os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+"""
+
+
+def test_the_scrub_unit_reads_the_library_and_repairs_a_rotted_disk(box: nspawn.Container) -> None:
+    """The hardened unit reads every published file (idle I/O class, its sandbox), finds a byte
+    flipped in the published disk and publishes a new snapshot with the disk whole; exit status
+    14 is a success for the unit."""
+    box.run("systemctl", "start", SCRUB_SERVICE, timeout=600)
+    assert _show(box, SCRUB_SERVICE, "Result") == "success"
+    assert _show(box, SCRUB_SERVICE, "IOSchedulingClass") == "3"  # idle
+    journal = box.run("journalctl", "-u", SCRUB_SERVICE, "--no-pager", "-o", "cat").stdout
+    assert "nothing rotted" in journal, journal
+    disk = "/var/lib/library-syncer/published/ttylinux/ttylinux-pc_i486-16.1-disk1.vmdk"
+    before = box.sh("readlink /var/lib/library-syncer/published").strip()
+    box.write("/tmp/rot.py", ROT)
+    box.run("python3", "/tmp/rot.py", disk)
+    box.run("systemctl", "start", SCRUB_SERVICE, timeout=600)
+    assert _show(box, SCRUB_SERVICE, "Result") == "success"
+    assert _show(box, SCRUB_SERVICE, "ExecMainStatus") == "14"
+    assert box.sh("readlink /var/lib/library-syncer/published").strip() != before
+    served = box.sh(f"sha256sum {disk}").split()[0]
+    origin = box.sh("sha256sum /srv/library-syncer/library/ttylinux/"
+                    "ttylinux-pc_i486-16.1-disk1.vmdk").split()[0]
+    assert served == origin
+    scrub = json.loads(box.sh("cat /var/lib/library-syncer/scrub.json"))
+    assert scrub["repair"] == "repaired" and scrub["rotted"] == [
+        "ttylinux/ttylinux-pc_i486-16.1-disk1.vmdk"], scrub
 
 
 def test_the_run_is_in_the_journal_with_structured_fields(box: nspawn.Container) -> None:

@@ -14,7 +14,8 @@ TOP = Path(__file__).resolve().parent.parent
 UNITS = TOP / "systemd"
 # systemd-analyze security's "exposure" (0 = locked down, 10 = unprotected). The sync runs
 # unprivileged: at most 2.0. Daemons that must switch users (sshd) get the "OK" band, < 3.0.
-MAX_EXPOSURE = {"library-syncer.service": 2.0, "library-syncer-poll.service": 2.0}
+MAX_EXPOSURE = {"library-syncer.service": 2.0, "library-syncer-poll.service": 2.0,
+                "library-syncer-scrub.service": 2.0}
 DAEMON_MAX_EXPOSURE = 3.0
 
 
@@ -110,6 +111,35 @@ def test_poll_service_is_the_sync_service_with_a_check_first() -> None:
     assert sync["After"] == [*poll["After"], "library-syncer-poll.service"]
     assert _exposure(UNITS / "library-syncer-poll.service") <= \
         _exposure(UNITS / "library-syncer.service")
+
+
+def test_scrub_service_is_the_sync_service_at_the_idle_io_priority() -> None:
+    """Same account, limits and hardening as the sync; the command, its own runtime directory,
+    the idle I/O class (the reading yields to every other use of the disk), a longer backstop,
+    and exit status 14 (rot found and repaired) a success. Not ordered against the sync: the
+    scrub reads without the run lock and takes it only for its repair run."""
+    sync, scrub = _settings(UNITS / "library-syncer.service"), \
+        _settings(UNITS / "library-syncer-scrub.service")
+    assert scrub["ExecStart"] == ["/usr/bin/library-syncer sync --scrub --skip-unconfigured"]
+    assert scrub["RuntimeDirectory"] == ["library-syncer-scrub"]
+    assert scrub["IOSchedulingClass"] == ["idle"] and scrub["Nice"] == ["19"]
+    assert scrub["SuccessExitStatus"] == ["14"]
+    differ = {k for k in sync.keys() | scrub.keys() if sync.get(k) != scrub.get(k)}
+    assert differ == {"ExecStart", "Description", "RuntimeDirectory", "After",
+                      "IOSchedulingClass", "IOSchedulingPriority", "TimeoutStartSec",
+                      "SuccessExitStatus"}, differ
+    assert scrub["After"] == ["network-online.target"]
+    assert "[Install]" not in (UNITS / "library-syncer-scrub.service").read_text()
+    assert _exposure(UNITS / "library-syncer-scrub.service") <= \
+        _exposure(UNITS / "library-syncer.service")
+
+
+def test_scrub_timer_is_monthly_spread_and_catches_up() -> None:
+    s = _settings(UNITS / "library-syncer-scrub.timer")
+    assert s["OnCalendar"] == ["monthly"]
+    assert s["RandomizedDelaySec"] and s["RandomizedDelaySec"] != ["0"]
+    assert s["FixedRandomDelay"] == ["true"] and s["Persistent"] == ["true"]
+    assert s["WantedBy"] == ["timers.target"]
 
 
 def test_poll_timer_is_off_until_apply_writes_its_interval() -> None:

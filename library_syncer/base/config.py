@@ -367,6 +367,9 @@ class SyncConfig:
     report: bool = setting(True, _bool, "true or false")
     rsync: str = setting("rsync", _rsh_command, "a command name or path")
     ssh: str = setting("ssh", _rsh_command, "a command name or path")
+    scrub_rate: str = setting("0", parse_bwlimit, 'a read rate such as "50M" (bytes per '
+                              'second, rsync --bwlimit syntax: a bare number is KiB/s), or 0 '
+                              '(as fast as the disk reads)')
     origin_keys: Path | None = setting(None, _optional_path,
                                        'an allowed-signers file or "" (accept unsigned)')
 

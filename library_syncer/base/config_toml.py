@@ -76,6 +76,9 @@ DESCRIPTIONS: dict[str, str] = {
                        "size); small blocks send less of a scattered change.",
     "sync.report": "After each run, report its outcome and the revision held to the server "
                    "(ignored by servers that do not take reports).",
+    "sync.scrub_rate": "How fast the monthly scrub (library-syncer-scrub.timer) reads the "
+                       "published files to find rot; 0: as fast as the disk allows (the scrub "
+                       "runs at the idle I/O priority anyway).",
     "sync.rsync": "The rsync command.",
     "sync.ssh": "The ssh command.",
     "web": "Publishing the library over HTTP(S) with Caddy (client role).",

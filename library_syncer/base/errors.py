@@ -25,6 +25,8 @@ class ExitStatus(IntEnum):
     STALE = 11  # the upstream offers an older revision (or another origin): nothing published
     SETTLING = 12  # the origin's library changed and is not declared yet: try later (not a fault)
     UNSIGNED = 13  # sync.origin_keys is set and the upstream's revision is not signed by one
+    REPAIRED = 14  # `sync --scrub` found rotted published files and published them whole again
+    ROTTED = 15  # `sync --scrub` found rotted published files and they are not repaired (yet)
 
 
 class SyncerError(Exception):
@@ -95,6 +97,13 @@ class Unsigned(SyncerError):
     bad signature, another key or namespace, expired, or a document it does not name)."""
 
     exit_status = ExitStatus.UNSIGNED
+
+
+class Rotted(SyncerError):
+    """The scrub found published files whose content is not what was published, and the
+    repair (a new snapshot with them pulled again) has not published them whole yet."""
+
+    exit_status = ExitStatus.ROTTED
 
 
 class DiskFull(SyncerError):

@@ -12,6 +12,9 @@ JSON files read and written (atomically: a reader sees the old file or the new, 
       last-report.json                what became of the last report upstream (sync/report.py)
       forwarded                       the site reports a relay last offered upstream
       vcenter.json                    the vCenter request's pending flag and outcome
+      scrub.json                      what the last scrub read and found (sync/scrub_record.py)
+      repair.json                     rotted published files the next run pulls again
+                                      (sync/repair.py; cleared once a snapshot has them whole)
       sync.lock                       the run lock (sync/lock.py)
 """
 
@@ -77,6 +80,14 @@ class StateDir:
     @property
     def vcenter(self) -> Path:
         return self.root / "vcenter.json"
+
+    @property
+    def scrub(self) -> Path:
+        return self.root / "scrub.json"
+
+    @property
+    def repair_list(self) -> Path:
+        return self.root / "repair.json"
 
     @property
     def lock(self) -> Path:

@@ -73,9 +73,14 @@ def _add_sync_parser(subparsers) -> None:
     parser.add_argument("--allow-untraced", action="store_true",
                         help="follow an upstream that declares no revision although this site "
                              "publishes one (the origin moved back to a server without traces)")
-    parser.add_argument("--if-changed", action="store_true",
-                        help="first check whether the origin moved (one SSH session reading its "
-                             "serial); sync only if it did (what library-syncer-poll.timer runs)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--if-changed", action="store_true",
+                      help="first check whether the origin moved (one SSH session reading its "
+                           "serial); sync only if it did (what library-syncer-poll.timer runs)")
+    mode.add_argument("--scrub", action="store_true",
+                      help="read every published file and compare it with its expected SHA-256; "
+                           "sync to pull what rotted again (what library-syncer-scrub.timer "
+                           "runs). Exit status 14: rot found and repaired, 15: not repaired")
 
 
 def _add_trust_host_parser(subparsers) -> None:

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from ..base import config as config_module
-from ..base.errors import ExitStatus
+from ..base.errors import ExitStatus, Rotted
 from ..base.sshkeys import PublicKey
 from ..sync import hostkeys, run, timer
 
@@ -25,6 +25,8 @@ def sync(args: argparse.Namespace) -> int:
                     "run library-syncer trust-host)", config.file)
         return int(ExitStatus.OK)
     allow_empty = getattr(args, "allow_empty", False)
+    if getattr(args, "scrub", False):  # library-syncer-scrub.service
+        return scrub(config, retry=not args.no_retry)
     if getattr(args, "if_changed", False):  # library-syncer-poll.service
         from ..sync import poll
 
@@ -35,6 +37,23 @@ def sync(args: argparse.Namespace) -> int:
     if record is not None and record.error is not None:
         raise record.error
     return int(ExitStatus.OK)
+
+
+def scrub(config: config_module.Config, *, retry: bool) -> int:
+    """`sync --scrub`: 0 when nothing rotted, REPAIRED when what rotted is published whole again;
+    what is not raises Rotted."""
+    from ..sync import scrub as scrubbing
+    from ..sync.scrub_record import REPAIRED
+
+    record = scrubbing.scrub(config, retry=retry)
+    if record is None or not record.rotted:
+        return int(ExitStatus.OK)
+    if record.repair == REPAIRED:
+        return int(ExitStatus.REPAIRED)
+    raise Rotted(f"{len(record.rotted)} rotted published file(s) not repaired yet: "
+                 f"{record.message}",
+                 hint="the next run pulls them again (library-syncer sync); a disk that rots "
+                      "needs a look (smartctl, the kernel log)")
 
 
 def _ask(keys: list[PublicKey]) -> bool:

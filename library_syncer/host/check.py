@@ -464,9 +464,60 @@ def check_trust(config: Config) -> list[CheckResult]:
                                      f"for {', '.join(names)}")]
 
 
+SCRUB_STALE_DAYS = 45  # library-syncer-scrub.timer runs monthly, plus its random delay
+
+
+def check_scrub(config: Config) -> list[CheckResult]:
+    """The last scrub of the published files (sync/scrub.py): never run, nothing rotted, rot
+    repaired (the disk deserves a look), or rotted files still waiting for a run to pull them
+    again."""
+    from ..sync import repair, scrub_record
+    from ..sync.layout import Layout
+
+    last, layout = scrub_record.read(config), Layout.of(config)
+    waiting = {*repair.pending(layout), *(last.unrepaired if last else ())}
+    again = "library-syncer sync (it pulls them again); then library-syncer sync --scrub"
+    if waiting:
+        found = repair.since(layout) or (last.started if last else None)
+        since = f" since {found}" if found else ""
+        why = f" ({last.message})" if last and last.message else ""
+        return [CheckResult(FAIL, "scrub", f"{len(waiting)} rotted file(s) wait to be pulled "
+                                           f"again{since}{why}", again)]
+    if last is None:
+        return [CheckResult(SKIP, "scrub", "never run (library-syncer-scrub.timer reads every "
+                                           "published file monthly; now: library-syncer sync "
+                                           "--scrub)")]
+    read = f"{last.files:,} files, {format_bytes(last.bytes)} read at {last.finished}"
+    disk = "the disk of paths.state_dir may be failing: smartctl -a, the kernel log"
+    if last.rotted and last.repair == scrub_record.REPAIRED:
+        return [CheckResult(WARN, "scrub", f"{len(last.rotted)} rotted file(s), repaired in "
+                                           f"snapshot {last.repair_snapshot} ({read})", disk)]
+    if last.rotted:  # a later run pulled them again; no scrub has read them since
+        return [CheckResult(WARN, "scrub", f"{len(last.rotted)} rotted file(s) found ({read}), "
+                                           "pulled again by a later run",
+                            f"{disk}; library-syncer sync --scrub reads them again")]
+    if _days_since(last.finished) > SCRUB_STALE_DAYS:
+        return [CheckResult(WARN, "scrub", f"the last scrub is older than {SCRUB_STALE_DAYS} "
+                                           f"days ({read})",
+                            "systemctl enable --now library-syncer-scrub.timer")]
+    return [CheckResult(OK, "scrub", f"nothing rotted ({read})")]
+
+
+def _days_since(iso: str) -> float:
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return float("inf")
+    if moment.tzinfo is None:
+        return float("inf")
+    return (datetime.now(timezone.utc) - moment).total_seconds() / 86400
+
+
 CLIENT_CHECKS: list[Callable[[Config], list[CheckResult]]] = [
     check_key, check_host_key, check_server, check_web, check_web_service, check_disk,
-    check_timer, check_trust, check_last_run, check_report, check_vcenter,
+    check_timer, check_trust, check_last_run, check_report, check_vcenter, check_scrub,
 ]
 
 # --- the server role ----------------------------------------------------------------------

@@ -197,3 +197,23 @@ def load_previous(state_file: Path, previous: Path, warnings: list[str]) -> Prev
             mine.content_version = max(mine.content_version, record.content_version)
     return state
 
+
+
+def published_digests(state_file: Path) -> dict[str, str] | None:
+    """Every file the build that wrote `state_file` published, by its path in the library, with
+    the SHA-256 it had then (the scrub's reference where the origin's revision document names
+    none). Items left out (broken) are not published: their files are not here. None when the
+    state is missing or unreadable (the published JSON carries no digests to fall back on)."""
+    prev = _previous_from_state(state_file, [])
+    if prev is None:
+        return None
+    found = {}
+    for key in sorted(prev.published):
+        record = prev.items.get(key)
+        # A folder of several ISOs is one item per ISO, keyed folder/stem (scan.py): the files
+        # are in the folder.
+        folder = key.partition("/")[0]
+        for name, _size, sha256, _token in record.files if record else ():
+            if sha256:
+                found[f"{folder}/{name}"] = sha256
+    return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -19,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..base.errors import LockHeld
+
+log = logging.getLogger("library-syncer")
 
 
 def _holder(fd: int) -> str:
@@ -33,17 +36,21 @@ def _holder(fd: int) -> str:
 
 
 @contextmanager
-def hold(path: Path) -> Iterator[None]:
-    """Hold the lock for the block's duration; raise LockHeld if another run has it."""
+def hold(path: Path, *, wait: bool = False) -> Iterator[None]:
+    """Hold the lock for the block's duration; raise LockHeld if another run has it, or with
+    `wait`, wait until it ends (the scrub: its few writes can wait for a run)."""
     path = Path(path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LockHeld(f"another sync is running ({_holder(fd)}; lock {path})",
-                           hint="wait for it to finish, or stop it: systemctl stop "
-                                "library-syncer.service") from None
+            if not wait:
+                raise LockHeld(f"another sync is running ({_holder(fd)}; lock {path})",
+                               hint="wait for it to finish, or stop it: systemctl stop "
+                                    "library-syncer.service") from None
+            log.info("waiting for the running sync to finish (%s)", _holder(fd))
+            fcntl.flock(fd, fcntl.LOCK_EX)
         details = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(details).encode() + b"\n", 0)

@@ -3,8 +3,9 @@
 Two things, kept apart: the published library (`library_syncer_library_*`, always read from the
 published snapshot itself, so a failed run leaves them as they are: the library did not change)
 and the last run (`library_syncer_last_run_*`); then what became of the last run's report to its
-upstream (`library_syncer_last_report_*`, rewritten once it is sent) and the free space where
-snapshots are made (`library_syncer_state_free_bytes`, for an alert before a run fails on it).
+upstream (`library_syncer_last_report_*`, rewritten once it is sent), the free space where
+snapshots are made (`library_syncer_state_free_bytes`, for an alert before a run fails on it)
+and what the last scrub found (`library_syncer_scrub_*`, sync/scrub.py; rewritten after it).
 
 Point metrics.textfile at a `.prom` file in node_exporter's --collector.textfile.directory.
 """
@@ -20,8 +21,10 @@ from pathlib import Path
 from ..base import fsutil
 from ..base.config import Config
 from ..web import published
+from . import last_run, repair, scrub_record
 from .last_run import RunRecord
 from .layout import Layout
+from .scrub_record import ScrubRecord
 from .staging import free_bytes
 
 log = logging.getLogger("library-syncer")
@@ -62,6 +65,23 @@ def read_library(snapshot: Path | None) -> Library:
     return Library(version=version, items=len(found.items), size=found.size, **revision)
 
 
+@dataclass(frozen=True)
+class Scrub:
+    """The last scrub's record, and how many rotted files are not published whole yet (on the
+    repair list, or still differing after the repair)."""
+
+    record: ScrubRecord
+    pending: int
+
+
+def read_scrub(config: Config) -> Scrub | None:
+    found = scrub_record.read(config)
+    if found is None:
+        return None
+    waiting = {*repair.pending(Layout.of(config)), *found.unrepaired}
+    return Scrub(found, len(waiting))
+
+
 def _label(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -84,8 +104,9 @@ def _metric(lines: list[str], name: str, help: str, value: float | int | None,
 
 
 def render(record: RunRecord, library: Library, sent: dict | None = None,
-           free: int | None = None) -> str:
-    """`sent`: the last report's record (sync/report.py), `free`: bytes free for snapshots."""
+           free: int | None = None, scrub: Scrub | None = None) -> str:
+    """`sent`: the last report's record (sync/report.py), `free`: bytes free for snapshots,
+    `scrub`: what the last scrub found."""
     lines: list[str] = []
     _metric(lines, "last_run_timestamp_seconds", "When the last sync finished.",
             _timestamp(record.finished))
@@ -140,12 +161,33 @@ def render(record: RunRecord, library: Library, sent: dict | None = None,
                   "(1 = this one).", "# TYPE library_syncer_last_report_outcome gauge"]
         lines += [f'library_syncer_last_report_outcome{{outcome="{o}"}} {int(o == said)}'
                   for o in REPORT_OUTCOMES]
+    if scrub is not None:
+        _scrub_lines(lines, scrub)
     return "\n".join(lines) + "\n"
 
 
+def _scrub_lines(lines: list[str], scrub: Scrub) -> None:
+    found = scrub.record
+    _metric(lines, "scrub_last_run_timestamp_seconds", "When the last scrub finished.",
+            _timestamp(found.finished))
+    _metric(lines, "scrub_duration_seconds",
+            "How long the last scrub took (its repair run included).", round(found.duration, 3))
+    _metric(lines, "scrub_files_checked",
+            "Published files the last scrub read and compared with their expected SHA-256.",
+            found.files)
+    _metric(lines, "scrub_bytes_read", "Bytes the last scrub read.", found.bytes)
+    _metric(lines, "scrub_unverified_files",
+            "Published files without an expected digest (read by no scrub).", found.unverified)
+    _metric(lines, "scrub_rotted_files",
+            "Published files the last scrub found rotted (repaired or not).", len(found.rotted))
+    _metric(lines, "scrub_repair_pending_files",
+            "Rotted files not published whole yet (on the repair list, or still differing "
+            "after the repair).", scrub.pending)
+
+
 def write(textfile: Path, record: RunRecord, library: Library, sent: dict | None = None,
-          free: int | None = None) -> None:
-    fsutil.atomic_write(Path(textfile), render(record, library, sent, free))
+          free: int | None = None, scrub: Scrub | None = None) -> None:
+    fsutil.atomic_write(Path(textfile), render(record, library, sent, free, scrub))
 
 
 def refresh(config: Config, record: RunRecord) -> None:
@@ -162,6 +204,19 @@ def refresh(config: Config, record: RunRecord) -> None:
     except OSError:
         free = None  # the metric is left out, the others are still written
     try:
-        write(config.metrics.textfile, record, library, sent, free)
+        write(config.metrics.textfile, record, library, sent, free, read_scrub(config))
     except OSError as error:
         log.warning("could not write the metrics: %s", error)
+
+
+def refresh_recorded(config: Config) -> None:
+    """Rewrite metrics.textfile for the last run as recorded (after a scrub, with its figures);
+    nothing before a run has recorded one."""
+    if not config.metrics.textfile:
+        return
+    try:
+        record = last_run.read(config)
+    except (OSError, ValueError, TypeError):
+        record = None
+    if record is not None:
+        refresh(config, record)

@@ -36,6 +36,19 @@ def _members_record(path: Path) -> dict:
         return {}
 
 
+def archive_of(layout: Layout, rel: str) -> str | None:
+    """The archive (`item/name.ova`, as the server has it) the published file `rel` was
+    unpacked from; None when it came as itself."""
+    item, _, name = rel.partition("/")
+    folder = layout.ova_store / item
+    if not name or "/" in name or item.startswith(".") or not folder.is_dir():
+        return None
+    for record in sorted(folder.glob(f"*{MEMBERS_SUFFIX}")):
+        if name in (_members_record(record).get("files") or {}):
+            return f"{item}/{record.name.removesuffix(MEMBERS_SUFFIX)}"
+    return None
+
+
 def _link_previous(record: dict, archive: Path, store_copy: Path, published: Path | None,
                    item: str) -> bool:
     """Link the files of an unchanged archive from the published snapshot (no re-unpacking)."""

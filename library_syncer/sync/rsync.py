@@ -139,13 +139,17 @@ def stream_argv(sync: SyncConfig, dest: Path, link_dests: list[Path], files_from
 
 
 def refetch_argv(sync: SyncConfig, dest: Path, files_from: Path,
-                 ssh_extra: Sequence[str] = ()) -> list[str]:
-    """Pull the files named in `files_from` again over what `dest` holds at their paths,
-    comparing whole-file checksums, not size and time (--checksum): a file with the same
-    content is left as it is (a hard link stays one), another gets rsync's delta against it."""
-    argv = [sync.rsync, *common_options(sync, ssh_extra), "--checksum",
-            *_into_staging(sync, [], dry_run=False), f"--files-from={files_from}", "--from0",
-            "--info=stats2"]
+                 ssh_extra: Sequence[str] = (), *, by_checksum: bool = False) -> list[str]:
+    """Fetch again the files named in `files_from` (NUL-separated, relative to the library) into
+    `dest`, each as its differences from the file already there: a basis rsync's quick check
+    kept (`by_checksum`: compared by whole-file checksum, so the same content stays as it is, a
+    hard link stays one), or the scrub's private copy of a rotted file (sync/repair.py; its
+    mtime 0 fails the quick check). No --link-dest: rsync links a --link-dest file of the same
+    size and mtime even over a destination file. No --delete."""
+    argv = [sync.rsync, *common_options(sync, ssh_extra), *_into_staging(sync, [], dry_run=False)]
+    if by_checksum:
+        argv.append("--checksum")
+    argv += [f"--files-from={files_from}", "--from0", "--info=stats2"]
     return [*argv, source(sync), f"{dest}/"]
 
 

@@ -44,6 +44,7 @@ from . import (
     manifests,
     metrics,
     ova,
+    repair,
     report,
     snapshot,
     sshmux,
@@ -219,6 +220,7 @@ def _steps(config: Config, layout: Layout, record: RunRecord, retry: bool, repor
     name = new_name(layout)
     reporter.status("publishing")
     removed = _switch(config, layout, published, name)
+    repair.done(layout)  # the scrub's rotted files, pulled again, are published whole
     clock.lap("publish")
     log.debug("published snapshot %s; removed %s", name, removed or "nothing")
     _record_publication(record, name, built, problems)

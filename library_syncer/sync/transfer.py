@@ -18,7 +18,7 @@ from pathlib import Path
 from ..base.config import SyncConfig
 from ..base.errors import SyncerError, Unsigned
 from ..base.units import format_bytes
-from . import basis, declared, rsync, runner, staging, streams, trace_check
+from . import basis, declared, repair, rsync, runner, staging, streams, trace_check
 from .crash_seam import crash_point
 from .layout import Layout
 from .progress import Reporter
@@ -108,10 +108,14 @@ class PullStep(RsyncStep):
     published: Path | None
     seeded: dict[str, Seeded]
     allow_untraced: bool
+    layout: Layout
+    rotted: tuple[str, ...] = ()  # the scrub's repair list (sync/repair.py)
 
     def run(self) -> rsync.Stats:
         stats = super().run()
         _unseed_vanished(self.staging, list(self.seeded), stats.vanished)
+        stats = _fetch_rotted(self, stats)
+        stats = _recheck_kept_bases(self, stats)
         try:
             _check_revision(self.staging, self.published, self.sync, self.allow_untraced)
         except SyncerError as error:
@@ -157,9 +161,9 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
     pull = PullStep(argv=rsync.pull_argv(sync, tree, link_dests, ssh_extra=ssh_extra),
                     sync=sync, peer=peer, connection=connection, reporter=reporter,
                     needed=result.needed, staging=tree, published=published, seeded=seeded,
-                    allow_untraced=allow_untraced)
+                    allow_untraced=allow_untraced, layout=layout,
+                    rotted=repair.pending(layout))
     result.stats = with_retries(pull, sync, result, retry)
-    _refetch_kept_bases(sync, tree, published, seeded, peer, connection, result, retry)
     return _report_transfer(result)
 
 
@@ -171,28 +175,40 @@ class Seeded:
     source: str  # its path in the published snapshot (or the archive store)
 
 
-def _refetch_kept_bases(sync: SyncConfig, tree: Path, published: Path | None,
-                        seeded: dict[str, Seeded], peer: rsync.PeerOptions,
-                        connection: SharedConnection | None, result: Transfer,
-                        retry: bool) -> None:
+def _recheck_kept_bases(pull: PullStep, pulled: rsync.Stats) -> rsync.Stats:
     """A basis rsync left in place had the new file's size and modification time, so the quick
     check took it for the new file (a renamed item; reproducible builds make such pairs of
     different files too). Unless the origin declares the basis's own digest for the new path,
     it is compared again by whole-file checksum, never published under the new name unchecked."""
-    kept = [rel for rel, basis_of in sorted(seeded.items())
-            if _identity(tree / rel) == basis_of.identity
-            and not _declared_same(tree, published, rel, basis_of.source)]
+    kept = [rel for rel, basis_of in sorted(pull.seeded.items())
+            if _identity(pull.staging / rel) == basis_of.identity
+            and not _declared_same(pull.staging, pull.published, rel, basis_of.source)]
     if not kept:
-        return
+        return pulled
     log.info("%d new file(s) had their basis's size and time: compared by checksum (%s)",
              len(kept), ", ".join(kept[:3]) + (" …" if len(kept) > 3 else ""))
-    with tempfile.TemporaryDirectory(prefix="library-syncer-refetch-") as lists:
-        files_from = Path(lists) / "kept"
-        files_from.write_bytes(b"".join(os.fsencode(rel) + b"\0" for rel in kept))
-        step = RsyncStep(argv=rsync.refetch_argv(sync, tree, files_from, connection.rsh_options()
-                                                 if connection else []),
-                         sync=sync, peer=peer, connection=connection)
-        with_retries(step, sync, result, retry)
+    return _refetch(pull, pulled, kept, by_checksum=True)
+
+
+def _refetch(pull: PullStep, pulled: rsync.Stats, paths: list[str], *,
+             by_checksum: bool = False) -> rsync.Stats:
+    """Fetch `paths` again over the run's connection, each as its differences from the file
+    staging holds there (rsync.refetch_argv). Returns the pull's statistics with this fetch's
+    bytes added; on failure the error carries both passes' bytes."""
+    ssh_extra = pull.connection.rsh_options() if pull.connection else []
+    with tempfile.TemporaryDirectory(prefix="library-syncer-refetch-") as folder:
+        files_from = Path(folder) / "paths"
+        files_from.write_bytes(b"".join(os.fsencode(rel) + b"\0" for rel in paths))
+        again = RsyncStep(argv=rsync.refetch_argv(pull.sync, pull.staging, files_from, ssh_extra,
+                                                  by_checksum=by_checksum),
+                          sync=pull.sync, peer=pull.peer, connection=pull.connection)
+        try:
+            fetched = again.run()
+        except SyncerError as error:  # both passes' bytes crossed the link
+            so_far = _added(pulled, getattr(error, "stats", rsync.Stats()))
+            error.stats = so_far  # type: ignore[attr-defined]
+            raise
+    return _added(pulled, fetched)
 
 
 def _declared_same(tree: Path, published: Path | None, rel: str, source: str) -> bool:
@@ -284,6 +300,32 @@ def _seed_bases(layout: Layout, tree: Path, published: Path | None,
                  ", ".join(f"{rel} (from {chosen[rel].rel})" for rel in list(seeded)[:3])
                  + (f" and {len(seeded) - 3} more" if len(seeded) > 3 else ""))
     return seeded
+
+
+def _fetch_rotted(pull: PullStep, pulled: rsync.Stats) -> rsync.Stats:
+    """The published files the scrub found rotted (sync/repair.py): the pull linked each from the
+    published snapshot like any unchanged file, so each is replaced by a private copy and fetched
+    again over the run's connection without --link-dest: only the blocks that differ cross.
+    Returns the pull's statistics with this fetch's bytes added."""
+    copies = repair.private_copies(pull.layout, pull.staging, pull.published, pull.rotted,
+                                   pull.sync.min_free_space) if pull.rotted else []
+    if not copies:
+        return pulled
+    before = pulled.bytes_received
+    stats = _refetch(pull, pulled, [c.path for c in copies])
+    repair.drop_unfetched(pull.staging, copies)
+    log.info("fetched %d rotted file(s) again as their differences: %s received",
+             len(copies), format_bytes(stats.bytes_received - before))
+    return stats
+
+
+def _added(stats: rsync.Stats, more: rsync.Stats) -> rsync.Stats:
+    """`stats` with the wire and delta figures of `more` added (the files stay the pull's)."""
+    stats.bytes_received += more.bytes_received
+    stats.bytes_sent += more.bytes_sent
+    stats.literal += more.literal
+    stats.matched += more.matched
+    return stats
 
 
 def _report_transfer(result: Transfer) -> Transfer:
