@@ -8,12 +8,14 @@ import json
 import os
 import re
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from library_syncer.base import config as config_module
 from library_syncer.server import trace
+from library_syncer.sync import poll
 from tests.harness import sshd as harness
 from tests.test_sync_helpers import cli, published, random_bytes, write_config
 
@@ -161,3 +163,46 @@ def test_an_unreachable_origin_fails_the_check_in_one_line(work_dir, origin):
               or "library-syncer:" in line]
     assert len(errors) == 1 and "change check:" in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_stale_upstream_is_not_synced_at_every_poll(work_dir, origin):
+    """A relay behind this site (its serial file older than the published revision): the check
+    says so and starts no run (a full run would pull and refuse it every 15 minutes)."""
+    _server, library, config = origin
+    assert _declare(work_dir, library) == 1
+    _disk(library, "photon", random_bytes(1 * MB, 2))
+    assert _declare(work_dir, library) == 2
+    assert _poll(config).returncode == 0  # publishes revision 2
+    (library / ".library-syncer" / "serial").write_text("hq 1\n")  # the stale relay's word
+    runs = (work_dir / "state" / "last-run.json").read_text()
+
+    result = _poll(config)
+
+    assert result.returncode == 0, result.stderr
+    assert "revision 1 of hq, older than revision 2 of hq published (a stale upstream)" in \
+        result.stderr and "syncing" not in result.stderr, result.stderr
+    assert (work_dir / "state" / "last-run.json").read_text() == runs  # no run started
+
+
+def test_an_oversized_serial_is_never_read(work_dir, origin):
+    """The serial is read with a bound (sync/declared.py, rsync --max-size): a 32 MiB "serial"
+    stays on the server; the check treats the revision as unknown and the full run decides."""
+    _server, library, config = origin
+    assert _declare(work_dir, library) == 1
+    assert _poll(config).returncode == 0
+    (library / ".library-syncer" / "serial").write_bytes(b"hq 1" + b" " * (32 * MB))
+    logins = _logins(_server)
+
+    result = _poll(config)
+
+    assert result.returncode == 0, result.stderr
+    assert "the server declares no revision (published: revision 1 of hq): syncing" in \
+        result.stderr, result.stderr
+    assert _logins(_server) > logins
+    tracemalloc.start()
+    try:
+        assert poll.origin_serial(config_module.load(config).sync) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 * MB, f"{peak:,} bytes held while reading the serial"
