@@ -103,6 +103,9 @@ def _add_server_parser(subparsers) -> None:
                         help="generate the instance's host keys when missing")
     render.add_argument("--check", action="store_true",
                         help="with --output: replace the file only if `sshd -t` accepts it")
+    render.add_argument("--restart", action="store_true",
+                        help="with --output: then have systemd restart the daemon to apply it "
+                        "(what `systemctl reload library-syncer-sshd` runs)")
     authorize = _sub(verbs, "authorize", "library_syncer.cli.server:authorize",
                      "allow a site's public key to pull the library (read-only)",
                      f"{PROG} server authorize /tmp/id_syncer.pub --site paris")

@@ -15,7 +15,7 @@ from ..base import config as config_module
 from ..base.errors import SyncerError
 from ..base.sshkeys import KeyRefused
 from ..base.text import printable
-from ..server import fleet_page, reports, sshd, trace
+from ..server import fleet_page, listener, reports, sshd, trace
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ def render(args: argparse.Namespace) -> int:
         return 0
     sshd.write_config(cfg, args.output, host_keys=args.host_keys, check=args.check)
     log.info("wrote %s (port %d, library %s)", args.output, cfg.server.port, cfg.server.library)
+    if args.restart:
+        log.info("%s", listener.restart_to_apply(cfg))
+    else:
+        listener.warn_if_outdated(cfg)
     return 0
 
 
