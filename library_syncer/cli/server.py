@@ -31,10 +31,16 @@ def render(args: argparse.Namespace) -> int:
         return 0
     sshd.write_config(cfg, args.output, host_keys=args.host_keys, check=args.check)
     log.info("wrote %s (port %d, library %s)", args.output, cfg.server.port, cfg.server.library)
-    if args.restart:
-        log.info("%s", listener.restart_to_apply(cfg))
-    else:
-        listener.warn_if_outdated(cfg)
+    if args.restart or args.refresh_socket:
+        queued = listener.queue_restart(cfg, only_if_outdated=not args.restart)
+        if queued:
+            log.info("%s", queued)
+    return 0
+
+
+def restart(args: argparse.Namespace) -> int:
+    """`server restart`: restart the dedicated sshd (and its socket, when its settings changed)."""
+    log.info("%s", listener.restart(args.config))
     return 0
 
 

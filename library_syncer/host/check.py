@@ -556,13 +556,10 @@ def check_sshd_config(config: Config) -> list[CheckResult]:
                             "folder named")]
     if os.geteuid() != 0:
         return [CheckResult(SKIP, "sshd", "sshd -t needs root to read the host keys")]
-    with tempfile.TemporaryDirectory(prefix="library-syncer-check.") as tmp:
-        path = Path(tmp) / "sshd_config"
-        path.write_text(sshd.render_sshd_config(config))
-        try:
-            sshd.check_config(config, path, shown=Path("(rendered sshd_config)"))
-        except SyncerError as error:
-            return [CheckResult(FAIL, "sshd", error.message, error.hint or "")]
+    try:
+        sshd.check_rendered(config)
+    except SyncerError as error:
+        return [CheckResult(FAIL, "sshd", error.message, error.hint or "")]
     return [CheckResult(OK, "sshd", f"the rendered sshd_config passes sshd -t (port "
                    f"{config.server.port})")]
 
@@ -612,7 +609,8 @@ def check_listener(config: Config) -> list[CheckResult]:
         return [CheckResult(WARN, "listener", f"port {server.port} is open on {held}, not on "
                             f"{', '.join(missing or server.listen) or 'every address'} as "
                             "server.listen says", apply)]
-    where = ", ".join(sorted({f"{s.local}:{server.port}" for s in ours}))
+    where = ", ".join(sorted({f"[{s.local}]:{server.port}" if ":" in s.local
+                              else f"{s.local}:{server.port}" for s in ours}))
     return [_congestion_result(server.congestion_control, where, ours,
                                [s for s in sockets if not s.listening], apply)]
 

@@ -11,8 +11,9 @@ Addresses, port and algorithm come from [server] (listen, port, congestion_contr
 generator (`generate`, installed as /usr/lib/systemd/system-generators/library-syncer-sshd-
 generator) writes them into a drop-in of the socket at boot and at every daemon-reload, so the
 socket always follows the settings file systemd last read. `systemctl reload library-syncer-sshd`
-(`restart_to_apply`) reloads systemd when they changed and restarts the daemon; the socket stays
-open across the daemon's restart, so no site's connection is refused meanwhile.
+has library-syncer-sshd-apply.service (`restart`) restart the daemon once the reload is done;
+the socket stays open across that restart, so no site's connection is refused meanwhile. When
+they changed, it reloads systemd first and restarts the socket with the daemon.
 
 No SIGHUP: sshd re-executes itself on SIGHUP and does not find a socket-activated listener again
 (Debian 12's OpenSSH 9.2 binds its own ListenAddress instead, Debian 13's 10.0 exits with
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 from ..base import config as config_module
@@ -35,9 +37,11 @@ log = logging.getLogger(__name__)
 
 SOCKET_UNIT = "library-syncer-sshd.socket"
 SERVICE_UNIT = "library-syncer-sshd.service"
+APPLY_UNIT = "library-syncer-sshd-apply.service"
 DROPIN_NAME = "50-settings.conf"
 GENERATOR_DIR = Path("/run/systemd/generator")  # a generator's "normal" output directory
 GENERATOR = "library-syncer-sshd-generator"
+JOB_WAIT = 120.0  # seconds `server restart` waits for a reload under way to finish
 
 
 def _server(config: Config | ServerConfig) -> ServerConfig:
@@ -110,28 +114,63 @@ def socket_outdated(config: Config, unit_dir: Path = GENERATOR_DIR) -> bool:
     return loaded_dropin(unit_dir) != dropin_text(config, config.file)
 
 
-def warn_if_outdated(config: Config) -> None:
-    """At the daemon's start: a socket still on the settings systemd read earlier is said."""
-    if systemd_running() and socket_outdated(config):
-        log.warning("[server] listen, port or congestion_control changed since systemd last "
-                    "read %s: %s still has the earlier ones; run `systemctl reload "
-                    "library-syncer-sshd` to apply them", config.file, SOCKET_UNIT)
-
-
-def restart_to_apply(config: Config) -> str:
-    """After a reload rendered and checked the config: have systemd restart the daemon so it
-    reads it (queued, not waited for: this runs inside the reload), first reloading systemd
-    and reopening the socket when its settings changed. What was done, for the log."""
-    if not systemd_running():
-        return "systemd is not running here: restart sshd yourself to apply the config"
+def _systemctl(*args: str) -> None:
     try:
-        if socket_outdated(config):
-            systemctl("daemon-reload")  # the generator writes the new drop-in
-            systemctl("--no-block", "restart", SOCKET_UNIT)  # takes the daemon along
-            return (f"{SOCKET_UNIT} and {SERVICE_UNIT} restarting with the new listen, port "
-                    "or congestion_control")
-        systemctl("--no-block", "restart", SERVICE_UNIT)
+        systemctl(*args)
     except CommandFailed as error:
-        raise SyncerError(f"the config is installed, but {error}",
-                          hint=f"systemctl restart {SERVICE_UNIT}") from None
-    return f"{SERVICE_UNIT} restarting with the new config (the socket stays open)"
+        raise SyncerError(str(error), hint=f"systemctl daemon-reload && systemctl restart "
+                          f"{SOCKET_UNIT} {SERVICE_UNIT}") from None
+
+
+def queue_restart(config: Config, only_if_outdated: bool = False) -> str | None:
+    """From inside the daemon's own reload (or start): have APPLY_UNIT restart it once that job
+    has finished (`restart` below). With `only_if_outdated` (the start), only when the socket's
+    settings changed since systemd read them. What was done, for the log (None: nothing)."""
+    if not systemd_running():
+        return None if only_if_outdated else ("systemd is not running here: restart sshd "
+                                              "yourself to apply the config")
+    outdated = socket_outdated(config)
+    if only_if_outdated and not outdated:
+        return None
+    _systemctl("--no-block", "start", APPLY_UNIT)
+    if outdated:
+        return (f"[server] listen, port or congestion_control changed in {config.file}: "
+                f"{APPLY_UNIT} reloads systemd and restarts {SOCKET_UNIT} and {SERVICE_UNIT}")
+    return f"{APPLY_UNIT} restarts {SERVICE_UNIT} with the new config (the socket stays open)"
+
+
+def _wait_until_idle(timeout: float = JOB_WAIT) -> None:
+    """Until systemd has no job for the daemon: a stop or restart of ours would cancel a reload
+    under way (a second edit applied right after the first), failing it for its operator."""
+    deadline = time.monotonic() + timeout
+    while systemctl("list-jobs", "--no-legend", "--plain", SERVICE_UNIT):
+        if time.monotonic() > deadline:
+            raise SyncerError(f"{SERVICE_UNIT} is still busy with a job after {timeout:.0f} s",
+                              hint="systemctl list-jobs; then systemctl reload "
+                              f"{SERVICE_UNIT} again")
+        time.sleep(0.2)
+
+
+def restart(file: Path | None = None) -> str:
+    """`server restart` (APPLY_UNIT): restart the daemon; when the socket's settings changed,
+    reload systemd first and restart the socket with it. Waits for systemd. The settings are
+    read once no reload is under way, so the last edit is the one applied."""
+    if not systemd_running():
+        raise SyncerError("systemd is not running here", hint="restart sshd yourself")
+    _wait_until_idle()
+    config = config_module.load(file)
+    from .sshd import check_rendered  # (not at import: the generator needs none of it)
+
+    # Edited again since the reload checked it: a config sshd rejects is not started.
+    check_rendered(config)
+    if socket_outdated(config):
+        _systemctl("daemon-reload")  # the generator writes the socket's new drop-in
+        # Stopped, then started: one `restart` of both may reopen the socket before the daemon
+        # has let go of the old one (EADDRINUSE on a port that stays the same).
+        _wait_until_idle()
+        _systemctl("stop", SERVICE_UNIT, SOCKET_UNIT)
+        _systemctl("start", SOCKET_UNIT, SERVICE_UNIT)
+        return (f"{SOCKET_UNIT} and {SERVICE_UNIT} restarted with the new listen, port or "
+                "congestion_control")
+    _systemctl("restart", SERVICE_UNIT)
+    return f"{SERVICE_UNIT} restarted (its socket stayed open)"

@@ -84,9 +84,9 @@ def _dump(family: int, states: int) -> Iterator[TcpSocket]:
                 offset += (length + 3) & ~3
 
 
-def tcp_sockets(port: int, states: tuple[int, ...] = (TCP_LISTEN, TCP_ESTABLISHED)
+def tcp_sockets(port: int | None, states: tuple[int, ...] = (TCP_LISTEN, TCP_ESTABLISHED)
                 ) -> list[TcpSocket]:
-    """This namespace's TCP sockets whose local port is `port`, IPv4 and IPv6."""
+    """This namespace's TCP sockets whose local port is `port` (None: all), IPv4 and IPv6."""
     mask = sum(1 << state for state in states)
     return [found for family in (socket.AF_INET, socket.AF_INET6)
-            for found in _dump(family, mask) if found.local_port == port]
+            for found in _dump(family, mask) if port is None or found.local_port == port]
