@@ -116,7 +116,7 @@ def test_the_generator_gives_the_sshd_socket_its_settings(box: nspawn.Container)
     assert [line for line in dropin.splitlines() if not line.startswith("#")] == [
         "[Socket]", "ListenStream=", "ListenStream=2222", "TCPCongestion=bbr"]
     shown = box.run("systemctl", "show", "--property=Listen", "--property=TCPCongestion",
-                    "library-syncer-sshd.socket").stdout.split()
+                    "library-syncer-sshd.socket").stdout.splitlines()
     assert shown == ["Listen=[::]:2222 (Stream)", "TCPCongestion=bbr"], shown
 
 
