@@ -9,8 +9,9 @@ Profiles A–D of issue 24 (buffer one bandwidth-delay product), and profile A w
 (0.25 BDP) and a deep (4 BDP) buffer: BBR v1 is known to take more than its share from loss-based
 flows at shallow buffers and less at deep ones.
 
-Each flow's algorithm is set on its own socket (iperf3 -C); the sender's route is left unpinned
-for the run. Needs root. Example (the figures in docs/benchmarks.md and docs/server.md):
+Each flow goes to its own address of the receiver, and the sender's route to each address pins
+the flow's algorithm (`congctl lock`; iperf3 3.12's -C fails here). Needs root. Example (the
+figures in docs/benchmarks.md and docs/server.md):
     sudo .venv/bin/python bench/wan_fairness.py
 Writes bench/results/wan_fairness.profiles.json (see bench/results.py).
 """
@@ -47,16 +48,27 @@ def links() -> list[tuple[str, wan.WanProfile]]:
             *((key, wan.PROFILES[key]) for key in ("B", "C", "D"))]
 
 
-def _flows(pair: wan.WanPair, ours: str, seconds: float, omit: float) -> list[float]:
+def _theirs_address(pair: wan.WanPair) -> str:
+    """A second address of the receiver, for the other flow (its route: CUBIC)."""
+    address = pair.b_ip.rsplit(".", 1)[0] + ".3"
+    wan.ip("-n", pair.ns_b, "addr", "add", f"{address}/32", "dev", "wan0")
+    wan.pin_congestion_control(pair.ns_a, f"{address}/32", "wan0", "cubic", src=pair.a_ip)
+    return address
+
+
+def _flows(pair: wan.WanPair, theirs: str, ours: str, seconds: float,
+           omit: float) -> list[float]:
     """Goodput (bit/s) of ours (on `ours`) and theirs (CUBIC), run at once, sender in a."""
-    servers = [pair.spawn(pair.ns_b, ["iperf3", "-s", "-1", "-B", pair.b_ip, "-p", str(port)],
+    wan.pin_congestion_control(pair.ns_a, f"{pair.b_ip}/32", "wan0", ours, src=pair.a_ip)
+    targets = list(zip((pair.b_ip, theirs), PORTS, strict=True))
+    servers = [pair.spawn(pair.ns_b, ["iperf3", "-s", "-1", "-B", address, "-p", str(port)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-               for port in PORTS]
+               for address, port in targets]
     time.sleep(0.5)
-    clients = [pair.spawn(pair.ns_a, ["iperf3", "-c", pair.b_ip, "-p", str(port), "-C", cc,
-                                      "-t", f"{seconds:g}", "-O", f"{omit:g}", "-J"],
+    clients = [pair.spawn(pair.ns_a, ["iperf3", "-c", address, "-p", str(port), "-t",
+                                      f"{seconds:g}", "-O", f"{omit:g}", "-J"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for port, cc in zip(PORTS, (ours, "cubic"), strict=True)]
+               for address, port in targets]
     rates = []
     for client in clients:
         out, err = client.communicate(timeout=seconds + omit + 120)
@@ -75,11 +87,9 @@ def link_row(key: str, profile: wan.WanProfile, seconds: float, omit: float) -> 
                            "buffer_bdp": profile.buffer_bdp, "buffer_bytes":
                            profile.buffer_bytes(), "seconds": seconds, "omit": omit}
     with wan.WanPair.from_profile(profile, tag=f"f{key[0]}{len(key)}") as pair:
-        # Each socket chooses its algorithm: no route lock on the sender's side.
-        wan.ip("-n", pair.ns_a, "route", "replace", f"{pair.b_ip}/32", "dev", "wan0", "src",
-               pair.a_ip)
+        theirs = _theirs_address(pair)
         for ours in ("cubic", "bbr"):
-            ours_bps, theirs_bps = _flows(pair, ours, seconds, omit)
+            ours_bps, theirs_bps = _flows(pair, theirs, ours, seconds, omit)
             row[ours] = {"ours_bps": ours_bps, "theirs_bps": theirs_bps}
             print(f"  {profile.describe()}, buffer {profile.buffer_bdp:g} BDP: ours {ours} "
                   f"{ours_bps / 1e6:.2f} Mbit/s, theirs (cubic) {theirs_bps / 1e6:.2f}",
