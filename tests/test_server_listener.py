@@ -181,6 +181,19 @@ def test_check_reports_the_algorithm_the_listener_hands_out() -> None:
             'default, bbr (server.congestion_control is "")']
 
 
+def test_check_warns_of_connections_on_another_algorithm_than_the_listener() -> None:
+    """What a route's `congctl lock` does to the connections it covers (here: set on the
+    accepted socket itself)."""
+    with _listening("bbr") as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)), server.accept()[0] as accepted:
+            accepted.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"reno")
+            assert _check(port, listen=["127.0.0.1"]) == [
+                f"warn  listener: 127.0.0.1:{port}: sites' transfers sent with bbr; "
+                "connections now: 1 reno (a route's congctl lock decides for the others); "
+                "fix: ip route show | grep congctl"]
+
+
 def test_check_warns_when_the_listener_is_not_on_the_setting() -> None:
     with _listening("reno") as server:
         port = server.getsockname()[1]

@@ -132,6 +132,20 @@ def _socket_since(box: nspawn.Container) -> str:
                    SOCKET).stdout.strip()
 
 
+HELD = "/root/held-session.pid"
+
+
+def _hold_session(box: nspawn.Container) -> None:
+    """A site's session held open (ssh -N, at most 20 s), until _end_session."""
+    box.sh(f"(timeout 20 {SSH} -N syncer@127.0.0.1 > /dev/null 2>&1 & echo $! > {HELD})")
+    assert nspawn.wait_until(lambda: _established(box) == 1)
+
+
+def _end_session(box: nspawn.Container) -> None:
+    box.sh(f"kill $(cat {HELD}) && rm {HELD}")
+    assert nspawn.wait_until(lambda: _established(box) == 0)
+
+
 def _established(box: nspawn.Container) -> int:
     return sum(1 for s in _sockets(box, 2222) if s["state"] == 1)
 
@@ -198,14 +212,13 @@ def test_the_sites_connections_use_bbr_and_nothing_else_changes(box):
         f"ok    service: {UNIT} is active, on {SOCKET}"
     # A site's session, held open: the server's end of it has the socket's algorithm, the
     # client's end (an outgoing connection of this host) and the host's own sshd the default.
-    box.sh(f"(timeout 20 {SSH} -N syncer@127.0.0.1 > /dev/null 2>&1 &)")
-    assert nspawn.wait_until(lambda: _established(box) == 1)
+    _hold_session(box)
     found = _all_sockets(box)
     assert [s["congestion"] for s in found if s["state"] == 1 and s["local_port"] == 2222] == \
         ["bbr"], found
     assert [s["congestion"] for s in found if s["state"] == 1 and s["remote_port"] == 2222] == \
         [DEFAULT_CC], found
-    box.run("pkill", "-f", "ssh -p 2222 .* -N syncer@")
+    _end_session(box)
     assert _listeners(box, 22) and {cc for _, cc in _listeners(box, 22)} == {DEFAULT_CC}
     assert box.run("sysctl", "-n", "net.ipv4.tcp_congestion_control").stdout.strip() == \
         DEFAULT_CC
@@ -214,8 +227,7 @@ def test_the_sites_connections_use_bbr_and_nothing_else_changes(box):
 def test_reload_applies_a_good_config_and_refuses_a_bad_one(box):
     pid, socket_since = _show(box, "MainPID"), _socket_since(box)
     # A session in flight is kept across the reload (a restart of the daemon, KillMode=process).
-    box.sh(f"(timeout 20 {SSH} -N syncer@127.0.0.1 > /dev/null 2>&1 &)")
-    assert nspawn.wait_until(lambda: _established(box) == 1)
+    _hold_session(box)
     box.write(CONF, '[server]\nlisten = ["127.0.0.1"]\nmax_sessions = 2\n')
     box.run("systemctl", "reload", UNIT)
     assert "\nMaxSessions 2\n" in box.run("cat", RENDERED).stdout
@@ -224,7 +236,7 @@ def test_reload_applies_a_good_config_and_refuses_a_bad_one(box):
     assert _socket_since(box) == socket_since
     assert _established(box) == 1
     assert _pull(box, "/root/pulled-after-reload/").returncode == 0
-    box.run("pkill", "-f", "ssh -p 2222 .* -N syncer@")
+    _end_session(box)
     pid = _show(box, "MainPID")
     good = box.run("cat", RENDERED).stdout
     box.write(CONF, '[server]\nlisten = ["127.0.0.1"]\nmax_startups = "10:30:5"\n')

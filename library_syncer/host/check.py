@@ -1,8 +1,8 @@
 """`library-syncer check`: is this site able to sync and publish? One line per check.
 
 A client (sync.peer set) gets the client checks; a host where the server role is set up gets the
-server's (its account, the library folder, the authorized sites, `sshd -t`, the unit); both, when
-a host is both.
+server's (its account, the library folder, the authorized sites, `sshd -t`, the unit and its
+socket, the congestion control the listening socket really has); both, when a host is both.
 
 Each check prints `ok`, `FAIL` (with the fix on the same line) or `skip` (it cannot be checked
 here, and why). Nothing is transferred: the server check is an SSH handshake and an rrsync
