@@ -1,4 +1,5 @@
-"""bench/report.py's sections for the packet-level WAN: wan_validate and wan_baseline."""
+"""bench/report.py's sections for the packet-level WAN: wan_validate, wan_baseline and
+wan_fairness."""
 
 from __future__ import annotations
 
@@ -78,4 +79,28 @@ def wan_baseline(result: Result, table: Callable[[list[str], list[list[str]]], s
             f"on {f['site_cc'].upper()}, the origin's as the column says (pinned per route). "
             f"† stopped after {f['box_s']:g} s: the rate is what arrived in that time. First "
             f"byte: when {f['first_byte_bytes'] >> 10} KiB of TCP payload had arrived.")
+    return "\n".join([table(head, rows), "", note, "", provenance(result)])
+
+
+def wan_fairness(result: Result, table: Callable[[list[str], list[list[str]]], str],
+                 provenance: Callable[[Result], str]) -> str:
+    f = result["figures"]
+    rows = []
+    for r in f["links"]:
+        rate = r["rate_kbit"] * 1000
+
+        def pct(bps: float, rate: float = rate) -> str:
+            return f"{bps / 1e6:.3g} Mbit/s ({100 * bps / rate:.0f}%)"
+
+        cubic, bbr = r["cubic"], r["bbr"]
+        rows.append([r["link"], f"{r['buffer_bdp']:g} BDP ({r['buffer_bytes'] // 1000} kB)",
+                     pct(cubic["ours_bps"]), pct(cubic["theirs_bps"]), pct(bbr["ours_bps"]),
+                     pct(bbr["theirs_bps"]), f"{bbr['theirs_bps'] / cubic['theirs_bps']:.2f}×"])
+    head = ["link", "buffer", "ours CUBIC", "theirs (CUBIC) beside ours CUBIC", "ours BBR",
+            "theirs (CUBIC) beside ours BBR", "theirs: BBR ÷ CUBIC case"]
+    first = f["links"][0]
+    note = (f"Two iperf3 flows at once over the same emulated link, one sender, one receiver, "
+            f"{first['seconds']:g} s each (the first {first['omit']:g} s left out): ours (the "
+            "origin's transfer, on the algorithm the column says) and theirs (a site's other "
+            "download, CUBIC). Percentages of the link's IP rate; the goodput ceiling is 96.5%.")
     return "\n".join([table(head, rows), "", note, "", provenance(result)])

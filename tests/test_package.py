@@ -110,11 +110,25 @@ def test_users_and_directories(box: nspawn.Container) -> None:
 
 
 def test_only_the_timer_is_enabled_and_started_no_sync_ran(box: nspawn.Container) -> None:
-    for unit in ("library-syncer-sshd.service", "library-syncer-web.service"):
+    for unit in ("library-syncer-sshd.service", "library-syncer-sshd.socket",
+                 "library-syncer-web.service"):
         assert box.run("systemctl", "is-active", unit, check=False).stdout.strip() == "inactive"
         assert box.run("systemctl", "is-enabled", unit, check=False).stdout.strip() == "disabled"
     assert box.run("systemctl", "is-active", SERVICE, check=False).stdout.strip() == "inactive"
     assert _show(box, SERVICE, "ExecMainStartTimestampMonotonic") == "0"
+
+
+def test_the_generator_gives_the_sshd_socket_its_settings(box: nspawn.Container) -> None:
+    """The package's daemon-reload ran the generator: the socket's drop-in is there, from the
+    settings file as installed (every address, port 2222, bbr)."""
+    generator = "/usr/lib/systemd/system-generators/library-syncer-sshd-generator"
+    assert box.sh(f"stat -c '%a %U' {generator}").strip() == "755 root"
+    dropin = box.sh("cat /run/systemd/generator/library-syncer-sshd.socket.d/50-settings.conf")
+    assert [line for line in dropin.splitlines() if not line.startswith("#")] == [
+        "[Socket]", "ListenStream=", "ListenStream=2222", "TCPCongestion=bbr"]
+    shown = box.run("systemctl", "show", "--property=Listen", "--property=TCPCongestion",
+                    "library-syncer-sshd.socket").stdout.splitlines()
+    assert shown == ["Listen=[::]:2222 (Stream)", "TCPCongestion=bbr"], shown
 
 
 def test_installed_units_pass_systemd_verify(box: nspawn.Container) -> None:
@@ -306,6 +320,10 @@ def test_full_loop_sync_from_the_server_unit_over_loopback(box: nspawn.Container
     box.write(CONF, FULL_CONFIG)
     box.sh("cp -r /srv/fixtures/ttylinux-template /srv/library-syncer/library/ttylinux")
     box.run("systemctl", "start", "library-syncer-sshd.service")
+    # Edited since the package's daemon-reload: the start queued the socket's move to
+    # 127.0.0.1 (library-syncer-sshd-apply.service); done once no job is left.
+    assert nspawn.wait_until(lambda: not box.run("systemctl", "list-jobs", "--no-legend",
+                                                 "--plain").stdout.strip())
     box.sh("ssh-keygen -q -t ed25519 -N '' -C site -f /etc/library-syncer/ssh/id_syncer\n"
            "chown library-syncer: /etc/library-syncer/ssh/id_syncer\n"
            "library-syncer server authorize /etc/library-syncer/ssh/id_syncer.pub --site local\n"
@@ -415,7 +433,8 @@ def test_upgrade_keeps_settings_schedule_and_enablement(box: nspawn.Container,
 def test_remove_keeps_settings_and_stops_units(box: nspawn.Container) -> None:
     box.run("apt-get", "remove", "-y", *nspawn.PACKAGES, timeout=600)
     assert box.run("test", "-f", CONF, check=False).returncode == 0  # conffile kept
-    for unit in (TIMER, "library-syncer-sshd.service", "library-syncer-web.service"):
+    for unit in (TIMER, "library-syncer-sshd.service", "library-syncer-sshd.socket",
+                 "library-syncer-web.service"):
         assert box.run("systemctl", "is-active", unit, check=False).stdout.strip() != "active"
     # The enablement symlink stays until purge (deb-systemd-helper keeps it for a reinstall),
     # so systemd still lists the name, but with no unit file and nothing scheduled.

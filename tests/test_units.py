@@ -20,7 +20,7 @@ DAEMON_MAX_EXPOSURE = 3.0
 
 
 def _all_units() -> list[Path]:
-    return sorted(p for p in UNITS.iterdir() if p.suffix in (".service", ".timer"))
+    return sorted(p for p in UNITS.iterdir() if p.suffix in (".service", ".timer", ".socket"))
 
 
 def _verifiable_copy(unit: Path, dest: Path) -> Path:
@@ -44,9 +44,10 @@ def test_the_sync_units_are_shipped() -> None:
 @pytest.mark.parametrize("unit", _all_units(), ids=lambda p: p.name)
 def test_systemd_analyze_verify_accepts_unit(unit: Path, tmp_path: Path) -> None:
     copy = _verifiable_copy(unit, tmp_path)
-    if unit.suffix == ".timer":  # verify loads the service a timer triggers
-        service = UNITS / unit.with_suffix(".service").name
-        _verifiable_copy(service, tmp_path)
+    if unit.suffix in (".timer", ".socket"):  # verify loads the service they trigger
+        _verifiable_copy(UNITS / unit.with_suffix(".service").name, tmp_path)
+    if unit.name == "library-syncer-sshd.service":  # and the socket the service requires
+        _verifiable_copy(UNITS / unit.with_suffix(".socket").name, tmp_path)
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(copy)],
                             capture_output=True, text=True)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr

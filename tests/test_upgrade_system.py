@@ -34,6 +34,7 @@ CONF = "/etc/library-syncer/library-syncer.toml"
 DROPIN = "/etc/systemd/system/library-syncer.timer.d/50-schedule.conf"
 TIMER = "library-syncer.timer"
 SERVICE = "library-syncer.service"
+SSHD = "library-syncer-sshd.service"
 STATE = "/var/lib/library-syncer"
 # An operator's edit of the shipped example: values changed in place and a comment added.
 EDIT = (r's/^name = "Library"$/name = "Paris library"/;'
@@ -209,3 +210,24 @@ def test_a_stopped_or_disabled_timer_stays_so_across_upgrades(
         assert _timer_state(box) == expected, version
         assert TIMER not in box.run("systemctl", "list-timers", "--no-pager").stdout
         assert _show(box, SERVICE, "ExecMainStartTimestampMonotonic") == "0"
+
+
+def test_a_running_server_is_restarted_onto_its_socket_by_the_upgrade(
+        box: nspawn.Container, debs: list[Path], next_debs: list[Path]) -> None:
+    """0.1.0's sshd opened its own socket. This tree's upgrade restarts a running sshd
+    (try-restart; transfers in flight are kept), now on library-syncer-sshd.socket and its
+    congestion control (bbr: the namespace defaults to reno); so does the next upgrade.
+    (Before, an upgrade stopped the sshd and left it stopped: preinst's stop of a --no-start
+    unit.)"""
+    subprocess.run(["nsenter", "-t", str(box.pid1), "-n", "sysctl", "-qw",
+                    "net.ipv4.tcp_congestion_control=reno"], check=True)
+    box.run("systemctl", "start", SSHD)
+    for folder, packages, version in (("/srv/in", debs, __version__),
+                                      ("/srv/in-next", next_debs, nspawn.NEXT_VERSION)):
+        pid = _show(box, SSHD, "MainPID")
+        _upgrade(box, folder, packages, version)
+        assert _show(box, SSHD, "ActiveState") == "active", version
+        assert _show(box, SSHD, "MainPID") != pid, version
+        check = box.run("library-syncer", "check", check=False).stdout
+        assert f"ok    service: {SSHD} is active, on library-syncer-sshd.socket" in check, check
+        assert "ok    listener: [::]:2222: sites' transfers sent with bbr" in check, check

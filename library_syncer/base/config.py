@@ -179,6 +179,16 @@ def _listen_list(value: Any) -> tuple[str, ...]:
     return tuple(_listen(v) for v in _str_list(value))
 
 
+# A kernel TCP congestion control's name (TCP_CA_NAME_MAX is 16 with the NUL), or "".
+_CONGESTION = re.compile(r"[a-z0-9_]{1,15}")
+
+
+def _congestion_control(value: Any) -> str:
+    if not isinstance(value, str) or (value and not _CONGESTION.fullmatch(value)):
+        raise ValueError
+    return value
+
+
 def _cidr_list(value: Any) -> tuple[str, ...]:
     return tuple(str(ipaddress.ip_network(v, strict=False)) for v in _str_list(value))
 
@@ -413,6 +423,9 @@ class ServerConfig:
     library: Path = setting(paths.DEFAULT_SERVER_LIBRARY, _path, "a directory path")
     listen: tuple[str, ...] = setting([], _listen_list, "a list of IP addresses ([] = all)")
     port: int = setting(2222, _int_range(1, 65535), "an integer 1-65535", "SYNC_PORT")
+    congestion_control: str = setting(
+        "bbr", _congestion_control, 'a TCP congestion control such as "bbr" or "cubic", or "" '
+        "for the system's default")
     user: str = setting("syncer", _user, "a user name")
     uid: int = setting(31337, _int_range(1, 2**31 - 2), "an integer 1-2147483646", "SYNCER_UID")
     max_startups: str = setting("64:30:256", _max_startups,

@@ -100,6 +100,9 @@ DESCRIPTIONS: dict[str, str] = {
     "server.library": "The folder of templates the server exports.",
     "server.listen": "Addresses the dedicated sshd listens on.",
     "server.port": "The dedicated sshd's port.",
+    "server.congestion_control": "The TCP congestion control of the sites' transfers, set on "
+                                 "the dedicated sshd's listening socket only (library-syncer-"
+                                 "sshd.socket; docs/server.md); empty: the system's default.",
     "server.user": "The account clients log in as.",
     "server.uid": "Its numeric user id.",
     "server.max_startups": "sshd MaxStartups: how many unauthenticated connections to accept.",

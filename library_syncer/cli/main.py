@@ -111,6 +111,18 @@ def _add_server_parser(subparsers) -> None:
                         help="generate the instance's host keys when missing")
     render.add_argument("--check", action="store_true",
                         help="with --output: replace the file only if `sshd -t` accepts it")
+    render.add_argument("--restart", action="store_true",
+                        help="with --output: then queue library-syncer-sshd-apply.service, "
+                        "which restarts the daemon to apply it (what `systemctl reload "
+                        "library-syncer-sshd` runs)")
+    render.add_argument("--refresh-socket", action="store_true",
+                        help="with --output: queue it only when [server] listen, port or "
+                        "congestion_control changed since systemd read them (the unit's start)")
+    restart = _sub(verbs, "restart", "library_syncer.cli.server:restart",
+                   "restart the dedicated sshd (with its socket when [server] listen, port or "
+                   "congestion_control changed); `systemctl reload library-syncer-sshd` checks "
+                   "the config first, then runs this", f"{PROG} server restart")
+    _add_config_option(restart)
     authorize = _sub(verbs, "authorize", "library_syncer.cli.server:authorize",
                      "allow a site's public key to pull the library (read-only)",
                      f"{PROG} server authorize /tmp/id_syncer.pub --site paris")

@@ -15,7 +15,7 @@ from ..base import config as config_module
 from ..base.errors import SyncerError
 from ..base.sshkeys import KeyRefused
 from ..base.text import printable
-from ..server import fleet_page, reports, sshd, trace
+from ..server import fleet_page, listener, reports, sshd, trace
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,16 @@ def render(args: argparse.Namespace) -> int:
         return 0
     sshd.write_config(cfg, args.output, host_keys=args.host_keys, check=args.check)
     log.info("wrote %s (port %d, library %s)", args.output, cfg.server.port, cfg.server.library)
+    if args.restart or args.refresh_socket:
+        queued = listener.queue_restart(cfg, only_if_outdated=not args.restart)
+        if queued:
+            log.info("%s", queued)
+    return 0
+
+
+def restart(args: argparse.Namespace) -> int:
+    """`server restart`: restart the dedicated sshd (and its socket, when its settings changed)."""
+    log.info("%s", listener.restart(args.config))
     return 0
 
 

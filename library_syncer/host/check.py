@@ -1,8 +1,8 @@
 """`library-syncer check`: is this site able to sync and publish? One line per check.
 
 A client (sync.peer set) gets the client checks; a host where the server role is set up gets the
-server's (its account, the library folder, the authorized sites, `sshd -t`, the unit); both, when
-a host is both.
+server's (its account, the library folder, the authorized sites, `sshd -t`, the unit and its
+socket, the congestion control the listening socket really has); both, when a host is both.
 
 Each check prints `ok`, `FAIL` (with the fix on the same line) or `skip` (it cannot be checked
 here, and why). Nothing is transferred: the server check is an SSH handshake and an rrsync
@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..base import config as config_module
-from ..base import execute
+from ..base import execute, systemd
 from ..base.config import Config
 from ..base.errors import ConfigError, SyncerError
 from ..base.text import printable
 from ..base.units import format_bytes
+from ..server import sockdiag
 from ..sync import rsync, runner, timer
 from ..web import caddy, certificate
 
@@ -267,11 +268,11 @@ def check_disk(config: Config) -> list[CheckResult]:
 
 
 def check_timer(config: Config) -> list[CheckResult]:
-    if not timer.systemd_running():
+    if not systemd.systemd_running():
         return [CheckResult(SKIP, "timer", "systemd is not running here: cannot see whether "
                        f"{timer.TIMER} is enabled")]
     try:
-        state = execute.run([timer.SYSTEMCTL, "is-enabled", timer.TIMER], capture=True,
+        state = execute.run([systemd.SYSTEMCTL, "is-enabled", timer.TIMER], capture=True,
                             check=False).output.strip()
     except SyncerError as error:
         return [CheckResult(SKIP, "timer", f"cannot ask systemd: {error}")]
@@ -286,12 +287,12 @@ DEBIAN_CADDY_UNIT = "caddy.service"  # enabled by Debian's caddy package; serves
 
 
 def _is_active(unit: str) -> str:
-    return execute.run([timer.SYSTEMCTL, "is-active", unit], capture=True,
+    return execute.run([systemd.SYSTEMCTL, "is-active", unit], capture=True,
                        check=False).output.strip()
 
 
 def check_web_service(config: Config) -> list[CheckResult]:
-    if not timer.systemd_running():
+    if not systemd.systemd_running():
         return [CheckResult(SKIP, "web service",
                             f"systemd is not running here: cannot see {WEB_UNIT}")]
     try:
@@ -668,32 +669,101 @@ def check_sshd_config(config: Config) -> list[CheckResult]:
                             "folder named")]
     if os.geteuid() != 0:
         return [CheckResult(SKIP, "sshd", "sshd -t needs root to read the host keys")]
-    with tempfile.TemporaryDirectory(prefix="library-syncer-check.") as tmp:
-        path = Path(tmp) / "sshd_config"
-        path.write_text(sshd.render_sshd_config(config))
-        try:
-            sshd.check_config(config, path, shown=Path("(rendered sshd_config)"))
-        except SyncerError as error:
-            return [CheckResult(FAIL, "sshd", error.message, error.hint or "")]
+    try:
+        sshd.check_rendered(config)
+    except SyncerError as error:
+        return [CheckResult(FAIL, "sshd", error.message, error.hint or "")]
     return [CheckResult(OK, "sshd", f"the rendered sshd_config passes sshd -t (port "
                    f"{config.server.port})")]
 
 
 def check_server_unit(config: Config) -> list[CheckResult]:
-    if not timer.systemd_running():
+    from ..server.listener import SOCKET_UNIT
+
+    if not systemd.systemd_running():
         return [CheckResult(SKIP, "service", f"systemd is not running here: cannot see whether "
                        f"{SERVER_UNIT} runs")]
-    state = execute.run([timer.SYSTEMCTL, "is-active", SERVER_UNIT], capture=True,
-                        check=False).output.strip()
-    if state == "active":
-        return [CheckResult(OK, "service", f"{SERVER_UNIT} is active")]
-    return [CheckResult(FAIL, "service", f"{SERVER_UNIT} is {state or 'unknown'}",
-                   f"systemctl enable --now {SERVER_UNIT}; journalctl -u {SERVER_UNIT}")]
+    state = _is_active(SERVER_UNIT)
+    if state != "active":
+        return [CheckResult(FAIL, "service", f"{SERVER_UNIT} is {state or 'unknown'}",
+                            f"systemctl enable --now {SERVER_UNIT}; journalctl -u {SERVER_UNIT} "
+                            f"-u {SOCKET_UNIT}")]
+    if _is_active(SOCKET_UNIT) != "active":
+        # Started before the socket unit existed (an upgrade): sshd opened its own socket.
+        return [CheckResult(WARN, "service", f"{SERVER_UNIT} is active but listens by itself, "
+                            f"not through {SOCKET_UNIT} (no congestion control of its own)",
+                            f"systemctl reload {SERVER_UNIT}")]
+    return [CheckResult(OK, "service", f"{SERVER_UNIT} is active, on {SOCKET_UNIT}")]
+
+
+def _same_address(found: str, wanted: str) -> bool:
+    import ipaddress
+
+    return ipaddress.ip_address(found) == ipaddress.ip_address(wanted)
+
+
+def check_listener(config: Config) -> list[CheckResult]:
+    """The dedicated sshd's listening sockets as the kernel has them: on the [server] addresses,
+    and with the congestion control the sites' transfers are sent with (server/listener.py)."""
+    server = config.server
+    try:
+        sockets = sockdiag.tcp_sockets(server.port)
+    except OSError as error:
+        return [CheckResult(SKIP, "listener", f"cannot read the kernel's sockets: {error}")]
+    listening = [s for s in sockets if s.listening]
+    if not listening:
+        return [CheckResult(SKIP, "listener", f"nothing listens on port {server.port}")]
+    wanted = list(server.listen) or ["::", "0.0.0.0"]  # [] = every address
+    ours = [s for s in listening if any(_same_address(s.local, w) for w in wanted)]
+    missing = [w for w in server.listen if not any(_same_address(s.local, w) for s in ours)]
+    apply = f"systemctl reload {SERVER_UNIT}"
+    if missing or not ours:
+        held = ", ".join(sorted({s.local for s in listening}))
+        return [CheckResult(WARN, "listener", f"port {server.port} is open on {held}, not on "
+                            f"{', '.join(missing or server.listen) or 'every address'} as "
+                            "server.listen says", apply)]
+    where = ", ".join(sorted({f"[{s.local}]:{server.port}" if ":" in s.local
+                              else f"{s.local}:{server.port}" for s in ours}))
+    return [_congestion_result(server.congestion_control, where, ours,
+                               [s for s in sockets if not s.listening], apply)]
+
+
+AVAILABLE_CONGESTION = Path("/proc/sys/net/ipv4/tcp_available_congestion_control")
+
+
+def _congestion_result(wanted: str, where: str, listeners: list[sockdiag.TcpSocket],
+                       connections: list[sockdiag.TcpSocket], apply: str) -> CheckResult:
+    """Which algorithm the listener hands the connections it accepts, against the setting; the
+    connections open now, counted by what they really use."""
+    used = ", ".join(sorted({s.congestion for s in listeners}))
+    counts: dict[str, int] = {}
+    for connection in connections:
+        counts[connection.congestion] = counts.get(connection.congestion, 0) + 1
+    now = "; connections now: " + ", ".join(f"{n} {name}" for name, n in
+                                            sorted(counts.items())) if counts else ""
+    if not wanted:
+        return CheckResult(OK, "listener", f"{where}: sites' transfers sent with the system's "
+                           f'default, {used} (server.congestion_control is ""){now}')
+    if used != wanted:
+        try:
+            offered = AVAILABLE_CONGESTION.read_text().split()
+        except OSError:
+            offered = []
+        fix = apply if not offered or wanted in offered else (
+            f"this kernel offers {' '.join(offered)}: load tcp_{wanted} (modprobe) and run "
+            f'{apply}, or set server.congestion_control to one of those or ""')
+        return CheckResult(WARN, "listener", f"{where}: sites' transfers sent with {used}, not "
+                           f"{wanted} as server.congestion_control says{now}", fix)
+    if any(name != wanted for name in counts):
+        return CheckResult(WARN, "listener", f"{where}: sites' transfers sent with {wanted}{now} "
+                           "(a route's congctl lock decides for the others)",
+                           "ip route show | grep congctl")
+    return CheckResult(OK, "listener", f"{where}: sites' transfers sent with {wanted}{now}")
 
 
 SERVER_CHECKS: list[Callable[[Config], list[CheckResult]]] = [
     check_server_account, check_library, check_sites, check_fleet, check_signing,
-    check_sshd_config, check_server_unit,
+    check_sshd_config, check_server_unit, check_listener,
 ]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base import config as config_module
-from ..base import execute
+from ..base import execute, systemd
 from ..base.config import Config
 from ..base.errors import ConfigError, SyncerError
 from ..base.units import format_bytes, format_duration
@@ -96,9 +96,9 @@ def published_library(config: Config) -> dict[str, Any]:
 def schedule(config: Config) -> dict[str, Any]:
     configured = timer.schedule_of(config)
     base = {"on_calendar": configured.on_calendar, "random_delay": configured.random_delay}
-    if not timer.systemd_running():
+    if not systemd.systemd_running():
         return {**base, **_cannot("systemd is not running here (PID 1 is not systemd)")}
-    argv = [timer.SYSTEMCTL, "show", timer.TIMER]
+    argv = [systemd.SYSTEMCTL, "show", timer.TIMER]
     for name in TIMER_PROPERTIES:
         argv += ["-p", name]
     try:

@@ -25,6 +25,7 @@ import os
 import pwd
 import re
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -292,6 +293,15 @@ def strict_modes_problem(config: Config | ServerConfig) -> str | None:
                     "writable by others or not root's: sshd's StrictModes refuses every key "
                     f"in {keys} below it")
     return None
+
+
+def check_rendered(config: Config | ServerConfig) -> None:
+    """`sshd -t` on the config these settings render to, in a temporary file (nothing
+    installed); its complaint is the error, naming "(rendered sshd_config)"."""
+    with tempfile.TemporaryDirectory(prefix="library-syncer-sshd.") as tmp:
+        path = Path(tmp) / "sshd_config"
+        path.write_text(render_sshd_config(config))
+        check_config(config, path, shown=Path("(rendered sshd_config)"))
 
 
 def check_config(config: Config | ServerConfig, path: Path, shown: Path | None = None) -> None:

@@ -21,6 +21,8 @@ from pathlib import Path
 from ..base import execute, fsutil, render
 from ..base.config import Config
 from ..base.errors import CommandFailed, ConfigError, ConfigProblem, SyncerError
+from ..base.systemd import systemctl as _systemctl
+from ..base.systemd import systemd_running
 from ..base.units import format_duration
 
 TIMER = "library-syncer.timer"
@@ -30,7 +32,6 @@ POLL_DROPIN_NAME = "50-interval.conf"
 POLL_SPREAD = 10  # checks are spread over a tenth of the interval (a fleet never polls in step)
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
 SYSTEMD_ANALYZE = "systemd-analyze"
-SYSTEMCTL = "systemctl"
 
 
 @dataclass(frozen=True)
@@ -92,15 +93,6 @@ def check_calendar(config: Config, expression: str) -> str | None:
         if name == "Next elapse":
             return value.strip()
     return ""
-
-
-def systemd_running() -> bool:
-    """sd_booted(): true when PID 1 is systemd (false in chroots, containers without it, CI)."""
-    return Path("/run/systemd/system").is_dir()
-
-
-def _systemctl(*args: str) -> str:
-    return execute.capture([SYSTEMCTL, *args]).strip()
 
 
 def reload_timer(changed: bool = True) -> str:
