@@ -5,7 +5,8 @@ costs <= 10% more wall time than today's on the 1 GiB bench").
 bench_sync's library (one OVF template, a random disk of --disk-mib) on the server role as the
 package configures it (real sshd, the forced dispatcher, one authorized key per site), declared
 and signed by the origin's trace tick (server.signing_key). Sites pull it, each with its own key,
-settings and state, as separate `library-syncer sync` processes:
+settings and state, as separate `library-syncer sync` processes; what a site runs (its role) moves
+between the site folders from round to round, so that no role keeps a faster place on the disk:
 
 - **verifying**: this checkout, `sync.origin_keys` pins the origin's key (docs/trust.md,
   "Verification at the site": the declaration read and its statement verified before the pull,
@@ -16,10 +17,11 @@ settings and state, as separate `library-syncer sync` processes:
   verification branched off, the issue's "today"; no keys pinned), run from an exported copy
   of that commit.
 
-1. Full (first) sync: every site from nothing, in interleaved rounds (order rotating, dirty
-   pages written out before each site).
+1. Full (first) sync: every role from nothing (its folder's state deleted), in interleaved
+   rounds (the order rotating every round, the folders every third; dirty pages written out
+   before each run): 9 rounds run each role once in each place of the order in each folder.
 2. A change of `--change` of the disk at scattered offsets (and the `.mf`), declared and signed
-   again, then pulled by every site (order rotating, dirty pages written out before each).
+   again, then pulled by every role (rotating as above) from what its folder published.
 
 Per contender: median wall time; per round: verifying / unpinned and verifying / main (a round's
 sites run back to back, so a ratio within a round sees the same machine). Also the sync's own
@@ -27,7 +29,7 @@ phases (`--debug`), one `ssh-keygen -Y verify` of the statement alone and one de
 alone (its own SSH connection; in a run it shares the run's).
 
 Needs root (sshd, nftables). Example (the figures in docs/benchmarks.md):
-    sudo .venv/bin/python bench/bench_verify.py --disk-mib 1024 --rounds 6
+    sudo .venv/bin/python bench/bench_verify.py --disk-mib 1024
 Writes bench/results/bench_verify.disk<MiB>.json (see bench/results.py).
 """
 
@@ -75,19 +77,32 @@ OLDER = "main"
 
 
 @dataclass
+class Role:
+    """What a site runs: this checkout or an older copy, pinning the origin's key or not."""
+
+    name: str
+    pins: Path | None = None  # sync.origin_keys
+    code: Path | None = None  # an exported older checkout; None: this one
+
+
+@dataclass
 class Site:
-    """One site: its settings, state and (for the older code) the copy it runs from."""
+    """A site's folder: its SSH key (authorized on the server), settings and state. The roles
+    move between the folders from round to round (`assignment`): which folder a 1 GiB copy is
+    written to changed a first sync's wall time by up to 40% on this machine, whatever ran it."""
 
     name: str
     folder: Path
-    config: Path
-    code: Path | None = None  # an exported older checkout; None: this one
+    key: Path
 
-    def run(self) -> Measure:
+    def run(self, role: Role, server: sshd_harness.Sshd) -> Measure:
+        extra = {"origin_keys": str(role.pins)} if role.pins else {}
+        config = write_config(self.folder, server, self.key, compress=True, io_timeout="60s",
+                              **extra)
         # -P: the older copy first on the path, not the current directory (this checkout)
-        python = [sys.executable, "-P"] if self.code else [sys.executable]
-        env = {**os.environ, "PYTHONPATH": str(self.code)} if self.code else None
-        argv = [*python, "-m", "library_syncer", "--debug", "sync", "--config", str(self.config)]
+        python = [sys.executable, "-P"] if role.code else [sys.executable]
+        env = {**os.environ, "PYTHONPATH": str(role.code)} if role.code else None
+        argv = [*python, "-m", "library_syncer", "--debug", "sync", "--config", str(config)]
         measure, done = bench_sync.timed(argv, env=env)
         measure.parts = phases(done.stderr)
         return measure
@@ -124,25 +139,23 @@ class Origin:
         return (self.library / trace.TRACE_DIR / trace.STATEMENT_FILE).read_bytes()
 
 
-def site_keys(work: Path, before: str) -> dict[str, tuple[Path, str]]:
-    """Each site's folder and SSH key (private path, public line), by name."""
-    keys = {}
-    for name in ["verifying", "unpinned"] + ([OLDER] if before else []):
-        (work / name / "client-ssh").mkdir(parents=True, mode=0o700)
-        keys[name] = sshd_harness.keygen(work / name / "client-ssh" / "id_syncer")
-    return keys
+def make_roles(work: Path, origin: Origin, before: str) -> list[Role]:
+    roles = [Role("verifying", pins=origin.pins), Role("unpinned")]
+    return roles + ([Role(OLDER, code=export(before, work / "code"))] if before else [])
 
 
-def make_sites(work: Path, server: sshd_harness.Sshd, keys: dict[str, tuple[Path, str]],
-               origin: Origin, before: str) -> list[Site]:
+def make_sites(work: Path, count: int) -> list[Site]:
     sites = []
-    for name, (key, _) in keys.items():
-        extra = {"origin_keys": str(origin.pins)} if name == "verifying" else {}
-        config = write_config(work / name, server, key, compress=True, io_timeout="60s",
-                              **extra)
-        code = export(before, work / "code") if name == OLDER else None
-        sites.append(Site(name, work / name, config, code))
+    for number in range(count):
+        folder = work / f"site{number}"
+        (folder / "client-ssh").mkdir(parents=True, mode=0o700)
+        key, _ = sshd_harness.keygen(folder / "client-ssh" / "id_syncer")
+        sites.append(Site(folder.name, folder, key))
     return sites
+
+
+def public_line(site: Site) -> str:
+    return Path(f"{site.key}.pub").read_text().strip()
 
 
 def export(commit: str, folder: Path) -> Path:
@@ -158,60 +171,70 @@ def flush() -> None:
     subprocess.run(["sync"], check=True)
 
 
-def checked(site: Site, serial: int) -> Measure:
-    """One run of `site`, which must publish revision `serial` of the origin."""
+def checked(role: Role, site: Site, server: sshd_harness.Sshd, serial: int) -> Measure:
+    """One run of `role` in `site`, which must publish revision `serial` of the origin."""
     flush()
-    measure = site.run()
+    measure = site.run(role, server)
     record = last_run(site.folder / "state")
     if record["outcome"] != "ok" or record.get("serial") != serial:
-        raise SystemExit(f"{site.name}: outcome {record['outcome']}, serial "
+        raise SystemExit(f"{role.name} ({site.name}): outcome {record['outcome']}, serial "
                          f"{record.get('serial')} (expected ok, {serial}): {record['message']}")
     return measure
 
 
-def rotated(sites: list[Site], number: int) -> list[Site]:
-    shift = number % len(sites)
-    return sites[shift:] + sites[:shift]
+def assignment(roles: list[Role], sites: list[Site], number: int
+               ) -> list[tuple[Role, Site]]:
+    """Round `number`'s runs in order: the order rotates every round, the folders every
+    len(roles) rounds, so that len(roles)**2 rounds run each role once in each place of the
+    order in each folder."""
+    count = len(roles)
+    moved = (number // count) % count
+    placed = [(role, sites[(i + moved) % count]) for i, role in enumerate(roles)]
+    shift = number % count
+    return placed[shift:] + placed[:shift]
 
 
-def round_row(number: int, order: list[Site], measures: dict[str, Measure]) -> dict:
+def round_row(number: int, runs: list[tuple[Role, Site]], measures: dict[str, Measure],
+              roles: list[Role]) -> dict:
     verifying = measures["verifying"].seconds
-    row = {"round": number, "order": [s.name for s in order],
-           "sites": {name: asdict(m) for name, m in measures.items()},
+    row = {"round": number, "order": [role.name for role, _ in runs],
+           "folders": {role.name: site.name for role, site in runs},
+           "sites": {role.name: asdict(measures[role.name]) for role in roles},
            "ratio_unpinned": verifying / measures["unpinned"].seconds}
     if OLDER in measures:
         row["ratio_main"] = verifying / measures[OLDER].seconds
-    shown = ", ".join(f"{name} {m.seconds:.2f} s {m.parts}" for name, m in measures.items())
-    print(f"  round {number} ({order[0].name} first): {shown}; verifying / unpinned "
-          f"{row['ratio_unpinned']:.3f}x"
+    shown = ", ".join(f"{role.name} ({site.name}) {measures[role.name].seconds:.2f} s "
+                      f"{measures[role.name].parts}" for role, site in runs)
+    print(f"  round {number}: {shown}; verifying / unpinned {row['ratio_unpinned']:.3f}x"
           + (f", / main {row['ratio_main']:.3f}x" if OLDER in measures else ""), flush=True)
     return row
 
 
-def full_round(sites: list[Site], number: int, serial: int) -> dict:
-    order = rotated(sites, number)
+def full_round(roles: list[Role], sites: list[Site], server: sshd_harness.Sshd, number: int,
+               serial: int) -> dict:
+    runs = assignment(roles, sites, number)
     measures: dict[str, Measure] = {}
-    for site in order:
+    for role, site in runs:
         site.reset()
-        measures[site.name] = checked(site, serial)
-    return round_row(number, order, {s.name: measures[s.name] for s in sites})
+        measures[role.name] = checked(role, site, server, serial)
+    return round_row(number, runs, measures, roles)
 
 
-def delta_round(sites: list[Site], origin: Origin, disk: Path, number: int, fraction: float,
-                chunks: int) -> dict:
+def delta_round(roles: list[Role], sites: list[Site], server: sshd_harness.Sshd,
+                origin: Origin, disk: Path, number: int, fraction: float, chunks: int) -> dict:
     changed = change_scattered(disk, fraction, chunks, seed=200 + number)
     bench_sync.write_mf(disk.parent)
     serial, tick = origin.declare()
-    order = rotated(sites, number)
-    measures = {site.name: checked(site, serial) for site in order}
-    row = round_row(number, order, {s.name: measures[s.name] for s in sites})
+    runs = assignment(roles, sites, number)
+    measures = {role.name: checked(role, site, server, serial) for role, site in runs}
+    row = round_row(number, runs, measures, roles)
     row.update({"changed_bytes": changed, "serial": serial, "tick_seconds": tick})
     return row
 
 
-def summary(rows: list[dict], sites: list[Site]) -> dict:
-    medians = {s.name: statistics.median(r["sites"][s.name]["seconds"] for r in rows)
-               for s in sites}
+def summary(rows: list[dict], roles: list[Role]) -> dict:
+    medians = {role.name: statistics.median(r["sites"][role.name]["seconds"] for r in rows)
+               for role in roles}
     found = {"rounds": rows, "median_seconds": medians,
              "ratio_unpinned_median": statistics.median(r["ratio_unpinned"] for r in rows),
              "ratio_unpinned_of_medians": medians["verifying"] / medians["unpinned"]}
@@ -240,7 +263,7 @@ def verify_alone(origin: Origin, times: int = 9) -> float:
 
 def declared_alone(site: Site, times: int = 5) -> float:
     """The declaration read on its own connection (a run shares its connection: less)."""
-    sync = config_module.load(site.config).sync
+    sync = config_module.load(site.folder / "library-syncer.toml").sync
     seconds = []
     for _ in range(times):
         started = time.monotonic()
@@ -256,24 +279,25 @@ def bench(work: Path, args: argparse.Namespace) -> dict:
     disk = make_library(library, args.disk_mib * MIB) / bench_sync.DISK
     origin = Origin(work, library)
     serial, tick = origin.declare()
-    keys = site_keys(work, args.before)
+    roles = make_roles(work, origin, args.before)
+    sites = make_sites(work, len(roles))
     server = sshd_harness.start_server_role(
-        work / "sshd", library, sites={name: pub for name, (_, pub) in keys.items()})
+        work / "sshd", library, sites={site.name: public_line(site) for site in sites})
     bench_sync.server_started(server)
     bench_sync.count_port(server.port)
-    sites = make_sites(work, server, keys, origin, args.before)
     print(f"rsync {results.machine()['rsync']}, {os.cpu_count()} CPUs, disk "
-          f"{args.disk_mib} MiB, sites {', '.join(s.name for s in sites)}"
+          f"{args.disk_mib} MiB, roles {', '.join(r.name for r in roles)}"
           + (f" (main: {args.before})" if args.before else ""), flush=True)
     print(f"full sync of revision {serial} (declared and signed in {tick:.2f} s):", flush=True)
-    full = [full_round(sites, number, serial) for number in range(args.full_rounds)]
+    full = [full_round(roles, sites, server, number, serial)
+            for number in range(args.full_rounds)]
     figures: dict = {"disk_mib": args.disk_mib, "before": args.before,
-                     "first_tick_seconds": tick, "full": summary(full, sites)}
+                     "first_tick_seconds": tick, "full": summary(full, roles)}
     print(f"{args.change:.0%} of the disk changed in {args.chunks} pieces, declared and signed "
           "again, each round:", flush=True)
-    delta = [delta_round(sites, origin, disk, number, args.change, args.chunks)
+    delta = [delta_round(roles, sites, server, origin, disk, number, args.change, args.chunks)
              for number in range(args.rounds)]
-    figures["delta"] = {"change": args.change, "chunks": args.chunks, **summary(delta, sites)}
+    figures["delta"] = {"change": args.change, "chunks": args.chunks, **summary(delta, roles)}
     figures["verify_seconds"] = verify_alone(origin)
     figures["declared_read_seconds"] = declared_alone(sites[0])
     print(f"one ssh-keygen -Y verify of the statement: {figures['verify_seconds'] * 1000:.1f} ms"
@@ -288,8 +312,8 @@ def main() -> None:
     parser.add_argument("--disk-mib", type=int, default=1024)
     parser.add_argument("--change", type=float, default=0.01)
     parser.add_argument("--chunks", type=int, default=16)
-    parser.add_argument("--full-rounds", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--full-rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--before", default=BEFORE,
                         help="the commit whose site code is the 'main' contender ('' = none)")
     args = parser.parse_args()
