@@ -19,7 +19,8 @@ between the site folders from round to round, so that no role keeps a faster pla
 
 1. Full (first) sync: every role from nothing (its folder's state deleted), in interleaved
    rounds (the order rotating every round, the folders every third; dirty pages written out
-   before each run): 9 rounds run each role once in each place of the order in each folder.
+   before each run): 9 rounds run each role once in each place of the order in each folder
+   (the default: twice).
 2. A change of `--change` of the disk at scattered offsets (and the `.mf`), declared and signed
    again, then pulled by every role (rotating as above) from what its folder published.
 
@@ -88,8 +89,9 @@ class Role:
 @dataclass
 class Site:
     """A site's folder: its SSH key (authorized on the server), settings and state. The roles
-    move between the folders from round to round (`assignment`): which folder a 1 GiB copy is
-    written to changed a first sync's wall time by up to 40% on this machine, whatever ran it."""
+    move between the folders from round to round (`assignment`): on the 2-CPU machine of
+    docs/benchmarks.md, the folder a first sync's 1 GiB copy went to changed its wall time by
+    20-30% (the first folder made was the fastest, whatever ran in it)."""
 
     name: str
     folder: Path
@@ -312,8 +314,8 @@ def main() -> None:
     parser.add_argument("--disk-mib", type=int, default=1024)
     parser.add_argument("--change", type=float, default=0.01)
     parser.add_argument("--chunks", type=int, default=16)
-    parser.add_argument("--full-rounds", type=int, default=9)
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--full-rounds", type=int, default=18)
+    parser.add_argument("--rounds", type=int, default=18)
     parser.add_argument("--before", default=BEFORE,
                         help="the commit whose site code is the 'main' contender ('' = none)")
     args = parser.parse_args()
