@@ -215,9 +215,10 @@ def timed(argv: list[str], check: bool = True, **kwargs
 
 
 def phases(stderr: str) -> dict[str, float]:
-    """The sync's own phase timings (`--debug`: `phase transfer: 7.42 s`)."""
+    """The sync's own phase timings (`--debug`: `phase transfer: 7.42 s`, `phase content
+    check: 0.01 s`)."""
     return {m.group(1): float(m.group(2))
-            for m in re.finditer(r"phase (\w+): ([\d.]+) s", stderr)}
+            for m in re.finditer(r"phase (\w+(?: \w+)*): ([\d.]+) s", stderr)}
 
 
 class Clients:

@@ -551,6 +551,60 @@ def bench_streams(result: Result) -> str:
     return "\n\n".join([table(head, rows), summary, provenance(result)])
 
 
+# --- bench_verify -----------------------------------------------------------------------------
+
+VERIFY_SITES = ("verifying", "unpinned", "main")
+
+
+def _verify_cell(measure: Result) -> str:
+    parts = measure["parts"]
+    shown = ", ".join(f"{name} {secs(parts[name])}" for name in
+                      ("transfer", "manifests", "content check") if name in parts)
+    return f"{secs(measure['seconds'])} ({shown})" if shown else secs(measure["seconds"])
+
+
+def _verify_rows(kind: str, part: Result, sites: list[str]) -> list[list[str]]:
+    rows = []
+    for r in part["rounds"]:
+        rows.append([kind, str(r["round"]), r["order"][0],
+                     *(_verify_cell(r["sites"][s]) for s in sites),
+                     x(r["ratio_unpinned"], 3),
+                     *([x(r["ratio_main"], 3)] if "main" in sites else [])])
+    return rows
+
+
+def _verify_summary(label: str, part: Result, sites: list[str]) -> str:
+    medians = ", ".join(f"{s} {secs(part['median_seconds'][s])}" for s in sites)
+    said = (f"{label}: median wall {medians}; verifying / unpinned **"
+            f"{x(part['ratio_unpinned_median'], 3)}** (median of the rounds' ratios; ratio of "
+            f"the medians {x(part['ratio_unpinned_of_medians'], 3)})")
+    if "main" in sites:
+        said += (f", verifying / main **{x(part['ratio_main_median'], 3)}** (of the medians "
+                 f"{x(part['ratio_main_of_medians'], 3)})")
+    return said + "."
+
+
+def bench_verify(result: Result) -> str:
+    f = result["figures"]
+    full, delta = f["full"], f["delta"]
+    sites = [s for s in VERIFY_SITES if s in full["median_seconds"]]
+    head = ["sync", "round", "first", *sites, "verifying / unpinned",
+            *(["verifying / main"] if "main" in sites else [])]
+    rows = _verify_rows("first", full, sites) + _verify_rows(
+        f"{pct(delta['change'], 0)} change", delta, sites)
+    changed = f"{pct(delta['change'], 0)} of the disk changed in {delta['chunks']} pieces"
+    lines = [_verify_summary(f"First sync of {f['disk_mib']} MiB", full, sites),
+             _verify_summary(changed, delta, sites),
+             f"Target (issue 23): verifying <= 1.10x. One `ssh-keygen -Y verify` of the "
+             f"statement alone: {secs(f['verify_seconds'])}; the declaration read on its own "
+             f"SSH connection: {secs(f['declared_read_seconds'])} (a run shares its "
+             f"connection)."]
+    if f.get("before"):
+        lines.append(f"main: the site code of `{f['before']}` (no keys pinned), the same server.")
+    summary = "\n".join(f"- {line}" for line in lines)
+    return "\n\n".join([table(head, rows), summary, provenance(result)])
+
+
 RENDERERS: dict[str, Callable[[Result], str]] = {
     "bench_sync": bench_sync, "bench_manifest": bench_manifest,
     "bench_server_scale": bench_server_scale, "bench_trace": bench_trace,
@@ -564,6 +618,7 @@ RENDERERS["wan_validate"] = lambda result: report_wan.wan_validate(result, table
 RENDERERS["wan_baseline"] = lambda result: report_wan.wan_baseline(result, table, provenance)
 RENDERERS["wan_fairness"] = lambda result: report_wan.wan_fairness(result, table, provenance)
 RENDERERS["bench_streams"] = bench_streams
+RENDERERS["bench_verify"] = bench_verify
 
 
 # --- which code the figures measured ----------------------------------------------------------
