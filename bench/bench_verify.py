@@ -344,12 +344,7 @@ def main() -> None:
     try:
         figures = bench(work, args)
     finally:
-        subprocess.run(["nft", "delete", "table", "inet", bench_sync.TABLE],
-                       capture_output=True)
-        for running in bench_sync.SERVERS:
-            running.stop()
-        bench_sync.CPU.remove()
-        shutil.rmtree(work, ignore_errors=True)
+        bench_sync.clean_up(work)
     results.record("bench_verify", f"disk{args.disk_mib}", figures, root=True, started=started)
 
 

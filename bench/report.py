@@ -573,6 +573,19 @@ def _verify_ratio(part: Result, against: str) -> str:
             f"{span(ratios, lambda v: f'{v:.2f}')})")
 
 
+def _fixed_cost(f: Result, against: list[str]) -> str:
+    """What verifying adds to a run that fetches nothing, against each other role, also as a
+    share of that role's median 1 GiB runs."""
+    idle, full, delta = f["no_change"], f["full"], f["delta"]
+    said = []
+    for other in against:
+        extra = idle[f"extra_{other}_median"]
+        said.append(f"{extra * 1000:+.0f} ms against {other} ("
+                    f"{pct(extra / full['median_seconds'][other], 1)} of its median first sync, "
+                    f"{pct(extra / delta['median_seconds'][other], 1)} of its median change)")
+    return f"The fixed cost of verifying, from the runs that changed nothing: {'; '.join(said)}."
+
+
 def bench_verify(result: Result) -> str:
     f = result["figures"]
     parts = [(f"first sync of {f['disk_mib']} MiB", f["full"]),
@@ -584,7 +597,8 @@ def bench_verify(result: Result) -> str:
              *(_verify_ratio(part, a) for a in against)] for label, part in parts]
     head = ["run", "rounds", *(f"{s}: median wall" for s in sites),
             *(f"verifying / {a}: median of the rounds" for a in against)]
-    notes = [f"Target (issue 23): verifying <= 1.10x. One `ssh-keygen -Y verify` of the "
+    notes = [_fixed_cost(f, against), f"Target (issue 23): verifying <= 1.10x. One "
+             f"`ssh-keygen -Y verify` of the "
              f"statement alone: {secs(f['verify_seconds'])} (a verifying run makes two); the "
              f"declaration read on its own SSH connection: {secs(f['declared_read_seconds'])} "
              "(a run shares its connection)."]
