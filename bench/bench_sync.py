@@ -423,16 +423,21 @@ def main() -> None:
     try:
         figures = bench(work, args, server_started)
     finally:
-        subprocess.run(["nft", "delete", "table", "inet", TABLE], capture_output=True)
-        for running in SERVERS:
-            running.stop()
-        CPU.remove()
-        shutil.rmtree(work, ignore_errors=True)
+        clean_up(work)
     results.record("bench_sync", f"disk{args.disk_mib}" + ("-full" if args.only_full else ""),
                    figures, root=True, started=started)
 
 
 SERVERS: list[sshd_harness.Sshd] = []
+
+
+def clean_up(work: Path) -> None:
+    """What a bench set up: the nftables counter, the servers, the CPU groups, `work`."""
+    subprocess.run(["nft", "delete", "table", "inet", TABLE], capture_output=True)
+    for running in SERVERS:
+        running.stop()
+    CPU.remove()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def server_started(server: sshd_harness.Sshd) -> None:

@@ -23,11 +23,13 @@ between the site folders from round to round, so that no role keeps a faster pla
    (the default: twice).
 2. A change of `--change` of the disk at scattered offsets (and the `.mf`), declared and signed
    again, then pulled by every role (rotating as above) from what its folder published.
+3. Nothing changed: every role runs again (rotating as above); what verifying adds to a run
+   shows here without the 1 GiB transfer's noise around it.
 
-Per contender: median wall time; per round: verifying / unpinned and verifying / main (a round's
-sites run back to back, so a ratio within a round sees the same machine). Also the sync's own
-phases (`--debug`), one `ssh-keygen -Y verify` of the statement alone and one declaration read
-alone (its own SSH connection; in a run it shares the run's).
+Per contender: median wall time; per round: verifying / unpinned and verifying / main, and the
+difference in seconds (a round's runs go back to back, so they see the same machine). Also the
+sync's own phases (`--debug`), one `ssh-keygen -Y verify` of the statement alone and one
+declaration read alone (its own SSH connection; in a run it shares the run's).
 
 Needs root (sshd, nftables). Example (the figures in docs/benchmarks.md):
     sudo .venv/bin/python bench/bench_verify.py --disk-mib 1024
@@ -202,9 +204,11 @@ def round_row(number: int, runs: list[tuple[Role, Site]], measures: dict[str, Me
     row = {"round": number, "order": [role.name for role, _ in runs],
            "folders": {role.name: site.name for role, site in runs},
            "sites": {role.name: asdict(measures[role.name]) for role in roles},
-           "ratio_unpinned": verifying / measures["unpinned"].seconds}
+           "ratio_unpinned": verifying / measures["unpinned"].seconds,
+           "extra_unpinned": verifying - measures["unpinned"].seconds}
     if OLDER in measures:
         row["ratio_main"] = verifying / measures[OLDER].seconds
+        row["extra_main"] = verifying - measures[OLDER].seconds
     shown = ", ".join(f"{role.name} ({site.name}) {measures[role.name].seconds:.2f} s "
                       f"{measures[role.name].parts}" for role, site in runs)
     print(f"  round {number}: {shown}; verifying / unpinned {row['ratio_unpinned']:.3f}x"
@@ -234,14 +238,25 @@ def delta_round(roles: list[Role], sites: list[Site], server: sshd_harness.Sshd,
     return row
 
 
+def idle_round(roles: list[Role], sites: list[Site], server: sshd_harness.Sshd, number: int,
+               serial: int) -> dict:
+    """Every role again with nothing changed: the fixed cost of a run, without 1 GiB of
+    noise around it."""
+    runs = assignment(roles, sites, number)
+    measures = {role.name: checked(role, site, server, serial) for role, site in runs}
+    return round_row(number, runs, measures, roles)
+
+
 def summary(rows: list[dict], roles: list[Role]) -> dict:
     medians = {role.name: statistics.median(r["sites"][role.name]["seconds"] for r in rows)
                for role in roles}
     found = {"rounds": rows, "median_seconds": medians,
              "ratio_unpinned_median": statistics.median(r["ratio_unpinned"] for r in rows),
-             "ratio_unpinned_of_medians": medians["verifying"] / medians["unpinned"]}
+             "ratio_unpinned_of_medians": medians["verifying"] / medians["unpinned"],
+             "extra_unpinned_median": statistics.median(r["extra_unpinned"] for r in rows)}
     if OLDER in medians:
         found["ratio_main_median"] = statistics.median(r["ratio_main"] for r in rows)
+        found["extra_main_median"] = statistics.median(r["extra_main"] for r in rows)
         found["ratio_main_of_medians"] = medians["verifying"] / medians[OLDER]
     print("  medians: " + ", ".join(f"{k} {v:.2f} s" for k, v in medians.items())
           + f"; verifying / unpinned: median of rounds {found['ratio_unpinned_median']:.3f}x, "
@@ -300,6 +315,9 @@ def bench(work: Path, args: argparse.Namespace) -> dict:
     delta = [delta_round(roles, sites, server, origin, disk, number, args.change, args.chunks)
              for number in range(args.rounds)]
     figures["delta"] = {"change": args.change, "chunks": args.chunks, **summary(delta, roles)}
+    print("nothing changed, each round:", flush=True)
+    figures["no_change"] = summary([idle_round(roles, sites, server, number, delta[-1]["serial"])
+                                    for number in range(args.idle_rounds)], roles)
     figures["verify_seconds"] = verify_alone(origin)
     figures["declared_read_seconds"] = declared_alone(sites[0])
     print(f"one ssh-keygen -Y verify of the statement: {figures['verify_seconds'] * 1000:.1f} ms"
@@ -316,6 +334,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=16)
     parser.add_argument("--full-rounds", type=int, default=18)
     parser.add_argument("--rounds", type=int, default=18)
+    parser.add_argument("--idle-rounds", type=int, default=18)
     parser.add_argument("--before", default=BEFORE,
                         help="the commit whose site code is the 'main' contender ('' = none)")
     args = parser.parse_args()
@@ -325,12 +344,7 @@ def main() -> None:
     try:
         figures = bench(work, args)
     finally:
-        subprocess.run(["nft", "delete", "table", "inet", bench_sync.TABLE],
-                       capture_output=True)
-        for running in bench_sync.SERVERS:
-            running.stop()
-        bench_sync.CPU.remove()
-        shutil.rmtree(work, ignore_errors=True)
+        bench_sync.clean_up(work)
     results.record("bench_verify", f"disk{args.disk_mib}", figures, root=True, started=started)
 
 

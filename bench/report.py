@@ -556,53 +556,55 @@ def bench_streams(result: Result) -> str:
 VERIFY_SITES = ("verifying", "unpinned", "main")
 
 
-def _verify_cell(measure: Result) -> str:
-    parts = measure["parts"]
-    shown = ", ".join(f"{name} {secs(parts[name])}" for name in
-                      ("transfer", "manifests", "content check") if name in parts)
-    return f"{secs(measure['seconds'])} ({shown})" if shown else secs(measure["seconds"])
+def _verify_cell(part: Result, site: str) -> str:
+    """A role's median wall time and, in brackets, its median transfer and manifest phases."""
+    runs = [r["sites"][site] for r in part["rounds"]]
+    phase = {name: statistics.median(m["parts"].get(name, 0.0) for m in runs)
+             for name in ("transfer", "manifests")}
+    return (f"{secs(part['median_seconds'][site])} (transfer {secs(phase['transfer'])}, "
+            f"manifests {secs(phase['manifests'])})")
 
 
-def _verify_rows(kind: str, part: Result, sites: list[str]) -> list[list[str]]:
-    rows = []
-    for r in part["rounds"]:
-        rows.append([kind, str(r["round"]), r["order"][0],
-                     *(_verify_cell(r["sites"][s]) for s in sites),
-                     x(r["ratio_unpinned"], 3),
-                     *([x(r["ratio_main"], 3)] if "main" in sites else [])])
-    return rows
+def _verify_ratio(part: Result, against: str) -> str:
+    ratios = [r[f"ratio_{against}"] for r in part["rounds"]]
+    return (f"**{x(part[f'ratio_{against}_median'], 3)}** (medians' ratio "
+            f"{x(part[f'ratio_{against}_of_medians'], 3)}; "
+            f"{part[f'extra_{against}_median'] * 1000:+.0f} ms; rounds "
+            f"{span(ratios, lambda v: f'{v:.2f}')})")
 
 
-def _verify_summary(label: str, part: Result, sites: list[str]) -> str:
-    medians = ", ".join(f"{s} {secs(part['median_seconds'][s])}" for s in sites)
-    said = (f"{label}: median wall {medians}; verifying / unpinned **"
-            f"{x(part['ratio_unpinned_median'], 3)}** (median of the rounds' ratios; ratio of "
-            f"the medians {x(part['ratio_unpinned_of_medians'], 3)})")
-    if "main" in sites:
-        said += (f", verifying / main **{x(part['ratio_main_median'], 3)}** (of the medians "
-                 f"{x(part['ratio_main_of_medians'], 3)})")
-    return said + "."
+def _fixed_cost(f: Result, against: list[str]) -> str:
+    """What verifying adds to a run that fetches nothing, against each other role, also as a
+    share of that role's median 1 GiB runs."""
+    idle, full, delta = f["no_change"], f["full"], f["delta"]
+    said = []
+    for other in against:
+        extra = idle[f"extra_{other}_median"]
+        said.append(f"{extra * 1000:+.0f} ms against {other} ("
+                    f"{pct(extra / full['median_seconds'][other], 1)} of its median first sync, "
+                    f"{pct(extra / delta['median_seconds'][other], 1)} of its median change)")
+    return f"The fixed cost of verifying, from the runs that changed nothing: {'; '.join(said)}."
 
 
 def bench_verify(result: Result) -> str:
     f = result["figures"]
-    full, delta = f["full"], f["delta"]
-    sites = [s for s in VERIFY_SITES if s in full["median_seconds"]]
-    head = ["sync", "round", "first", *sites, "verifying / unpinned",
-            *(["verifying / main"] if "main" in sites else [])]
-    rows = _verify_rows("first", full, sites) + _verify_rows(
-        f"{pct(delta['change'], 0)} change", delta, sites)
-    changed = f"{pct(delta['change'], 0)} of the disk changed in {delta['chunks']} pieces"
-    lines = [_verify_summary(f"First sync of {f['disk_mib']} MiB", full, sites),
-             _verify_summary(changed, delta, sites),
-             f"Target (issue 23): verifying <= 1.10x. One `ssh-keygen -Y verify` of the "
-             f"statement alone: {secs(f['verify_seconds'])}; the declaration read on its own "
-             f"SSH connection: {secs(f['declared_read_seconds'])} (a run shares its "
-             f"connection)."]
+    parts = [(f"first sync of {f['disk_mib']} MiB", f["full"]),
+             (f"{pct(f['delta']['change'], 0)} of the disk changed in {f['delta']['chunks']} "
+              "pieces", f["delta"]), ("nothing changed", f["no_change"])]
+    sites = [s for s in VERIFY_SITES if s in f["full"]["median_seconds"]]
+    against = [s for s in ("unpinned", "main") if s in sites]
+    rows = [[label, str(len(part["rounds"])), *(_verify_cell(part, s) for s in sites),
+             *(_verify_ratio(part, a) for a in against)] for label, part in parts]
+    head = ["run", "rounds", *(f"{s}: median wall" for s in sites),
+            *(f"verifying / {a}: median of the rounds" for a in against)]
+    notes = [_fixed_cost(f, against), f"Target (issue 23): verifying <= 1.10x. One "
+             f"`ssh-keygen -Y verify` of the "
+             f"statement alone: {secs(f['verify_seconds'])} (a verifying run makes two); the "
+             f"declaration read on its own SSH connection: {secs(f['declared_read_seconds'])} "
+             "(a run shares its connection)."]
     if f.get("before"):
-        lines.append(f"main: the site code of `{f['before']}` (no keys pinned), the same server.")
-    summary = "\n".join(f"- {line}" for line in lines)
-    return "\n\n".join([table(head, rows), summary, provenance(result)])
+        notes.append(f"main: the site code of `{f['before']}`, no keys pinned, the same server.")
+    return "\n\n".join([table(head, rows), " ".join(notes), provenance(result)])
 
 
 RENDERERS: dict[str, Callable[[Result], str]] = {
