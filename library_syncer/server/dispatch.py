@@ -10,6 +10,9 @@ sshd_config, and `command=` on each authorized_keys line). The client's request 
   logged in. That name comes from the server's side only: sshd writes the authenticated key to
   the file `SSH_USER_AUTH` names (`ExposeAuthInfo yes`), and the site is the `site=` of that
   key's line in the root-owned authorized_keys. Any other word after the command is refused.
+- `library-syncer-range 1 SHA256 OFFSET LENGTH`: bytes of one file of the current revision,
+  named by its declared digest (server/ranges.py): a site fetching a large new file over several
+  connections at once. Read-only and held to the library, as rrsync's reads are.
 - anything else — an rsync sender, another command, no command at all: `exec` of
   `rrsync -ro <library>/`, with the environment sshd gave us (from /proc/self/environ, so not
   even the locale Python may add reaches it) and the default signal dispositions Python changed.
@@ -36,6 +39,7 @@ from pathlib import Path
 from . import sessions
 
 REPORT_COMMAND = "library-syncer-report"
+RANGE_COMMAND = "library-syncer-range"  # server/ranges.py (not imported before it is asked for)
 REPORT_FORMATS = ("1",)
 READ_TIMEOUT = 20.0  # seconds for the whole report to arrive
 
@@ -228,6 +232,10 @@ def command(args) -> int:
     words = original.split() if original is not None else []
     if words and words[0] == REPORT_COMMAND:
         return receive_report(args, words)
+    if words and words[0] == RANGE_COMMAND:
+        from .ranges import serve
+
+        return serve(Path(args.library), words)
     try:
         exec_rrsync(args.rrsync, args.library)
     except OSError as error:

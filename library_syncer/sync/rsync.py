@@ -113,8 +113,7 @@ def _into_staging(sync: SyncConfig, link_dests: list[Path], dry_run: bool) -> li
     return argv
 
 
-# A stream's own TCP connection: never the run's shared master, nor one from ~/.ssh/config.
-STREAM_SSH = ("-o", "ControlMaster=no", "-o", "ControlPath=none")
+STREAM_SSH = ssh.OWN_CONNECTION  # a stream's own TCP connection
 
 
 def bwlimit_share(rate: str, streams: int) -> str:
@@ -171,11 +170,23 @@ def declared_argv(sync: SyncConfig, dest: Path, max_size: int,
                   ssh_extra: Sequence[str] = ()) -> list[str]:
     """Fetch the upstream's serial file ("<origin> <serial>") and statement, if it has them,
     into the folder `dest`: nothing else of its trace folder, nothing over `max_size` bytes."""
+    return _trace_files_argv(sync, dest, max_size, (trace.SERIAL_FILE, trace.STATEMENT_FILE),
+                             ssh_extra)
+
+
+def document_argv(sync: SyncConfig, dest: Path, max_size: int,
+                  ssh_extra: Sequence[str] = ()) -> list[str]:
+    """Fetch the upstream's revision document (trace.json) alone into the folder `dest`,
+    nothing over `max_size` bytes (sync/ranges.py: a run with a large new file)."""
+    return _trace_files_argv(sync, dest, max_size, (trace.TRACE_FILE,), ssh_extra)
+
+
+def _trace_files_argv(sync: SyncConfig, dest: Path, max_size: int, names: Sequence[str],
+                      ssh_extra: Sequence[str]) -> list[str]:
     folder = f"{sync.remote_path.rstrip('/')}/{trace.TRACE_DIR}/"
     return [sync.rsync, "--recursive", f"--max-size={max_size}", _io_timeout(sync),
-            "-e", ssh.rsh(sync, ssh_extra), f"--filter=+ /{trace.SERIAL_FILE}",
-            f"--filter=+ /{trace.STATEMENT_FILE}", "--filter=- *",
-            f"{source(sync).rsplit(':', 1)[0]}:{folder}", f"{dest}/"]
+            "-e", ssh.rsh(sync, ssh_extra), *(f"--filter=+ /{name}" for name in names),
+            "--filter=- *", f"{source(sync).rsplit(':', 1)[0]}:{folder}", f"{dest}/"]
 
 
 # --- statistics -----------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The one place rsync is started: one process (`run`), or several at once (`run_all`, for
-parallel streams). The argv comes from sync/rsync.py; what its output and exit status mean is
+"""The one place rsync is started (`run`; sync/streams.py runs several at once, each in its own
+thread). The argv comes from sync/rsync.py; what its output and exit status mean is
 the caller's (rsync.Stats, rsync.classify).
 """
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..base import execute
@@ -34,12 +33,3 @@ def run(job: Job) -> execute.CommandResult:
     env.update(job.env)
     return execute.run(job.argv, on_line=job.on_line, capture=job.capture, check=False,
                        timeout=job.timeout, env=env)
-
-
-def run_all(jobs: Sequence[Job], parallel: int | None = None) -> list[execute.CommandResult]:
-    """Several rsync processes at once (at most `parallel`; default all), each as `run` does;
-    the results in the order of `jobs`, once every one has ended."""
-    if not jobs:
-        return []
-    with ThreadPoolExecutor(max_workers=parallel or len(jobs)) as pool:
-        return list(pool.map(run, jobs))

@@ -23,6 +23,10 @@ UNREACHABLE = ("Connection refused", "Connection timed out", "timed out", "No ro
                "Temporary failure in name resolution",
                "kex_exchange_identification", "Timeout, server", "not responding")
 
+# A connection of its own (a stream's, a range's): never the run's shared master, nor one from
+# ~/.ssh/config.
+OWN_CONNECTION = ("-o", "ControlMaster=no", "-o", "ControlPath=none")
+
 
 def host_pattern(sync: SyncConfig) -> str:
     """The known_hosts name ssh looks up: `peer`, or `[peer]:port` off port 22."""

@@ -22,14 +22,15 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from ..base.config import SyncConfig
 from ..base.units import format_bytes
-from . import basis, rsync, runner
+from . import basis, ranges, rsync, runner
 from .retry import Transfer
 
 log = logging.getLogger("library-syncer")
@@ -41,30 +42,49 @@ MIN_SHARE = 16 << 20  # a stream's bytes at least: less is not worth its own han
 
 @dataclass(frozen=True)
 class Share:
-    """One stream's files (paths relative to the library) and their bytes."""
+    """One stream's work: pieces of cut files (sync/ranges.py), then whole files (paths
+    relative to the library) in one rsync; and their bytes."""
 
     paths: tuple[str, ...]
     size: int
+    pieces: tuple[ranges.Piece, ...] = ()
 
 
-def plan(listed: Iterable[str], streams: int) -> list[Share]:
+def plan(listed: Iterable[str], streams: int,
+         cuts: Mapping[str, ranges.Cut] | None = None) -> list[Share]:
     """The shares for the dry run's listing (LISTING_FORMAT lines): none (the run keeps its one
     connection) unless the large files fetched hold MIN_BYTES and make at least two shares of
-    MIN_SHARE. As many shares as sync.streams, the files and MIN_SHARE allow; largest file
-    first onto the lightest share (balanced by bytes); a share left under MIN_SHARE (beside one
-    file that dominates) goes back to the normal pass."""
+    MIN_SHARE. As many shares as sync.streams and MIN_SHARE allow; a file in `cuts` is dealt
+    in pieces of about one share each, every other file whole; largest first onto the lightest
+    share (balanced by bytes). A share of whole files left under MIN_SHARE (beside one that
+    dominates) goes back to the normal pass."""
+    cuts = cuts or {}
     files = [f for f in basis.parse_listing(listed) if f.fetched and f.size >= MIN_FILE]
     total = sum(f.size for f in files)
-    count = min(streams, len(files), total // MIN_SHARE)
+    count = min(streams, total // MIN_SHARE)
+    piece = max(MIN_SHARE, -(-total // max(1, count)))
+    units: list[tuple[int, str, ranges.Piece | None]] = []
+    for file in files:
+        if file.path in cuts:
+            units += [(p.length, f"{file.path}\0{p.offset:020d}", p)
+                      for p in ranges.pieces(cuts[file.path], piece)]
+        else:
+            units.append((file.size, file.path, None))
+    count = min(count, len(units))
     if count < 2 or total < MIN_BYTES:
         return []
-    heap: list[tuple[int, int, list[str]]] = [(0, index, []) for index in range(count)]
-    for file in sorted(files, key=lambda f: (-f.size, f.path)):
-        size, index, paths = heapq.heappop(heap)
-        paths.append(file.path)
-        heapq.heappush(heap, (size + file.size, index, paths))
-    shares = [Share(tuple(paths), size) for size, _, paths in sorted(heap, key=lambda s: s[1])
-              if size >= MIN_SHARE]
+    heap: list[tuple[int, int, list[str], list[ranges.Piece]]] = [
+        (0, index, [], []) for index in range(count)]
+    for size, key, cut_piece in sorted(units, key=lambda u: (-u[0], u[1])):
+        held, index, paths, pieces = heapq.heappop(heap)
+        if cut_piece is None:
+            paths.append(key)
+        else:
+            pieces.append(cut_piece)
+        heapq.heappush(heap, (held + size, index, paths, pieces))
+    shares = [Share(tuple(paths), size, tuple(pieces))
+              for size, _, paths, pieces in sorted(heap, key=lambda s: s[1])
+              if size >= MIN_SHARE or pieces]
     return shares if len(shares) >= 2 else []
 
 
@@ -76,29 +96,68 @@ def fetch(sync: SyncConfig, tree: Path, link_dests: list[Path], shares: Sequence
     if not shares:
         return 0
     started = time.monotonic()
-    stats = [rsync.Stats() for _ in shares]
-    with tempfile.TemporaryDirectory(prefix="library-syncer-streams-") as lists:
-        jobs = []
-        for index, share in enumerate(shares):
-            files_from = Path(lists) / f"stream-{index + 1}"
-            files_from.write_bytes(b"".join(os.fsencode(p) + b"\0" for p in share.paths))
-            argv = peer.adapt(rsync.stream_argv(sync, tree, link_dests, files_from, len(shares)))
-            jobs.append(runner.Job(argv, on_line=partial(_line, stats[index])))
-        results = runner.run_all(jobs)
-    ended = 0
-    for index, (share, result, counted) in enumerate(zip(shares, results, stats, strict=True)):
-        done.count(counted)
-        error = rsync.classify(result.returncode, result.tail, counted, sync)
-        if error is None:
-            ended += 1
-            continue
-        log.warning("stream %d of %d (%d file(s), %s) stopped: %s; the normal pass fetches what "
-                    "it left", index + 1, len(shares), len(share.paths),
-                    format_bytes(share.size), error.message)
-    log.info("%d stream(s) fetched %s in %.1f s (%d of %d ended well)", len(shares),
-             format_bytes(sum(s.bytes_received for s in stats)), time.monotonic() - started,
-             ended, len(shares))
-    return ended
+    cut = {p.cut.path: p.cut for share in shares for p in share.pieces}
+    ranges.prepare(tree, cut.values())
+    rate = ranges.share_rate(sync, len(shares))
+    with tempfile.TemporaryDirectory(prefix="library-syncer-streams-") as lists, \
+            ThreadPoolExecutor(max_workers=len(shares)) as pool:
+        runs = [pool.submit(_stream, sync, tree, link_dests, share, peer, len(shares), rate,
+                            Path(lists) / f"stream-{index + 1}")
+                for index, share in enumerate(shares)]
+        ended = [run.result() for run in runs]
+    got = {p: True for p in cut}
+    for outcome in ended:
+        done.count(outcome.stats)
+        for piece in outcome.missing:
+            got[piece.cut.path] = False
+    whole = sum(ranges.finish(tree, cut[path], complete) for path, complete in got.items())
+    well = sum(1 for outcome in ended if outcome.error is None)
+    for index, (share, outcome) in enumerate(zip(shares, ended, strict=True)):
+        if outcome.error is not None:
+            pieces = f"{len(share.pieces)} piece(s), " if share.pieces else ""
+            log.warning("stream %d of %d (%d file(s), %s%s) stopped: %s; the normal pass "
+                        "fetches what it left", index + 1, len(shares), len(share.paths),
+                        pieces, format_bytes(share.size), outcome.error)
+    log.info("%d stream(s) fetched %s in %.1f s (%d of %d ended well%s)", len(shares),
+             format_bytes(sum(o.stats.bytes_received for o in ended)),
+             time.monotonic() - started, well, len(shares),
+             f"; {whole} of {len(cut)} file(s) in ranges verified" if cut else "")
+    return well
+
+
+@dataclass
+class _Outcome:
+    stats: rsync.Stats
+    missing: list[ranges.Piece]  # pieces that did not arrive
+    error: str | None = None
+
+
+def _stream(sync: SyncConfig, tree: Path, link_dests: list[Path], share: Share,
+            peer: rsync.PeerOptions, streams: int, rate: int, files_from: Path) -> _Outcome:
+    """One stream: its pieces one after the other (each its own SSH connection), then its whole
+    files in one rsync. Never raises: what it could not fetch is the normal pass's."""
+    outcome = _Outcome(rsync.Stats(), [])
+    for number, piece in enumerate(share.pieces):
+        try:
+            outcome.stats.bytes_received += ranges.fetch(sync, tree, piece, rate)
+        except ranges.PieceFailed as failed:
+            outcome.stats.bytes_received += failed.got
+            outcome.missing.append(piece)
+            outcome.error = f"range of {piece.cut.path}: {failed}"
+            if failed.refused:  # the server has no ranges: the rest would be refused too
+                outcome.missing += share.pieces[number + 1:]
+                break
+    if share.paths:
+        files_from.write_bytes(b"".join(os.fsencode(p) + b"\0" for p in share.paths))
+        argv = peer.adapt(rsync.stream_argv(sync, tree, link_dests, files_from, streams))
+        stats = rsync.Stats()
+        result = runner.run(runner.Job(argv, on_line=partial(_line, stats)))
+        outcome.stats.bytes_received += stats.bytes_received
+        outcome.stats.bytes_sent += stats.bytes_sent
+        error = rsync.classify(result.returncode, result.tail, stats, sync)
+        if error is not None:
+            outcome.error = error.message
+    return outcome
 
 
 def _line(stats: rsync.Stats, line: str) -> None:

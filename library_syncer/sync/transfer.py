@@ -1,6 +1,7 @@
 """The transfer of a run: the dry run (what must be fetched: the space check, the bases), then
 the pull into staging, both over the run's one SSH connection and retried as sync/retry.py says.
-A large run first fetches its largest files over several connections (sync/streams.py).
+A large run first fetches its largest files over several connections (sync/streams.py), a
+large new file in byte ranges (sync/ranges.py).
 What arrives must be exactly the revision the origin declares (sync/trace_check.py).
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from ..base.config import SyncConfig
 from ..base.errors import SyncerError, Unsigned
 from ..base.units import format_bytes
-from . import basis, declared, repair, rsync, runner, staging, streams, trace_check
+from . import basis, declared, ranges, repair, rsync, runner, staging, streams, trace_check
 from .crash_seam import crash_point
 from .layout import Layout
 from .progress import Reporter
@@ -88,14 +89,15 @@ class DeclaredStep:
     connection: SharedConnection | None
     published: Path | None
     allow_untraced: bool
+    found: declared.Declared | None = None  # what it read (sync/ranges.py names files by it)
 
     def run(self) -> rsync.Stats:
         if self.connection:
             self.connection.ensure()
-        found = declared.fetch(self.sync, self.connection.rsh_options()
-                               if self.connection else [])
+        self.found = declared.fetch(self.sync, self.connection.rsh_options()
+                                    if self.connection else [])
         held = trace_check.read(self.published) if self.published is not None else None
-        trace_check.refuse_declared(found, held, self.sync, self.allow_untraced)
+        trace_check.refuse_declared(self.found, held, self.sync, self.allow_untraced)
         return rsync.Stats()
 
 
@@ -136,9 +138,11 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
         link_dests.append(layout.ova_store)
     ssh_extra = connection.rsh_options() if connection else []
     _drop_unincluded(tree, sync.include)
+    ranges.resume(tree)
     peer = rsync.PeerOptions(sync)
-    with_retries(DeclaredStep(sync=sync, connection=connection, published=published,
-                              allow_untraced=allow_untraced), sync, result, retry)
+    declaration = DeclaredStep(sync=sync, connection=connection, published=published,
+                               allow_untraced=allow_untraced)
+    with_retries(declaration, sync, result, retry)
 
     dry = RsyncStep(argv=rsync.pull_argv(sync, tree, link_dests, dry_run=True,
                                          ssh_extra=ssh_extra),
@@ -153,7 +157,8 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
         log.info("fetching %d changed file(s), %s (library %s)", plan.files_transferred,
                  format_bytes(plan.transferred_size), format_bytes(plan.total_size))
     seeded = _seed_bases(layout, tree, published, plan.listed) if sync.find_basis else {}
-    shares = streams.plan(plan.listed, sync.streams)
+    shares = streams.plan(plan.listed, sync.streams,
+                          _cuts(sync, declaration, plan.listed, seeded, connection))
     if reporter:
         over = f" over {len(shares)} connections" if shares else ""
         reporter.status(f"transferring {format_bytes(plan.transferred_size)}{over}")
@@ -165,6 +170,17 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
                     rotted=repair.pending(layout))
     result.stats = with_retries(pull, sync, result, retry)
     return _report_transfer(result)
+
+
+def _cuts(sync: SyncConfig, declaration: DeclaredStep, listed: list[str],
+          seeded: dict[str, Seeded], connection: SharedConnection | None) -> dict[str, ranges.Cut]:
+    """The new files without a basis the streams may fetch in byte ranges (sync/ranges.py)."""
+    new = ranges.candidates(basis.parse_listing(listed), seeded) if sync.streams > 1 else []
+    if not new:
+        return {}
+    if connection:
+        connection.ensure()
+    return ranges.cuts(sync, declaration.found, new, connection.rsh_options() if connection else [])
 
 
 @dataclass(frozen=True)

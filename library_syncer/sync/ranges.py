@@ -1,0 +1,257 @@
+"""A large new file in byte ranges over several connections (issue 24, item 3).
+
+One rsync session moves one file over one SSH channel: on a long or lossy link its window, not
+the link, sets the pace, and a single new multi-GB disk cannot be spread over the streams of
+sync/streams.py as whole files. So a new file with no basis at the site (rsync would send it
+whole: nothing of it is here) is cut into pieces, each fetched over its own SSH connection by a
+read-only range request to the server's dispatcher (server/ranges.py), naming the file by the
+digest the upstream's revision document declares for it.
+
+The document comes first, in one small read over the run's connection, only in a run that has
+such a file; an upstream without one (the Docker-based original, a server before traces) gets
+no range request, and one that refuses it (a server before ranges) has its file fetched whole
+by the normal pass. The pieces land in a temporary file beside the file's place in staging;
+when all arrived and the whole hashes to the declared digest, it takes the file's place with
+the declared modification time, and the normal pass finds it done (its quick check compares
+size and time to the nanosecond). Otherwise it takes the place without that time, and the normal
+pass fetches the differences against what did arrive. The content check before the switch
+(sync/content.py) holds either way: a range is never trusted more than a pull.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import select
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..base import statement
+from ..base.config import SyncConfig
+from ..base.revision import Revision
+from ..base.units import bwlimit_bytes_per_second
+from ..server.dispatch import RANGE_COMMAND
+from . import basis, rsync, runner, ssh
+from .declared import Declared
+
+log = logging.getLogger("library-syncer")
+
+MIN_CUT = 32 << 20  # a new file smaller than this is never cut (two pieces of streams.MIN_SHARE)
+CHUNK = 1 << 20
+TEMP_PREFIX = ".library-syncer-ranges."
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A new file the run may fetch in pieces: what the revision declares for it."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Bytes [offset, offset + length) of a cut file."""
+
+    cut: Cut
+    offset: int
+    length: int
+
+
+class PieceFailed(Exception):
+    def __init__(self, message: str, got: int, refused: bool) -> None:
+        super().__init__(message)
+        self.got = got  # bytes that did cross the link
+        self.refused = refused  # the server answered, and said no (a server before ranges)
+
+
+def candidates(listed: Iterable[basis.Listed], seeded: Iterable[str]) -> list[basis.Listed]:
+    """New files of at least MIN_CUT that got no basis: nothing of them is at the site."""
+    based = set(seeded)
+    return [f for f in listed if f.fetched and f.new and f.size >= MIN_CUT
+            and f.path not in based]
+
+
+def cuts(sync: SyncConfig, found: Declared | None, new: list[basis.Listed],
+         ssh_extra: list[str]) -> dict[str, Cut]:
+    """The files of `new` the upstream's document declares with the size the dry run listed
+    (read only when there are any, only from an upstream that declares revisions)."""
+    if not new or found is None or found.serial is None or sync.remote_path.strip("/"):
+        return {}
+    revision = document(sync, found, ssh_extra)
+    if revision is None or revision.content is None:
+        return {}
+    chosen = {}
+    for file in new:
+        fact, listed = revision.content.files.get(file.path), revision.files.get(file.path)
+        if fact is not None and listed is not None and listed[0] == file.size:
+            chosen[file.path] = Cut(file.path, file.size, listed[1], fact.sha256)
+    return chosen
+
+
+def document(sync: SyncConfig, found: Declared, ssh_extra: list[str]) -> Revision | None:
+    """The upstream's revision document, within the size its statement gives (else the
+    largest a document may be) and with its digest; None when it is not there or not that."""
+    limit, digest = statement.MAX_DOCUMENT_BYTES, None
+    if found.statement is not None:
+        with contextlib.suppress(statement.StatementRefused):
+            claimed = statement.Statement.parse(statement.split(found.statement)[0])
+            limit, digest = claimed.document_size, claimed.document_sha256
+    with tempfile.TemporaryDirectory(prefix="library-syncer-document-") as tmp:
+        result = runner.run(runner.Job(rsync.document_argv(sync, Path(tmp), limit, ssh_extra),
+                                       capture=True,
+                                       timeout=sync.connect_timeout + sync.io_timeout + 30))
+        path = Path(tmp) / rsync.trace.TRACE_FILE
+        if result.returncode != 0 or not path.is_file():
+            log.debug("the upstream's revision document was not read (rsync status %d)",
+                      result.returncode)
+            return None
+        data = path.read_bytes()
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        log.debug("the upstream's document is not the one its statement names: no ranges")
+        return None
+    try:
+        revision = Revision.from_json(data.decode())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return revision if revision.serial == found.serial else None
+
+
+def pieces(cut: Cut, size: int) -> list[Piece]:
+    """`cut` in pieces of `size` bytes (the last one shorter)."""
+    return [Piece(cut, offset, min(size, cut.size - offset))
+            for offset in range(0, cut.size, size)]
+
+
+def temp_path(tree: Path, cut: Cut) -> Path:
+    place = tree / cut.path
+    return place.with_name(TEMP_PREFIX + place.name)
+
+
+def prepare(tree: Path, cuts: Iterable[Cut]) -> None:
+    """A temporary file of the right size beside each cut file's place (the pieces are written
+    into it at their offsets; the normal pass deletes one a crash left)."""
+    for cut in cuts:
+        temp = temp_path(tree, cut)
+        temp.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        with open(temp, "wb") as handle:
+            handle.truncate(cut.size)
+        os.chmod(temp, 0o644)
+
+
+def resume(tree: Path) -> list[str]:
+    """Before the dry run: what a killed run's pieces left takes its file's place, so that this
+    run fetches the file as differences from what did arrive (resumable, as rsync's partial
+    files are). Returns the paths given back."""
+    back = []
+    for temp in sorted(tree.rglob(TEMP_PREFIX + "*")):
+        place = temp.with_name(temp.name[len(TEMP_PREFIX):])
+        if temp.is_file() and not temp.is_symlink() and _has_data(temp) \
+                and not place.exists():
+            os.replace(temp, place)
+            back.append(place.relative_to(tree).as_posix())
+        else:
+            temp.unlink(missing_ok=True)
+    if back:
+        log.info("resuming %d file(s) from the byte ranges a previous run fetched", len(back))
+    return back
+
+
+def fetch(sync: SyncConfig, tree: Path, piece: Piece, rate: int) -> int:
+    """Fetch one piece over its own SSH connection into the cut file's temporary file; returns
+    the bytes written (all of the piece) or raises PieceFailed. `rate`: bytes/s, 0 unlimited."""
+    request = f"{RANGE_COMMAND} 1 {piece.cut.sha256} {piece.offset} {piece.length}"
+    argv = ssh.argv(sync, [*ssh.OWN_CONNECTION, "-T", sync.peer, request])
+    with open(temp_path(tree, piece.cut), "r+b") as target, \
+            tempfile.TemporaryFile() as errors, \
+            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=errors) as process:
+        assert process.stdout is not None
+        got = 0
+        try:
+            got = _copy(process.stdout.fileno(), target.fileno(), piece, rate, sync.io_timeout)
+            status = process.wait(timeout=sync.io_timeout) if got == piece.length else None
+        except subprocess.TimeoutExpired:
+            status = None
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        errors.seek(0)
+        said = errors.read(4096).decode(errors="replace").strip().splitlines()
+    if status != 0 or got != piece.length:
+        message = said[-1] if said else f"ssh status {status}, {got} of {piece.length} bytes"
+        raise PieceFailed(message, min(got, piece.length),
+                          refused=status not in (None, 0, 255) and got == 0)
+    return got
+
+
+def _copy(source: int, target: int, piece: Piece, rate: int, timeout: float) -> int:
+    """Write what `source` sends at the piece's offset: never past the piece, at most `rate`
+    bytes/s, nothing for `timeout` seconds ends it."""
+    got, started = 0, time.monotonic()
+    while True:
+        ready, _, _ = select.select([source], [], [], timeout)
+        if not ready:
+            return got
+        chunk = os.read(source, CHUNK)
+        if not chunk:
+            return got
+        if got + len(chunk) > piece.length:
+            return piece.length + 1  # more than asked: not this piece
+        os.pwrite(target, chunk, piece.offset + got)
+        got += len(chunk)
+        if rate:
+            ahead = got / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def finish(tree: Path, cut: Cut, complete: bool) -> bool:
+    """The temporary file takes the cut file's place: with the declared time when every piece
+    arrived and it hashes to the declared digest (True), else as a basis for the normal pass,
+    or not at all when nothing arrived."""
+    temp, place = temp_path(tree, cut), tree / cut.path
+    if complete and _sha256(temp) == cut.sha256:
+        os.utime(temp, ns=(cut.mtime_ns, cut.mtime_ns))
+        os.replace(temp, place)
+        return True
+    if complete:
+        log.warning("%s: the pieces fetched do not hash to the digest the revision declares; "
+                    "the normal pass fetches its differences", cut.path)
+    if complete or _has_data(temp):
+        os.replace(temp, place)
+    else:
+        temp.unlink(missing_ok=True)
+    return False
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _has_data(path: Path) -> bool:
+    """Any block written (a file of holes only is nothing to start from)."""
+    try:
+        return path.stat().st_blocks > 0
+    except OSError:
+        return False
+
+
+def share_rate(sync: SyncConfig, streams: int) -> int:
+    """Bytes/s for each of `streams` connections: the bandwidth limit split (0: unlimited)."""
+    if sync.bandwidth_limit in ("0", ""):
+        return 0
+    return max(1024, bwlimit_bytes_per_second(sync.bandwidth_limit) // max(1, streams))

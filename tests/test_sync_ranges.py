@@ -1,0 +1,290 @@
+"""A large new file in byte ranges over several connections (sync/ranges.py, server/ranges.py),
+against a real sshd, the server role's dispatcher and the real rsync: the server answers a
+range named by the revision's digest and nothing else (no path of the client's, no link, no
+byte past the file); a run with one large new file spreads it over sync.streams connections
+(counted at the server) and publishes it byte for byte; pieces that hash wrong are repaired by
+the normal pass as differences; a server without ranges (rrsync alone: a release before them)
+gets the file whole; an upstream without a revision document (the Docker original) gets no
+range request at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from library_syncer.server import ranges as server_ranges
+from library_syncer.sync import basis, ranges, ssh, streams
+from tests.fleet.checks import snapshot_problems
+from tests.harness import sshd as harness
+from tests.harness.wait import wait_for
+from tests.test_sync_faults import _descendants, _start_sync
+from tests.test_sync_helpers import cli, published, random_bytes, sha256, write_config
+from tests.test_sync_trace import _declare, _disk
+
+MB = 1 << 20
+
+
+def _debug_sync(config: Path) -> subprocess.CompletedProcess:
+    return cli("--debug", "sync", "--config", str(config))
+
+
+def _cut(size: int, path: str = "big/big.vmdk") -> ranges.Cut:
+    return ranges.Cut(path, size, 1, "0" * 64)
+
+
+def _listing(files: dict[str, int]) -> list[str]:
+    return [f">f+++++++++ {size} {path}" for path, size in files.items()]
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+
+def test_one_large_new_file_is_cut_into_one_piece_per_stream():
+    cut = _cut(128 * MB)
+    shares = streams.plan(_listing({cut.path: cut.size}), 4, {cut.path: cut})
+    assert len(shares) == 4 and all(not s.paths for s in shares)
+    pieces = sorted((p for s in shares for p in s.pieces), key=lambda p: p.offset)
+    assert [(p.offset, p.length) for p in pieces] == [(i * 32 * MB, 32 * MB) for i in range(4)]
+    assert streams.plan(_listing({cut.path: cut.size}), 4) == []  # not cut: one connection
+
+
+def test_pieces_cover_the_file_exactly_beside_whole_files():
+    cut = _cut(100 * MB + 12345)
+    listed = _listing({cut.path: cut.size, "a/a.vmdk": 30 * MB, "b/b.vmdk": 20 * MB})
+    shares = streams.plan(listed, 4, {cut.path: cut})
+    assert sorted(p for s in shares for p in s.paths) == ["a/a.vmdk", "b/b.vmdk"]
+    pieces = sorted((p for s in shares for p in s.pieces), key=lambda p: p.offset)
+    assert pieces[0].offset == 0 and sum(p.length for p in pieces) == cut.size
+    assert all(a.offset + a.length == b.offset for a, b in itertools.pairwise(pieces))
+    assert max(s.size for s in shares) - min(s.size for s in shares) <= 20 * MB
+
+
+def test_only_new_files_without_a_basis_are_cut():
+    listed = basis.parse_listing([
+        ">f+++++++++ 40000000 new/new.vmdk", ">f.st...... 40000000 changed/changed.vmdk",
+        ">f+++++++++ 40000000 seeded/seeded.vmdk", ">f+++++++++ 30000000 small/small.vmdk"])
+    found = ranges.candidates(listed, {"seeded/seeded.vmdk"})
+    assert [f.path for f in found] == ["new/new.vmdk"]
+
+
+# --- the server's answer ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def origin(work_dir, client_key):
+    """The server role over a declared library of one 40 MiB disk."""
+    library = work_dir / "library"
+    library.mkdir(mode=0o755)
+    disk = _disk(library, "big", random_bytes(40 * MB, 7))
+    _declare(work_dir, library)
+    key, pub = client_key
+    server = harness.start_server_role(work_dir / "origin", library, sites={"paris": pub})
+    yield server, library, disk, key
+    server.stop()
+
+
+def _ask(work_dir: Path, server, key: Path, request: str) -> subprocess.CompletedProcess:
+    config = write_config(work_dir, server, key)
+    from library_syncer.base import config as config_module
+
+    sync_config = config_module.load(config).sync
+    return subprocess.run(ssh.argv(sync_config, ["-T", sync_config.peer, request]),
+                          capture_output=True, timeout=60)
+
+
+def test_the_server_sends_exactly_the_range_of_the_file_the_digest_names(origin, work_dir):
+    server, _, disk, key = origin
+    digest = sha256(disk)
+    got = _ask(work_dir, server, key, f"library-syncer-range 1 {digest} {5 * MB} {MB + 3}")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == disk.read_bytes()[5 * MB:6 * MB + 3]
+
+
+@pytest.mark.parametrize("words, said", [
+    ("{other} 0 10", "holds no file with that digest"),
+    ("{digest} {size} 1", "past the file's end"),
+    ("{digest} 0 {more}", "past the file's end"),
+    ("{digest} -1 10", "decimal numbers"),
+    ("../../etc/passwd 0 10", "lower-case SHA-256"),
+])
+def test_the_server_refuses_what_the_revision_does_not_hold(origin, work_dir, words, said):
+    server, _, disk, key = origin
+    request = "library-syncer-range 1 " + words.format(
+        other="a" * 64, digest=sha256(disk), size=disk.stat().st_size,
+        more=disk.stat().st_size + 1)
+    got = _ask(work_dir, server, key, request)
+    assert got.returncode == 1 and got.stdout == b""
+    assert said in got.stderr.decode()
+
+
+def test_the_server_never_follows_a_link_nor_sends_a_file_that_changed(origin, work_dir):
+    server, _, disk, key = origin
+    digest = sha256(disk)
+    secret = work_dir / "secret.vmdk"
+    secret.write_bytes(disk.read_bytes())
+    os.rename(disk, work_dir / "moved.vmdk")
+    disk.symlink_to(secret)  # the declared path now a link out of the library
+    got = _ask(work_dir, server, key, f"library-syncer-range 1 {digest} 0 10")
+    assert got.returncode == 1 and got.stdout == b"" and b"a link" in got.stderr
+    disk.unlink()
+    disk.write_bytes(b"shorter")
+    got = _ask(work_dir, server, key, f"library-syncer-range 1 {digest} 0 5")
+    assert got.returncode == 1 and b"changed since the revision" in got.stderr
+
+
+def test_the_server_refuses_a_revision_naming_a_path_out_of_the_library(tmp_path):
+    with pytest.raises(server_ranges.RangeRefused, match="outside the library"):
+        server_ranges.open_inside(tmp_path, "../etc/passwd")
+    with pytest.raises(server_ranges.RangeRefused, match="outside the library"):
+        server_ranges.open_inside(tmp_path, ".library-syncer/statement")
+
+
+# --- a run --------------------------------------------------------------------------------------
+
+
+def _logins(server: harness.Sshd) -> int:
+    return server.log().count("Accepted publickey")
+
+
+def test_a_large_new_file_crosses_in_ranges_over_several_connections(work_dir, client_key):
+    library = work_dir / "library"
+    library.mkdir(mode=0o755)
+    disk = _disk(library, "big", random_bytes(80 * MB, 11))
+    _declare(work_dir, library)
+    key, pub = client_key
+    server = harness.start_server_role(work_dir / "origin", library, sites={"paris": pub})
+    try:
+        config = write_config(work_dir, server, key, streams=4, report=False)
+        before = _logins(server)
+        result = _debug_sync(config)
+        assert result.returncode == 0, result.stderr
+        assert _logins(server) - before == 1 + 4  # the run's connection and one per piece
+        assert "1 of 1 file(s) in ranges verified" in result.stderr
+        out = published(work_dir / "state")
+        assert sha256(out / "big" / "big.vmdk") == sha256(disk)
+        assert (out / "big" / "big.vmdk").stat().st_mtime_ns == disk.stat().st_mtime_ns
+        assert snapshot_problems(out) == []
+        assert not list(out.rglob(ranges.TEMP_PREFIX + "*"))
+        assert _received(result.stderr) < MB  # the normal pass found the disk done
+    finally:
+        server.stop()
+
+
+def test_pieces_that_hash_wrong_are_made_good_by_the_normal_pass(work_dir, client_key, tmp_path):
+    """A range answer altered on the way (a wrapper around ssh flips its first byte): the file
+    does not verify, takes its place as a basis, and the normal pass fetches its differences."""
+    library = work_dir / "library"
+    library.mkdir(mode=0o755)
+    disk = _disk(library, "big", random_bytes(64 * MB, 12))
+    _declare(work_dir, library)
+    key, pub = client_key
+    wrapper = tmp_path / "flipping-ssh"
+    wrapper.write_text("#!/bin/sh\n"
+                       'case "$*" in *library-syncer-range*) '
+                       "ssh \"$@\" | python3 -c 'import sys; d = sys.stdin.buffer.read(); "
+                       "sys.stdout.buffer.write(bytes([d[0] ^ 1]) + d[1:])' ;;\n"
+                       '*) exec ssh "$@" ;;\nesac\n')
+    wrapper.chmod(0o755)
+    server = harness.start_server_role(work_dir / "origin", library, sites={"paris": pub})
+    try:
+        config = write_config(work_dir, server, key, streams=2, report=False, ssh=str(wrapper))
+        result = _debug_sync(config)
+        assert result.returncode == 0, result.stderr
+        assert "do not hash to the digest the revision declares" in result.stderr
+        out = published(work_dir / "state")
+        assert sha256(out / "big" / "big.vmdk") == sha256(disk)
+        received = _received(result.stderr)
+        assert received < 16 * MB, received  # differences, not the 64 MiB again
+    finally:
+        server.stop()
+
+
+def _received(stderr: str) -> int:
+    """The normal pass's bytes received (rsync's last summary line)."""
+    found = re.findall(r"rsync: sent [\d,]+ bytes  received ([\d,]+) bytes", stderr)
+    return int(found[-1].replace(",", ""))
+
+
+def test_a_server_without_ranges_gets_the_file_whole(work_dir, sshd, client_key, server_library):
+    """rrsync alone (a release before ranges, with a revision document): every piece is
+    refused, nothing is left behind, and the normal pass fetches the file whole."""
+    disk = _disk(server_library, "big", random_bytes(64 * MB, 13))
+    _declare(work_dir, server_library)
+    key, _ = client_key
+    config = write_config(work_dir, sshd, key, streams=4, report=False)
+    result = _debug_sync(config)
+    assert result.returncode == 0, result.stderr
+    assert "range of big/big.vmdk" in result.stderr  # said, as a stream that stopped
+    out = published(work_dir / "state")
+    assert sha256(out / "big" / "big.vmdk") == sha256(disk)
+    assert not list(out.rglob(ranges.TEMP_PREFIX + "*"))
+
+
+def test_an_upstream_without_a_document_gets_no_range_request(work_dir, sshd, client_key,
+                                                              server_library):
+    """The Docker original: no trace folder, so the run does not even read a document."""
+    disk = _disk(server_library, "big", random_bytes(64 * MB, 14))
+    key, _ = client_key
+    config = write_config(work_dir, sshd, key, streams=4, report=False)
+    before = _logins(sshd)
+    result = _debug_sync(config)
+    assert result.returncode == 0, result.stderr
+    assert "library-syncer-range" not in sshd.log() and "range of" not in result.stderr
+    assert _logins(sshd) - before == 1
+    assert sha256(published(work_dir / "state") / "big" / "big.vmdk") == sha256(disk)
+
+
+def test_a_run_killed_while_ranges_arrive_leaves_the_library_whole_and_the_next_converges(
+        work_dir, client_key):
+    library = work_dir / "library"
+    library.mkdir(mode=0o755)
+    first = _disk(library, "one", random_bytes(2 * MB, 15))
+    _declare(work_dir, library)
+    key, pub = client_key
+    server = harness.start_server_role(work_dir / "origin", library, sites={"paris": pub})
+    try:
+        config = write_config(work_dir, server, key, streams=4, report=False)
+        assert cli("sync", "--config", str(config)).returncode == 0
+        state = work_dir / "state"
+        held = os.readlink(state / "published")
+        disk = _disk(library, "big", random_bytes(64 * MB, 16))
+        _declare(work_dir, library)
+        slow = write_config(work_dir, server, key, streams=4, report=False,
+                            bandwidth_limit="2M")
+        process = _start_sync(slow)
+        temp = state / "staging" / "big" / (ranges.TEMP_PREFIX + "big.vmdk")
+        wait_for(lambda: temp.exists() and temp.stat().st_blocks * 512 > 2 * MB,
+                 timeout=60, what="pieces arriving")
+        _kill_tree(process)
+        arrived = temp.stat().st_blocks * 512
+        assert os.readlink(state / "published") == held  # nothing switched
+        assert sha256(published(state) / "one" / "one.vmdk") == sha256(first)
+        config = write_config(work_dir, server, key, streams=4, report=False)
+        result = _debug_sync(config)
+        assert result.returncode == 0, result.stderr
+        assert "resuming 1 file(s) from the byte ranges" in result.stderr
+        run = json.loads((state / "last-run.json").read_text())
+        assert run["bytes_received"] < 64 * MB - arrived + MB  # what arrived is not sent again
+        out = published(state)
+        assert sha256(out / "big" / "big.vmdk") == sha256(disk)
+        assert not list(state.rglob(ranges.TEMP_PREFIX + "*"))
+        assert snapshot_problems(out) == []
+    finally:
+        server.stop()
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL the sync and everything it started (its ssh processes), as a crash would."""
+    for pid in [process.pid, *_descendants(process.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait(timeout=30)
