@@ -19,6 +19,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class SharedConnection:
         self.sync = sync
         self.socket = directory / "master"
         self.unavailable = False  # the master could not be set up: sessions connect directly
+        self._starting = threading.Lock()  # steps that run at once start one master
 
     def _control(self, *argv: str, check: bool = False) -> execute.CommandResult:
         return execute.run([self.sync.ssh, *ssh.options(self.sync), "-S", ssh.path_arg(self.socket),
@@ -53,6 +55,10 @@ class SharedConnection:
     def ensure(self) -> None:
         """Start the master unless it is up. A failure is returned by ssh exactly as for a
         session (status 255 and ssh's own message), so rsync.classify names it the same way."""
+        with self._starting:
+            self._ensure()
+
+    def _ensure(self) -> None:
         if self.unavailable or self.alive():
             return
         from . import rsync  # the exit classification lives with the other rsync/ssh statuses

@@ -1,0 +1,95 @@
+"""Fewer round trips before the first byte (issue 24, item 4): the declaration read and the dry
+run are two sessions of the run's connection at the same time. Shown with the real rsync behind
+a wrapper that makes each of the two wait until the other has started (so the run ends well only
+if they overlap), against a real sshd and the server role; and a refusal of the declaration
+still wins over the dry run that ran beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from tests.harness import sshd as harness
+from tests.test_sync_helpers import published, random_bytes, sha256, sync, write_config
+from tests.test_sync_trace import _declare, _disk
+
+# Stands in front of rsync: the declaration read (--max-size) and the dry run (--dry-run) each
+# say they started, then wait up to 20 s for the other; any other rsync goes straight through.
+MEETS = """import os, shutil, sys, time
+from pathlib import Path
+args = sys.argv[1:]
+folder = Path(os.environ["MEET_DIR"])
+kind = "declared" if any(a.startswith("--max-size=") for a in args) else \\
+    "dry" if "--dry-run" in args else None
+if kind:
+    (folder / kind).touch()
+    other = folder / ("dry" if kind == "declared" else "declared")
+    deadline = time.monotonic() + 20
+    while not other.exists():
+        if time.monotonic() > deadline:
+            (folder / f"{kind}-alone").touch()
+            break
+        time.sleep(0.01)
+os.execv(shutil.which("rsync"), ["rsync", *args])
+"""
+
+
+def _meeting_rsync(folder: Path) -> Path:
+    script = folder / "rsync-meets"
+    script.write_text(f"#!{sys.executable}\n{MEETS}")
+    script.chmod(0o755)
+    return script
+
+
+def test_the_declaration_and_the_dry_run_go_at_once(work_dir, client_key, monkeypatch):
+    library = work_dir / "library"
+    library.mkdir(mode=0o755)
+    disk = _disk(library, "one", random_bytes(1 << 20, 21))
+    _declare(work_dir, library)
+    key, pub = client_key
+    meet = work_dir / "meet"
+    meet.mkdir()
+    monkeypatch.setenv("MEET_DIR", str(meet))
+    server = harness.start_server_role(work_dir / "origin", library, sites={"paris": pub})
+    try:
+        config = write_config(work_dir, server, key, report=False,
+                              rsync=str(_meeting_rsync(work_dir)))
+        result = sync(config)
+        assert result.returncode == 0, result.stderr
+        assert {p.name for p in meet.iterdir()} == {"declared", "dry"}  # neither waited alone
+        assert sha256(published(work_dir / "state") / "one" / "one.vmdk") == sha256(disk)
+    finally:
+        server.stop()
+
+
+def test_a_refused_declaration_wins_over_the_dry_run_beside_it(work_dir, client_key):
+    """A stale upstream (its serial below the published one): exit 11, nothing pulled, though
+    the dry run beside the declaration read ended well."""
+    library = work_dir / "library"
+    library.mkdir(mode=0o755)
+    _disk(library, "one", random_bytes(1 << 20, 22))
+    _declare(work_dir, library)
+    old = work_dir / "library-at-1"
+    shutil.copytree(library, old, symlinks=True)
+    _disk(library, "two", random_bytes(4 << 20, 23))
+    _declare(work_dir, library)
+    key, pub = client_key
+    server = harness.start_server_role(work_dir / "origin", library, sites={"paris": pub})
+    try:
+        config = write_config(work_dir, server, key, report=False)
+        assert sync(config).returncode == 0  # revision 2 published
+    finally:
+        server.stop()
+    stale = harness.start_server_role(work_dir / "stale", old, sites={"paris": pub})
+    try:
+        config = write_config(work_dir, stale, key, report=False)
+        result = sync(config)
+        assert result.returncode == 11, result.stderr
+        record = json.loads((work_dir / "state" / "last-run.json").read_text())
+        assert record["outcome"] == "stale" and record["bytes_received"] < 64 << 10
+        assert (published(work_dir / "state") / "two").is_dir()  # revision 2 still published
+    finally:
+        stale.stop()
