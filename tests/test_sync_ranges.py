@@ -74,6 +74,9 @@ def test_only_new_files_without_a_basis_are_cut():
         ">f+++++++++ 40000000 seeded/seeded.vmdk", ">f+++++++++ 30000000 small/small.vmdk"])
     found = ranges.candidates(listed, {"seeded/seeded.vmdk"})
     assert [f.path for f in found] == ["new/new.vmdk"]
+    long_name = "x" * (ranges.MAX_NAME + 1)  # its temporary file's name would not fit
+    assert ranges.candidates(basis.parse_listing([f">f+++++++++ 40000000 i/{long_name}"]),
+                             set()) == []
 
 
 # --- the server's answer ------------------------------------------------------------------------

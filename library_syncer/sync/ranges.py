@@ -45,6 +45,7 @@ log = logging.getLogger("library-syncer")
 MIN_CUT = 32 << 20  # a new file smaller than this is never cut (two pieces of streams.MIN_SHARE)
 CHUNK = 1 << 20
 TEMP_PREFIX = ".library-syncer-ranges."
+MAX_NAME = 255 - len(TEMP_PREFIX)  # the temporary file's name must fit NAME_MAX too
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def candidates(listed: Iterable[basis.Listed], seeded: Iterable[str]) -> list[ba
     """New files of at least MIN_CUT that got no basis: nothing of them is at the site."""
     based = set(seeded)
     return [f for f in listed if f.fetched and f.new and f.size >= MIN_CUT
-            and f.path not in based]
+            and f.path not in based and len(os.fsencode(f.path.rsplit("/", 1)[-1])) <= MAX_NAME]
 
 
 def cuts(sync: SyncConfig, found: Declared | None, new: list[basis.Listed],
@@ -136,15 +137,23 @@ def temp_path(tree: Path, cut: Cut) -> Path:
     return place.with_name(TEMP_PREFIX + place.name)
 
 
-def prepare(tree: Path, cuts: Iterable[Cut]) -> None:
+def prepare(tree: Path, cuts: Iterable[Cut]) -> set[str]:
     """A temporary file of the right size beside each cut file's place (the pieces are written
-    into it at their offsets; the normal pass deletes one a crash left)."""
+    into it at their offsets; the normal pass deletes one a crash left). Returns the paths it
+    could not make one for (said; those files go whole with the normal pass)."""
+    failed = set()
     for cut in cuts:
         temp = temp_path(tree, cut)
-        temp.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        with open(temp, "wb") as handle:
-            handle.truncate(cut.size)
-        os.chmod(temp, 0o644)
+        try:
+            temp.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            with open(temp, "wb") as handle:
+                handle.truncate(cut.size)
+            os.chmod(temp, 0o644)
+        except OSError as error:
+            log.warning("%s: no byte ranges (%s); the normal pass fetches it whole", cut.path,
+                        error.strerror or error)
+            failed.add(cut.path)
+    return failed
 
 
 def resume(tree: Path) -> list[str]:
@@ -175,18 +184,22 @@ def fetch(sync: SyncConfig, tree: Path, piece: Piece, rate: int) -> int:
             subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=errors) as process:
         assert process.stdout is not None
-        got = 0
+        got, status, written = 0, None, None
         try:
             got = _copy(process.stdout.fileno(), target.fileno(), piece, rate, sync.io_timeout)
             status = process.wait(timeout=sync.io_timeout) if got == piece.length else None
         except subprocess.TimeoutExpired:
-            status = None
+            pass
+        except OSError as error:  # the staging disk (full): the normal pass says it plainly
+            written = error.strerror or str(error)
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
         errors.seek(0)
         said = errors.read(4096).decode(errors="replace").strip().splitlines()
+    if written is not None:
+        raise PieceFailed(f"writing {temp_path(tree, piece.cut)}: {written}", got, refused=False)
     if status != 0 or got != piece.length:
         message = said[-1] if said else f"ssh status {status}, {got} of {piece.length} bytes"
         raise PieceFailed(message, min(got, piece.length),
@@ -218,19 +231,26 @@ def _copy(source: int, target: int, piece: Piece, rate: int, timeout: float) -> 
 def finish(tree: Path, cut: Cut, complete: bool) -> bool:
     """The temporary file takes the cut file's place: with the declared time when every piece
     arrived and it hashes to the declared digest (True), else as a basis for the normal pass,
-    or not at all when nothing arrived."""
+    or not at all when nothing arrived. A failure here is said, never raised: the normal pass
+    fetches whatever is not in place."""
     temp, place = temp_path(tree, cut), tree / cut.path
-    if complete and _sha256(temp) == cut.sha256:
-        os.utime(temp, ns=(cut.mtime_ns, cut.mtime_ns))
-        os.replace(temp, place)
-        return True
-    if complete:
-        log.warning("%s: the pieces fetched do not hash to the digest the revision declares; "
-                    "the normal pass fetches its differences", cut.path)
-    if complete or _has_data(temp):
-        os.replace(temp, place)
-    else:
-        temp.unlink(missing_ok=True)
+    try:
+        if complete and _sha256(temp) == cut.sha256:
+            os.utime(temp, ns=(cut.mtime_ns, cut.mtime_ns))
+            os.replace(temp, place)
+            return True
+        if complete:
+            log.warning("%s: the pieces fetched do not hash to the digest the revision "
+                        "declares; the normal pass fetches its differences", cut.path)
+        if complete or _has_data(temp):
+            os.replace(temp, place)
+        else:
+            temp.unlink(missing_ok=True)
+    except OSError as error:
+        log.warning("%s: the pieces fetched cannot take its place (%s); the normal pass "
+                    "fetches it", cut.path, error.strerror or error)
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
     return False
 
 

@@ -97,7 +97,11 @@ def fetch(sync: SyncConfig, tree: Path, link_dests: list[Path], shares: Sequence
         return 0
     started = time.monotonic()
     cut = {p.cut.path: p.cut for share in shares for p in share.pieces}
-    ranges.prepare(tree, cut.values())
+    unmade = ranges.prepare(tree, cut.values())
+    if unmade:
+        shares = [Share(s.paths, s.size, tuple(p for p in s.pieces if p.cut.path not in unmade))
+                  for s in shares]
+        cut = {path: c for path, c in cut.items() if path not in unmade}
     rate = ranges.share_rate(sync, len(shares))
     with tempfile.TemporaryDirectory(prefix="library-syncer-streams-") as lists, \
             ThreadPoolExecutor(max_workers=len(shares)) as pool:
