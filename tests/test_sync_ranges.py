@@ -82,17 +82,26 @@ def test_only_new_files_without_a_basis_are_cut():
 # --- the server's answer ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def origin(work_dir, client_key):
-    """The server role over a declared library of one 40 MiB disk."""
+@contextlib.contextmanager
+def _origin(work_dir: Path, client_key, mib: int, seed: int, item: str = "big"):
+    """The server role over a declared library of one disk of `mib` MiB: (server, library,
+    disk, the site's key)."""
     library = work_dir / "library"
     library.mkdir(mode=0o755)
-    disk = _disk(library, "big", random_bytes(40 * MB, 7))
+    disk = _disk(library, item, random_bytes(mib * MB, seed))
     _declare(work_dir, library)
     key, pub = client_key
     server = harness.start_server_role(work_dir / "origin", library, sites={"paris": pub})
-    yield server, library, disk, key
-    server.stop()
+    try:
+        yield server, library, disk, key
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def origin(work_dir, client_key):
+    with _origin(work_dir, client_key, 40, 7) as found:
+        yield found
 
 
 def _ask(work_dir: Path, server, key: Path, request: str) -> subprocess.CompletedProcess:
@@ -159,13 +168,7 @@ def _logins(server: harness.Sshd) -> int:
 
 
 def test_a_large_new_file_crosses_in_ranges_over_several_connections(work_dir, client_key):
-    library = work_dir / "library"
-    library.mkdir(mode=0o755)
-    disk = _disk(library, "big", random_bytes(80 * MB, 11))
-    _declare(work_dir, library)
-    key, pub = client_key
-    server = harness.start_server_role(work_dir / "origin", library, sites={"paris": pub})
-    try:
+    with _origin(work_dir, client_key, 80, 11) as (server, _, disk, key):
         config = write_config(work_dir, server, key, streams=4, report=False)
         before = _logins(server)
         result = _debug_sync(config)
@@ -178,18 +181,11 @@ def test_a_large_new_file_crosses_in_ranges_over_several_connections(work_dir, c
         assert snapshot_problems(out) == []
         assert not list(out.rglob(ranges.TEMP_PREFIX + "*"))
         assert _received(result.stderr) < MB  # the normal pass found the disk done
-    finally:
-        server.stop()
 
 
 def test_pieces_that_hash_wrong_are_made_good_by_the_normal_pass(work_dir, client_key, tmp_path):
     """A range answer altered on the way (a wrapper around ssh flips its first byte): the file
     does not verify, takes its place as a basis, and the normal pass fetches its differences."""
-    library = work_dir / "library"
-    library.mkdir(mode=0o755)
-    disk = _disk(library, "big", random_bytes(64 * MB, 12))
-    _declare(work_dir, library)
-    key, pub = client_key
     wrapper = tmp_path / "flipping-ssh"
     wrapper.write_text("#!/bin/sh\n"
                        'case "$*" in *library-syncer-range*) '
@@ -197,8 +193,7 @@ def test_pieces_that_hash_wrong_are_made_good_by_the_normal_pass(work_dir, clien
                        "sys.stdout.buffer.write(bytes([d[0] ^ 1]) + d[1:])' ;;\n"
                        '*) exec ssh "$@" ;;\nesac\n')
     wrapper.chmod(0o755)
-    server = harness.start_server_role(work_dir / "origin", library, sites={"paris": pub})
-    try:
+    with _origin(work_dir, client_key, 64, 12) as (server, _, disk, key):
         config = write_config(work_dir, server, key, streams=2, report=False, ssh=str(wrapper))
         result = _debug_sync(config)
         assert result.returncode == 0, result.stderr
@@ -207,8 +202,6 @@ def test_pieces_that_hash_wrong_are_made_good_by_the_normal_pass(work_dir, clien
         assert sha256(out / "big" / "big.vmdk") == sha256(disk)
         received = _received(result.stderr)
         assert received < 16 * MB, received  # differences, not the 64 MiB again
-    finally:
-        server.stop()
 
 
 def _received(stderr: str) -> int:
@@ -248,13 +241,7 @@ def test_an_upstream_without_a_document_gets_no_range_request(work_dir, sshd, cl
 
 def test_a_run_killed_while_ranges_arrive_leaves_the_library_whole_and_the_next_converges(
         work_dir, client_key):
-    library = work_dir / "library"
-    library.mkdir(mode=0o755)
-    first = _disk(library, "one", random_bytes(2 * MB, 15))
-    _declare(work_dir, library)
-    key, pub = client_key
-    server = harness.start_server_role(work_dir / "origin", library, sites={"paris": pub})
-    try:
+    with _origin(work_dir, client_key, 2, 15, item="one") as (server, library, first, key):
         config = write_config(work_dir, server, key, streams=4, report=False)
         assert cli("sync", "--config", str(config)).returncode == 0
         state = work_dir / "state"
@@ -281,8 +268,6 @@ def test_a_run_killed_while_ranges_arrive_leaves_the_library_whole_and_the_next_
         assert sha256(out / "big" / "big.vmdk") == sha256(disk)
         assert not list(state.rglob(ranges.TEMP_PREFIX + "*"))
         assert snapshot_problems(out) == []
-    finally:
-        server.stop()
 
 
 def _kill_tree(process: subprocess.Popen) -> None:

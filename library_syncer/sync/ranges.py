@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ..base import statement
 from ..base.config import SyncConfig
-from ..base.revision import Revision
+from ..base.revision import Revision, sha256_file
 from ..base.units import bwlimit_bytes_per_second
 from ..server.dispatch import RANGE_COMMAND
 from . import basis, rsync, runner, ssh
@@ -235,7 +235,7 @@ def finish(tree: Path, cut: Cut, complete: bool) -> bool:
     fetches whatever is not in place."""
     temp, place = temp_path(tree, cut), tree / cut.path
     try:
-        if complete and _sha256(temp) == cut.sha256:
+        if complete and sha256_file(temp) == cut.sha256:
             os.utime(temp, ns=(cut.mtime_ns, cut.mtime_ns))
             os.replace(temp, place)
             return True
@@ -252,14 +252,6 @@ def finish(tree: Path, cut: Cut, complete: bool) -> bool:
         with contextlib.suppress(OSError):
             temp.unlink(missing_ok=True)
     return False
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _has_data(path: Path) -> bool:
