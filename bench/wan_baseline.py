@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ HARNESS = ["tests/harness/wanemu.c", "tests/harness/wan.py", "tests/fleet/netns.
 MB = 1 << 20
 FIRST_BYTE = 64 * 1024
 CLIENTS = {"product": "library-syncer", "plain": "rsync"}
+Command = Callable[[Site], tuple[list[str], dict[str, str] | None]]  # a client's argv, env
+Runner = Callable[[FleetRun, Site, str, int, float, float], dict[str, Any]]
 
 
 def fleet_profile(profile: wan.WanProfile) -> LinkProfile:
@@ -79,19 +82,24 @@ def quiet(run: FleetRun, site: Site, timeout: float = 30) -> None:
 
 
 def one_run(run: FleetRun, site: Site, client: str, file_bytes: int, box: float,
-            link_bps: float) -> dict[str, Any]:
-    """A first copy by `client`: empty state, the payload sampled until it ends or the box."""
+            link_bps: float, *, command: Command | None = None) -> dict[str, Any]:
+    """A first copy by `client` (or by `command`: argv and environment, given the site):
+    empty state, the payload sampled until it ends or the box."""
     shutil.rmtree(site.state, ignore_errors=True)
     quiet(run, site)
-    run.client = CLIENTS[client]
-    argv = ["ip", "netns", "exec", site.ns, *run.client_argv(site)]
+    if command is None:
+        run.client = CLIENTS[client]
+        argv, env = run.client_argv(site), None
+    else:
+        argv, env = command(site)
+    argv = ["ip", "netns", "exec", site.ns, *argv]
     fleet = run.fleet
     base = fleet.tcp_payload_received(site.index)
     samples: list[tuple[float, int]] = []
     with open(site.dir / f"{client}.log", "ab") as log:
         started = time.monotonic()
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         while process.poll() is None and time.monotonic() - started < box:
             samples.append((time.monotonic() - started,
                             fleet.tcp_payload_received(site.index) - base))
@@ -118,10 +126,13 @@ def one_run(run: FleetRun, site: Site, client: str, file_bytes: int, box: float,
 
 
 def measure(profile: wan.WanProfile, lib: Path, work: Path, args: argparse.Namespace,
-            file_bytes: int) -> dict[str, Any]:
+            file_bytes: int, *, tag: str = "wb", runner: Runner | None = None) -> dict[str, Any]:
+    """iperf3 on the profile's link, then a first copy by each of args.clients per origin
+    algorithm (`runner`: how a client's copy is run and measured, one_run by default)."""
     print(f"== {profile.describe()}", flush=True)
     seconds = args.iperf_seconds
-    with Fleet(1, tag=f"wb{profile.name[0]}", origin_cc="cubic", site_cc="cubic") as fleet:
+    runner = runner or one_run
+    with Fleet(1, tag=f"{tag}{profile.name[0]}", origin_cc="cubic", site_cc="cubic") as fleet:
         run = FleetRun(fleet, work / profile.name[0], lib)
         run.work.mkdir()
         site = run.add_site(fleet_profile(profile), io_timeout=60, retry_budget=args.box)
@@ -137,8 +148,8 @@ def measure(profile: wan.WanProfile, lib: Path, work: Path, args: argparse.Names
             fleet.pin_origin(origin)
             print(f"  origin on {origin}", flush=True)
             for client in args.clients:
-                runs.append({"origin": origin, **one_run(run, site, client, file_bytes,
-                                                         args.box, profile.rate_bps)})
+                runs.append({"origin": origin, **runner(run, site, client, file_bytes,
+                                                        args.box, profile.rate_bps)})
         fleet.pin_origin("cubic")
     return {"profile": profile.describe(), "rate_kbit": profile.rate_kbit,
             "rtt_ms": profile.rtt_ms, "loss_pct": profile.loss_pct,
