@@ -618,6 +618,7 @@ RENDERERS: dict[str, Callable[[Result], str]] = {
 RENDERERS["fleet_failover"] = fleet_failover
 RENDERERS["wan_validate"] = lambda result: report_wan.wan_validate(result, table, provenance)
 RENDERERS["wan_baseline"] = lambda result: report_wan.wan_baseline(result, table, provenance)
+RENDERERS["wan_after"] = lambda result: report_wan.wan_after(result, table, provenance)
 RENDERERS["wan_fairness"] = lambda result: report_wan.wan_fairness(result, table, provenance)
 RENDERERS["bench_streams"] = bench_streams
 RENDERERS["bench_verify"] = bench_verify

@@ -1,5 +1,5 @@
-"""bench/report.py's sections for the packet-level WAN: wan_validate, wan_baseline and
-wan_fairness."""
+"""bench/report.py's sections for the packet-level WAN: wan_validate, wan_baseline, wan_after
+and wan_fairness."""
 
 from __future__ import annotations
 
@@ -53,8 +53,9 @@ def _find(profile: Result, client: str, origin: str) -> Result | None:
                 None)
 
 
-def _first_byte(run: Result | None) -> str:
-    return "—" if run is None or run["first_byte_s"] is None else f"{run['first_byte_s']:.1f} s"
+def _first_byte(run: Result | None, digits: int = 1) -> str:
+    return ("—" if run is None or run["first_byte_s"] is None
+            else f"{run['first_byte_s']:.{digits}f} s")
 
 
 def wan_baseline(result: Result, table: Callable[[list[str], list[list[str]]], str],
@@ -103,4 +104,49 @@ def wan_fairness(result: Result, table: Callable[[list[str], list[list[str]]], s
             f"{first['seconds']:g} s each (the first {first['omit']:g} s left out): ours (the "
             "origin's transfer, on the algorithm the column says) and theirs (a site's other "
             "download, CUBIC). Percentages of the link's IP rate; the goodput ceiling is 96.5%.")
+    return "\n".join([table(head, rows), "", note, "", provenance(result)])
+
+
+_TARGET = {"A": 85.0}  # issue 24's done-when: the data phase at >= this % of the link (else 80)
+
+
+def _after_check(p: Result, now: Result | None, plain: Result | None) -> str:
+    """The done-when for one row: data phase >= the target % of the link and >= 0.9× the
+    4-stream BBR iperf3 figure; first byte within plain's + 2 round trips."""
+    if now is None or plain is None or now["first_byte_s"] is None \
+            or plain["first_byte_s"] is None:
+        return "—"
+    target = _TARGET.get(p["profile"][0], 80.0)
+    late = now["first_byte_s"] - plain["first_byte_s"] - 2 * p["rtt_ms"] / 1000
+    rate = now["data_pct"] >= target and now["data_pct"] >= 0.9 * p["iperf_bbr4_pct"]
+    return (f"data {'yes' if rate else 'no'} (≥ {target:g}%, ≥ 0.9×); first byte "
+            f"{'yes' if late <= 0 else f'no (+{late:.1f} s)'}")
+
+
+def wan_after(result: Result, table: Callable[[list[str], list[list[str]]], str],
+              provenance: Callable[[Result], str]) -> str:
+    f = result["figures"]
+    rows = []
+    for p in sorted(f["profiles"], key=lambda p: p["profile"]):
+        for origin in ("cubic", "bbr"):
+            plain, before, now = (_find(p, c, origin) for c in ("plain", "before", "now"))
+            if now is None and plain is None and before is None:
+                continue
+            ratio = now.get("data_vs_iperf_bbr4") if now else None
+            rows.append([p["profile"], origin.upper(), f"{p['iperf_bbr4_pct']:.1f}%",
+                         _cell(plain), _cell(before), _cell(now),
+                         "—" if ratio is None else f"{ratio:.2f}×",
+                         " / ".join(_first_byte(r, 2) for r in (plain, before, now)),
+                         str(now["logins"]) if now else "—", _after_check(p, now, plain)])
+    head = ["link (RTT; loss each way)", "origin", "iperf3 4 BBR", "plain rsync+ssh",
+            f"before (`{f['before']}`)", "now", "now data phase ÷ iperf3 4 BBR",
+            "first byte: plain / before / now", "now: SSH logins", "done-when (issue 24)"]
+    note = (f"Cells: whole run / data phase (10–90% of the file's bytes), as % of the link's "
+            f"rate; first copy of a new {f['file_bytes'] >> 20} MiB file; the site's senders "
+            f"on {f['site_cc'].upper()}, the origin's as the column says (pinned per route; "
+            f"BBR is the server package's default). † stopped after {f['box_s']:g} s: the rate "
+            f"is what arrived in that time. First byte: when {f['first_byte_bytes'] >> 10} KiB "
+            f"of TCP payload had arrived. iperf3: {f['iperf_seconds']:g} s on the same link in "
+            f"the same run. Done-when: now's data phase ≥ 80% of the link (A: 85%) and ≥ 0.9× "
+            f"iperf3's 4 BBR streams; now's first byte within plain's + 2 round trips.")
     return "\n".join([table(head, rows), "", note, "", provenance(result)])
