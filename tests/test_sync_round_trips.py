@@ -1,5 +1,6 @@
-"""Fewer round trips before the first byte (issue 24, item 4): the declaration read and the dry
-run are two sessions of the run's connection at the same time. Shown with the real rsync behind
+"""Fewer round trips before the first byte (issue 24, item 4): the declaration read, the dry run
+and (where a run may cut a large new file) the document read are sessions of the run's
+connection at the same time. Shown with the real rsync behind
 a wrapper that makes each of the two wait until the other has started (so the run ends well only
 if they overlap), against a real sshd and the server role; and a refusal of the declaration
 still wins over the dry run that ran beside it.
@@ -16,19 +17,20 @@ from tests.harness import sshd as harness
 from tests.test_sync_helpers import published, random_bytes, sha256, sync, write_config
 from tests.test_sync_trace import _declare, _disk
 
-# Stands in front of rsync: the declaration read (--max-size) and the dry run (--dry-run) each
-# say they started, then wait up to 20 s for the other; any other rsync goes straight through.
+# Stands in front of rsync: the declaration read (its --max-size and serial filter), the dry run
+# (--dry-run) and the document read (its trace.json filter) each say they started, then wait up
+# to 20 s for the others named in MEET_KINDS; any other rsync goes straight through.
 MEETS = """import os, shutil, sys, time
 from pathlib import Path
 args = sys.argv[1:]
 folder = Path(os.environ["MEET_DIR"])
-kind = "declared" if any(a.startswith("--max-size=") for a in args) else \\
-    "dry" if "--dry-run" in args else None
-if kind:
+kinds = os.environ["MEET_KINDS"].split(",")
+kind = "declared" if "--filter=+ /serial" in args else "dry" if "--dry-run" in args else \\
+    "document" if "--filter=+ /trace.json" in args else None
+if kind in kinds:
     (folder / kind).touch()
-    other = folder / ("dry" if kind == "declared" else "declared")
     deadline = time.monotonic() + 20
-    while not other.exists():
+    while not all((folder / other).exists() for other in kinds):
         if time.monotonic() > deadline:
             (folder / f"{kind}-alone").touch()
             break
@@ -44,7 +46,7 @@ def _meeting_rsync(folder: Path) -> Path:
     return script
 
 
-def test_the_declaration_and_the_dry_run_go_at_once(work_dir, client_key, monkeypatch):
+def test_the_declaration_the_dry_run_and_the_document_go_at_once(work_dir, client_key, monkeypatch):
     library = work_dir / "library"
     library.mkdir(mode=0o755)
     disk = _disk(library, "one", random_bytes(1 << 20, 21))
@@ -53,13 +55,14 @@ def test_the_declaration_and_the_dry_run_go_at_once(work_dir, client_key, monkey
     meet = work_dir / "meet"
     meet.mkdir()
     monkeypatch.setenv("MEET_DIR", str(meet))
+    monkeypatch.setenv("MEET_KINDS", "declared,dry,document")
     server = harness.start_server_role(work_dir / "origin", library, sites={"paris": pub})
     try:
         config = write_config(work_dir, server, key, report=False,
                               rsync=str(_meeting_rsync(work_dir)))
         result = sync(config)
         assert result.returncode == 0, result.stderr
-        assert {p.name for p in meet.iterdir()} == {"declared", "dry"}  # neither waited alone
+        assert {p.name for p in meet.iterdir()} == {"declared", "dry", "document"}  # none alone
         assert sha256(published(work_dir / "state") / "one" / "one.vmdk") == sha256(disk)
     finally:
         server.stop()

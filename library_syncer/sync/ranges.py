@@ -7,15 +7,18 @@ whole: nothing of it is here) is cut into pieces, each fetched over its own SSH 
 read-only range request to the server's dispatcher (server/ranges.py), naming the file by the
 digest the upstream's revision document declares for it.
 
-The document comes first, in one small read over the run's connection, only in a run that has
-such a file; an upstream without one (the Docker-based original, a server before traces) gets
-no range request, and one that refuses it (a server before ranges) has its file fetched whole
-by the normal pass. The pieces land in a temporary file beside the file's place in staging;
-when all arrived and the whole hashes to the declared digest, it takes the file's place with
-the declared modification time, and the normal pass finds it done (its quick check compares
-size and time to the nanosecond). Otherwise it takes the place without that time, and the normal
-pass fetches the differences against what did arrive. The content check before the switch
-(sync/content.py) holds either way: a range is never trusted more than a pull.
+The document is read beside the declaration and the dry run (a third session of the run's
+connection at the same time: no round trip of its own), as its differences from the published
+one, and used only when the declaration names it. An upstream without one (the Docker-based
+original, a server before traces) gets no range request, and one that refuses it (a server
+before ranges) has its file fetched whole by the normal pass.
+
+The pieces land in a temporary file beside the file's place in staging; when all arrived and the
+whole hashes to the declared digest, it takes the file's place with the declared modification
+time, and the normal pass finds it done (its quick check compares size and time to the
+nanosecond). Otherwise it takes the place without that time, and the normal pass fetches the
+differences against what did arrive. The content check before the switch (sync/content.py) holds
+either way: a range is never trusted more than a pull.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ..base.config import SyncConfig
 from ..base.revision import Revision, sha256_file
 from ..base.units import bwlimit_bytes_per_second
 from ..server.dispatch import RANGE_COMMAND
+from ..server.trace import TRACE_DIR, TRACE_FILE
 from . import basis, rsync, runner, ssh
 from .declared import Declared
 
@@ -81,13 +85,11 @@ def candidates(listed: Iterable[basis.Listed], seeded: Iterable[str]) -> list[ba
             and f.path not in based and len(os.fsencode(f.path.rsplit("/", 1)[-1])) <= MAX_NAME]
 
 
-def cuts(sync: SyncConfig, found: Declared | None, new: list[basis.Listed],
-         ssh_extra: list[str]) -> dict[str, Cut]:
-    """The files of `new` the upstream's document declares with the size the dry run listed
-    (read only when there are any, only from an upstream that declares revisions)."""
-    if not new or found is None or found.serial is None or sync.remote_path.strip("/"):
-        return {}
-    revision = document(sync, found, ssh_extra)
+def cuts(found: Declared | None, new: list[basis.Listed], document: bytes | None
+         ) -> dict[str, Cut]:
+    """The files of `new` the upstream's document (read beside the declaration: DocumentStep
+    in sync/transfer.py) declares with the size the dry run listed."""
+    revision = checked(document, found) if new else None
     if revision is None or revision.content is None:
         return {}
     chosen = {}
@@ -98,32 +100,53 @@ def cuts(sync: SyncConfig, found: Declared | None, new: list[basis.Listed],
     return chosen
 
 
-def document(sync: SyncConfig, found: Declared, ssh_extra: list[str]) -> Revision | None:
-    """The upstream's revision document, within the size its statement gives (else the
-    largest a document may be) and with its digest; None when it is not there or not that."""
-    limit, digest = statement.MAX_DOCUMENT_BYTES, None
-    if found.statement is not None:
-        with contextlib.suppress(statement.StatementRefused):
-            claimed = statement.Statement.parse(statement.split(found.statement)[0])
-            limit, digest = claimed.document_size, claimed.document_sha256
-    with tempfile.TemporaryDirectory(prefix="library-syncer-document-") as tmp:
-        result = runner.run(runner.Job(rsync.document_argv(sync, Path(tmp), limit, ssh_extra),
-                                       capture=True,
-                                       timeout=sync.connect_timeout + sync.io_timeout + 30))
-        path = Path(tmp) / rsync.trace.TRACE_FILE
-        if result.returncode != 0 or not path.is_file():
-            log.debug("the upstream's revision document was not read (rsync status %d)",
-                      result.returncode)
-            return None
-        data = path.read_bytes()
-    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
-        log.debug("the upstream's document is not the one its statement names: no ranges")
+def checked(document: bytes | None, found: Declared | None) -> Revision | None:
+    """The revision `document` holds if it is the one the upstream declared: the statement's
+    size and digest when it has one, the serial always; else None (no ranges this run)."""
+    if document is None or found is None or found.serial is None:
         return None
+    if found.statement is not None:
+        try:
+            claimed = statement.Statement.parse(statement.split(found.statement)[0])
+        except statement.StatementRefused:
+            return None
+        if len(document) != claimed.document_size or \
+                hashlib.sha256(document).hexdigest() != claimed.document_sha256:
+            log.debug("the upstream's document is not the one its statement names: no ranges")
+            return None
     try:
-        revision = Revision.from_json(data.decode())
+        revision = Revision.from_json(document.decode())
     except (ValueError, UnicodeDecodeError):
         return None
     return revision if revision.serial == found.serial else None
+
+
+def wanted(sync: SyncConfig, published: Path | None) -> bool:
+    """Whether a run reads the upstream's document beside its declaration: it may cut files
+    (sync.streams > 1, the library's top), and the upstream may declare one (nothing published
+    yet, or what is published came with a document: never every run against the Docker
+    original)."""
+    return sync.streams > 1 and not sync.remote_path.strip("/") and (
+        published is None or (published / TRACE_DIR / TRACE_FILE).is_file())
+
+
+def read_document(sync: SyncConfig, ssh_extra: list[str], published: Path | None
+                  ) -> tuple[bytes | None, rsync.Stats]:
+    """The upstream's trace.json (what crossed the link in the statistics), fetched as its
+    differences from the published one; None when there is none or it could not be read."""
+    basis_dir = published / TRACE_DIR if published is not None else None
+    stats = rsync.Stats()
+    with tempfile.TemporaryDirectory(prefix="library-syncer-document-") as tmp:
+        argv = rsync.document_argv(sync, Path(tmp), statement.MAX_DOCUMENT_BYTES, ssh_extra,
+                                   basis_dir)
+        result = runner.run(runner.Job(argv, on_line=stats.feed,
+                                       timeout=sync.connect_timeout + sync.io_timeout + 30))
+        path = Path(tmp) / TRACE_FILE
+        if result.returncode != 0 or not path.is_file():
+            log.debug("the upstream's revision document was not read (rsync status %d)",
+                      result.returncode)
+            return None, stats
+        return path.read_bytes(), stats
 
 
 def pieces(cut: Cut, size: int) -> list[Piece]:

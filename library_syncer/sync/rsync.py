@@ -175,10 +175,15 @@ def declared_argv(sync: SyncConfig, dest: Path, max_size: int,
 
 
 def document_argv(sync: SyncConfig, dest: Path, max_size: int,
-                  ssh_extra: Sequence[str] = ()) -> list[str]:
+                  ssh_extra: Sequence[str] = (), basis: Path | None = None) -> list[str]:
     """Fetch the upstream's revision document (trace.json) alone into the folder `dest`,
-    nothing over `max_size` bytes (sync/ranges.py: a run with a large new file)."""
-    return _trace_files_argv(sync, dest, max_size, (trace.TRACE_FILE,), ssh_extra)
+    nothing over `max_size` bytes, as its differences from the one in the folder `basis` (the
+    published document: a few kilobytes cross for a new revision, nothing for the same one)."""
+    argv = _trace_files_argv(sync, dest, max_size, (trace.TRACE_FILE,), ssh_extra)
+    extra = ["--times", "--info=stats2"]
+    if basis is not None:
+        extra.append(f"--copy-dest={Path(basis).resolve()}")
+    return [argv[0], *extra, *argv[1:]]
 
 
 def _trace_files_argv(sync: SyncConfig, dest: Path, max_size: int, names: Sequence[str],

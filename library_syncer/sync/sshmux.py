@@ -30,7 +30,9 @@ from . import ssh
 
 log = logging.getLogger("library-syncer")
 
-IDLE = 60  # seconds the master outlives its last session (covers short retry waits)
+# Seconds the master outlives its last session: retry waits, and a large run's streams (their own
+# connections, none of its sessions) for five minutes; a longer streams phase costs one login more.
+IDLE = 300
 # The parent of the socket's directory: + /ssh-XXXXXXXX/master + ssh's .XXXXXXXXXXXXXXXX < 108
 SOCKET_DIR_MAX = 107 - len("/ssh-XXXXXXXX/master") - 17
 

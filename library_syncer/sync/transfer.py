@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -78,6 +78,17 @@ class RsyncStep:
                 self.reporter.update(progress)
             return
         log.debug("rsync: %s", line)
+
+
+@dataclass
+class ConnectStep:
+    """The run's master connection, before steps that go at once use it."""
+
+    connection: SharedConnection
+
+    def run(self) -> rsync.Stats:
+        self.connection.ensure()
+        return rsync.Stats()
 
 
 @dataclass(kw_only=True)
@@ -146,7 +157,7 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
     dry = RsyncStep(argv=rsync.pull_argv(sync, tree, link_dests, dry_run=True,
                                          ssh_extra=ssh_extra),
                     sync=sync, peer=peer, connection=connection, dry_run=True)
-    plan = _declared_then_listed(declaration, dry, sync, result, retry)
+    plan, document = _declared_then_listed(declaration, dry, sync, result, retry, published)
     result.needed = plan.transferred_size
     if plan.transferred_size:  # nothing to fetch costs no space: never refuse a no-op run
         staging.check_space(layout, plan.transferred_size, sync.min_free_space)
@@ -157,7 +168,8 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
                  format_bytes(plan.transferred_size), format_bytes(plan.total_size))
     seeded = _seed_bases(layout, tree, published, plan.listed) if sync.find_basis else {}
     shares = streams.plan(plan.listed, sync.streams,
-                          _cuts(sync, declaration, plan.listed, seeded, connection))
+                          _cuts(sync, declaration, plan.listed, seeded, document, published,
+                                result))
     if reporter:
         over = f" over {len(shares)} connections" if shares else ""
         reporter.status(f"transferring {format_bytes(plan.transferred_size)}{over}")
@@ -172,29 +184,67 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
 
 
 def _declared_then_listed(declaration: DeclaredStep, dry: RsyncStep, sync: SyncConfig,
-                          result: Transfer, retry: bool) -> rsync.Stats:
+                          result: Transfer, retry: bool, published: Path | None
+                          ) -> tuple[rsync.Stats, Future | None]:
     """The declaration read and the dry run at once, as two sessions of the run's connection:
     the listing costs no round trip of its own on a long link (about five at 600 ms: seconds),
     and it moves no file, so a stale or forged upstream still costs no transfer. A refusal of
-    the declaration wins over whatever the dry run did."""
-    if declaration.connection:
-        declaration.connection.ensure()  # one master for both (ensure is also locked)
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    the declaration wins over whatever the dry run did. Beside them, where a run may cut a
+    large new file (sync/ranges.py) and shares its connection (a session, not a login), a
+    third session reads the upstream's document as its differences from the published one."""
+    connection = declaration.connection
+    if connection is not None:  # up first (and retried as any step), so that the sessions share it
+        with_retries(ConnectStep(connection), sync, result, retry)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        document = pool.submit(_shared_document, sync, connection, published) \
+            if connection is not None and ranges.wanted(sync, published) else None
         declared_run = pool.submit(with_retries, declaration, sync, result, retry)
         listed = pool.submit(with_retries, dry, sync, result, retry)
-        declared_run.result()
-        return listed.result()
+        try:
+            declared_run.result()
+            return listed.result(), document
+        except BaseException:
+            _document(document, result)  # waited for and counted, whatever happened
+            raise
+
+
+def _shared_document(sync: SyncConfig, connection: SharedConnection, published: Path | None
+                     ) -> tuple[bytes | None, rsync.Stats]:
+    """The document over the run's master, never over a login of its own."""
+    try:
+        connection.ensure()
+    except SyncerError:  # the other steps say it, and retry
+        return None, rsync.Stats()
+    if connection.unavailable:
+        return None, rsync.Stats()
+    return ranges.read_document(sync, connection.rsh_options(), published)
+
+
+def _document(document: Future | None, result: Transfer) -> bytes | None:
+    """The document read's bytes (what crossed counted in the run's record, once)."""
+    if document is None:
+        return None
+    try:
+        found, stats = document.result()
+    except Exception as error:  # the read is an optimisation: never a reason to fail a run
+        log.debug("the upstream's document read failed: %s", error)
+        return None
+    result.count(stats)
+    return found
 
 
 def _cuts(sync: SyncConfig, declaration: DeclaredStep, listed: list[str],
-          seeded: dict[str, Seeded], connection: SharedConnection | None) -> dict[str, ranges.Cut]:
-    """The new files without a basis the streams may fetch in byte ranges (sync/ranges.py)."""
-    new = ranges.candidates(basis.parse_listing(listed), seeded) if sync.streams > 1 else []
-    if not new:
-        return {}
-    if connection:
-        connection.ensure()
-    return ranges.cuts(sync, declaration.found, new, connection.rsh_options() if connection else [])
+          seeded: dict[str, Seeded], document: Future | None, published: Path | None,
+          result: Transfer) -> dict[str, ranges.Cut]:
+    """The new files without a basis the streams may fetch in byte ranges (sync/ranges.py).
+    The document read beside the dry run, or (a run without a shared connection) read now,
+    only if there is such a file."""
+    new = ranges.candidates(basis.parse_listing(listed), seeded)
+    found = _document(document, result)
+    if new and document is None and ranges.wanted(sync, published):
+        found, stats = ranges.read_document(sync, [], published)
+        result.count(stats)
+    return ranges.cuts(declaration.found, new, found)
 
 
 @dataclass(frozen=True)
