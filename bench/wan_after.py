@@ -130,6 +130,8 @@ def main() -> int:
     parser.add_argument("--iperf-seconds", type=float, default=20)
     parser.add_argument("--origin", nargs="+", default=["cubic", "bbr"])
     parser.add_argument("--clients", nargs="+", default=CLIENTS, choices=CLIENTS)
+    parser.add_argument("--config", help="the results file's name (default <file>mib); a "
+                        "partial re-run gets its own, so the full table stays")
     args = parser.parse_args()
     date = datetime.now(timezone.utc)
     work = sshd_harness.make_work_dir("wan-after")
@@ -146,7 +148,8 @@ def main() -> int:
         for name in args.profiles:
             figures["profiles"].append(with_ratio(wan_baseline.measure(
                 wan.PROFILES[name], lib, work, args, file_bytes, tag="wa", runner=run_one)))
-            results.record("wan_after", f"{args.file_mb}mib", figures, root=True, started=date)
+            results.record("wan_after", args.config or f"{args.file_mb}mib", figures, root=True,
+                           started=date)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
