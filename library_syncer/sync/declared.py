@@ -11,7 +11,7 @@ declaration is the upstream's claim until the statement's signature and the docu
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,15 +37,30 @@ class Declared:
 def fetch(sync: SyncConfig, ssh_extra: Sequence[str] = ()) -> Declared | None:
     """The upstream's declaration; None when it has no trace folder (the Docker-based original,
     a server before traces). Network and server errors are raised as the pull's would be."""
-    with tempfile.TemporaryDirectory(prefix="library-syncer-declared-") as tmp:
-        result = _run(rsync.declared_argv(sync, Path(tmp), MAX_BYTES, ssh_extra), sync)
-        if _missing(result):
-            return None
-        error = rsync.classify(result.returncode, result.tail, rsync.Stats(), sync)
-        if error is not None:
-            error.message = f"reading the upstream's revision: {error.message}"
-            raise error
-        return Declared(*_serial(Path(tmp) / SERIAL_FILE), _bytes(Path(tmp) / STATEMENT_FILE))
+    result, found = read_trace_files(
+        sync, lambda tmp: rsync.declared_argv(sync, tmp, MAX_BYTES, ssh_extra),
+        (SERIAL_FILE, STATEMENT_FILE), MAX_BYTES)
+    if _missing(result):
+        return None
+    error = rsync.classify(result.returncode, result.tail, rsync.Stats(), sync)
+    if error is not None:
+        error.message = f"reading the upstream's revision: {error.message}"
+        raise error
+    return Declared(*_serial(found[SERIAL_FILE]), found[STATEMENT_FILE])
+
+
+def read_trace_files(sync: SyncConfig, argv_for: Callable[[Path], list[str]],
+                     names: Sequence[str], limit: int,
+                     on_line: Callable[[str], None] | None = None
+                     ) -> tuple[execute.CommandResult, dict[str, bytes | None]]:
+    """Run the rsync `argv_for(folder)` that fetches some of the upstream's trace folder into a
+    temporary folder, and read the files `names` from it (None: missing, unreadable or over
+    `limit` bytes). The output goes to `on_line`, or is captured."""
+    with tempfile.TemporaryDirectory(prefix="library-syncer-trace-") as tmp:
+        timeout = sync.connect_timeout + sync.io_timeout + 30
+        result = runner.run(runner.Job(argv_for(Path(tmp)), on_line=on_line,
+                                       capture=on_line is None, timeout=timeout))
+        return result, {name: _bytes(Path(tmp) / name, limit) for name in names}
 
 
 def _missing(result: execute.CommandResult) -> bool:
@@ -55,22 +70,16 @@ def _missing(result: execute.CommandResult) -> bool:
         "No such file" in line and TRACE_DIR in line for line in result.tail)
 
 
-def _run(argv: list[str], sync: SyncConfig) -> execute.CommandResult:
-    timeout = sync.connect_timeout + sync.io_timeout + 30
-    return runner.run(runner.Job(argv, capture=True, timeout=timeout))
-
-
-def _bytes(path: Path) -> bytes | None:
+def _bytes(path: Path, limit: int) -> bytes | None:
     try:
         data = path.read_bytes()
     except OSError:
         return None
-    return data if len(data) <= MAX_BYTES else None
+    return data if len(data) <= limit else None
 
 
-def _serial(path: Path) -> tuple[str | None, int | None]:
-    """(origin, serial) of a serial file; (None, None) when it is not one."""
-    data = _bytes(path)
+def _serial(data: bytes | None) -> tuple[str | None, int | None]:
+    """(origin, serial) of a serial file's bytes; (None, None) when they are not one."""
     try:
         origin, serial = (data or b"").decode("ascii").split()
         number = int(serial)

@@ -41,7 +41,7 @@ from ..base.revision import Revision, sha256_file
 from ..base.units import bwlimit_bytes_per_second
 from ..server.dispatch import RANGE_COMMAND
 from ..server.trace import TRACE_DIR, TRACE_FILE
-from . import basis, rsync, runner, ssh
+from . import basis, declared, rsync, ssh
 from .declared import Declared
 
 log = logging.getLogger("library-syncer")
@@ -136,17 +136,15 @@ def read_document(sync: SyncConfig, ssh_extra: list[str], published: Path | None
     differences from the published one; None when there is none or it could not be read."""
     basis_dir = published / TRACE_DIR if published is not None else None
     stats = rsync.Stats()
-    with tempfile.TemporaryDirectory(prefix="library-syncer-document-") as tmp:
-        argv = rsync.document_argv(sync, Path(tmp), statement.MAX_DOCUMENT_BYTES, ssh_extra,
-                                   basis_dir)
-        result = runner.run(runner.Job(argv, on_line=stats.feed,
-                                       timeout=sync.connect_timeout + sync.io_timeout + 30))
-        path = Path(tmp) / TRACE_FILE
-        if result.returncode != 0 or not path.is_file():
-            log.debug("the upstream's revision document was not read (rsync status %d)",
-                      result.returncode)
-            return None, stats
-        return path.read_bytes(), stats
+    limit = statement.MAX_DOCUMENT_BYTES
+    result, found = declared.read_trace_files(
+        sync, lambda tmp: rsync.document_argv(sync, tmp, limit, ssh_extra, basis_dir),
+        (TRACE_FILE,), limit, on_line=stats.feed)
+    if result.returncode != 0 or found[TRACE_FILE] is None:
+        log.debug("the upstream's revision document was not read (rsync status %d)",
+                  result.returncode)
+        return None, stats
+    return found[TRACE_FILE], stats
 
 
 def pieces(cut: Cut, size: int) -> list[Piece]:
@@ -287,6 +285,5 @@ def _has_data(path: Path) -> bool:
 
 def share_rate(sync: SyncConfig, streams: int) -> int:
     """Bytes/s for each of `streams` connections: the bandwidth limit split (0: unlimited)."""
-    if sync.bandwidth_limit in ("0", ""):
-        return 0
-    return max(1024, bwlimit_bytes_per_second(sync.bandwidth_limit) // max(1, streams))
+    share = rsync.bwlimit_share(sync.bandwidth_limit, streams)
+    return 0 if share in ("0", "") else bwlimit_bytes_per_second(share)
