@@ -82,10 +82,14 @@ def quiet(run: FleetRun, site: Site, timeout: float = 30) -> None:
 
 
 def one_run(run: FleetRun, site: Site, client: str, file_bytes: int, box: float,
-            link_bps: float, *, command: Command | None = None) -> dict[str, Any]:
+            link_bps: float, *, command: Command | None = None,
+            prepare: Callable[[Site], None] | None = None) -> dict[str, Any]:
     """A first copy by `client` (or by `command`: argv and environment, given the site):
-    empty state, the payload sampled until it ends or the box."""
+    empty state (or what `prepare` leaves there), the payload sampled until it ends or the
+    box."""
     shutil.rmtree(site.state, ignore_errors=True)
+    if prepare is not None:
+        prepare(site)
     quiet(run, site)
     if command is None:
         run.client = CLIENTS[client]
