@@ -620,6 +620,7 @@ RENDERERS["wan_validate"] = lambda result: report_wan.wan_validate(result, table
 RENDERERS["wan_baseline"] = lambda result: report_wan.wan_baseline(result, table, provenance)
 RENDERERS["wan_after"] = lambda result: report_wan.wan_after(result, table, provenance)
 RENDERERS["wan_fairness"] = lambda result: report_wan.wan_fairness(result, table, provenance)
+RENDERERS["wan_delta"] = lambda result: report_wan.wan_delta(result, table, provenance)
 RENDERERS["bench_streams"] = bench_streams
 RENDERERS["bench_verify"] = bench_verify
 

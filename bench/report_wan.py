@@ -1,5 +1,5 @@
-"""bench/report.py's sections for the packet-level WAN: wan_validate, wan_baseline, wan_after
-and wan_fairness."""
+"""bench/report.py's sections for the packet-level WAN: wan_validate, wan_baseline, wan_after,
+wan_delta and wan_fairness."""
 
 from __future__ import annotations
 
@@ -149,4 +149,36 @@ def wan_after(result: Result, table: Callable[[list[str], list[list[str]]], str]
             f"of TCP payload had arrived. iperf3: {f['iperf_seconds']:g} s on the same link in "
             f"the same run. Done-when: now's data phase ≥ 80% of the link (A: 85%) and ≥ 0.9× "
             f"iperf3's 4 BBR streams; now's first byte within plain's + 2 round trips.")
+    return "\n".join([table(head, rows), "", note, "", provenance(result)])
+
+
+def _delta_cell(run: Result | None) -> str:
+    if run is None:
+        return "—"
+    mark = "†" if run["boxed"] else ("" if run["ok"] else " (failed)")
+    return f"{run['seconds']:.1f} s{mark} ({run['payload_bytes'] / (1 << 20):.1f} MiB)"
+
+
+def wan_delta(result: Result, table: Callable[[list[str], list[list[str]]], str],
+              provenance: Callable[[Result], str]) -> str:
+    f = result["figures"]
+    columns = [("cubic", "before"), ("cubic", "now"), ("bbr", "plain"), ("bbr", "before"),
+               ("bbr", "now")]
+    rows = []
+    for p in sorted(f["profiles"], key=lambda p: p["profile"]):
+        gain = p.get("speedup")
+        rows.append([p["profile"], f"{p['iperf_bbr4_pct']:.1f}%",
+                     *(_delta_cell(_find(p, client, origin)) for origin, client in columns),
+                     "—" if gain is None else
+                     f"{'≥ ' if gain['lower_bound'] else ''}{gain['ratio']:.1f}×"])
+    head = ["link (RTT; loss each way)", "iperf3 4 BBR", f"today: before (`{f['before']}`), "
+            "origin CUBIC", "now, origin CUBIC", "plain rsync+ssh, origin BBR",
+            "before, origin BBR", "now, origin BBR", "today ÷ now (BBR)"]
+    note = (f"Cells: seconds from start to end (the product publishes before it exits) and the "
+            f"TCP payload received. {f['fraction']:.0%} of a {f['disk_bytes'] >> 20} MiB disk "
+            f"rewritten in 64 KiB blocks at scattered offsets ({f['changed_bytes'] / (1 << 20):.1f}"
+            f" MiB), synced to a site that has the previous version (each client's own first "
+            f"copy, made over an unshaped link and put back before each run); the site's "
+            f"senders on {f['site_cc'].upper()}, the origin's as the column says. † stopped "
+            f"after {f['box_s']:g} s: today ÷ now is then a lower bound.")
     return "\n".join([table(head, rows), "", note, "", provenance(result)])
