@@ -3,8 +3,8 @@
 One rsync session moves one file over one SSH channel: on a long or lossy link its window, not
 the link, sets the pace, and a single new multi-GB disk cannot be spread over the streams of
 sync/streams.py as whole files. So a new file with no basis at the site (rsync would send it
-whole: nothing of it is here) is cut into pieces, each fetched over its own SSH connection by a
-read-only range request to the server's dispatcher (server/ranges.py), naming the file by the
+whole: nothing of it is here) is cut into pieces, each fetched over a stream's SSH connection (the
+first stream's is the run's own) by a read-only range request to the server's dispatcher (server/ranges.py), naming the file by the
 digest the upstream's revision document declares for it.
 
 The document is read beside the declaration and the dry run (a third session of the run's
@@ -31,7 +31,7 @@ import select
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,11 +195,13 @@ def resume(tree: Path) -> list[str]:
     return back
 
 
-def fetch(sync: SyncConfig, tree: Path, piece: Piece, rate: int) -> int:
-    """Fetch one piece over its own SSH connection into the cut file's temporary file; returns
-    the bytes written (all of the piece) or raises PieceFailed. `rate`: bytes/s, 0 unlimited."""
+def fetch(sync: SyncConfig, tree: Path, piece: Piece, rate: int,
+          via: Sequence[str] = ssh.OWN_CONNECTION) -> int:
+    """Fetch one piece over its own SSH connection (or the ssh options `via`) into the cut
+    file's temporary file; returns the bytes written (all of the piece) or raises PieceFailed.
+    `rate`: bytes/s, 0 unlimited."""
     request = f"{RANGE_COMMAND} 1 {piece.cut.sha256} {piece.offset} {piece.length}"
-    argv = ssh.argv(sync, [*ssh.OWN_CONNECTION, "-T", sync.peer, request])
+    argv = ssh.argv(sync, [*via, "-T", sync.peer, request])
     with open(temp_path(tree, piece.cut), "r+b") as target, \
             tempfile.TemporaryFile() as errors, \
             subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -125,12 +125,12 @@ def bwlimit_share(rate: str, streams: int) -> str:
 
 
 def stream_argv(sync: SyncConfig, dest: Path, link_dests: list[Path], files_from: Path,
-                streams: int) -> list[str]:
+                streams: int, via: Sequence[str] = STREAM_SSH) -> list[str]:
     """One of `streams` concurrent pulls (sync/streams.py) of the files named in `files_from`
     (NUL-separated, relative to the library) into `dest`: the pull's options, filters and bases
-    without --delete (the normal pass that follows deletes), over its own SSH connection, with
-    its share of the bandwidth limit."""
-    argv = [sync.rsync, *common_options(sync, STREAM_SSH,
+    without --delete (the normal pass that follows deletes), over its own SSH connection (or
+    the ssh options `via`), with its share of the bandwidth limit."""
+    argv = [sync.rsync, *common_options(sync, via,
                                         bwlimit_share(sync.bandwidth_limit, streams)),
             *_into_staging(sync, link_dests, dry_run=False),
             f"--files-from={files_from}", "--from0", "--info=progress2,stats2"]

@@ -5,9 +5,10 @@ One TCP connection has one congestion window and one SSH channel window: on a lo
 that, not the link, sets the pace (issue 24). When the dry run says the run has at least
 MIN_BYTES in files of at least MIN_FILE to fetch (new or changed), those files are dealt, largest
 first, into up to sync.streams shares of about equal bytes, and each share is pulled by its own
-rsync over its own SSH connection (rsync.stream_argv: never the run's shared master), all at
-once, into the same staging tree with the pull's filters, bases and partial dir, each with its
-share of sync.bandwidth_limit (the sum stays within it).
+rsync over its own SSH connection (rsync.stream_argv), all at once, into the same staging tree
+with the pull's filters, bases and partial dir, each with its share of sync.bandwidth_limit
+(the sum stays within it). The first share goes over the run's connection, which the streams
+leave idle otherwise: N streams cost N - 1 logins, and the first byte waits for no login.
 
 The normal pull then runs exactly as for any run: it finds those files done, fetches what a
 stream did not, deletes, and the revision check follows. Correctness stays with that pass: a
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from ..base.config import SyncConfig
 from ..base.units import format_bytes
-from . import basis, ranges, rsync, runner
+from . import basis, ranges, rsync, runner, ssh
 from .retry import Transfer
 
 log = logging.getLogger("library-syncer")
@@ -89,10 +90,14 @@ def plan(listed: Iterable[str], streams: int,
 
 
 def fetch(sync: SyncConfig, tree: Path, link_dests: list[Path], shares: Sequence[Share],
-          peer: rsync.PeerOptions, done: Transfer) -> int:
+          peer: rsync.PeerOptions, done: Transfer, shared: Sequence[str] = ()) -> int:
     """Pull every share at once into `tree`; what they moved is counted in `done`. Returns how
     many streams ended well. A stream's failure is said and never raised: the normal pass
-    fetches what it left (and fails as it would have, if the cause is lasting)."""
+    fetches what it left (and fails as it would have, if the cause is lasting).
+
+    The first stream goes over the run's connection when there is one (`shared`: its ssh
+    options), idle while the streams run: its first byte follows the plan by a session's
+    round trips, not a login's, and the run makes one login fewer."""
     if not shares:
         return 0
     started = time.monotonic()
@@ -106,7 +111,8 @@ def fetch(sync: SyncConfig, tree: Path, link_dests: list[Path], shares: Sequence
     with tempfile.TemporaryDirectory(prefix="library-syncer-streams-") as lists, \
             ThreadPoolExecutor(max_workers=len(shares)) as pool:
         runs = [pool.submit(_stream, sync, tree, link_dests, share, peer, len(shares), rate,
-                            Path(lists) / f"stream-{index + 1}")
+                            Path(lists) / f"stream-{index + 1}",
+                            shared if index == 0 and shared else ssh.OWN_CONNECTION)
                 for index, share in enumerate(shares)]
         ended = [run.result() for run in runs]
     got = {p: True for p in cut}
@@ -137,13 +143,15 @@ class _Outcome:
 
 
 def _stream(sync: SyncConfig, tree: Path, link_dests: list[Path], share: Share,
-            peer: rsync.PeerOptions, streams: int, rate: int, files_from: Path) -> _Outcome:
-    """One stream: its pieces one after the other (each its own SSH connection), then its whole
-    files in one rsync. Never raises: what it could not fetch is the normal pass's."""
+            peer: rsync.PeerOptions, streams: int, rate: int, files_from: Path,
+            via: Sequence[str]) -> _Outcome:
+    """One stream: its pieces one after the other, then its whole files in one rsync, each
+    over the ssh options `via` (a connection of its own, or the run's). Never raises: what it
+    could not fetch is the normal pass's."""
     outcome = _Outcome(rsync.Stats(), [])
     for number, piece in enumerate(share.pieces):
         try:
-            outcome.stats.bytes_received += ranges.fetch(sync, tree, piece, rate)
+            outcome.stats.bytes_received += ranges.fetch(sync, tree, piece, rate, via)
         except ranges.PieceFailed as failed:
             outcome.stats.bytes_received += failed.got
             outcome.missing.append(piece)
@@ -153,7 +161,8 @@ def _stream(sync: SyncConfig, tree: Path, link_dests: list[Path], share: Share,
                 break
     if share.paths:
         files_from.write_bytes(b"".join(os.fsencode(p) + b"\0" for p in share.paths))
-        argv = peer.adapt(rsync.stream_argv(sync, tree, link_dests, files_from, streams))
+        argv = peer.adapt(rsync.stream_argv(sync, tree, link_dests, files_from, streams,
+                                               via))
         stats = rsync.Stats()
         result = runner.run(runner.Job(argv, on_line=partial(_line, stats)))
         outcome.stats.bytes_received += stats.bytes_received

@@ -173,7 +173,8 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
     if reporter:
         over = f" over {len(shares)} connections" if shares else ""
         reporter.status(f"transferring {format_bytes(plan.transferred_size)}{over}")
-    streams.fetch(sync, tree, link_dests, shares, peer, result)  # large runs only; never fails
+    # large runs only; never fails; the first stream over the run's connection, if any
+    streams.fetch(sync, tree, link_dests, shares, peer, result, shared=ssh_extra)
     pull = PullStep(argv=rsync.pull_argv(sync, tree, link_dests, ssh_extra=ssh_extra),
                     sync=sync, peer=peer, connection=connection, reporter=reporter,
                     needed=result.needed, staging=tree, published=published, seeded=seeded,
