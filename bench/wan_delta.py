@@ -176,6 +176,8 @@ def main() -> int:
     parser.add_argument("--iperf-seconds", type=float, default=10)
     parser.add_argument("--runs", nargs="+", type=parse_runs, default=RUNS,
                         help="ORIGIN:CLIENT pairs, in order (default: %(default)s)")
+    parser.add_argument("--config", help="the results file's name (default <disk>mib); a "
+                        "partial re-run gets its own, so the full table stays")
     args = parser.parse_args()
     date = datetime.now(timezone.utc)
     work = sshd_harness.make_work_dir("wan-delta")
@@ -191,7 +193,8 @@ def main() -> int:
         for name in args.profiles:
             figures["profiles"].append(measure(wan.PROFILES[name], versions, work, args,
                                                changed, clients))
-            results.record("wan_delta", f"{args.disk_mb}mib", figures, root=True, started=date)
+            results.record("wan_delta", args.config or f"{args.disk_mb}mib", figures,
+                           root=True, started=date)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
