@@ -14,7 +14,8 @@ generated section between two markers, rendered from one results file:
 A figure measured on older code than it measures is marked where it stands: each bench script
 lists in MEASURES the files under library_syncer/ its figures depend on, and a section whose
 results' commit differs from the checkout in one of them (`git diff <commit>`) opens with
-"measured on <commit>; <file> changed since". This needs git and the repository's history (a
+"measured on <commit>; <file> changed since" (not for a change to docstrings or comments
+only). This needs git and the repository's history (a
 fresh clone has both); without them the script stops with one line rather than guess.
 
 tests/test_benchmarks_doc.py runs the check in the default suite.
@@ -707,8 +708,34 @@ def changed_since(result: Result, root: Path = ROOT) -> list[str]:
     if diff.returncode != 0:
         raise ProvenanceError(f"git diff {result['commit'][:10]}: "
                               f"{(diff.stderr.strip().splitlines() or ['failed'])[0]}")
-    changed = set(diff.stdout.splitlines())
+    changed = {f for f in diff.stdout.splitlines() if not _same_code(result["commit"], f, root)}
     return [f.removeprefix("library_syncer/") for f in files if f in changed]
+
+
+def _same_code(commit: str, path: str, root: Path) -> bool:
+    """A Python file whose code is the same at `commit` and now: only its comments, docstrings
+    or layout changed (what they measured did not)."""
+    if not path.endswith(".py") or not (root / path).is_file():
+        return False
+    then = git("show", f"{commit}:{path}", root=root)
+    if then.returncode != 0:
+        return False
+    try:
+        return _code(then.stdout) == _code((root / path).read_text())
+    except SyntaxError:
+        return False
+
+
+def _code(source: str) -> str:
+    """The module's syntax tree without docstrings: what runs."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
+    return ast.dump(tree)
 
 
 def older_code(result: Result, changed: list[str]) -> str:

@@ -87,12 +87,14 @@ def test_results_were_measured_on_a_commit_of_this_history(path: Path) -> None:
 @pytest.mark.parametrize("path", sorted(report.RESULTS.glob("*.json")), ids=lambda p: p.name)
 def test_figures_on_older_code_say_so_next_to_them(path: Path) -> None:
     """The section opens with the mark exactly when a file its benchmark measures differs
-    from the results' commit (asked of git file by file, not as report.py asks)."""
+    from the results' commit (asked of git file by file, not as report.py asks), beyond its
+    docstrings and comments (that rule: test_a_change_to_docstrings_or_comments_only_…)."""
     result = json.loads(path.read_text())
     files = [f"library_syncer/{f}" for f in report.measures(result["benchmark"])]
     files += report.harness(result["benchmark"])
     due = [f.removeprefix("library_syncer/") for f in files
-           if _git("diff", "--quiet", result["commit"], "--", f).returncode]
+           if _git("diff", "--quiet", result["commit"], "--", f).returncode
+           and not report._same_code(result["commit"], f, report.ROOT)]
     body = next(m.group("body") for m in report.SECTION.finditer(report.DOC.read_text())
                 if m.group("name") == path.stem)
     first = body.splitlines()[0]
@@ -152,6 +154,18 @@ def test_the_mark_follows_the_code(tmp_path: Path) -> None:
     (tmp_path / "library_syncer" / "server" / "reports.py").write_text("B = 2\n")
     assert section(back).startswith(f"**Measured on `{back[:10]}`; `server/reports.py` "
                                     f"changed since:**")  # an uncommitted change counts too
+
+
+def test_a_change_to_docstrings_or_comments_only_is_no_change(tmp_path: Path) -> None:
+    back = _toy_repo(tmp_path)[-1]  # trace.py is "A = 1" there
+    trace = tmp_path / "library_syncer" / "server" / "trace.py"
+    result = {"benchmark": "bench_trace", "commit": back}
+    trace.write_text('"""What the scan does."""\n\nA = 1  # the same code\n')
+    assert report.changed_since(result, root=tmp_path) == []
+    trace.write_text('"""What the scan does."""\n\nA = 3\n')
+    assert report.changed_since(result, root=tmp_path) == ["server/trace.py"]
+    trace.write_text('A = 1\n"a string after the first statement is code"\n')
+    assert report.changed_since(result, root=tmp_path) == ["server/trace.py"]
 
 
 def test_without_git_or_history_it_fails_loudly(tmp_path: Path, monkeypatch) -> None:

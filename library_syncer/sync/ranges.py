@@ -3,9 +3,10 @@
 One rsync session moves one file over one SSH channel: on a long or lossy link its window, not
 the link, sets the pace, and a single new multi-GB disk cannot be spread over the streams of
 sync/streams.py as whole files. So a new file with no basis at the site (rsync would send it
-whole: nothing of it is here) is cut into pieces, each fetched over a stream's SSH connection (the
-first stream's is the run's own) by a read-only range request to the server's dispatcher (server/ranges.py), naming the file by the
-digest the upstream's revision document declares for it.
+whole: nothing of it is here) is cut into pieces, each fetched over a stream's SSH connection
+(the first stream's is the run's own) by a read-only range request to the server's dispatcher
+(server/ranges.py), naming the file by the digest the upstream's revision document declares
+for it.
 
 The document is read beside the declaration and the dry run (a third session of the run's
 connection at the same time: no round trip of its own), as its differences from the published
