@@ -52,10 +52,10 @@ from tests.harness.iperf import iperf3  # noqa: E402
 
 # What the figures depend on, as files under library_syncer/ (bench/report.py marks the figures
 # when one of these changed after they were measured: read as literals), and the harness.
-MEASURES = ["sync/run.py", "sync/rsync.py", "sync/ssh.py", "sync/transfer.py",
-            "server/dispatch.py", "server/sshd.py"]
+MEASURES = ["sync/run.py", "sync/rsync.py", "sync/ssh.py", "sync/sshmux.py", "sync/transfer.py",
+            "sync/declared.py", "sync/ranges.py", "server/dispatch.py", "server/sshd.py"]
 HARNESS = ["tests/harness/wanemu.c", "tests/harness/wan.py", "tests/fleet/netns.py",
-           "bench/wan_baseline.py"]
+           "tests/fleet/library.py", "bench/wan_baseline.py", "bench/wan_after.py"]
 MB = wan_baseline.MB
 UNSHAPED = LinkProfile("seed (unshaped)")
 # (origin algorithm, client): "today" first, then the default the server package sets
@@ -155,7 +155,7 @@ def speedup(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     bound when today's run was stopped by the box."""
     by = {(r["origin"], r["client"]): r for r in runs}
     today, now = by.get(("cubic", "before")), by.get(("bbr", "now"))
-    if today is None or now is None or not now["ok"]:
+    if today is None or now is None or not now["ok"] or not (today["ok"] or today["boxed"]):
         return None
     return {"ratio": today["seconds"] / now["seconds"], "lower_bound": today["boxed"]}
 

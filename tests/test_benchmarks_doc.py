@@ -166,6 +166,14 @@ def test_a_change_to_docstrings_or_comments_only_is_no_change(tmp_path: Path) ->
     assert report.changed_since(result, root=tmp_path) == ["server/trace.py"]
     trace.write_text('A = 1\n"a string after the first statement is code"\n')
     assert report.changed_since(result, root=tmp_path) == ["server/trace.py"]
+    trace.write_text('A = 1\ndef f():\n    "one docstring"\n    return A\n')
+    _git("add", "-A", cwd=tmp_path)
+    _git("commit", "-qm", "f", cwd=tmp_path)
+    result["commit"] = _git("rev-parse", "HEAD", cwd=tmp_path).stdout.strip()
+    trace.write_text('A = 1\ndef f():\n    "another docstring"\n    return A\n')
+    assert report.changed_since(result, root=tmp_path) == []
+    trace.write_text('A = 1\ndef f():\n    "one docstring"\n    return A + 0\n')
+    assert report.changed_since(result, root=tmp_path) == ["server/trace.py"]
 
 
 def test_without_git_or_history_it_fails_loudly(tmp_path: Path, monkeypatch) -> None:

@@ -51,6 +51,11 @@ def test_bwlimit_uses_rsync_units(rate, bps):
     assert bwlimit_bytes_per_second(rate) == bps
 
 
+def test_a_zero_bwlimit_however_written_is_unlimited():
+    for rate in ("0K", "0.0", "00", "0m"):
+        assert parse_bwlimit(rate) == "0"
+
+
 @pytest.mark.parametrize("rate", ["fast", "-1", "10 M", "", "1X"])
 def test_bad_bwlimit(rate):
     with pytest.raises(ValueError):

@@ -88,7 +88,9 @@ def parse_bwlimit(value: object) -> str:
     text = str(value).strip() if isinstance(value, (int, float, str)) else ""
     if not _BWLIMIT.match(text) or (isinstance(value, (int, float)) and value < 0):
         raise ValueError(BWLIMIT_EXPECTED)
-    return text
+    # "0K", "0.0": unlimited to rsync as "0" is; said as "0", so that a share of it (the streams')
+    # stays unlimited and never becomes 1 KiB/s
+    return "0" if bwlimit_bytes_per_second(text) == 0 else text
 
 
 def bwlimit_bytes_per_second(rate: str) -> int:

@@ -23,8 +23,8 @@ UNREACHABLE = ("Connection refused", "Connection timed out", "timed out", "No ro
                "Temporary failure in name resolution",
                "kex_exchange_identification", "Timeout, server", "not responding")
 
-# A connection of its own (a stream's, a range's): never the run's shared master, nor one from
-# ~/.ssh/config.
+# A connection of its own (a stream's other than the first, whose is the run's shared master):
+# never the shared master, nor one from ~/.ssh/config.
 OWN_CONNECTION = ("-o", "ControlMaster=no", "-o", "ControlPath=none")
 
 

@@ -30,8 +30,9 @@ from . import ssh
 
 log = logging.getLogger("library-syncer")
 
-# Seconds the master outlives its last session: retry waits, and a large run's streams (their own
-# connections, none of its sessions) for five minutes; a longer streams phase costs one login more.
+# Seconds the master outlives its last session: retry waits, and a large run's streams for five
+# minutes (the first stream is one of its sessions; if it ends first, the others may outlast it:
+# a longer streams phase then costs one login more).
 IDLE = 300
 # The parent of the socket's directory: + /ssh-XXXXXXXX/master + ssh's .XXXXXXXXXXXXXXXX < 108
 SOCKET_DIR_MAX = 107 - len("/ssh-XXXXXXXX/master") - 17
