@@ -88,8 +88,8 @@ def candidates(listed: Iterable[basis.Listed], seeded: Iterable[str]) -> list[ba
 
 def cuts(found: Declared | None, new: list[basis.Listed], document: bytes | None
          ) -> dict[str, Cut]:
-    """The files of `new` the upstream's document (read beside the declaration: DocumentStep
-    in sync/transfer.py) declares with the size the dry run listed."""
+    """The files of `new` the upstream's document (read beside the declaration and the dry run:
+    transfer.py's _shared_document) declares with the size the dry run listed."""
     revision = checked(document, found) if new else None
     if revision is None or revision.content is None:
         return {}
