@@ -42,11 +42,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import results  # noqa: E402
 import wan_baseline  # noqa: E402
+import wan_capture  # noqa: E402
 from bench_verify import export  # noqa: E402
 
 from library_syncer.base import config as config_module  # noqa: E402
 from library_syncer.server import trace  # noqa: E402
-from tests.fleet import library  # noqa: E402
+from tests.fleet import library, netns  # noqa: E402
 from tests.fleet.sites import FleetRun, Site  # noqa: E402
 from tests.harness import fixtures, wan  # noqa: E402
 from tests.harness import sshd as sshd_harness  # noqa: E402
@@ -54,9 +55,10 @@ from tests.harness import sshd as sshd_harness  # noqa: E402
 # What the figures depend on, as files under library_syncer/ (bench/report.py marks the figures
 # when one of these changed after they were measured), and the harness they were measured on.
 MEASURES = ["sync/run.py", "sync/rsync.py", "sync/ssh.py", "sync/streams.py", "sync/ranges.py",
-            "server/ranges.py", "server/dispatch.py", "server/sshd.py"]
+            "sync/transfer.py", "sync/plan.py", "sync/declared.py", "server/ranges.py",
+            "server/trace_answer.py", "server/dispatch.py", "server/sshd.py"]
 HARNESS = ["tests/harness/wanemu.c", "tests/harness/wan.py", "tests/fleet/netns.py",
-           "bench/wan_baseline.py"]
+           "bench/wan_baseline.py", "bench/wan_capture.py"]
 
 BEFORE = "69b342d"  # the commit bench/results/wan_baseline.128mib.json measured
 CLIENTS = ["plain", "before", "now"]
@@ -93,23 +95,50 @@ def logins(run: FleetRun) -> int:
     return log.read_bytes().count(ACCEPTED) if log.exists() else 0
 
 
-def runner(before: Path) -> wan_baseline.Runner:
-    commands = {"plain": None, "before": product(before), "now": product(ROOT)}
+def plain(run: FleetRun) -> wan_baseline.Command:
+    """The plain client's argv, as bench/wan_baseline.py's one_run makes it."""
+    def command(site: Site) -> tuple[list[str], None]:
+        run.client = wan_baseline.CLIENTS["plain"]
+        return run.client_argv(site), None
+    return command
 
+
+def stamped(command: wan_baseline.Command, stamp: Path) -> wan_baseline.Command:
+    """`command` behind a wrapper that writes the time it starts (bench/wan_capture.py)."""
+    def wrapped(site: Site) -> tuple[list[str], dict[str, str] | None]:
+        argv, env = command(site)
+        return wan_capture.started_argv(stamp, argv), env
+    return wrapped
+
+
+def runner(before: Path) -> wan_baseline.Runner:
     def run_one(run: FleetRun, site: Site, client: str, file_bytes: int, box: float,
                 link_bps: float) -> dict[str, Any]:
+        commands = {"plain": plain(run), "before": product(before), "now": product(ROOT)}
         accepted = logins(run)
         log = site.dir / f"{client}.log"
         start = log.stat().st_size if log.exists() else 0
-        row = wan_baseline.one_run(run, site, client, file_bytes, box, link_bps,
-                                   command=commands[client])
+        stamp = site.dir / f"{client}.started"
+        stamp.unlink(missing_ok=True)
+        capture = wan_capture.Capture(site.ns, netns.WAN, site.dir / f"{client}.packets")
+        try:
+            row = wan_baseline.one_run(run, site, client, file_bytes, box, link_bps,
+                                       command=stamped(commands[client], stamp))
+        finally:
+            packets = capture.stop()
+        rtt = run.fleet.profiles[site.index].rtt_ms / 1000
+        setup = wan_capture.count(packets, float(stamp.read_text()), rtt,
+                                  wan_baseline.FIRST_BYTE) if stamp.exists() else None
+        if setup:
+            print(f"      before the first byte: {setup['round_trips']} round trips, start-up "
+                  f"{setup['startup_s']:.2f} s, rest {setup['rest_s']:.2f} s", flush=True)
         with open(log, "rb") as out:
             out.seek(start)
             lines = out.read().decode(errors="replace").splitlines()
         streams = [line.strip() for line in lines if STREAMS in line]
         if streams:
             print(f"      {streams[-1]}", flush=True)
-        return {**row, "logins": logins(run) - accepted,
+        return {**row, "logins": logins(run) - accepted, "setup": setup,
                 "streams_log": streams[-1] if streams else None}
     return run_one
 

@@ -32,7 +32,7 @@ from tests.test_sync_helpers import (
 )
 
 # (point, whether the crashed run had switched `published` to the new version)
-POINTS = [("dry-run", False), ("transfer", False), ("transferred", False), ("ovas", False),
+POINTS = [("listed", False), ("transfer", False), ("transferred", False), ("ovas", False),
           ("manifests", False), ("renamed", False), ("switched", True), ("prune", True)]
 CHANGED = ["appliance2", "big", "tools"]  # v1 → v2: two items added, one removed
 STATE_ENTRIES = {"published", "snapshots", "ova", "cache", "last-run.json", "sync.lock",
@@ -137,7 +137,7 @@ def test_a_crash_at_any_step_leaves_a_complete_library_and_the_next_run_heals(
     assert _version(snap) == record["library_version"] > version
     # The change is reported by the run that publishes it (after the switch: the crashed run).
     assert record["items_changed"] == ([] if switched else CHANGED), record
-    if point not in ("dry-run", "transfer"):
+    if point not in ("listed", "transfer"):
         assert record["bytes_received"] < 500_000, "fetched again what had arrived"
     # What stays: the published snapshot and the one published before it, nothing else.
     assert _snapshots(state) == {snap.name, crashed_snapshot if switched else first.name}

@@ -41,8 +41,8 @@ def _cut(size: int, path: str = "big/big.vmdk") -> ranges.Cut:
     return ranges.Cut(path, size, 1, "0" * 64)
 
 
-def _listing(files: dict[str, int]) -> list[str]:
-    return [f">f+++++++++ {size} {path}" for path, size in files.items()]
+def _listing(files: dict[str, int]) -> list[basis.Listed]:
+    return basis.parse_listing(f">f+++++++++ {size} {path}" for path, size in files.items())
 
 
 # --- the plan ------------------------------------------------------------------------------------

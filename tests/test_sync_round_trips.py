@@ -1,6 +1,8 @@
-"""Fewer round trips before the first byte (issue 24, item 4): the declaration read, the dry run
-and (where a run may cut a large new file) the document read are sessions of the run's
-connection at the same time. Shown with the real rsync behind
+"""Fewer round trips before the first byte (issue 24, item 4): a server of this version answers
+the declaration and the document in one command, and the run plans without a dry run
+(sync/plan.py, tests/test_sync_plan.py); before it, the declaration read, the dry run and (where a
+run may cut a large new file) the document read are sessions of the run's connection at the
+same time. Shown with the real rsync behind
 a wrapper that makes each of the two wait until the other has started (so the run ends well only
 if they overlap), against a real sshd and the server role; and a refusal of the declaration
 still wins over the dry run that ran beside it.
@@ -14,7 +16,7 @@ import sys
 from pathlib import Path
 
 from tests.harness import sshd as harness
-from tests.test_sync_helpers import published, random_bytes, sha256, sync, write_config
+from tests.test_sync_helpers import cli, published, random_bytes, sha256, sync, write_config
 from tests.test_sync_trace import _declare, _disk
 
 # Stands in front of rsync: the declaration read (its --max-size and serial filter), the dry run
@@ -46,10 +48,31 @@ def _meeting_rsync(folder: Path) -> Path:
     return script
 
 
-def test_the_declaration_the_dry_run_and_the_document_go_at_once(work_dir, client_key, monkeypatch):
+def test_the_declaration_the_dry_run_and_the_document_go_at_once(work_dir, sshd, client_key,
+                                                                 server_library, monkeypatch):
+    """Where the upstream answers no trace command (rrsync alone: a server before it), the
+    three reads are sessions of the run's connection at once."""
+    disk = _disk(server_library, "one", random_bytes(1 << 20, 21))
+    _declare(work_dir, server_library)
+    key, _ = client_key
+    meet = work_dir / "meet"
+    meet.mkdir()
+    monkeypatch.setenv("MEET_DIR", str(meet))
+    monkeypatch.setenv("MEET_KINDS", "declared,dry,document")
+    config = write_config(work_dir, sshd, key, report=False, rsync=str(_meeting_rsync(work_dir)))
+    result = sync(config)
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in meet.iterdir()} == {"declared", "dry", "document"}  # none alone
+    assert sha256(published(work_dir / "state") / "one" / "one.vmdk") == sha256(disk)
+
+
+def test_a_server_that_answers_its_declaration_and_document_saves_the_dry_run(
+        work_dir, client_key, monkeypatch):
+    """Our server answers the declaration and the document in one command: no rsync reads them,
+    no dry run lists, and the run publishes the library over its one login."""
     library = work_dir / "library"
     library.mkdir(mode=0o755)
-    disk = _disk(library, "one", random_bytes(1 << 20, 21))
+    disk = _disk(library, "one", random_bytes(1 << 20, 24))
     _declare(work_dir, library)
     key, pub = client_key
     meet = work_dir / "meet"
@@ -60,9 +83,11 @@ def test_the_declaration_the_dry_run_and_the_document_go_at_once(work_dir, clien
     try:
         config = write_config(work_dir, server, key, report=False,
                               rsync=str(_meeting_rsync(work_dir)))
-        result = sync(config)
+        result = cli("--debug", "sync", "--config", str(config))
         assert result.returncode == 0, result.stderr
-        assert {p.name for p in meet.iterdir()} == {"declared", "dry", "document"}  # none alone
+        assert "the revision document: 1 file(s)" in result.stderr
+        assert not list(meet.iterdir())  # none of the three rsync reads ran
+        assert server.log().count("Accepted publickey") == 1
         assert sha256(published(work_dir / "state") / "one" / "one.vmdk") == sha256(disk)
     finally:
         server.stop()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from library_syncer.base.config import SyncConfig
-from library_syncer.sync import rsync, streams
+from library_syncer.sync import basis, rsync, streams
 from tests.fleet.checks import snapshot_problems
 from tests.harness import sshd as harness
 from tests.harness.wait import wait_for
@@ -70,8 +70,8 @@ def _stream_processes(pid: int) -> list[tuple[int, list[str]]]:
 # --- the plan and the argv ----------------------------------------------------------------------
 
 
-def _listing(files: dict[str, int], flags: str = ">f+++++++++") -> list[str]:
-    return [f"{flags} {size} {path}" for path, size in files.items()]
+def _listing(files: dict[str, int], flags: str = ">f+++++++++") -> list[basis.Listed]:
+    return basis.parse_listing(f"{flags} {size} {path}" for path, size in files.items())
 
 
 def test_a_large_run_is_dealt_largest_first_into_shares_of_about_equal_bytes():

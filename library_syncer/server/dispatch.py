@@ -13,6 +13,8 @@ sshd_config, and `command=` on each authorized_keys line). The client's request 
 - `library-syncer-range 1 SHA256 OFFSET LENGTH`: bytes of one file of the current revision,
   named by its declared digest (server/ranges.py): a site fetching a large new file over several
   connections at once. Read-only and held to the library, as rrsync's reads are.
+- `library-syncer-trace 1`: the trace folder's serial, statement and revision document in one
+  answer (server/trace_answer.py): a site that plans its run from the document, not a dry run.
 - anything else — an rsync sender, another command, no command at all: `exec` of
   `rrsync -ro <library>/`, with the environment sshd gave us (from /proc/self/environ, so not
   even the locale Python may add reaches it) and the default signal dispositions Python changed.
@@ -40,6 +42,7 @@ from . import sessions
 
 REPORT_COMMAND = "library-syncer-report"
 RANGE_COMMAND = "library-syncer-range"  # server/ranges.py (not imported before it is asked for)
+TRACE_COMMAND = "library-syncer-trace"  # server/trace_answer.py (likewise)
 REPORT_FORMATS = ("1",)
 READ_TIMEOUT = 20.0  # seconds for the whole report to arrive
 
@@ -236,6 +239,10 @@ def command(args) -> int:
         from .ranges import serve
 
         return serve(Path(args.library), words)
+    if words and words[0] == TRACE_COMMAND:
+        from .trace_answer import serve as answer
+
+        return answer(Path(args.library), words)
     try:
         exec_rrsync(args.rrsync, args.library)
     except OSError as error:

@@ -3,7 +3,8 @@ a run kills itself with SIGKILL when it reaches that point (with its process gro
 one, as systemd kills a unit's control group), so tests/test_sync_crash.py can prove what a crash
 at each step leaves. Does nothing otherwise.
 
-Points: dry-run, transfer, transferred, ovas, manifests, renamed, switched, prune.
+Points: listed (the plan made: sync/plan.py), transfer, transferred, ovas, manifests, renamed,
+switched, prune.
 """
 
 from __future__ import annotations

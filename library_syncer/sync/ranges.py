@@ -42,7 +42,7 @@ from ..base.revision import Revision, sha256_file
 from ..base.units import bwlimit_bytes_per_second
 from ..server.dispatch import RANGE_COMMAND
 from ..server.trace import TRACE_DIR, TRACE_FILE
-from . import basis, declared, rsync, ssh
+from . import basis, declared, plan, rsync, ssh
 from .declared import Declared
 
 log = logging.getLogger("library-syncer")
@@ -127,8 +127,7 @@ def wanted(sync: SyncConfig, published: Path | None) -> bool:
     (sync.streams > 1, the library's top), and the upstream may declare one (nothing published
     yet, or what is published came with a document: never every run against the Docker
     original)."""
-    return sync.streams > 1 and not sync.remote_path.strip("/") and (
-        published is None or (published / TRACE_DIR / TRACE_FILE).is_file())
+    return sync.streams > 1 and plan.traced(sync, published)
 
 
 def read_document(sync: SyncConfig, ssh_extra: list[str], published: Path | None

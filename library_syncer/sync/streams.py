@@ -2,7 +2,7 @@
 connections at once, before the run's normal pull.
 
 One TCP connection has one congestion window and one SSH channel window: on a long or lossy link
-that, not the link, sets the pace (issue 24). When the dry run says the run has at least
+that, not the link, sets the pace (issue 24). When the plan (sync/plan.py) says the run has at least
 MIN_BYTES in files of at least MIN_FILE to fetch (new or changed), those files are dealt, largest
 first, into up to sync.streams shares of about equal bytes, and each share is pulled by its own
 rsync over its own SSH connection (rsync.stream_argv), all at once, into the same staging tree
@@ -51,16 +51,16 @@ class Share:
     pieces: tuple[ranges.Piece, ...] = ()
 
 
-def plan(listed: Iterable[str], streams: int,
+def plan(listing: Iterable[basis.Listed], streams: int,
          cuts: Mapping[str, ranges.Cut] | None = None) -> list[Share]:
-    """The shares for the dry run's listing (LISTING_FORMAT lines): none (the run keeps its one
+    """The shares for the run's plan (sync/plan.py: its listing): none (the run keeps its one
     connection) unless the large files fetched hold MIN_BYTES and make at least two shares of
     MIN_SHARE. As many shares as sync.streams and MIN_SHARE allow; a file in `cuts` is dealt
     in pieces of about one share each, every other file whole; largest first onto the lightest
     share (balanced by bytes). A share of whole files left under MIN_SHARE (beside one that
     dominates) goes back to the normal pass."""
     cuts = cuts or {}
-    files = [f for f in basis.parse_listing(listed) if f.fetched and f.size >= MIN_FILE]
+    files = [f for f in listing if f.fetched and f.size >= MIN_FILE]
     total = sum(f.size for f in files)
     count = min(streams, total // MIN_SHARE)
     piece = max(MIN_SHARE, -(-total // max(1, count)))

@@ -1,5 +1,6 @@
-"""The transfer of a run: the dry run (what must be fetched: the space check, the bases), then
-the pull into staging, both over the run's one SSH connection and retried as sync/retry.py says.
+"""The transfer of a run: what must be fetched (sync/plan.py: the space check, the bases), from
+the upstream's revision document or a dry run, then the pull into staging, both over the run's one
+SSH connection and retried as sync/retry.py says.
 A large run first fetches its largest files over several connections (sync/streams.py), a
 large new file in byte ranges (sync/ranges.py).
 What arrives must be exactly the revision the origin declares (sync/trace_check.py).
@@ -21,6 +22,7 @@ from ..base.config import SyncConfig
 from ..base.errors import SyncerError, Unsigned
 from ..base.units import format_bytes
 from . import basis, declared, ranges, repair, rsync, runner, staging, streams, trace_check
+from . import plan as plans
 from .crash_seam import crash_point
 from .layout import Layout
 from .progress import Reporter
@@ -43,7 +45,6 @@ class RsyncStep:
     connection: SharedConnection | None
     reporter: Reporter | None = None
     needed: int | None = None  # what the changed files need (the disk-full message)
-    dry_run: bool = False
 
     def run(self) -> rsync.Stats:
         if self.connection:
@@ -58,8 +59,6 @@ class RsyncStep:
             if self.reporter:
                 self.reporter.done()
         error = rsync.classify(result.returncode, result.tail, stats, self.sync, self.needed)
-        if self.dry_run and error is None:
-            crash_point("dry-run")
         if result.returncode == 24:
             log.warning("some files vanished on the server during the transfer (not an error)")
         if error is not None:
@@ -106,11 +105,15 @@ class DeclaredStep:
     def run(self) -> rsync.Stats:
         if self.connection:
             self.connection.ensure()
-        self.found = declared.fetch(self.sync, self.connection.rsh_options()
-                                    if self.connection else [])
-        held = trace_check.read(self.published) if self.published is not None else None
-        trace_check.refuse_declared(self.found, held, self.sync, self.allow_untraced)
+        self.judge(declared.fetch(self.sync, self.connection.rsh_options()
+                                  if self.connection else []))
         return rsync.Stats()
+
+    def judge(self, found: declared.Declared | None) -> None:
+        """Keep `found`, or refuse it (trace_check.refuse_declared: stale, unsigned)."""
+        self.found = found
+        held = trace_check.read(self.published) if self.published is not None else None
+        trace_check.refuse_declared(found, held, self.sync, self.allow_untraced)
 
 
 @dataclass(kw_only=True)
@@ -141,10 +144,10 @@ class PullStep(RsyncStep):
 def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | None,
              retry: bool, reporter: Reporter | None, result: Transfer,
              connection: SharedConnection | None, allow_untraced: bool = False) -> Transfer:
-    """The upstream's declaration (one small read) and, at the same time, the dry run (what
-    must be fetched: the space check), then the pull into the staging `tree`, all over the
-    run's one SSH connection. `result` is filled as it goes (attempts and bytes are known even
-    when it fails)."""
+    """The upstream's declaration (one small read) and what must be fetched (the space check):
+    both from one answer of the upstream where it can, else the declaration and a dry run at
+    once; then the pull into the staging `tree`, all over the run's one SSH connection.
+    `result` is filled as it goes (attempts and bytes are known even when it fails)."""
     link_dests = [p for p in (published,) if p is not None]
     if any(layout.ova_store.iterdir()):
         link_dests.append(layout.ova_store)
@@ -156,23 +159,28 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
                                allow_untraced=allow_untraced)
     dry = RsyncStep(argv=rsync.pull_argv(sync, tree, link_dests, dry_run=True,
                                          ssh_extra=ssh_extra),
-                    sync=sync, peer=peer, connection=connection, dry_run=True)
-    plan, document = _declared_then_listed(declaration, dry, sync, result, retry, published)
+                    sync=sync, peer=peer, connection=connection)
+    plan, document = _declared_then_listed(declaration, dry, sync, result, retry, published,
+                                           tree, link_dests)
+    crash_point("listed")
     result.needed = plan.transferred_size
     if plan.transferred_size:  # nothing to fetch costs no space: never refuse a no-op run
         staging.check_space(layout, plan.transferred_size, sync.min_free_space)
-    log.debug("dry run: %d file(s), %d bytes to fetch", plan.files_transferred,
-              plan.transferred_size)
+    log.debug("%s: %d file(s), %d bytes to fetch",
+              "the revision document" if plan.from_document else "dry run",
+              plan.files_transferred, plan.transferred_size)
     if plan.transferred_size:
         log.info("fetching %d changed file(s), %s (library %s)", plan.files_transferred,
                  format_bytes(plan.transferred_size), format_bytes(plan.total_size))
-    seeded = _seed_bases(layout, tree, published, plan.listed) if sync.find_basis else {}
-    shares = streams.plan(plan.listed, sync.streams,
-                          _cuts(sync, declaration, plan.listed, seeded, document, published,
+    seeded = _seed_bases(layout, tree, published, plan.listing) if sync.find_basis else {}
+    shares = streams.plan(plan.listing, sync.streams,
+                          _cuts(sync, declaration, plan.listing, seeded, document, published,
                                 result))
     if reporter:
         over = f" over {len(shares)} connections" if shares else ""
         reporter.status(f"transferring {format_bytes(plan.transferred_size)}{over}")
+    # the master is up now, or known unavailable (sessions then connect on their own)
+    ssh_extra = connection.rsh_options() if connection else []
     # large runs only; never fails; the first stream over the run's connection, if any
     streams.fetch(sync, tree, link_dests, shares, peer, result, shared=ssh_extra)
     pull = PullStep(argv=rsync.pull_argv(sync, tree, link_dests, ssh_extra=ssh_extra),
@@ -185,17 +193,24 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
 
 
 def _declared_then_listed(declaration: DeclaredStep, dry: RsyncStep, sync: SyncConfig,
-                          result: Transfer, retry: bool, published: Path | None
-                          ) -> tuple[rsync.Stats, Future | None]:
-    """The declaration read and the dry run at once, as two sessions of the run's connection:
-    the listing costs no round trip of its own on a long link (about five at 600 ms: seconds),
-    and it moves no file, so a stale or forged upstream still costs no transfer. A refusal of
-    the declaration wins over whatever the dry run did. Beside them, where a run may cut a
-    large new file (sync/ranges.py) and shares its connection (a session, not a login), a
-    third session reads the upstream's document as its differences from the published one."""
+                          result: Transfer, retry: bool, published: Path | None, tree: Path,
+                          link_dests: list[Path]) -> tuple[plans.Plan, Future | None]:
+    """The plan, and the read of the upstream's document (for sync/ranges.py) if any.
+
+    Where the upstream answers its declaration and document in one command, the plan comes from
+    the document (_told). Otherwise the declaration read and the dry run go at once, as two
+    sessions of the run's connection: the listing costs no round trip of its own on a long link
+    (about five at 600 ms: seconds), and it moves no file, so a stale or forged upstream still
+    costs no transfer. A refusal of the declaration wins over whatever the dry run did. Beside
+    them, where a run may cut a large new file (sync/ranges.py) and shares its connection (a
+    session, not a login), a third session reads the upstream's document as its differences
+    from the published one."""
     connection = declaration.connection
     if connection is not None:  # up first (and retried as any step), so that the sessions share it
         with_retries(ConnectStep(connection), sync, result, retry)
+        told = _told(declaration, sync, result, tree, link_dests)
+        if told is not None:
+            return told
     with ThreadPoolExecutor(max_workers=3) as pool:
         document = pool.submit(_shared_document, sync, connection, published) \
             if connection is not None and ranges.wanted(sync, published) else None
@@ -203,10 +218,40 @@ def _declared_then_listed(declaration: DeclaredStep, dry: RsyncStep, sync: SyncC
         listed = pool.submit(with_retries, dry, sync, result, retry)
         try:
             declared_run.result()
-            return listed.result(), document
+            return plans.of_dry_run(listed.result()), document
         except BaseException:
             _document(document, result)  # waited for and counted, whatever happened
             raise
+
+
+def _told(declaration: DeclaredStep, sync: SyncConfig, result: Transfer, tree: Path,
+          link_dests: list[Path]) -> tuple[plans.Plan, Future] | None:
+    """The plan from the upstream's answer of its declaration and document (declared.ask: one
+    session of the run's connection, about two round trips) when the document is the one the
+    declaration names; a refusal of the declaration is raised here, before any transfer. None
+    when the answer is not to be had or not usable: the caller reads and lists as before."""
+    connection = declaration.connection
+    if connection is None or connection.unavailable or \
+            not plans.documented(sync, declaration.published):
+        return None
+    told = declared.ask(sync, connection.rsh_options())
+    if told is None:
+        log.debug("the upstream answers no %s: a dry run lists what to fetch",
+                  declared.TRACE_COMMAND)
+        return None
+    result.count(rsync.Stats(bytes_received=told.received))
+    revision = ranges.checked(told.document, told.found)
+    if revision is None or revision.origin != told.found.origin:
+        log.debug("the upstream's document is not the one it declares: a dry run lists")
+        return None
+    declaration.judge(told.found)
+    made = plans.of_revision(revision, tree, link_dests, sync)
+    if made is None:
+        log.debug("the upstream's document names a path rsync would not: a dry run lists")
+        return None
+    document: Future = Future()
+    document.set_result((told.document, rsync.Stats()))  # its bytes are counted above
+    return made, document
 
 
 def _shared_document(sync: SyncConfig, connection: SharedConnection, published: Path | None
@@ -234,13 +279,13 @@ def _document(document: Future | None, result: Transfer) -> bytes | None:
     return found
 
 
-def _cuts(sync: SyncConfig, declaration: DeclaredStep, listed: list[str],
+def _cuts(sync: SyncConfig, declaration: DeclaredStep, listing: list[basis.Listed],
           seeded: dict[str, Seeded], document: Future | None, published: Path | None,
           result: Transfer) -> dict[str, ranges.Cut]:
     """The new files without a basis the streams may fetch in byte ranges (sync/ranges.py).
-    The document read beside the dry run, or (a run without a shared connection) read now,
-    only if there is such a file."""
-    new = ranges.candidates(basis.parse_listing(listed), seeded)
+    The document read with the plan, or (a run without a shared connection) read now, only if
+    there is such a file."""
+    new = ranges.candidates(listing, seeded)
     found = _document(document, result)
     if new and document is None and ranges.wanted(sync, published):
         found, stats = ranges.read_document(sync, [], published)
@@ -362,11 +407,10 @@ def _unseed_vanished(tree: Path, seeded: list[str], vanished: list[str]) -> None
 
 
 def _seed_bases(layout: Layout, tree: Path, published: Path | None,
-                listed: list[str]) -> dict[str, Seeded]:
+                listing: list[basis.Listed]) -> dict[str, Seeded]:
     """Give every new file an older copy the site has as its basis (renamed items, new
     template versions): rsync then fetches only what differs from it (sync/basis.py).
     Returns each seeded path with its basis."""
-    listing = basis.parse_listing(listed)
     new = [f for f in listing if f.new and f.size >= basis.MIN_SIZE]
     if not new:
         return {}
