@@ -31,6 +31,7 @@ import argparse
 import os
 import shutil
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -111,6 +112,28 @@ def stamped(command: wan_baseline.Command, stamp: Path) -> wan_baseline.Command:
     return wrapped
 
 
+class Switch:
+    """When the site's `published` link first appears (the product's switch: the issue's end of
+    a run; what follows it — the prune, the records, the report — is not waited for by a
+    user), in wall-clock seconds; polled every 5 ms while the run goes."""
+
+    def __init__(self, state: Path, stamp: Path) -> None:
+        self.link, self.stamp, self.done = state / "published", stamp, threading.Event()
+        self.at: float | None = None
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.005):
+            if self.at is None and self.stamp.exists() and self.link.is_symlink():
+                self.at = time.time()
+
+    def stop(self) -> float | None:
+        self.done.set()
+        self.thread.join()
+        return self.at
+
+
 def runner(before: Path) -> wan_baseline.Runner:
     def run_one(run: FleetRun, site: Site, client: str, file_bytes: int, box: float,
                 link_bps: float) -> dict[str, Any]:
@@ -121,11 +144,18 @@ def runner(before: Path) -> wan_baseline.Runner:
         stamp = site.dir / f"{client}.started"
         stamp.unlink(missing_ok=True)
         capture = wan_capture.Capture(site.ns, netns.WAN, site.dir / f"{client}.packets")
+        switch = Switch(site.state, stamp)  # the run's own: its state is new once it starts
         try:
             row = wan_baseline.one_run(run, site, client, file_bytes, box, link_bps,
                                        command=stamped(commands[client], stamp))
         finally:
             packets = capture.stop()
+            switched = switch.stop()
+        if switched is not None and stamp.exists() and row["ok"]:
+            row["switch_s"] = switched - float(stamp.read_text())
+            row["switch_pct"] = 100 * file_bytes * 8 / row["switch_s"] / link_bps
+            print(f"      published after {row['switch_s']:.1f} s: {row['switch_pct']:.1f}% of "
+                  "the link", flush=True)
         rtt = run.fleet.profiles[site.index].rtt_ms / 1000
         setup = wan_capture.count(packets, float(stamp.read_text()), rtt,
                                   wan_baseline.FIRST_BYTE) if stamp.exists() else None
