@@ -48,11 +48,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..base import fsutil, revision, statement
-from ..base.config import Config
 from ..base.errors import SyncerError
 from . import trace_files
+
+if TYPE_CHECKING:  # the dispatcher's range and trace answers import this module: start fast
+    from ..base.config import Config
 
 log = logging.getLogger(__name__)
 
