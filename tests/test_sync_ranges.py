@@ -5,7 +5,8 @@ byte past the file); a run with one large new file spreads it over sync.streams 
 (counted at the server) and publishes it byte for byte; pieces that hash wrong are repaired by
 the normal pass as differences; a server without ranges (rrsync alone: a release before them)
 gets the file whole; an upstream without a revision document (the Docker original) gets no
-range request at all.
+range request at all. A stream that ends first takes over the second half of another's piece,
+whose server stops where the site says (format 2): every byte crosses once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 import re
 import signal
@@ -21,8 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from library_syncer.base import config as config_module
 from library_syncer.server import ranges as server_ranges
-from library_syncer.sync import basis, ranges, ssh, streams
+from library_syncer.server import trace
+from library_syncer.sync import basis, ranges, rsync, ssh, streams
+from library_syncer.sync.retry import Transfer
 from tests.fleet.checks import snapshot_problems
 from tests.harness import sshd as harness
 from tests.harness.wait import wait_for
@@ -104,13 +109,79 @@ def origin(work_dir, client_key):
         yield found
 
 
-def _ask(work_dir: Path, server, key: Path, request: str) -> subprocess.CompletedProcess:
+def _ask(work_dir: Path, server, key: Path, request: str, said: bytes = b""
+         ) -> subprocess.CompletedProcess:
+    """The answer to `request`, the site saying `said` on stdin."""
     config = write_config(work_dir, server, key)
-    from library_syncer.base import config as config_module
-
     sync_config = config_module.load(config).sync
     return subprocess.run(ssh.argv(sync_config, ["-T", sync_config.peer, request]),
-                          capture_output=True, timeout=60)
+                          input=said, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("said, end", [
+    (b"end {cut}\n", 30 * MB),  # stops where the site says
+    (b"noise\nend x\nend {cut}\nend {later}\n", 30 * MB),  # the lowest end said counts
+    (b"end {past}\n", 40 * MB),  # an end past the range changes nothing
+    (b"", 40 * MB),  # nothing said: the whole range
+])
+def test_a_range_of_format_2_stops_where_the_site_says(origin, work_dir, said, end):
+    server, _, disk, key = origin
+    request = f"library-syncer-range 2 {sha256(disk)} 0 {40 * MB}"
+    got = _ask(work_dir, server, key, request,
+               said.replace(b"{cut}", b"%d" % (30 * MB)).replace(b"{later}", b"%d" % (35 * MB))
+               .replace(b"{past}", b"%d" % (50 * MB)))
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == disk.read_bytes()[:end]
+
+
+def test_the_piece_with_most_left_is_halved_and_its_server_told(tmp_path):
+    cut = _cut(64 * MB)
+    read, write = os.pipe()
+    board = ranges.Board()
+    first = ranges.Running(ranges.Piece(cut, 0, 32 * MB), write)
+    second = ranges.Running(ranges.Piece(cut, 32 * MB, 32 * MB), write)
+    old = ranges.Running(ranges.Piece(cut, 0, 64 * MB))  # format 1: its range cannot be shortened
+    first.position, second.position = 30 * MB, 40 * MB
+    for running in (first, second, old):
+        board.add(running)
+    taken = board.take()
+    assert taken == ranges.Piece(cut, 52 * MB, 12 * MB) and second.end == 52 * MB
+    assert os.read(read, 100) == b"end %d\n" % (52 * MB)
+    again = board.take()  # 12 MiB left: split again
+    assert again == ranges.Piece(cut, 46 * MB, 6 * MB) and second.end == 46 * MB
+    assert board.take() is None  # 6 MiB and 2 MiB left: not worth a session
+    assert (first.end, board.taken) == (32 * MB, 2)
+    os.close(read)
+    os.close(write)
+
+
+def test_a_stream_that_ends_first_takes_over_the_rest_of_another_ones_piece(
+        work_dir, client_key, caplog):
+    """Two streams at 8 MiB/s each: one fetches a small file and is done in a moment, the other
+    has a 48 MiB piece; the first takes over the second half of what is left."""
+    with _origin(work_dir, client_key, 48, 31) as (server, library, disk, key):
+        _disk(library, "small", random_bytes(MB, 32))
+        _declare(work_dir, library)
+        sync = config_module.load(write_config(work_dir, server, key, report=False,
+                                               bandwidth_limit="16M")).sync
+        revision = trace.read(library)
+        assert revision is not None and revision.content is not None
+        rel = "big/big.vmdk"
+        cut = ranges.Cut(rel, *revision.files[rel], revision.content.files[rel].sha256)
+        shares = [streams.Share((), cut.size, (ranges.Piece(cut, 0, cut.size),)),
+                  streams.Share(("small/small.vmdk",), MB)]
+        tree = work_dir / "staging"
+        tree.mkdir()
+        done = Transfer()
+        with caplog.at_level(logging.INFO, logger="library-syncer"):
+            well = streams.fetch(sync, tree, [], shares, rsync.PeerOptions(sync), done,
+                                 take_over=True)
+    assert well == 2, caplog.text
+    assert "1 of 1 file(s) in ranges verified" in caplog.text
+    assert re.search(r"; [1-9]\d* range\(s\) taken over", caplog.text), caplog.text
+    assert sha256(tree / rel) == sha256(disk)
+    assert os.stat(tree / rel).st_mtime_ns == cut.mtime_ns
+    assert cut.size + MB <= done.bytes_received < cut.size + 2 * MB  # each byte once
 
 
 def test_the_server_sends_exactly_the_range_of_the_file_the_digest_names(origin, work_dir):

@@ -8,6 +8,13 @@ publishes another snapshot between them (the digest is then in neither, or in bo
 same bytes). The answer is exactly `length` bytes on stdout and status 0, or one line on stderr
 and status 1.
 
+Format 2 (the same words, `library-syncer-range 2 …`; sites of 0.6.0 ask it of servers that
+answer `library-syncer-trace`) lets the site shorten the range while it is sent: a line
+`end <offset>` on stdin, an offset of the file inside the range, makes the answer stop there
+(status 0). A site whose stream finished early takes over the second half of another stream's
+range, and no byte crosses twice (sync/ranges.py, "Taking over"). The server reads stdin between
+chunks of CHUNK bytes, at most MAX_CONTROL bytes of it in all.
+
 Held to what `rrsync -ro` allows and less: only files the revision lists (inside the library,
 never its trace folder), every path component opened from the library's descriptor without
 following a link, a regular file whose size is still the declared one, a range inside it, sent
@@ -19,6 +26,7 @@ it hashes the whole file against the digest (the origin's share may be rewritten
 from __future__ import annotations
 
 import os
+import select
 import stat
 import sys
 from pathlib import Path, PurePosixPath
@@ -26,7 +34,9 @@ from pathlib import Path, PurePosixPath
 from .dispatch import RANGE_COMMAND as COMMAND
 from .trace import TRACE_DIR, read_document
 
-FORMATS = ("1",)
+FORMATS = ("1", "2")
+CHUNK = 256 << 10  # bytes sent between two looks at stdin (format 2)
+MAX_CONTROL = 4096  # what a site may write to stdin in all
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -82,15 +92,46 @@ def open_inside(library: Path, rel: str) -> int:
     return target
 
 
-def send(out: int, source: int, offset: int, length: int) -> None:
-    """Copy `length` bytes of `source` from `offset` to `out` (a pipe to sshd)."""
+def send(out: int, source: int, offset: int, length: int, control: Control | None = None
+         ) -> None:
+    """Copy `length` bytes of `source` from `offset` to `out` (a pipe to sshd); with `control`
+    (format 2), up to the end it says, looked at between chunks."""
     os.set_blocking(source, True)
     end = offset + length
-    while offset < end:
-        sent = os.sendfile(out, source, offset, min(end - offset, 1 << 30))
+    while offset < (end if control is None else control.end(offset, end)):
+        step = min(end - offset, 1 << 30) if control is None else \
+            min(control.end(offset, end) - offset, CHUNK)
+        sent = os.sendfile(out, source, offset, step)
         if sent == 0:
             raise RangeRefused("the file got shorter while it was sent")
         offset += sent
+
+
+class Control:
+    """The site's `end <offset>` lines on stdin (format 2): the lowest end said so far."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.said, self.lowest = fd, b"", None
+        os.set_blocking(fd, False)
+
+    def end(self, position: int, end: int) -> int:
+        """Where the answer stops now: `end`, or a lower end the site said (not below
+        `position`: what is sent is sent)."""
+        while self.fd >= 0 and select.select([self.fd], [], [], 0)[0]:
+            try:
+                chunk = os.read(self.fd, MAX_CONTROL + 1 - len(self.said))
+            except BlockingIOError:
+                break
+            if not chunk or len(self.said) + len(chunk) > MAX_CONTROL:
+                self.fd = -1  # the site closed stdin, or says too much: nothing more is read
+                break
+            self.said += chunk
+            for line in self.said.split(b"\n")[:-1]:
+                word, _, value = line.decode("ascii", "replace").partition(" ")
+                if word == "end" and value.isdigit() and len(value) < 20:
+                    said = int(value)
+                    self.lowest = said if self.lowest is None else min(said, self.lowest)
+        return max(position, min(end, self.lowest if self.lowest is not None else end))
 
 
 def serve(library: Path, words: list[str]) -> int:
@@ -106,7 +147,8 @@ def serve(library: Path, words: list[str]) -> int:
             if os.fstat(fd).st_size != size:
                 raise RangeRefused("the file changed since the revision was declared")
             sys.stdout.flush()
-            send(sys.stdout.fileno(), fd, offset, length)
+            control = Control(sys.stdin.fileno()) if words[1] == "2" else None
+            send(sys.stdout.fileno(), fd, offset, length, control)
         finally:
             os.close(fd)
     except RangeRefused as refused:

@@ -31,6 +31,7 @@ import os
 import select
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from .declared import Declared
 log = logging.getLogger("library-syncer")
 
 MIN_CUT = 32 << 20  # a new file smaller than this is never cut (two pieces of streams.MIN_SHARE)
+MIN_TAKE = 8 << 20  # a range with less left is not split: half of it (4 MiB) is worth a session
 CHUNK = 1 << 20
 TEMP_PREFIX = ".library-syncer-ranges."
 MAX_NAME = 255 - len(TEMP_PREFIX)  # the temporary file's name must fit NAME_MAX too
@@ -73,10 +75,61 @@ class Piece:
 
 
 class PieceFailed(Exception):
-    def __init__(self, message: str, got: int, refused: bool) -> None:
+    def __init__(self, message: str, got: int, refused: bool, piece: Piece) -> None:
         super().__init__(message)
         self.got = got  # bytes that did cross the link
         self.refused = refused  # the server answered, and said no (a server before ranges)
+        self.piece = piece  # what it was to fetch by then (less, when another took over its end)
+
+
+class Running:
+    """A piece being fetched: how far it came, and where it ends now."""
+
+    def __init__(self, piece: Piece, control: int | None = None) -> None:
+        self.piece = piece
+        self.position = piece.offset  # bytes before it are written
+        self.end = piece.offset + piece.length  # lowered when another stream takes over the rest
+        self.control = control  # the request's stdin (format 2): where `end <offset>` is said
+
+
+class Board:
+    """Taking over (format 2, a server that answers `library-syncer-trace`): the pieces being
+    fetched, so that a stream with nothing left takes the second half of the one with most left
+    (pieces are equal, but connections sharing a link are not: one measured on profile A ended
+    after 8 s, the last after 23 s). The other's server is told the new end on its stdin and
+    stops there: no byte crosses twice."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: list[Running] = []
+        self.taken = 0
+
+    def add(self, running: Running) -> None:
+        with self.lock:
+            self.running.append(running)
+
+    def remove(self, running: Running) -> None:
+        with self.lock:
+            self.running.remove(running)
+
+    def take(self) -> Piece | None:
+        """The second half of what is left of the piece with most left (at least MIN_TAKE);
+        None when there is none."""
+        with self.lock:
+            left = [r for r in self.running
+                    if r.control is not None and r.end - r.position >= MIN_TAKE]
+            if not left:
+                return None
+            other = max(left, key=lambda r: r.end - r.position)
+            split = other.position + (other.end - other.position) // 2
+            try:
+                os.write(other.control, f"end {split}\n".encode())
+            except OSError:  # its request just ended
+                return None
+            piece = Piece(other.piece.cut, split, other.end - split)
+            other.end = split
+            self.taken += 1
+            return piece
 
 
 def candidates(listed: Iterable[basis.Listed], seeded: Iterable[str]) -> list[basis.Listed]:
@@ -196,55 +249,78 @@ def resume(tree: Path) -> list[str]:
 
 
 def fetch(sync: SyncConfig, tree: Path, piece: Piece, rate: int,
-          via: Sequence[str] = ssh.OWN_CONNECTION) -> int:
+          via: Sequence[str] = ssh.OWN_CONNECTION, board: Board | None = None) -> int:
     """Fetch one piece over its own SSH connection (or the ssh options `via`) into the cut
-    file's temporary file; returns the bytes written (all of the piece) or raises PieceFailed.
-    `rate`: bytes/s, 0 unlimited."""
-    request = f"{RANGE_COMMAND} 1 {piece.cut.sha256} {piece.offset} {piece.length}"
+    file's temporary file; returns the bytes written (all of the piece, up to where another
+    stream took over: `board`, format 2) or raises PieceFailed. `rate`: bytes/s, 0 unlimited."""
+    form = "1" if board is None else "2"
+    request = f"{RANGE_COMMAND} {form} {piece.cut.sha256} {piece.offset} {piece.length}"
     argv = ssh.argv(sync, [*via, "-T", sync.peer, request])
     with open(temp_path(tree, piece.cut), "r+b") as target, \
             tempfile.TemporaryFile() as errors, \
-            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=errors) as process:
+            subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors,
+                             stdin=subprocess.DEVNULL if board is None else subprocess.PIPE
+                             ) as process:
         assert process.stdout is not None
+        running = Running(piece, process.stdin.fileno() if process.stdin else None)
         got, status, written = 0, None, None
+        if board is not None:
+            board.add(running)
         try:
-            got = _copy(process.stdout.fileno(), target.fileno(), piece, rate, sync.io_timeout)
-            status = process.wait(timeout=sync.io_timeout) if got == piece.length else None
+            got = _copy(process.stdout.fileno(), target.fileno(), running, rate,
+                        sync.io_timeout, board.lock if board else threading.Lock())
+            if board is not None:  # the bytes are hashed whole: the status adds nothing
+                status = 0 if got == running.end - piece.offset else None
+            elif got == piece.length:
+                status = process.wait(timeout=sync.io_timeout)
         except subprocess.TimeoutExpired:
             pass
         except OSError as error:  # the staging disk (full): the normal pass says it plainly
             written = error.strerror or str(error)
         finally:
+            if board is not None:
+                board.remove(running)
             if process.poll() is None:
                 process.kill()
                 process.wait()
         errors.seek(0)
         said = errors.read(4096).decode(errors="replace").strip().splitlines()
+    length = running.end - piece.offset
+    ended = Piece(piece.cut, piece.offset, length)
     if written is not None:
-        raise PieceFailed(f"writing {temp_path(tree, piece.cut)}: {written}", got, refused=False)
-    if status != 0 or got != piece.length:
-        message = said[-1] if said else f"ssh status {status}, {got} of {piece.length} bytes"
-        raise PieceFailed(message, min(got, piece.length),
-                          refused=status not in (None, 0, 255) and got == 0)
+        raise PieceFailed(f"writing {temp_path(tree, piece.cut)}: {written}", got,
+                          refused=False, piece=ended)
+    if status != 0 or got != length:
+        message = said[-1] if said else f"ssh status {status}, {got} of {length} bytes"
+        raise PieceFailed(message, min(got, length),
+                          refused=status not in (None, 0, 255) and got == 0, piece=ended)
     return got
 
 
-def _copy(source: int, target: int, piece: Piece, rate: int, timeout: float) -> int:
-    """Write what `source` sends at the piece's offset: never past the piece, at most `rate`
-    bytes/s, nothing for `timeout` seconds ends it."""
-    got, started = 0, time.monotonic()
+def _copy(source: int, target: int, running: Running, rate: int, timeout: float,
+          lock: threading.Lock) -> int:
+    """Write what `source` sends at the piece's offset up to its end (read under `lock`: another
+    stream may lower it), at most `rate` bytes/s; nothing for `timeout` seconds ends it. Past
+    the end: a request that can be shortened (format 2) keeps what is inside; any other gets
+    one byte too many counted (not this piece)."""
+    got, started, offset = 0, time.monotonic(), running.piece.offset
     while True:
+        with lock:
+            if offset + got >= running.end:
+                return got
         ready, _, _ = select.select([source], [], [], timeout)
         if not ready:
             return got
         chunk = os.read(source, CHUNK)
         if not chunk:
             return got
-        if got + len(chunk) > piece.length:
-            return piece.length + 1  # more than asked: not this piece
-        os.pwrite(target, chunk, piece.offset + got)
-        got += len(chunk)
+        with lock:
+            inside = chunk[:running.end - offset - got]
+            running.position = offset + got + len(inside)
+        if len(inside) < len(chunk) and running.control is None:
+            return running.end - offset + 1  # more than asked: not this piece
+        os.pwrite(target, inside, offset + got)
+        got += len(inside)
         if rate:
             ahead = got / rate - (time.monotonic() - started)
             if ahead > 0:

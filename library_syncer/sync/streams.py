@@ -90,14 +90,18 @@ def plan(listing: Iterable[basis.Listed], streams: int,
 
 
 def fetch(sync: SyncConfig, tree: Path, link_dests: list[Path], shares: Sequence[Share],
-          peer: rsync.PeerOptions, done: Transfer, shared: Sequence[str] = ()) -> int:
+          peer: rsync.PeerOptions, done: Transfer, shared: Sequence[str] = (),
+          take_over: bool = False) -> int:
     """Pull every share at once into `tree`; what they moved is counted in `done`. Returns how
     many streams ended well. A stream's failure is said and never raised: the normal pass
     fetches what it left (and fails as it would have, if the cause is lasting).
 
     The first stream goes over the run's connection when there is one (`shared`: its ssh
     options), idle while the streams run: its first byte follows the plan by a session's
-    round trips, not a login's, and the run makes one login fewer."""
+    round trips, not a login's, and the run makes one login fewer. With `take_over` (the
+    server answers range requests that can be shortened: one that answered
+    `library-syncer-trace`), a stream with nothing left takes over the second half of the
+    piece with most left (ranges.Board), so the streams end together."""
     if not shares:
         return 0
     started = time.monotonic()
@@ -108,11 +112,13 @@ def fetch(sync: SyncConfig, tree: Path, link_dests: list[Path], shares: Sequence
                   for s in shares]
         cut = {path: c for path, c in cut.items() if path not in unmade}
     rate = ranges.share_rate(sync, len(shares))
+    board = ranges.Board() if take_over and cut else None
     with tempfile.TemporaryDirectory(prefix="library-syncer-streams-") as lists, \
             ThreadPoolExecutor(max_workers=len(shares)) as pool:
         runs = [pool.submit(_stream, sync, tree, link_dests, share, peer, len(shares), rate,
                             Path(lists) / f"stream-{index + 1}",
-                            shared if index == 0 and shared else ssh.OWN_CONNECTION)
+                            shared if index == 0 and shared else ssh.OWN_CONNECTION, board,
+                            shared or ssh.OWN_CONNECTION)
                 for index, share in enumerate(shares)]
         ended = [run.result() for run in runs]
     got = {p: True for p in cut}
@@ -128,10 +134,11 @@ def fetch(sync: SyncConfig, tree: Path, link_dests: list[Path], shares: Sequence
             log.warning("stream %d of %d (%d file(s), %s%s) stopped: %s; the normal pass "
                         "fetches what it left", index + 1, len(shares), len(share.paths),
                         pieces, format_bytes(share.size), outcome.error)
-    log.info("%d stream(s) fetched %s in %.1f s (%d of %d ended well%s)", len(shares),
+    taken = f"; {board.taken} range(s) taken over" if board is not None and board.taken else ""
+    log.info("%d stream(s) fetched %s in %.1f s (%d of %d ended well%s%s)", len(shares),
              format_bytes(sum(o.stats.bytes_received for o in ended)),
              time.monotonic() - started, well, len(shares),
-             f"; {whole} of {len(cut)} file(s) in ranges verified" if cut else "")
+             f"; {whole} of {len(cut)} file(s) in ranges verified" if cut else "", taken)
     return well
 
 
@@ -140,25 +147,23 @@ class _Outcome:
     stats: rsync.Stats
     missing: list[ranges.Piece]  # pieces that did not arrive
     error: str | None = None
+    refused: bool = False  # the last piece's server said no (a server before ranges)
 
 
 def _stream(sync: SyncConfig, tree: Path, link_dests: list[Path], share: Share,
             peer: rsync.PeerOptions, streams: int, rate: int, files_from: Path,
-            via: Sequence[str]) -> _Outcome:
+            via: Sequence[str], board: ranges.Board | None = None,
+            take_via: Sequence[str] = ssh.OWN_CONNECTION) -> _Outcome:
     """One stream: its pieces one after the other, then its whole files in one rsync, each
-    over the ssh options `via` (a connection of its own, or the run's). Never raises: what it
-    could not fetch is the normal pass's."""
+    over the ssh options `via` (a connection of its own, or the run's); then (`board`) the ends
+    of other streams' pieces it takes over, over `take_via` (the run's connection: a session,
+    about 2 round trips, where a login of its own costs about 7). Never raises: what it could
+    not fetch is the normal pass's."""
     outcome = _Outcome(rsync.Stats(), [])
     for number, piece in enumerate(share.pieces):
-        try:
-            outcome.stats.bytes_received += ranges.fetch(sync, tree, piece, rate, via)
-        except ranges.PieceFailed as failed:
-            outcome.stats.bytes_received += failed.got
-            outcome.missing.append(piece)
-            outcome.error = f"range of {piece.cut.path}: {failed}"
-            if failed.refused:  # the server has no ranges: the rest would be refused too
-                outcome.missing += share.pieces[number + 1:]
-                break
+        if not _piece(sync, tree, piece, rate, via, board, outcome) and outcome.refused:
+            outcome.missing += share.pieces[number + 1:]  # no ranges there: all refused
+            break
     if share.paths:
         files_from.write_bytes(b"".join(os.fsencode(p) + b"\0" for p in share.paths))
         argv = peer.adapt(rsync.stream_argv(sync, tree, link_dests, files_from, streams,
@@ -170,7 +175,25 @@ def _stream(sync: SyncConfig, tree: Path, link_dests: list[Path], share: Share,
         error = rsync.classify(result.returncode, result.tail, stats, sync)
         if error is not None:
             outcome.error = error.message
+    while board is not None and outcome.error is None and (taken := board.take()) is not None:
+        log.debug("a stream took over bytes %d-%d of %s", taken.offset,
+                  taken.offset + taken.length, taken.cut.path)
+        _piece(sync, tree, taken, rate, take_via, board, outcome)
     return outcome
+
+
+def _piece(sync: SyncConfig, tree: Path, piece: ranges.Piece, rate: int, via: Sequence[str],
+           board: ranges.Board | None, outcome: _Outcome) -> bool:
+    """Fetch one piece for a stream; what it moved and what it missed go to `outcome`."""
+    try:
+        outcome.stats.bytes_received += ranges.fetch(sync, tree, piece, rate, via, board)
+        return True
+    except ranges.PieceFailed as failed:
+        outcome.stats.bytes_received += failed.got
+        outcome.missing.append(failed.piece)
+        outcome.error = f"range of {piece.cut.path}: {failed}"
+        outcome.refused = failed.refused
+        return False
 
 
 def _line(stats: rsync.Stats, line: str) -> None:

@@ -182,7 +182,8 @@ def transfer(sync: SyncConfig, layout: Layout, tree: Path, published: Path | Non
     # the master is up now, or known unavailable (sessions then connect on their own)
     ssh_extra = connection.rsh_options() if connection else []
     # large runs only; never fails; the first stream over the run's connection, if any
-    streams.fetch(sync, tree, link_dests, shares, peer, result, shared=ssh_extra)
+    streams.fetch(sync, tree, link_dests, shares, peer, result, shared=ssh_extra,
+                  take_over=plan.from_document)  # a server of 0.6.0 or later
     pull = PullStep(argv=rsync.pull_argv(sync, tree, link_dests, ssh_extra=ssh_extra),
                     sync=sync, peer=peer, connection=connection, reporter=reporter,
                     needed=result.needed, staging=tree, published=published, seeded=seeded,
