@@ -15,9 +15,12 @@ The server role is always this checkout's. Byte ranges need the origin's revisio
 so the library is declared once (the trace service's tick, as tests/test_sync_trace.py does)
 before the runs; every client gets the same library, document included.
 
-Each run also records the SSH logins the origin's sshd accepted during it, and its data phase
-÷ the 4-stream BBR iperf3 figure of the same profile. Results are written after each profile
-(a run stopped midway keeps the profiles that finished).
+Each run also records the SSH logins the origin's sshd accepted during it, its data phase
+÷ the 4-stream BBR iperf3 figure of the same profile, the round trips before its first data byte
+counted from a packet capture at the site with its start-up apart (bench/wan_capture.py), and
+for the product the time to its published switch (the issue's end of a run; `published`
+watched every 5 ms). Results are written after each profile (a run stopped midway keeps the
+profiles that finished).
 
 Needs root. Example (the figures in docs/benchmarks.md):
     sudo .venv/bin/python bench/wan_after.py --profiles CBDA --file-mb 128 --box 120 \\

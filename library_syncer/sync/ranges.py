@@ -8,11 +8,12 @@ whole: nothing of it is here) is cut into pieces, each fetched over a stream's S
 (server/ranges.py), naming the file by the digest the upstream's revision document declares
 for it.
 
-The document is read beside the declaration and the dry run (a third session of the run's
-connection at the same time: no round trip of its own), as its differences from the published
-one, and used only when the declaration names it. An upstream without one (the Docker-based
-original, a server before traces) gets no range request, and one that refuses it (a server
-before ranges) has its file fetched whole by the normal pass.
+The document is the one the run's plan came from (sync/plan.py), or (a server before 0.6.0) read
+beside the declaration and the dry run (a third session of the run's connection at the same
+time: no round trip of its own), as its differences from the published one; used only when the
+declaration names it. An upstream without one (the Docker-based original, a server before
+traces) gets no range request, and one that refuses it (a server before ranges) has its file
+fetched whole by the normal pass.
 
 The pieces land in a temporary file beside the file's place in staging; when all arrived and the
 whole hashes to the declared digest, it takes the file's place with the declared modification
@@ -20,6 +21,10 @@ time, and the normal pass finds it done (its quick check compares size and time 
 nanosecond). Otherwise it takes the place without that time, and the normal pass fetches the
 differences against what did arrive. The content check before the switch (sync/content.py) holds
 either way: a range is never trusted more than a pull.
+
+Taking over (`Board`, against a server of 0.6.0 or later): a stream with nothing left takes the
+second half of what is left of the piece with most left, and that piece's server is told the
+new end (range format 2), so the streams end together and no byte crosses twice.
 """
 
 from __future__ import annotations
