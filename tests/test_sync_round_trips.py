@@ -15,6 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.harness import sshd as harness
 from tests.test_sync_helpers import cli, published, random_bytes, sha256, sync, write_config
 from tests.test_sync_trace import _declare, _disk
@@ -48,6 +50,23 @@ def _meeting_rsync(folder: Path) -> Path:
     return script
 
 
+def _meet(work_dir: Path, monkeypatch) -> Path:
+    """The folder where the wrapper's reads say they started (all three must meet)."""
+    meet = work_dir / "meet"
+    meet.mkdir()
+    monkeypatch.setenv("MEET_DIR", str(meet))
+    monkeypatch.setenv("MEET_KINDS", "declared,dry,document")
+    return meet
+
+
+def _serve(kind: str, dir: Path, library: Path, pub: str) -> harness.Sshd:
+    """The server role (which answers library-syncer-trace), or rrsync alone (a server before
+    it: the site reads and lists by rsync)."""
+    if kind == "role":
+        return harness.start_server_role(dir, library, sites={"paris": pub})
+    return harness.start_sshd(dir, authorized_lines=[harness.forced_rrsync_line(pub, library)])
+
+
 def test_the_declaration_the_dry_run_and_the_document_go_at_once(work_dir, sshd, client_key,
                                                                  server_library, monkeypatch):
     """Where the upstream answers no trace command (rrsync alone: a server before it), the
@@ -55,10 +74,7 @@ def test_the_declaration_the_dry_run_and_the_document_go_at_once(work_dir, sshd,
     disk = _disk(server_library, "one", random_bytes(1 << 20, 21))
     _declare(work_dir, server_library)
     key, _ = client_key
-    meet = work_dir / "meet"
-    meet.mkdir()
-    monkeypatch.setenv("MEET_DIR", str(meet))
-    monkeypatch.setenv("MEET_KINDS", "declared,dry,document")
+    meet = _meet(work_dir, monkeypatch)
     config = write_config(work_dir, sshd, key, report=False, rsync=str(_meeting_rsync(work_dir)))
     result = sync(config)
     assert result.returncode == 0, result.stderr
@@ -75,10 +91,7 @@ def test_a_server_that_answers_its_declaration_and_document_saves_the_dry_run(
     disk = _disk(library, "one", random_bytes(1 << 20, 24))
     _declare(work_dir, library)
     key, pub = client_key
-    meet = work_dir / "meet"
-    meet.mkdir()
-    monkeypatch.setenv("MEET_DIR", str(meet))
-    monkeypatch.setenv("MEET_KINDS", "declared,dry,document")
+    meet = _meet(work_dir, monkeypatch)
     server = harness.start_server_role(work_dir / "origin", library, sites={"paris": pub})
     try:
         config = write_config(work_dir, server, key, report=False,
@@ -93,9 +106,11 @@ def test_a_server_that_answers_its_declaration_and_document_saves_the_dry_run(
         server.stop()
 
 
-def test_a_refused_declaration_wins_over_the_dry_run_beside_it(work_dir, client_key):
-    """A stale upstream (its serial below the published one): exit 11, nothing pulled, though
-    the dry run beside the declaration read ended well."""
+@pytest.mark.parametrize("kind", ["role", "rrsync"])
+def test_a_refused_declaration_wins_before_anything_is_pulled(work_dir, client_key, kind):
+    """A stale upstream (its serial below the published one): exit 11, nothing pulled; refused
+    on the trace command's answer (the server role), or though the dry run beside the
+    declaration read ended well (rrsync alone)."""
     library = work_dir / "library"
     library.mkdir(mode=0o755)
     _disk(library, "one", random_bytes(1 << 20, 22))
@@ -105,13 +120,13 @@ def test_a_refused_declaration_wins_over_the_dry_run_beside_it(work_dir, client_
     _disk(library, "two", random_bytes(4 << 20, 23))
     _declare(work_dir, library)
     key, pub = client_key
-    server = harness.start_server_role(work_dir / "origin", library, sites={"paris": pub})
+    server = _serve(kind, work_dir / "origin", library, pub)
     try:
         config = write_config(work_dir, server, key, report=False)
         assert sync(config).returncode == 0  # revision 2 published
     finally:
         server.stop()
-    stale = harness.start_server_role(work_dir / "stale", old, sites={"paris": pub})
+    stale = _serve(kind, work_dir / "stale", old, pub)
     try:
         config = write_config(work_dir, stale, key, report=False)
         result = sync(config)
